@@ -1,0 +1,3 @@
+"""abplatform: an experimentation platform for recommendation strategies in e-commerce."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Assignment of units to variants: GrowthBook-compatible hashing and adaptive policies."""

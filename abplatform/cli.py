@@ -1,0 +1,294 @@
+"""The `abplatform` command line: a thin layer over the platform's verbs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from sqlalchemy import Engine
+
+app = typer.Typer(
+    name="abplatform",
+    help="Experiments for recommendation strategies: define, simulate, analyse, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL (default: $ABPLATFORM_DATABASE_URL or sqlite:///abplatform.db).",
+        show_default=False,
+    ),
+]
+USAGE_ERROR = 2
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, hint: str | None = None, code: int = USAGE_ERROR) -> NoReturn:
+    err = _console(stderr=True)
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    if hint:
+        err.print(f"hint: {hint}", markup=False)
+    raise typer.Exit(code)
+
+
+def _run(action: Any) -> Any:
+    """Run a verb, turning the platform's errors into messages without tracebacks."""
+    from abplatform.config.loader import ConfigError
+    from abplatform.errors import AbplatformError
+
+    try:
+        return action()
+    except ConfigError as exc:
+        err = _console(stderr=True)
+        err.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        raise typer.Exit(USAGE_ERROR) from None
+    except AbplatformError as exc:
+        _fail(exc.message, exc.hint)
+
+
+def _open(db: str | None) -> Engine:
+    from abplatform.storage.db import open_database
+
+    engine: Engine = _run(lambda: open_database(db))
+    return engine
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="Experiment YAML file.")]) -> None:
+    """Check an experiment file; print one line per problem (exit 2 if any)."""
+    from abplatform.config.loader import load_experiment
+
+    config = _run(lambda: load_experiment(file))
+    print(f"{file}: ok ({len(config.variants)} variants, {len(config.metrics)} metrics)")
+
+
+@app.command()
+def simulate(
+    file: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    db: DbOption = None,
+    users: Annotated[int | None, typer.Option(min=2, help="Override simulation.users.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Override simulation.seed.")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the HTML report to this path.")
+    ] = None,
+) -> None:
+    """Play the experiment in a synthetic shop and write everything to the database."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from abplatform.config.loader import load_experiment
+    from simulator.runner import simulate as run_simulation
+
+    config = _run(lambda: load_experiment(file))
+    engine = _open(db)
+    labels = {
+        "world": "catalogue, users, history",
+        "fit": "fitting strategies",
+        "traffic": "experiment traffic (days)",
+    }
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+        transient=False,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = _run(
+            lambda: run_simulation(engine, config, users=users, seed=seed, progress=progress)
+        )
+    _print_simulation(result)
+    if report is not None:
+        _write_report(engine, config.key, report)
+
+
+def _print_simulation(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Simulated {result.experiment} (run {result.run_id}, seed {result.seed})")
+    for column in ("variant", "units", "exposures", "impressions", "clicks", "purchases",
+                   "revenue"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for key, tally in result.tallies.items():
+        table.add_row(key, f"{tally.units:,}", f"{tally.exposures:,}", f"{tally.impressions:,}",
+                      f"{tally.clicks:,}", f"{tally.purchases:,}", f"{tally.revenue:,.2f}")
+    console = _console()
+    console.print(table)
+    truth = Table(title="Ground truth (expected value over the whole population)")
+    truth.add_column("metric")
+    variants = list(result.tallies)
+    for key in variants:
+        truth.add_column(key, justify="right")
+    for metric, values in result.ground_truth.items():
+        truth.add_row(metric, *[_fmt(values.get(v)) for v in variants])
+    console.print(truth)
+    console.print(
+        f"{result.users:,} users, {result.items:,} items, "
+        f"{result.history_interactions:,} history interactions"
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+@app.command()
+def analyze(
+    key: Annotated[str, typer.Argument(help="Experiment key.")],
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    alpha: Annotated[float, typer.Option(min=1e-6, max=0.5, help="Significance level.")] = 0.05,
+) -> None:
+    """Significance of every metric, each variant against the control, plus an SRM check."""
+    from reports.analysis import analyze as run_analysis
+
+    engine = _open(db)
+    result = _run(lambda: run_analysis(engine, key, alpha=alpha))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        return
+    from reports.table import print_table
+
+    print_table(result, _console())
+
+
+def _write_report(engine: Engine, key: str, output: Path) -> None:
+    from reports.analysis import analyze as run_analysis
+    from reports.render import render_report
+
+    result = _run(lambda: run_analysis(engine, key))
+    try:
+        output.write_text(render_report(result), encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}")
+    _console(stderr=True).print(f"wrote {output}", markup=False)
+
+
+@app.command()
+def report(
+    key: Annotated[str, typer.Argument(help="Experiment key.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path(
+        "report.html"
+    ),
+    db: DbOption = None,
+) -> None:
+    """Write a self-contained HTML report of the experiment."""
+    _write_report(_open(db), key, output)
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="Experiment YAML file the logs belong to.")],
+    exposures: Annotated[
+        Path | None, typer.Option(help="CSV: unit_id, variant, timestamp[, propensity, ...]")
+    ] = None,
+    events: Annotated[
+        Path | None, typer.Option(help="CSV: unit_id, type, timestamp[, event_id, item_id, value]")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Load real exposure and event logs (all or nothing), ready for `analyze`."""
+    from abplatform.config.loader import load_experiment
+    from abplatform.errors import DataError
+    from abplatform.ingest import ingest_logs
+
+    if exposures is None and events is None:
+        _fail("nothing to ingest", hint="pass --exposures FILE and/or --events FILE")
+    config = _run(lambda: load_experiment(file))
+    engine = _open(db)
+    try:
+        summary = ingest_logs(engine, config, exposures, events)
+    except DataError as exc:
+        err = _console(stderr=True)
+        err.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        print("nothing was written", file=sys.stderr)
+        raise typer.Exit(USAGE_ERROR) from None
+    except Exception as exc:  # noqa: BLE001 - platform errors get a message, not a traceback
+        from abplatform.errors import AbplatformError
+
+        if isinstance(exc, AbplatformError):
+            _fail(exc.message, exc.hint)
+        raise
+    print(
+        f"{config.key}: {summary.exposures:,} exposures, {summary.events:,} new events "
+        f"({summary.duplicate_events:,} duplicates skipped), {summary.units:,} units"
+    )
+
+
+@app.command("list")
+def list_experiments(db: DbOption = None) -> None:
+    """List the experiments stored in the database."""
+    from abplatform.storage.db import transaction
+    from abplatform.storage.repository import list_experiments as stored
+
+    engine = _open(db)
+    with transaction(engine) as session:
+        experiments = _run(lambda: stored(session))
+    if not experiments:
+        print("no experiments yet; try: abplatform simulate examples/homepage_popularity.yaml")
+    for item in experiments:
+        variants = ", ".join(v.key for v in item.config.variants)
+        print(f"{item.key}\t{item.status}\t{variants}\t{item.config.description}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    db: DbOption = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Run the schema migrations (Alembic) up to head."""
+    from abplatform.storage.db import current_revision, make_engine, resolve_url, upgrade
+
+    engine = _run(lambda: make_engine(db))
+    _run(lambda: upgrade(engine, revision))
+    print(f"{resolve_url(db)}: at revision {current_revision(engine)}")
+
+
+@db_app.command("current")
+def db_current(db: DbOption = None) -> None:
+    """Print the schema revision the database is at."""
+    from abplatform.storage.db import current_revision, make_engine
+
+    engine = _run(lambda: make_engine(db))
+    print(_run(lambda: current_revision(engine)) or "empty (no migrations applied)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted; nothing was half-written (each command is one transaction)",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

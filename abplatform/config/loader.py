@@ -1,0 +1,188 @@
+"""Load experiment YAML and report every problem as `path.to.field: what is wrong (got X)`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from abplatform.config.models import ExperimentConfig
+from abplatform.errors import AbplatformError, UnknownNameError
+from abplatform.registry import strategies
+
+WEIGHT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where, what, and the offending value."""
+
+    path: str
+    message: str
+    got: Any = None
+    has_got: bool = True
+
+    def __str__(self) -> str:
+        where = self.path or "(top level)"
+        if not self.has_got:
+            return f"{where}: {self.message}"
+        return f"{where}: {self.message} (got {_show(self.got)})"
+
+
+class ConfigError(AbplatformError):
+    """An experiment config with one or more problems."""
+
+    def __init__(self, problems: list[Problem], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        plural = "s" if len(problems) != 1 else ""
+        super().__init__(f"{head}{len(problems)} problem{plural} in the experiment config")
+
+    def lines(self) -> list[str]:
+        """One line per problem."""
+        return [str(problem) for problem in self.problems]
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, dict | list):
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _join(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        # Drop the discriminator tag pydantic inserts into union locations (e.g. "ratio").
+        if len(loc) >= 3 and loc[0] == "metrics" and loc[2] in ("proportion", "mean", "ratio"):
+            loc = loc[:2] + loc[3:]
+        path = ".".join(p for p in (prefix, _join(loc)) if p)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            problems.append(Problem(path, "unknown field", err["input"]))
+        elif kind == "missing":
+            problems.append(Problem(path, "field required", has_got=False))
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            problems.append(
+                Problem(f"{path}.type", f"unknown metric type; known: {_tags(ctx)}", ctx.get("tag"))
+            )
+        elif kind == "union_tag_not_found":
+            problems.append(Problem(f"{path}.type", "field required", has_got=False))
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            message = message[:1].lower() + message[1:]
+            problems.append(Problem(path, message, err.get("input")))
+    return problems
+
+
+def _tags(ctx: Mapping[str, Any]) -> str:
+    return ", ".join(t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(","))
+
+
+def _semantic_problems(config: ExperimentConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    if not config.variants:
+        problems.append(Problem("variants", "at least one variant is required", []))
+        return problems
+    total = math.fsum(variant.weight for variant in config.variants)
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        weights = [variant.weight for variant in config.variants]
+        problems.append(
+            Problem("variants", f"weights must sum to 1 (they sum to {total:.6g})", weights)
+        )
+    seen: set[str] = set()
+    for i, variant in enumerate(config.variants):
+        if variant.key in seen:
+            problems.append(Problem(f"variants.{i}.key", "duplicate variant key", variant.key))
+        seen.add(variant.key)
+        if variant.strategy is not None:
+            problems.extend(_strategy_problems(f"variants.{i}.strategy", variant.strategy.kind,
+                                               variant.strategy.params))
+    if config.control is not None and config.control not in seen:
+        problems.append(
+            Problem("control", f"not a variant key; variants: {', '.join(sorted(seen))}",
+                    config.control)
+        )
+    names: set[str] = set()
+    for i, metric in enumerate(config.metrics):
+        if metric.name in names:
+            problems.append(Problem(f"metrics.{i}.name", "duplicate metric name", metric.name))
+        names.add(metric.name)
+    return problems
+
+
+def _strategy_problems(path: str, kind: str, params: Mapping[str, Any]) -> list[Problem]:
+    try:
+        factory = strategies.get(kind)
+    except UnknownNameError:
+        known = ", ".join(strategies.names())
+        return [Problem(f"{path}.kind", f"unknown strategy kind; known: {known}", kind)]
+    try:
+        factory.Params.model_validate(dict(params))
+    except ValidationError as exc:
+        return _pydantic_problems(exc, prefix=f"{path}.params")
+    return []
+
+
+def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
+    """Validate a parsed YAML/JSON document; raise ConfigError listing every problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            [Problem("", "the experiment must be a mapping of fields", type(data).__name__)],
+            source,
+        )
+    try:
+        config = ExperimentConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc), source) from None
+    problems = _semantic_problems(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def parse_yaml(text: str, source: str | None = None) -> Any:
+    """Parse YAML text; syntax errors become a Problem with line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        what = exc.problem or exc.context or "malformed YAML"
+        raise ConfigError([Problem("yaml", f"malformed YAML at {where}: {what}",
+                                   has_got=False)], source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem("yaml", f"malformed YAML: {exc}", has_got=False)],
+                          source) from None
+
+
+def load_experiment_text(text: str, source: str | None = None) -> ExperimentConfig:
+    """Parse and validate experiment YAML (or JSON, which is YAML) text."""
+    return validate_config(parse_yaml(text, source), source)
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Load and validate an experiment file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AbplatformError(f"cannot read {file}: {exc.strerror or exc}") from None
+    return load_experiment_text(text, str(file))
+
+
+def build_params(kind: str, params: Mapping[str, Any]) -> BaseModel:
+    """The validated parameter model of a strategy kind."""
+    return strategies.get(kind).Params.model_validate(dict(params))

@@ -1,0 +1,177 @@
+"""Pydantic models of the experiment YAML."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from abplatform.domain import EVENT_TYPES
+
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_event(value: str) -> str:
+    if value not in EVENT_TYPES:
+        raise ValueError(f"unknown event type; known: {', '.join(EVENT_TYPES)}")
+    return value
+
+
+EventType = Annotated[str, Field(min_length=1)]
+
+
+class StrategySpec(_Strict):
+    """Which strategy a variant serves and with which parameters."""
+
+    kind: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class VariantConfig(_Strict):
+    """One arm: key, share of traffic, and the strategy it serves."""
+
+    key: str = Field(pattern=KEY_PATTERN)
+    weight: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    description: str = ""
+    strategy: StrategySpec | None = None
+
+
+class AssignmentConfig(_Strict):
+    """How units are assigned to variants."""
+
+    type: Literal["hash"] = "hash"
+    seed: str | None = None
+    hash_version: Literal[1, 2] = 2
+    coverage: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    namespace: tuple[str, float, float] | None = None
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_range(
+        cls, value: tuple[str, float, float] | None
+    ) -> tuple[str, float, float] | None:
+        if value is not None:
+            _, start, end = value
+            if not 0.0 <= start < end <= 1.0:
+                raise ValueError("namespace needs [name, start, end] with 0 <= start < end <= 1")
+        return value
+
+
+class EventCount(_Strict):
+    """A per-unit aggregate of one event type: the count of events or the sum of their values."""
+
+    event: EventType
+    value: Literal["count", "sum"] = "count"
+
+    _event = field_validator("event")(_check_event)
+
+
+class ProportionMetric(_Strict):
+    """Share of units with at least one event of a type."""
+
+    name: str = Field(pattern=KEY_PATTERN)
+    type: Literal["proportion"]
+    event: EventType
+    description: str = ""
+
+    _event = field_validator("event")(_check_event)
+
+
+class MeanMetric(_Strict):
+    """Mean over units of a per-unit count or sum of an event type."""
+
+    name: str = Field(pattern=KEY_PATTERN)
+    type: Literal["mean"]
+    event: EventType
+    value: Literal["count", "sum"] = "count"
+    description: str = ""
+
+    _event = field_validator("event")(_check_event)
+
+
+class RatioMetric(_Strict):
+    """Per-unit numerator over per-unit denominator, analysed with the delta method."""
+
+    name: str = Field(pattern=KEY_PATTERN)
+    type: Literal["ratio"]
+    numerator: EventCount
+    denominator: EventCount
+    description: str = ""
+
+
+MetricConfig = Annotated[
+    ProportionMetric | MeanMetric | RatioMetric, Field(discriminator="type")
+]
+
+
+class WorldConfig(_Strict):
+    """Parameters of the simulated shop's behaviour model."""
+
+    categories: int = Field(default=24, ge=1, le=1000)
+    brands: int = Field(default=12, ge=1, le=1000)
+    latent_dim: int = Field(default=16, ge=2, le=256)
+    price_min: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    price_max: float = Field(default=500.0, gt=0, allow_inf_nan=False)
+    position_decay: float = Field(default=0.85, gt=0, le=1.0, allow_inf_nan=False)
+    click_bias: float = Field(
+        default=-4.5, allow_inf_nan=False, description="intercept of the click logit"
+    )
+    affinity_scale: float = Field(default=2.0, ge=0, allow_inf_nan=False)
+    price_weight: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    purchase_bias: float = Field(default=-2.5, allow_inf_nan=False)
+    history_days: int = Field(default=30, ge=1, le=3650)
+    history_sessions_per_user: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+
+
+class SimulationConfig(_Strict):
+    """Size and seed of a simulated run of the experiment."""
+
+    users: int = Field(default=20_000, ge=2, le=50_000_000)
+    days: int = Field(default=7, ge=1, le=365)
+    sessions_per_user_per_day: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
+    slate_size: int = Field(default=10, ge=1, le=200)
+    items: int = Field(default=5_000, ge=10, le=5_000_000)
+    seed: int = Field(default=42, ge=0)
+    world: WorldConfig = Field(default_factory=WorldConfig)
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment: variants with strategies, assignment, metrics, optional simulation."""
+
+    key: str = Field(pattern=KEY_PATTERN)
+    description: str = ""
+    unit: str = Field(default="user", min_length=1, max_length=64)
+    catalog: str | None = Field(default=None, max_length=128)
+    assignment: AssignmentConfig = Field(default_factory=AssignmentConfig)
+    variants: list[VariantConfig]
+    control: str | None = None
+    metrics: list[MetricConfig] = Field(default_factory=list)
+    simulation: SimulationConfig | None = None
+
+    @property
+    def control_key(self) -> str:
+        """The control variant's key: `control:` if given, else the first variant."""
+        return self.control if self.control is not None else self.variants[0].key
+
+    @property
+    def hash_seed(self) -> str:
+        """The seed mixed into unit hashes (defaults to the experiment key)."""
+        return self.assignment.seed if self.assignment.seed is not None else self.key
+
+    @property
+    def catalog_name(self) -> str:
+        """The catalogue (items, users, history) the experiment's strategies use."""
+        return self.catalog if self.catalog is not None else "default"
+
+    def variant(self, key: str) -> VariantConfig:
+        """The variant with this key."""
+        for variant in self.variants:
+            if variant.key == key:
+                return variant
+        raise KeyError(key)

@@ -1,0 +1,93 @@
+"""Domain objects: frozen dataclasses free of storage and web concerns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+EVENT_TYPES: tuple[str, ...] = (
+    "impression",
+    "view",
+    "click",
+    "add_to_cart",
+    "purchase",
+    "rating",
+)
+"""Event types the platform knows; `impression` is recorded by the platform itself."""
+
+SCENES: tuple[str, ...] = ("home_page", "product_detail", "cart_page")
+"""Scenes (page types) a recommendation request may come from."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An assignment: the variant chosen, its propensity, and the unit's hash bucket."""
+
+    variant: str
+    propensity: float
+    bucket: float | None = None
+
+
+@dataclass(frozen=True)
+class RecRequest:
+    """A request for a slate: who asks, from which scene, with which context."""
+
+    unit_id: str
+    scene: str | None = None
+    current_item: str | None = None
+    cart_items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Slate:
+    """An ordered list of recommended item ids with their scores."""
+
+    items: tuple[str, ...]
+    scores: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.items) != len(self.scores):
+            raise ValueError(
+                f"slate has {len(self.items)} items but {len(self.scores)} scores"
+            )
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Item catalogue as parallel columns; the row index is the item's dense index."""
+
+    item_ids: npt.NDArray[np.str_]
+    categories: npt.NDArray[np.str_]
+    brands: npt.NDArray[np.str_]
+    prices: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    def index(self) -> dict[str, int]:
+        """Map item id -> dense index."""
+        return {str(item): i for i, item in enumerate(self.item_ids.tolist())}
+
+
+@dataclass(frozen=True)
+class InteractionLog:
+    """Interaction history as parallel columns; timestamps are Unix seconds (int64)."""
+
+    catalog: Catalog
+    user_ids: npt.NDArray[np.str_]
+    item_ids: npt.NDArray[np.str_]
+    event_types: npt.NDArray[np.str_]
+    values: npt.NDArray[np.float64]
+    timestamps: npt.NDArray[np.int64]
+    user_features: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def end_timestamp(self) -> int:
+        """The latest timestamp in the log (0 for an empty log)."""
+        return int(self.timestamps.max()) if len(self) else 0

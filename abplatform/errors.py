@@ -1,0 +1,31 @@
+"""Errors that carry a hint telling the user what to do next."""
+
+from __future__ import annotations
+
+
+class AbplatformError(Exception):
+    """Base error: a message plus an optional hint."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message}\nhint: {self.hint}"
+
+
+class UnknownNameError(AbplatformError):
+    """A name (strategy kind, experiment key, ...) that is not known."""
+
+
+class NotFoundError(AbplatformError):
+    """A stored object that does not exist."""
+
+
+class DataError(AbplatformError):
+    """Input data (CSV rows, history) that cannot be used; lists the bad rows."""
+
+    def __init__(self, message: str, problems: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.problems = problems

@@ -1,0 +1,70 @@
+"""Name -> plug-in class registries, filled by decorators and entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from abplatform.errors import UnknownNameError
+from abplatform.strategy import StrategyFactory
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A registry of named plug-ins; third-party packages add theirs by entry point."""
+
+    def __init__(self, what: str, group: str) -> None:
+        self.what = what
+        self.group = group
+        self._items: dict[str, T] = {}
+        self._entry_points_loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class decorator registering a plug-in under `name`."""
+
+        def decorator(obj: T) -> T:
+            existing = self._items.get(name)
+            if existing is not None and existing is not obj:
+                raise ValueError(f"{self.what} {name!r} is already registered by {existing!r}")
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.group):
+            if ep.name not in self._items:
+                obj: Any = ep.load()
+                self._items.setdefault(ep.name, obj)
+
+    def names(self) -> list[str]:
+        """All known names, sorted."""
+        self._load_entry_points()
+        return sorted(self._items)
+
+    def get(self, name: str) -> T:
+        """The plug-in registered as `name`; unknown names list the known ones."""
+        if name not in self._items:
+            self._load_entry_points()
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "(none)"
+            raise UnknownNameError(
+                f"unknown {self.what} {name!r}; known: {known}",
+                hint=f"register it with @register or the {self.group!r} entry point group",
+            ) from None
+
+
+strategies: Registry[StrategyFactory] = Registry("strategy kind", "abplatform.strategies")
+
+
+def build_strategy(kind: str, params: dict[str, Any] | None = None, *, seed: int = 0) -> Any:
+    """Instantiate the strategy registered as `kind` with validated `params`."""
+    factory = strategies.get(kind)
+    return factory(factory.Params.model_validate(dict(params or {})), seed=seed)

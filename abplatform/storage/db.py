@@ -1,0 +1,129 @@
+"""Database URLs, engines, sessions and schema migrations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.orm import Session, sessionmaker
+
+from abplatform.errors import AbplatformError
+
+DEFAULT_URL = "sqlite:///abplatform.db"
+URL_ENV = "ABPLATFORM_DATABASE_URL"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The database URL: the argument, else $ABPLATFORM_DATABASE_URL, else local SQLite."""
+    chosen = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    for prefix in ("postgresql://", "postgres://"):
+        if chosen.startswith(prefix):
+            return "postgresql+psycopg://" + chosen[len(prefix) :]
+    return chosen
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """Whether the engine talks to SQLite."""
+    return engine.dialect.name == "sqlite"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers work during a long simulation write; NORMAL is durable in WAL mode.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """Create an engine for `url` (see `resolve_url`) with sensible per-dialect settings."""
+    resolved = resolve_url(url)
+    if resolved.startswith("sqlite"):
+        engine = create_engine(resolved, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    try:
+        return create_engine(resolved, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise AbplatformError(
+            f"no database driver for {resolved.split(':', 1)[0]!r}: {exc}",
+            hint="install the PostgreSQL extra: pip install 'abplatform[postgres]'",
+        ) from exc
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to `engine`."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any error."""
+    with session_factory(engine)() as session, session.begin():
+        yield session
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run the Alembic migrations up to `revision`."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(engine), revision)
+
+
+def head_revision() -> str | None:
+    """The newest migration revision shipped with the package."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(create_engine("sqlite://"))).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Make sure the schema is at head: SQLite upgrades itself, other databases must be migrated."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    if is_sqlite(engine):
+        upgrade(engine)
+        return
+    state = "empty" if current is None else f"at revision {current}"
+    raise AbplatformError(
+        f"the database is {state}, but this version of abplatform needs revision {head}",
+        hint="run: abplatform db upgrade --db URL",
+    )
+
+
+def table_names(engine: Engine) -> list[str]:
+    """Tables present in the database."""
+    return sorted(inspect(engine).get_table_names())
+
+
+def open_database(url: str | None = None) -> Engine:
+    """An engine whose schema is ready to use."""
+    engine = make_engine(url)
+    ensure_schema(engine)
+    return engine

@@ -1,0 +1,172 @@
+"""SQLAlchemy 2.0 table models; the schema lives here and in the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY, so BigInteger maps to INTEGER there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class Experiment(Base):
+    """An experiment definition as loaded from YAML."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    unit: Mapped[str] = mapped_column(String(64), default="user")
+    catalog: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Variant(Base):
+    """One arm of an experiment with its strategy and traffic weight."""
+
+    __tablename__ = "variants"
+    __table_args__ = (UniqueConstraint("experiment_id", "key", name="uq_variants_experiment_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    key: Mapped[str] = mapped_column(String(128))
+    position: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[float] = mapped_column(Float)
+    is_control: Mapped[bool] = mapped_column(Boolean, default=False)
+    strategy_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    strategy_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class SimulationRun(Base):
+    """A simulator run of an experiment, with its ground truth."""
+
+    __tablename__ = "simulation_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ground_truth: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class CatalogItem(Base):
+    """An item of a shop's catalogue."""
+
+    __tablename__ = "catalog_items"
+    __table_args__ = (UniqueConstraint("catalog", "item_id", name="uq_catalog_items_item"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    catalog: Mapped[str] = mapped_column(String(128))
+    item_id: Mapped[str] = mapped_column(String(128))
+    category: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    brand: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tags: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class User(Base):
+    """A user (the unit of randomisation) with profile features."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("catalog", "user_id", name="uq_users_user"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    catalog: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128))
+    features: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Interaction(Base):
+    """A history interaction (outside any experiment) that strategies fit on."""
+
+    __tablename__ = "interactions"
+    __table_args__ = (Index("ix_interactions_catalog_ts", "catalog", "ts"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    catalog: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128))
+    item_id: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ts: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Exposure(Base):
+    """A unit shown a variant's slate: the assignment decision with its propensity."""
+
+    __tablename__ = "exposures"
+    __table_args__ = (Index("ix_exposures_experiment_unit", "experiment_id", "unit_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    variant: Mapped[str] = mapped_column(String(128))
+    unit_id: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[datetime] = mapped_column(DateTime)
+    propensity: Mapped[float] = mapped_column(Float)
+    bucket: Mapped[float | None] = mapped_column(Float, nullable=True)
+    scene: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    slate_size: Mapped[int] = mapped_column(Integer, default=0)
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Impression(Base):
+    """One slate position shown in an exposure."""
+
+    __tablename__ = "impressions"
+
+    exposure_id: Mapped[int] = mapped_column(
+        ForeignKey("exposures.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(128))
+
+
+class Event(Base):
+    """A feedback event from a unit (click, purchase, ...), idempotent by `event_id`."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_experiment_unit", "experiment_id", "unit_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), nullable=True
+    )
+    exposure_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    unit_id: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32))
+    item_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ts: Mapped[datetime] = mapped_column(DateTime)

@@ -1,0 +1,1 @@
+"""Analysis layer: statistics and report rendering for experiments."""

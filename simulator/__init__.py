@@ -1,0 +1,1 @@
+"""A synthetic e-commerce world that plays experiments end to end into SQL."""

@@ -1,0 +1,332 @@
+"""Play an experiment in the synthetic shop and write every row to SQL as real traffic would."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
+
+from abplatform.assignment.engine import build_policy
+from abplatform.config.models import ExperimentConfig, SimulationConfig
+from abplatform.domain import RecRequest
+from abplatform.errors import AbplatformError
+from abplatform.registry import build_strategy
+from abplatform.storage import models as m
+from abplatform.storage.bulk import bulk_insert, reserve_ids, seconds_to_sql
+from abplatform.storage.history import load_history
+from abplatform.storage.repository import (
+    clear_catalog,
+    clear_experiment_data,
+    save_experiment,
+    utcnow,
+)
+from simulator.behaviour import slate_probabilities
+from simulator.history import generate_history
+from simulator.truth import ground_truth
+from simulator.world import World, build_world
+
+EXPERIMENT_START = int(np.datetime64("2026-03-02T00:00:00", "s").astype(np.int64))
+SECONDS_PER_DAY = 86_400
+HOME_PAGE = "home_page"
+RECOMMEND_BATCH = 10_000
+
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done, total): called as the run advances."""
+
+
+@dataclass
+class VariantTally:
+    """Counts of what one variant's users did in the run."""
+
+    units: int = 0
+    exposures: int = 0
+    impressions: int = 0
+    clicks: int = 0
+    purchases: int = 0
+    revenue: float = 0.0
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What a run wrote, and the ground truth it stored."""
+
+    experiment: str
+    run_id: int
+    seed: int
+    users: int
+    items: int
+    history_interactions: int
+    tallies: dict[str, VariantTally]
+    ground_truth: dict[str, dict[str, float | None]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def impressions(self) -> int:
+        """Impressions written across variants."""
+        return sum(t.impressions for t in self.tallies.values())
+
+
+def simulation_catalog(config: ExperimentConfig) -> str:
+    """The catalogue a simulated run writes its world into."""
+    return config.catalog if config.catalog is not None else f"sim:{config.key}"
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def _write_world(conn: Connection, world: World, catalog: str) -> None:
+    cat = world.catalog()
+    n = world.n_items
+    bulk_insert(
+        conn,
+        "catalog_items",
+        {
+            "catalog": [catalog] * n,
+            "item_id": cat.item_ids,
+            "category": cat.categories,
+            "brand": cat.brands,
+            "price": cat.prices,
+        },
+    )
+    bulk_insert(
+        conn,
+        "users",
+        {"catalog": [catalog] * world.n_users, "user_id": world.user_ids,
+         "features": ["{}"] * world.n_users},
+    )
+
+
+def _write_history(conn: Connection, world: World, catalog: str, rng: np.random.Generator) -> int:
+    history = generate_history(world, EXPERIMENT_START, rng)
+    values = [None if math.isnan(v) else v for v in history.value.tolist()]
+    return bulk_insert(
+        conn,
+        "interactions",
+        {
+            "catalog": [catalog] * len(history),
+            "user_id": world.user_ids[history.user],
+            "item_id": world.item_ids[history.item],
+            "type": history.event_type,
+            "value": values,
+            "ts": seconds_to_sql(history.ts),
+        },
+    )
+
+
+def _slates_for_everyone(
+    strategy: Any, world: World, index: dict[str, int], k: int
+) -> npt.NDArray[np.int64]:
+    """Each user's home-page slate from a strategy, as item indices (users, k)."""
+    out = np.empty((world.n_users, k), dtype=np.int64)
+    user_ids = world.user_ids.tolist()
+    for lo in range(0, world.n_users, RECOMMEND_BATCH):
+        chunk = user_ids[lo : lo + RECOMMEND_BATCH]
+        slates = strategy.recommend_batch([RecRequest(u, scene=HOME_PAGE) for u in chunk], k)
+        for row, slate in enumerate(slates):
+            if len(slate.items) != k:
+                raise AbplatformError(
+                    f"strategy {strategy.kind!r} returned {len(slate.items)} items, expected {k}",
+                    hint="the slate size must not exceed the catalogue size",
+                )
+            out[lo + row] = [index[item] for item in slate.items]
+    return out
+
+
+def simulate(
+    engine: Engine,
+    config: ExperimentConfig,
+    *,
+    users: int | None = None,
+    seed: int | None = None,
+    progress: Progress = _noop,
+) -> SimulationResult:
+    """Simulate the experiment into the database in one transaction (all or nothing).
+
+    A rerun of the same experiment key replaces the previous run's rows.
+    """
+    sim = config.simulation or SimulationConfig()
+    run_seed = sim.seed if seed is None else seed
+    if sim.slate_size > sim.items:
+        raise AbplatformError(
+            f"simulation.slate_size ({sim.slate_size}) exceeds simulation.items ({sim.items})"
+        )
+    rng = np.random.default_rng([run_seed, 1])
+    catalog = simulation_catalog(config)
+    k = sim.slate_size
+    world = build_world(sim, users=users, seed=run_seed)
+    with engine.begin() as conn:
+        session = Session(bind=conn)
+        stored = save_experiment(session, config, catalog)
+        clear_experiment_data(session, stored.id)
+        clear_catalog(session, catalog)
+        run = m.SimulationRun(
+            experiment_id=stored.id,
+            seed=run_seed,
+            status="running",
+            config={"simulation": sim.model_dump(mode="json"), "users": world.n_users},
+            started_at=utcnow(),
+        )
+        session.add(run)
+        session.flush()
+        progress("world", 0, 1)
+        _write_world(conn, world, catalog)
+        n_history = _write_history(conn, world, catalog, rng)
+        progress("world", 1, 1)
+
+        log = load_history(conn, catalog)
+        index = log.catalog.index()
+        slates: dict[str, npt.NDArray[np.int64]] = {}
+        for i, variant in enumerate(config.variants):
+            progress("fit", i, len(config.variants))
+            spec = variant.strategy
+            if spec is None:
+                raise AbplatformError(
+                    f"variant {variant.key!r} has no strategy; the simulator needs one per variant"
+                )
+            strategy = build_strategy(spec.kind, spec.params, seed=run_seed)
+            strategy.fit(log)
+            slates[variant.key] = _slates_for_everyone(strategy, world, index, k)
+        progress("fit", len(config.variants), len(config.variants))
+
+        daily_rate = sim.sessions_per_user_per_day * world.user_activity
+        truth = ground_truth(world, slates, daily_rate * sim.days, config.metrics)
+        decisions = build_policy(config).assign_batch(world.user_ids)
+        tallies = _play(conn, config, stored.id, run.id, world, slates, decisions, daily_rate,
+                        sim.days, rng, progress)
+
+        clean_truth = {
+            metric: {v: (None if math.isnan(x) else x) for v, x in values.items()}
+            for metric, values in truth.items()
+        }
+        run.status = "completed"
+        run.finished_at = utcnow()
+        run.ground_truth = {"metrics": clean_truth}
+        run.summary = {
+            "users": world.n_users,
+            "items": world.n_items,
+            "history_interactions": n_history,
+            "variants": {key: vars(t) for key, t in tallies.items()},
+        }
+        session.flush()
+        session.close()
+    return SimulationResult(
+        experiment=config.key,
+        run_id=run.id,
+        seed=run_seed,
+        users=world.n_users,
+        items=world.n_items,
+        history_interactions=n_history,
+        tallies=tallies,
+        ground_truth=clean_truth,
+    )
+
+
+def _play(
+    conn: Connection,
+    config: ExperimentConfig,
+    experiment_id: int,
+    run_id: int,
+    world: World,
+    slates: dict[str, npt.NDArray[np.int64]],
+    decisions: Any,
+    daily_rate: npt.NDArray[np.float64],
+    days: int,
+    rng: np.random.Generator,
+    progress: Progress,
+) -> dict[str, VariantTally]:
+    """Run the experiment day by day: sessions, slates, clicks, purchases, rows."""
+    keys = [v.key for v in config.variants]
+    tallies = {key: VariantTally() for key in keys}
+    arm = decisions.variant_index
+    covered = np.flatnonzero(arm >= 0)
+    k = next(iter(slates.values())).shape[1]
+    stacked = np.stack([slates[key] for key in keys])  # (variants, users, k)
+    seen = np.zeros(world.n_users, dtype=bool)
+    event_seq = 0
+    for day in range(days):
+        progress("traffic", day, days)
+        counts = rng.poisson(daily_rate[covered])
+        users = np.repeat(covered, counts)
+        if users.size == 0:
+            continue
+        ts = EXPERIMENT_START + day * SECONDS_PER_DAY + rng.integers(
+            0, SECONDS_PER_DAY - 3600, size=users.size
+        )
+        order = np.argsort(ts, kind="stable")
+        users, ts = users[order], ts[order]
+        user_arm = arm[users]
+        items = stacked[user_arm, users]  # (sessions, k)
+        outcome = slate_probabilities(world, users, items)
+        clicked = rng.random(items.shape) < outcome.click
+        bought = clicked & (rng.random(items.shape) < outcome.purchase_given_click)
+
+        exposure_ids = reserve_ids(conn, "exposures", users.size)
+        stamps = seconds_to_sql(ts)
+        bulk_insert(
+            conn,
+            "exposures",
+            {
+                "id": exposure_ids,
+                "experiment_id": [experiment_id] * users.size,
+                "variant": np.asarray(keys)[user_arm],
+                "unit_id": world.user_ids[users],
+                "ts": stamps,
+                "propensity": decisions.propensity[users],
+                "bucket": decisions.bucket[users],
+                "scene": [HOME_PAGE] * users.size,
+                "slate_size": [k] * users.size,
+            },
+        )
+        bulk_insert(
+            conn,
+            "impressions",
+            {
+                "exposure_id": np.repeat(exposure_ids, k),
+                "position": np.tile(np.arange(k), users.size),
+                "item_id": world.item_ids[items.ravel()],
+            },
+        )
+        crow, ccol = np.nonzero(clicked)
+        brow, bcol = np.nonzero(bought)
+        n_events = crow.size + brow.size
+        event_rows = np.concatenate([crow, brow])
+        event_items = np.concatenate([items[crow, ccol], items[brow, bcol]])
+        offsets = np.concatenate([ccol + 1, bcol + 600])
+        values: list[float | None] = [None] * crow.size + world.item_price[
+            items[brow, bcol]
+        ].tolist()
+        bulk_insert(
+            conn,
+            "events",
+            {
+                "event_id": [f"sim{run_id}-{event_seq + i}" for i in range(n_events)],
+                "experiment_id": [experiment_id] * n_events,
+                "exposure_id": exposure_ids[event_rows],
+                "unit_id": world.user_ids[users[event_rows]],
+                "type": ["click"] * crow.size + ["purchase"] * brow.size,
+                "item_id": world.item_ids[event_items],
+                "value": values,
+                "ts": seconds_to_sql(ts[event_rows] + offsets),
+            },
+        )
+        event_seq += n_events
+        seen[users] = True
+        for a, key in enumerate(keys):
+            in_arm = user_arm == a
+            tally = tallies[key]
+            tally.exposures += int(in_arm.sum())
+            tally.impressions += int(in_arm.sum()) * k
+            tally.clicks += int(clicked[in_arm].sum())
+            tally.purchases += int(bought[in_arm].sum())
+            tally.revenue += float((bought[in_arm] * world.item_price[items[in_arm]]).sum())
+    for a, key in enumerate(keys):
+        tallies[key].units = int((seen & (arm == a)).sum())
+    progress("traffic", days, days)
+    return tallies

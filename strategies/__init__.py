@@ -1,0 +1,1 @@
+"""Recommendation strategy plug-ins; each registers itself under its YAML `kind`."""

@@ -1,0 +1,75 @@
+"""Shared machinery of the built-in strategies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+
+from abplatform.domain import Catalog, InteractionLog, RecRequest, Slate
+from abplatform.errors import AbplatformError
+
+
+class StrategyParams(BaseModel):
+    """Base of every strategy's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NotFittedError(AbplatformError):
+    """A strategy asked for slates before `fit`."""
+
+
+class BaseStrategy:
+    """Holds validated params, the seed and the fitted catalogue; batch defaults to a loop."""
+
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = StrategyParams
+
+    def __init__(self, params: BaseModel | Mapping[str, Any] | None = None, *, seed: int = 0):
+        if isinstance(params, self.Params):
+            self.params: Any = params
+        else:
+            raw = params.model_dump() if isinstance(params, BaseModel) else dict(params or {})
+            self.params = self.Params.model_validate(raw)
+        self.seed = seed
+        self._catalog: Catalog | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalogue seen at fit time."""
+        if self._catalog is None:
+            raise NotFittedError(
+                f"strategy {self.kind!r} is not fitted", hint="call fit(history) first"
+            )
+        return self._catalog
+
+    def fit(self, history: InteractionLog) -> None:
+        """Remember the catalogue; subclasses learn more."""
+        if len(history.catalog) == 0:
+            raise AbplatformError(
+                f"strategy {self.kind!r} cannot fit on an empty catalogue",
+                hint="load items first (simulate or ingest)",
+            )
+        self._catalog = history.catalog
+
+    def recommend(self, request: RecRequest, k: int) -> Slate:
+        """One slate; subclasses implement `recommend_batch` or override this."""
+        return self.recommend_batch([request], k)[0]
+
+    def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
+        """One slate per request."""
+        raise NotImplementedError
+
+    def _slate(self, indices: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> Slate:
+        ids = self.catalog.item_ids[indices]
+        return Slate(tuple(ids.tolist()), tuple(float(s) for s in scores.tolist()))
+
+
+def check_k(k: int) -> None:
+    """A slate size must be a positive integer."""
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer (got {k!r})")

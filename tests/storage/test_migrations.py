@@ -1,0 +1,59 @@
+"""The Alembic migrations and the SQLAlchemy models describe the same schema."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from abplatform.storage.db import (
+    current_revision,
+    ensure_schema,
+    head_revision,
+    make_engine,
+    open_database,
+    upgrade,
+)
+from abplatform.storage.models import Base
+
+
+def test_models_match_migrations(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    assert current_revision(engine) == head_revision()
+
+
+def test_sqlite_upgrades_itself(sqlite_url: str) -> None:
+    engine = open_database(sqlite_url)
+    assert current_revision(engine) == head_revision()
+    names = set(inspect(engine).get_table_names())
+    assert {"experiments", "variants", "exposures", "impressions", "events"} <= names
+    ensure_schema(engine)  # idempotent at head
+
+
+def test_empty_postgres_is_not_migrated_silently(pg_engine: object) -> None:
+    import uuid
+
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    from abplatform.errors import AbplatformError
+    from tests.conftest import PG_ADMIN_URL
+
+    name = f"abp_empty_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        engine = make_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+        with pytest.raises(AbplatformError, match="the database is empty") as info:
+            ensure_schema(engine)
+        assert info.value.hint == "run: abplatform db upgrade --db URL"
+        engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
