@@ -131,12 +131,26 @@ def _print_simulation(result: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"Simulated {result.experiment} (run {result.run_id}, seed {result.seed})")
-    for column in ("variant", "units", "exposures", "impressions", "clicks", "purchases",
-                   "revenue"):
+    for column in (
+        "variant",
+        "units",
+        "exposures",
+        "impressions",
+        "clicks",
+        "purchases",
+        "revenue",
+    ):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for key, tally in result.tallies.items():
-        table.add_row(key, f"{tally.units:,}", f"{tally.exposures:,}", f"{tally.impressions:,}",
-                      f"{tally.clicks:,}", f"{tally.purchases:,}", f"{tally.revenue:,.2f}")
+        table.add_row(
+            key,
+            f"{tally.units:,}",
+            f"{tally.exposures:,}",
+            f"{tally.impressions:,}",
+            f"{tally.clicks:,}",
+            f"{tally.purchases:,}",
+            f"{tally.revenue:,.2f}",
+        )
     console = _console()
     console.print(table)
     truth = Table(title="Ground truth (expected value over the whole population)")
@@ -178,8 +192,9 @@ def analyze(
 
 
 def _write_report(engine: Engine, key: str, output: Path) -> None:
-    from reports.analysis import analyze as run_analysis
     from reports.render import render_report
+
+    from reports.analysis import analyze as run_analysis
 
     result = _run(lambda: run_analysis(engine, key))
     try:
@@ -230,7 +245,7 @@ def ingest(
             print(line, file=sys.stderr)
         print("nothing was written", file=sys.stderr)
         raise typer.Exit(USAGE_ERROR) from None
-    except Exception as exc:  # noqa: BLE001 - platform errors get a message, not a traceback
+    except Exception as exc:
         from abplatform.errors import AbplatformError
 
         if isinstance(exc, AbplatformError):
@@ -285,8 +300,10 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        print("interrupted; nothing was half-written (each command is one transaction)",
-              file=sys.stderr)
+        print(
+            "interrupted; nothing was half-written (each command is one transaction)",
+            file=sys.stderr,
+        )
         sys.exit(130)
 
 

@@ -50,9 +50,7 @@ class Slate:
 
     def __post_init__(self) -> None:
         if len(self.items) != len(self.scores):
-            raise ValueError(
-                f"slate has {len(self.items)} items but {len(self.scores)} scores"
-            )
+            raise ValueError(f"slate has {len(self.items)} items but {len(self.scores)} scores")
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 from abplatform.errors import UnknownNameError
-from abplatform.strategy import StrategyFactory
+from abplatform.strategy import Strategy
 
 T = TypeVar("T")
 
@@ -61,10 +61,13 @@ class Registry(Generic[T]):
             ) from None
 
 
-strategies: Registry[StrategyFactory] = Registry("strategy kind", "abplatform.strategies")
+strategies: Registry[type[Strategy]] = Registry("strategy kind", "abplatform.strategies")
 
 
-def build_strategy(kind: str, params: dict[str, Any] | None = None, *, seed: int = 0) -> Any:
+def build_strategy(
+    kind: str, params: Mapping[str, Any] | None = None, *, seed: int = 0
+) -> Strategy:
     """Instantiate the strategy registered as `kind` with validated `params`."""
-    factory = strategies.get(kind)
-    return factory(factory.Params.model_validate(dict(params or {})), seed=seed)
+    factory: Any = strategies.get(kind)
+    strategy: Strategy = factory(factory.Params.model_validate(dict(params or {})), seed=seed)
+    return strategy

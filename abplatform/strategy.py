@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -28,12 +28,3 @@ class Strategy(Protocol):
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
         """Return one slate per request; equal to calling `recommend` on each."""
         ...
-
-
-class StrategyFactory(Protocol):
-    """A strategy class: built from validated params and a seed."""
-
-    kind: ClassVar[str]
-    Params: ClassVar[type[BaseModel]]
-
-    def __call__(self, params: Any, *, seed: int = 0) -> Strategy: ...

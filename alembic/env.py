@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import Engine
 
 from abplatform.storage.db import make_engine
 from abplatform.storage.models import Base
+from alembic import context
 
 config = context.config
 target_metadata = Base.metadata

@@ -36,7 +36,8 @@ def _choose_categories(
     logits = CATEGORY_CHOICE_SHARPNESS * world.user_vectors[users] @ world.category_vectors.T
     logits += np.log(world.category_share)[None, :]
     gumbel = -np.log(-np.log(rng.random(logits.shape)))
-    return np.argmax(logits + gumbel, axis=1).astype(np.int64)
+    chosen: npt.NDArray[np.int64] = np.argmax(logits + gumbel, axis=1).astype(np.int64)
+    return chosen
 
 
 def _browse_items(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,8 +99,11 @@ def _write_world(conn: Connection, world: World, catalog: str) -> None:
     bulk_insert(
         conn,
         "users",
-        {"catalog": [catalog] * world.n_users, "user_id": world.user_ids,
-         "features": ["{}"] * world.n_users},
+        {
+            "catalog": [catalog] * world.n_users,
+            "user_id": world.user_ids,
+            "features": ["{}"] * world.n_users,
+        },
     )
 
 
@@ -160,6 +164,15 @@ def simulate(
     rng = np.random.default_rng([run_seed, 1])
     catalog = simulation_catalog(config)
     k = sim.slate_size
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = seconds.get(phase, 0.0) + now - clock
+        clock = now
+
     world = build_world(sim, users=users, seed=run_seed)
     with engine.begin() as conn:
         session = Session(bind=conn)
@@ -179,6 +192,7 @@ def simulate(
         _write_world(conn, world, catalog)
         n_history = _write_history(conn, world, catalog, rng)
         progress("world", 1, 1)
+        lap("world and history")
 
         log = load_history(conn, catalog)
         index = log.catalog.index()
@@ -194,12 +208,26 @@ def simulate(
             strategy.fit(log)
             slates[variant.key] = _slates_for_everyone(strategy, world, index, k)
         progress("fit", len(config.variants), len(config.variants))
+        lap("fit and slates")
 
         daily_rate = sim.sessions_per_user_per_day * world.user_activity
         truth = ground_truth(world, slates, daily_rate * sim.days, config.metrics)
+        lap("ground truth")
         decisions = build_policy(config).assign_batch(world.user_ids)
-        tallies = _play(conn, config, stored.id, run.id, world, slates, decisions, daily_rate,
-                        sim.days, rng, progress)
+        tallies = _play(
+            conn,
+            config,
+            stored.id,
+            run.id,
+            world,
+            slates,
+            decisions,
+            daily_rate,
+            sim.days,
+            rng,
+            progress,
+        )
+        lap("traffic")
 
         clean_truth = {
             metric: {v: (None if math.isnan(x) else x) for v, x in values.items()}
@@ -216,6 +244,7 @@ def simulate(
         }
         session.flush()
         session.close()
+    lap("commit")
     return SimulationResult(
         experiment=config.key,
         run_id=run.id,
@@ -225,6 +254,7 @@ def simulate(
         history_interactions=n_history,
         tallies=tallies,
         ground_truth=clean_truth,
+        seconds=seconds,
     )
 
 
@@ -256,8 +286,10 @@ def _play(
         users = np.repeat(covered, counts)
         if users.size == 0:
             continue
-        ts = EXPERIMENT_START + day * SECONDS_PER_DAY + rng.integers(
-            0, SECONDS_PER_DAY - 3600, size=users.size
+        ts = (
+            EXPERIMENT_START
+            + day * SECONDS_PER_DAY
+            + rng.integers(0, SECONDS_PER_DAY - 3600, size=users.size)
         )
         order = np.argsort(ts, kind="stable")
         users, ts = users[order], ts[order]

@@ -53,7 +53,8 @@ class World:
 
 def _unit_rows(matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
+    unit: npt.NDArray[np.float64] = matrix / np.maximum(norms, 1e-12)
+    return unit
 
 
 def build_world(sim: SimulationConfig, users: int | None = None, seed: int | None = None) -> World:
@@ -65,8 +66,8 @@ def build_world(sim: SimulationConfig, users: int | None = None, seed: int | Non
 
     # Categories: unit vectors with Zipf-like traffic shares, as in a real shop.
     category_vectors = _unit_rows(rng.normal(size=(p.categories, d)))
-    category_share = 1.0 / np.arange(1, p.categories + 1) ** 0.8
-    category_share = rng.permutation(category_share / category_share.sum())
+    zipf = 1.0 / np.arange(1, p.categories + 1, dtype=np.float64) ** 0.8
+    category_share: npt.NDArray[np.float64] = rng.permutation(zipf / zipf.sum())
     brand_vectors = rng.normal(scale=0.5, size=(p.brands, d))
 
     item_category = rng.choice(p.categories, size=n_items, p=category_share).astype(np.int64)

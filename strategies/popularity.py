@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from abplatform.domain import InteractionLog, RecRequest, Slate
 from abplatform.registry import strategies
@@ -34,7 +35,7 @@ class PopularityStrategy(BaseStrategy):
     """
 
     kind = "popularity"
-    Params = PopularityParams
+    Params: ClassVar[type[BaseModel]] = PopularityParams
 
     def fit(self, history: InteractionLog) -> None:
         """Count weighted interactions per item (and each user's favourite category)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
 from abplatform.domain import RecRequest, Slate
 from abplatform.registry import strategies
@@ -34,7 +36,7 @@ class RandomStrategy(BaseStrategy):
     """Uniformly random distinct items; the same request and seed always give the same slate."""
 
     kind = "random"
-    Params = RandomParams
+    Params: ClassVar[type[BaseModel]] = RandomParams
 
     def _request_keys(self, requests: Sequence[RecRequest]) -> npt.NDArray[np.uint64]:
         keys = [

@@ -24,7 +24,7 @@ def _pg_available() -> str | None:
             conn.execute(text("SELECT 1"))
         engine.dispose()
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
 
 
@@ -34,7 +34,9 @@ def pg_engine() -> Iterator[Engine]:
     problem = _pg_available()
     if problem is not None:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI but unreachable at {PG_ADMIN_URL}: {problem}")
+            pytest.fail(
+                f"PostgreSQL is required in CI but unreachable at {PG_ADMIN_URL}: {problem}"
+            )
         pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {problem}")
     name = f"abp_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")

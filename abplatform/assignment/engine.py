@@ -38,7 +38,7 @@ class AssignmentPolicy(Protocol):
         """The unit's decision, or None when the unit is outside the experiment."""
         ...
 
-    def assign_batch(self, unit_ids: Sequence[str]) -> BatchDecision:
+    def assign_batch(self, unit_ids: Sequence[str] | npt.NDArray[np.str_]) -> BatchDecision:
         """Decisions for many units at once, identical to `assign` on each."""
         ...
 
@@ -60,11 +60,11 @@ class HashPolicy:
         self.namespace = config.assignment.namespace
         self.variant_keys = tuple(v.key for v in config.variants)
         self.weights = [v.weight for v in config.variants]
-        self.ranges = bucket_ranges(
-            len(config.variants), config.assignment.coverage, self.weights
-        )
+        self.ranges = bucket_ranges(len(config.variants), config.assignment.coverage, self.weights)
 
-    def _in_namespace_batch(self, unit_ids: Sequence[str]) -> npt.NDArray[np.bool_]:
+    def _in_namespace_batch(
+        self, unit_ids: Sequence[str] | npt.NDArray[np.str_]
+    ) -> npt.NDArray[np.bool_]:
         if self.namespace is None:
             return np.ones(len(unit_ids), dtype=bool)
         name, start, end = self.namespace
@@ -86,7 +86,7 @@ class HashPolicy:
             return None
         return Decision(self.variant_keys[index], self.weights[index], n)
 
-    def assign_batch(self, unit_ids: Sequence[str]) -> BatchDecision:
+    def assign_batch(self, unit_ids: Sequence[str] | npt.NDArray[np.str_]) -> BatchDecision:
         """Vectorised `assign` for many units."""
         buckets = bucket_batch(self.seed, unit_ids, self.version)
         index = np.asarray(choose_variant_batch(buckets, self.ranges), dtype=np.int64)

@@ -108,12 +108,16 @@ def _semantic_problems(config: ExperimentConfig) -> list[Problem]:
             problems.append(Problem(f"variants.{i}.key", "duplicate variant key", variant.key))
         seen.add(variant.key)
         if variant.strategy is not None:
-            problems.extend(_strategy_problems(f"variants.{i}.strategy", variant.strategy.kind,
-                                               variant.strategy.params))
+            problems.extend(
+                _strategy_problems(
+                    f"variants.{i}.strategy", variant.strategy.kind, variant.strategy.params
+                )
+            )
     if config.control is not None and config.control not in seen:
         problems.append(
-            Problem("control", f"not a variant key; variants: {', '.join(sorted(seen))}",
-                    config.control)
+            Problem(
+                "control", f"not a variant key; variants: {', '.join(sorted(seen))}", config.control
+            )
         )
     names: set[str] = set()
     for i, metric in enumerate(config.metrics):
@@ -161,11 +165,13 @@ def parse_yaml(text: str, source: str | None = None) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         what = exc.problem or exc.context or "malformed YAML"
-        raise ConfigError([Problem("yaml", f"malformed YAML at {where}: {what}",
-                                   has_got=False)], source) from None
+        raise ConfigError(
+            [Problem("yaml", f"malformed YAML at {where}: {what}", has_got=False)], source
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem("yaml", f"malformed YAML: {exc}", has_got=False)],
-                          source) from None
+        raise ConfigError(
+            [Problem("yaml", f"malformed YAML: {exc}", has_got=False)], source
+        ) from None
 
 
 def load_experiment_text(text: str, source: str | None = None) -> ExperimentConfig:

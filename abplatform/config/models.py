@@ -105,9 +105,7 @@ class RatioMetric(_Strict):
     description: str = ""
 
 
-MetricConfig = Annotated[
-    ProportionMetric | MeanMetric | RatioMetric, Field(discriminator="type")
-]
+MetricConfig = Annotated[ProportionMetric | MeanMetric | RatioMetric, Field(discriminator="type")]
 
 
 class WorldConfig(_Strict):

@@ -145,6 +145,8 @@ class Impression(Base):
     """One slate position shown in an exposure."""
 
     __tablename__ = "impressions"
+    # One B-tree keyed by (exposure, position) on SQLite: the bulk path appends in key order.
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     exposure_id: Mapped[int] = mapped_column(
         ForeignKey("exposures.id", ondelete="CASCADE"), primary_key=True

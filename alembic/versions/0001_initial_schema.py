@@ -133,7 +133,8 @@ def upgrade() -> None:
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('item_id', sa.String(length=128), nullable=False),
     sa.ForeignKeyConstraint(['exposure_id'], ['exposures.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('exposure_id', 'position')
+    sa.PrimaryKeyConstraint('exposure_id', 'position'),
+    sqlite_with_rowid=False,
     )
 
 

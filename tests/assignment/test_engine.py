@@ -23,8 +23,13 @@ UNITS = [f"user-{i}" for i in range(5_000)] + ["", "ü-ñ-漢", "a" * 100]
 
 @pytest.mark.parametrize(
     "assignment",
-    ["{}", "{hash_version: 1}", "{coverage: 0.4}", "{namespace: [pricing, 0.2, 0.7]}",
-     "{seed: other-seed, coverage: 0.8}"],
+    [
+        "{}",
+        "{hash_version: 1}",
+        "{coverage: 0.4}",
+        "{namespace: [pricing, 0.2, 0.7]}",
+        "{seed: other-seed, coverage: 0.8}",
+    ],
 )
 def test_batch_equals_single(assignment: str) -> None:
     p = policy(assignment, (0.2, 0.3, 0.5))

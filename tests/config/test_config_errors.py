@@ -154,10 +154,7 @@ def test_named_control() -> None:
         ),
         pytest.param(
             "key: x\nvariants: [{key: a, weight: 1}\nmetrics: []\n",
-            [
-                "yaml: malformed YAML at line 3, column 1: expected ',' or ']', "
-                "but got '<scalar>'"
-            ],
+            ["yaml: malformed YAML at line 3, column 1: expected ',' or ']', but got '<scalar>'"],
             id="malformed-yaml",
         ),
         pytest.param(
@@ -192,5 +189,5 @@ def test_error_names_the_source_file(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     from abplatform.errors import AbplatformError
 
-    with pytest.raises(AbplatformError, match="cannot read .*nope.yaml: No such file"):
+    with pytest.raises(AbplatformError, match=r"cannot read .*nope\.yaml: No such file"):
         load_experiment(tmp_path / "nope.yaml")

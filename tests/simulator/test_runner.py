@@ -37,8 +37,16 @@ def counts(url: str) -> dict[str, int]:
     engine = open_database(url)
     out = {}
     with transaction(engine) as session:
-        for model in (m.Experiment, m.SimulationRun, m.CatalogItem, m.User, m.Interaction,
-                      m.Exposure, m.Impression, m.Event):
+        for model in (
+            m.Experiment,
+            m.SimulationRun,
+            m.CatalogItem,
+            m.User,
+            m.Interaction,
+            m.Exposure,
+            m.Impression,
+            m.Event,
+        ):
             out[model.__tablename__] = session.scalar(select(func.count()).select_from(model))
     engine.dispose()
     return out

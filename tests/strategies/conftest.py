@@ -11,8 +11,9 @@ DAY = 86_400
 END = 1_770_000_000
 
 
-def make_history(seed: int = 0, n_items: int = 60, n_users: int = 40, n_events: int = 800
-                 ) -> InteractionLog:
+def make_history(
+    seed: int = 0, n_items: int = 60, n_users: int = 40, n_events: int = 800
+) -> InteractionLog:
     """Seeded catalogue of `n_items` in 4 categories and random clicks and purchases."""
     rng = np.random.default_rng(seed)
     catalog = Catalog(

@@ -93,9 +93,7 @@ class TestStrategyContract:
         strategy.fit(empty)
         assert len(set(strategy.recommend(RecRequest("user-1"), 5).items)) == 5
 
-    def test_recommend_before_fit_is_a_clear_error(
-        self, kind: str, params: dict[str, Any]
-    ) -> None:
+    def test_recommend_before_fit_is_a_clear_error(self, kind: str, params: dict[str, Any]) -> None:
         from strategies.base import NotFittedError
 
         with pytest.raises(NotFittedError, match="not fitted"):

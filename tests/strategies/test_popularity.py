@@ -80,7 +80,9 @@ def test_per_category_tops_up_from_the_global_ranking() -> None:
     strategy.fit(log)
     user = log.user_ids[0]
     slate = strategy.recommend(RecRequest(str(user)), 20)
-    categories = dict(zip(log.catalog.item_ids.tolist(), log.catalog.categories.tolist()))
+    categories = dict(
+        zip(log.catalog.item_ids.tolist(), log.catalog.categories.tolist(), strict=True)
+    )
     head = {categories[item] for item in slate.items[:15]}
     assert len(head) == 1  # the favourite category's 15 items first
     assert len(set(slate.items)) == 20

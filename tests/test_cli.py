@@ -1,0 +1,138 @@
+"""The real `abplatform` command line, run as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "homepage_popularity.yaml"
+
+
+def cli(*args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "ABPLATFORM_DATABASE_URL"}
+    if db is not None:
+        env["ABPLATFORM_DATABASE_URL"] = db
+    return subprocess.run(
+        [sys.executable, "-m", "abplatform.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, abplatform, abplatform.cli; "
+        "heavy = [m for m in ('tensorflow', 'numpy', 'scipy', 'sqlalchemy', 'pandas') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_help_lists_commands() -> None:
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("validate", "simulate", "analyze", "report", "ingest", "db"):
+        assert command in out.stdout
+
+
+def test_validate_ok() -> None:
+    out = cli("validate", str(EXAMPLE))
+    assert out.returncode == 0, out.stderr
+    assert "ok (2 variants, 4 metrics)" in out.stdout
+
+
+def test_validate_bad_file_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "key: x\nvariants:\n  - {key: a, weight: 0.7, strategy: {kind: nope}}\n"
+        "  - {key: a, weight: 0.7}\n"
+    )
+    out = cli("validate", str(bad))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == f"error: {bad}: 3 problems in the experiment config"
+    assert lines[1:] == [
+        "variants: weights must sum to 1 (they sum to 1.4) (got [0.7, 0.7])",
+        "variants.0.strategy.kind: unknown strategy kind; known: popularity, random (got 'nope')",
+        "variants.1.key: duplicate variant key (got 'a')",
+    ]
+
+
+def test_validate_malformed_yaml(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("key: x\nvariants: [\n  {key: a\n")
+    out = cli("validate", str(bad))
+    assert out.returncode == 2
+    assert "yaml: malformed YAML at line" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_validate_missing_file(tmp_path: Path) -> None:
+    out = cli("validate", str(tmp_path / "missing.yaml"))
+    assert out.returncode == 2
+    assert "cannot read" in out.stderr and "No such file" in out.stderr
+
+
+def test_analyze_unknown_experiment(tmp_path: Path) -> None:
+    out = cli("analyze", "no_such_experiment", db=f"sqlite:///{tmp_path}/x.db")
+    assert out.returncode == 2
+    assert "no experiment 'no_such_experiment' in this database" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_db_upgrade_and_current(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    out = cli("db", "upgrade", "--db", url)
+    assert out.returncode == 0, out.stderr
+    assert "at revision 0001" in out.stdout
+    assert cli("db", "current", "--db", url).stdout.strip() == "0001"
+
+
+def test_simulate_analyze_report_end_to_end(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/e2e.db"
+    report = tmp_path / "report.html"
+    out = cli(
+        "simulate",
+        str(EXAMPLE),
+        "--db",
+        url,
+        "--users",
+        "1500",
+        "--seed",
+        "5",
+        "--report",
+        str(report),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Ground truth" in out.stdout
+    assert report.read_text().startswith("<!DOCTYPE html>")
+    analysis = cli("analyze", "homepage_popularity", "--db", url, "--json")
+    assert analysis.returncode == 0, analysis.stderr
+    result = json.loads(analysis.stdout)
+    assert result["experiment"] == "homepage_popularity"
+    assert set(result["srm"]) >= {"p_value", "mismatch"}
+    assert [m["metric"] for m in result["metrics"]] == [
+        "purchase_rate",
+        "revenue_per_user",
+        "clicks_per_user",
+        "ctr",
+    ]
+    for metric in result["metrics"]:
+        assert metric["ground_truth"] is not None
+        assert {v["variant"] for v in metric["variants"]} == {"control", "treatment"}
+        (comparison,) = metric["comparisons"]
+        assert comparison["baseline"] == "control"
+        assert set(comparison) >= {"diff", "diff_ci", "rel_lift", "rel_lift_ci", "p_value"}
+    table = cli("analyze", "homepage_popularity", "--db", url)
+    assert table.returncode == 0 and "ctr" in table.stdout
+    listing = cli("list", "--db", url)
+    assert "homepage_popularity" in listing.stdout
