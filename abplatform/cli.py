@@ -37,7 +37,10 @@ USAGE_ERROR = 2
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 160  # piped output: wide enough for the result tables
+    return console
 
 
 def _fail(message: str, hint: str | None = None, code: int = USAGE_ERROR) -> NoReturn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
 
 from abplatform.errors import UnknownNameError
@@ -19,7 +19,7 @@ class Registry(Generic[T]):
         self.what = what
         self.group = group
         self._items: dict[str, T] = {}
-        self._entry_points_loaded = False
+        self._entry_point_map: dict[str, EntryPoint] | None = None
 
     def register(self, name: str) -> Callable[[T], T]:
         """Class decorator registering a plug-in under `name`."""
@@ -33,24 +33,26 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def _load_entry_points(self) -> None:
-        if self._entry_points_loaded:
-            return
-        self._entry_points_loaded = True
-        for ep in entry_points(group=self.group):
-            if ep.name not in self._items:
-                obj: Any = ep.load()
-                self._items.setdefault(ep.name, obj)
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        if self._entry_point_map is None:
+            self._entry_point_map = {ep.name: ep for ep in entry_points(group=self.group)}
+        return self._entry_point_map
 
     def names(self) -> list[str]:
-        """All known names, sorted."""
-        self._load_entry_points()
-        return sorted(self._items)
+        """All known names (registered or declared by an entry point), sorted."""
+        return sorted(set(self._items) | set(self._entry_points()))
 
     def get(self, name: str) -> T:
         """The plug-in registered as `name`; unknown names list the known ones."""
-        if name not in self._items:
-            self._load_entry_points()
+        if name not in self._items and name in self._entry_points():
+            try:
+                obj: Any = self._entry_points()[name].load()
+            except Exception as exc:  # a broken plug-in fails when used, not on start-up
+                raise UnknownNameError(
+                    f"{self.what} {name!r} could not be loaded: {type(exc).__name__}: {exc}",
+                    hint=f"check the package that declares it in {self.group!r}",
+                ) from exc
+            self._items.setdefault(name, obj)
         try:
             return self._items[name]
         except KeyError:

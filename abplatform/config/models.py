@@ -122,7 +122,7 @@ class WorldConfig(_Strict):
     )
     affinity_scale: float = Field(default=2.0, ge=0, allow_inf_nan=False)
     price_weight: float = Field(default=0.5, ge=0, allow_inf_nan=False)
-    purchase_bias: float = Field(default=-2.5, allow_inf_nan=False)
+    purchase_bias: float = Field(default=-3.0, allow_inf_nan=False)
     history_days: int = Field(default=30, ge=1, le=3650)
     history_sessions_per_user: float = Field(default=5.0, ge=0, allow_inf_nan=False)
 

@@ -1,0 +1,791 @@
+"""Experiment analysis: per-unit metrics aggregated in SQL, then per-variant statistics.
+
+Definitions (the platform's, shared by the CLI, the HTML report and the HTTP API)
+------------------------------------------------------------------------------
+Units
+    The units of an experiment are the distinct ``exposures.unit_id`` of that
+    experiment. A unit's variant is the variant of its exposures; a unit exposed
+    to more than one variant is excluded from every metric and counted in
+    ``excluded_units["multiple_variants"]``. A unit seen only in variants that
+    are not in the experiment's config is excluded too and named in
+    ``warnings``. A unit's first exposure time is ``MIN(exposures.ts)`` over its
+    exposures in this experiment.
+Per-unit aggregate of an event type (``EventCount(event, value)``)
+    Over the unit's events of this experiment (``events.experiment_id``) with
+    ``ts >= first exposure time``: ``count`` is the number of events, ``sum`` is
+    the sum of ``events.value`` (NULL counts as 0). Units without events have 0.
+    ``impression`` is special: impressions are not stored as events, a unit's
+    impressions are ``SUM(exposures.slate_size)`` over its exposures, for both
+    ``count`` and ``sum`` (an impression carries no value of its own).
+Metrics
+    *proportion*: per unit 1 if the count of the event is > 0 else 0;
+    *mean*: per unit the count or the sum; *ratio*: per unit a numerator and a
+    denominator aggregate, estimated as the ratio of the totals with the delta
+    method. The unit of analysis is always the unit, never the impression.
+Comparisons
+    Every non-control variant against ``config.control_key`` (Welch t-test for
+    proportion and mean metrics, delta-method z-test for ratios, see
+    `reports.stats`); ``significant`` means ``p_value < alpha``.
+Sample ratio mismatch (SRM)
+    Chi-square goodness-of-fit of the units per variant against the configured
+    weights, flagged at ``p < 0.001``. Variants with weight 0 are left out of
+    the test; any unit in one of them is a mismatch by itself.
+Ground truth
+    ``simulation_runs.ground_truth["metrics"][metric][variant]`` of the
+    experiment's latest simulation run, when there is one.
+
+Everything per unit stays in the database: one SQL statement (see
+`build_aggregate_query`) groups the exposures by unit, groups the events by
+unit with conditional aggregates (``SUM(CASE WHEN type = :t ...)``), joins the
+two and sums per variant into the sufficient statistics (``n``, sums, sums of
+squares and cross-products). Python only ever sees one row per variant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    CompoundSelect,
+    Connection,
+    Engine,
+    Float,
+    Select,
+    case,
+    cast,
+    distinct,
+    func,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
+from sqlalchemy.orm import Session
+
+from abplatform.config.models import (
+    ExperimentConfig,
+    MeanMetric,
+    ProportionMetric,
+    RatioMetric,
+)
+from abplatform.errors import AbplatformError
+from abplatform.storage import models as m
+from abplatform.storage.db import transaction
+from abplatform.storage.repository import get_experiment, latest_simulation
+from reports.stats import MeanStats, RatioStats, compare, estimate, srm_test
+
+__all__ = [
+    "IMPRESSION",
+    "AnalysisResult",
+    "ComparisonResult",
+    "ExperimentAggregates",
+    "MetricResult",
+    "SrmSummary",
+    "VariantEstimate",
+    "aggregate_experiment",
+    "analyze",
+    "build_aggregate_query",
+]
+
+IMPRESSION = "impression"
+"""The event type counted from ``exposures.slate_size`` instead of the events table."""
+
+MetricType = Literal["proportion", "mean", "ratio"]
+Aggregate = Literal["count", "sum", "any"]
+"""How a unit's events of one type become a number: count, sum of values, or 0/1 'any'."""
+
+_EXPOSURES = m.Exposure.__table__
+_EVENTS = m.Event.__table__
+
+
+# ---------------------------------------------------------------------------
+# Result objects
+# ---------------------------------------------------------------------------
+
+
+def _clean_float(value: float | None) -> float | None:
+    """``value`` as a plain float, or None when missing or not finite (JSON has no NaN)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _clean_pair(pair: tuple[float, float] | None) -> list[float] | None:
+    if pair is None:
+        return None
+    lo, hi = _clean_float(pair[0]), _clean_float(pair[1])
+    return None if lo is None or hi is None else [lo, hi]
+
+
+@dataclass(frozen=True)
+class VariantEstimate:
+    """One variant's estimate of a metric: mean (or ratio of totals) with its CI."""
+
+    variant: str
+    units: int
+    mean: float | None
+    ci: tuple[float, float] | None
+    note: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (no NaN/inf)."""
+        return {
+            "variant": self.variant,
+            "units": self.units,
+            "mean": _clean_float(self.mean),
+            "ci": _clean_pair(self.ci),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """A non-control variant against the control on one metric."""
+
+    variant: str
+    baseline: str
+    diff: float | None
+    diff_ci: tuple[float, float] | None
+    rel_lift: float | None
+    rel_lift_ci: tuple[float, float] | None
+    p_value: float | None
+    significant: bool
+    note: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (no NaN/inf)."""
+        return {
+            "variant": self.variant,
+            "baseline": self.baseline,
+            "diff": _clean_float(self.diff),
+            "diff_ci": _clean_pair(self.diff_ci),
+            "rel_lift": _clean_float(self.rel_lift),
+            "rel_lift_ci": _clean_pair(self.rel_lift_ci),
+            "p_value": _clean_float(self.p_value),
+            "significant": self.significant,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """Per-variant estimates, comparisons with the control and ground truth of one metric."""
+
+    metric: str
+    type: MetricType
+    variants: tuple[VariantEstimate, ...]
+    comparisons: tuple[ComparisonResult, ...]
+    ground_truth: Mapping[str, float] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (no NaN/inf)."""
+        truth = None
+        if self.ground_truth is not None:
+            truth = {key: _clean_float(value) for key, value in self.ground_truth.items()}
+        return {
+            "metric": self.metric,
+            "type": self.type,
+            "variants": [v.to_dict() for v in self.variants],
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "ground_truth": truth,
+        }
+
+
+@dataclass(frozen=True)
+class SrmSummary:
+    """Sample-ratio-mismatch check of the units per variant against the configured weights."""
+
+    p_value: float
+    chi2: float
+    mismatch: bool
+    observed: Mapping[str, int]
+    expected: Mapping[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (no NaN/inf)."""
+        return {
+            "p_value": _clean_float(self.p_value),
+            "chi2": _clean_float(self.chi2),
+            "mismatch": self.mismatch,
+            "observed": dict(self.observed),
+            "expected": {key: _clean_float(value) for key, value in self.expected.items()},
+        }
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Everything `analyze` found out about an experiment; `to_dict` is the JSON contract."""
+
+    experiment: str
+    description: str
+    control: str
+    alpha: float
+    units: Mapping[str, int]
+    excluded_units: Mapping[str, int]
+    srm: SrmSummary
+    metrics: tuple[MetricResult, ...]
+    run: Mapping[str, Any] | None
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of an analysis (floats or null; never NaN or infinity)."""
+        return {
+            "experiment": self.experiment,
+            "description": self.description,
+            "control": self.control,
+            "alpha": self.alpha,
+            "units": dict(self.units),
+            "excluded_units": dict(self.excluded_units),
+            "srm": self.srm.to_dict(),
+            "metrics": [metric.to_dict() for metric in self.metrics],
+            "run": None if self.run is None else dict(self.run),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class ExperimentAggregates:
+    """What the SQL aggregation returns: units per variant and each metric's statistics.
+
+    Attributes
+    ----------
+    units : mapping of str to int
+        Analysed units per configured variant, in config order (0 when none).
+    multiple_variants : int
+        Units exposed to more than one variant (excluded everywhere).
+    unknown_units : int
+        Units whose exposures are all in variants missing from the config
+        (excluded everywhere).
+    unknown_variants : mapping of str to int
+        Those variants with their numbers of units.
+    stats : mapping of str to mapping of str to MeanStats or RatioStats
+        ``stats[metric_name][variant]`` for every configured variant.
+    """
+
+    units: Mapping[str, int]
+    multiple_variants: int = 0
+    unknown_units: int = 0
+    unknown_variants: Mapping[str, int] = field(default_factory=dict)
+    stats: Mapping[str, Mapping[str, MeanStats | RatioStats]] = field(default_factory=dict)
+
+    @property
+    def total_exposed(self) -> int:
+        """All units with at least one exposure, excluded ones included."""
+        return sum(self.units.values()) + self.multiple_variants + self.unknown_units
+
+
+# ---------------------------------------------------------------------------
+# SQL
+# ---------------------------------------------------------------------------
+
+_UNKNOWN_CODE = -1
+"""Variant code of exposures in a variant that is not in the config."""
+_MULTIPLE_CODE = -2
+"""Row code of the units exposed to more than one variant."""
+
+
+def _float(value: float) -> ColumnElement[float]:
+    # A typed constant: PostgreSQL reads 1.0 as numeric, and SUM(numeric) is slow and Decimal.
+    return cast(literal_column(repr(float(value))), Float)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Column labels of the aggregation query and how metrics map onto them."""
+
+    event_columns: dict[tuple[str, Aggregate], str]
+    """(event type, count|sum) -> label of the per-unit column in the unit_events CTE."""
+    sums: dict[tuple[tuple[str, Aggregate], ...], str]
+    """Product of 1 or 2 per-unit values -> label of its per-variant SUM."""
+
+
+def _value_key(event: str, how: Literal["count", "sum"]) -> tuple[str, Aggregate]:
+    # Impressions carry no value: their "sum" is their count.
+    return (event, "count") if event == IMPRESSION else (event, how)
+
+
+def _metric_terms(
+    metric: ProportionMetric | MeanMetric | RatioMetric,
+) -> dict[str, tuple[tuple[str, Aggregate], ...]]:
+    """The per-variant sums a metric needs, by sufficient-statistic field name."""
+    if isinstance(metric, RatioMetric):
+        x = _value_key(metric.numerator.event, metric.numerator.value)
+        y = _value_key(metric.denominator.event, metric.denominator.value)
+        return {"num": (x,), "den": (y,), "num_sq": (x, x), "den_sq": (y, y), "num_den": (x, y)}
+    if isinstance(metric, ProportionMetric):
+        flag: tuple[str, Aggregate] = (metric.event, "any")
+        # A 0/1 value is its own square.
+        return {"total": (flag,), "total_sq": (flag,)}
+    v = _value_key(metric.event, metric.value)
+    return {"total": (v,), "total_sq": (v, v)}
+
+
+def _plan(metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric]) -> _Plan:
+    event_columns: dict[tuple[str, Aggregate], str] = {}
+    sums: dict[tuple[tuple[str, Aggregate], ...], str] = {}
+    for metric in metrics:
+        for product in _metric_terms(metric).values():
+            key = tuple(sorted(product))
+            if key not in sums:
+                sums[key] = f"s{len(sums)}"
+            for event, how in product:
+                if event == IMPRESSION:
+                    continue
+                # "any" (proportions) is derived from the count column.
+                column_key: tuple[str, Aggregate] = (event, "count" if how == "any" else how)
+                if column_key not in event_columns:
+                    event_columns[column_key] = f"e{len(event_columns)}"
+    return _Plan(event_columns, sums)
+
+
+def build_aggregate_query(
+    experiment_id: int,
+    variants: Sequence[str],
+    metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric],
+) -> CompoundSelect[*tuple[Any, ...]]:
+    """The one SQL statement that turns exposures and events into per-variant sums.
+
+    Parameters
+    ----------
+    experiment_id : int
+        Primary key of the experiment (a bound parameter, as are variant keys
+        and event types).
+    variants : sequence of str
+        The configured variant keys; row ``code`` ``i`` is ``variants[i]``.
+    metrics : sequence of metric configs
+        The metrics whose sufficient statistics are needed.
+
+    Returns
+    -------
+    CompoundSelect
+        Rows ``(code, n, s0, s1, ...)``: one per configured variant (``code``
+        0, 1, ...), one with code -1 counting the units seen only in variants
+        missing from the config and one with code -2 counting the units exposed
+        to several variants (their sums are NULL). ``s*`` are floats, NULL when
+        no unit contributed.
+
+    Notes
+    -----
+    Shape of the statement (``c(variant)`` maps a variant key to its index in
+    `variants`, -1 when unknown)::
+
+        WITH units AS (        -- one row per unit, via ix_exposures_experiment_unit
+          SELECT unit_id, MIN(c(variant)) AS code, MAX(c(variant)) AS code_max,
+                 CAST(SUM(slate_size) AS FLOAT) AS impressions
+          FROM exposures WHERE experiment_id = :id GROUP BY unit_id),
+        unit_events AS (       -- one row per unit with events, via ix_events_experiment_unit
+          SELECT unit_id, SUM(CASE WHEN type = :t0 THEN 1.0 ELSE 0.0 END) AS e0, ...
+          FROM events ev
+          WHERE experiment_id = :id AND type IN (:t0, ...)
+            AND EXISTS (SELECT 1 FROM exposures x  -- i.e. ts >= first exposure
+                        WHERE x.experiment_id = :id AND x.unit_id = ev.unit_id
+                          AND x.ts <= ev.ts)
+          GROUP BY unit_id)
+        SELECT 0, COUNT(*), SUM(x), SUM(x * x), SUM(x * y), ...
+          FROM units LEFT JOIN unit_events USING (unit_id)
+          WHERE code = 0 AND code_max = 0
+        UNION ALL ... one branch per variant ...
+        UNION ALL SELECT -1, COUNT(*), NULL, ... WHERE code = -1 AND code_max = -1
+        UNION ALL SELECT -2, COUNT(*), NULL, ... WHERE code <> code_max
+
+    Why this shape: SQLite has no hash aggregation, so ``GROUP BY variant``
+    over a million units sorts them; one filtered scan of the materialised
+    ``units`` per variant is cheaper. Integer variant codes make ``MIN``/``MAX``
+    cheaper than on strings, and the ``EXISTS`` probe spares joining every
+    event to the million-row ``units``. Units without events get NULL from the
+    left join, which ``SUM`` skips: the same as adding 0. Values are floats
+    before they are squared or summed, so integers cannot overflow and
+    PostgreSQL returns floats, not numerics.
+    """
+    plan = _plan(metrics)
+    code_of_variant = case(
+        {key: literal_column(str(i)) for i, key in enumerate(variants)},
+        value=_EXPOSURES.c.variant,
+        else_=literal_column(str(_UNKNOWN_CODE)),
+    )
+    units = (
+        select(
+            _EXPOSURES.c.unit_id.label("unit_id"),
+            func.min(code_of_variant).label("code"),
+            func.max(code_of_variant).label("code_max"),
+            cast(func.sum(_EXPOSURES.c.slate_size), Float).label("impressions"),
+        )
+        .where(_EXPOSURES.c.experiment_id == experiment_id)
+        .group_by(_EXPOSURES.c.unit_id)
+        .cte("units")
+    )
+
+    unit_events: CTE | None = None
+    if plan.event_columns:
+        earlier = _EXPOSURES.alias("earlier")
+        exposed_before = (
+            select(literal_column("1"))
+            .where(
+                earlier.c.experiment_id == experiment_id,
+                earlier.c.unit_id == _EVENTS.c.unit_id,
+                earlier.c.ts <= _EVENTS.c.ts,
+            )
+            .exists()
+        )
+        event_aggregates = []
+        for (event, how), label in plan.event_columns.items():
+            amount = _float(1.0) if how == "count" else func.coalesce(_EVENTS.c.value, _float(0.0))
+            event_aggregates.append(
+                func.sum(case((_EVENTS.c.type == event, amount), else_=_float(0.0))).label(label)
+            )
+        unit_events = (
+            select(_EVENTS.c.unit_id.label("unit_id"), *event_aggregates)
+            .where(
+                _EVENTS.c.experiment_id == experiment_id,
+                _EVENTS.c.type.in_(sorted({event for event, _ in plan.event_columns})),
+                exposed_before,
+            )
+            .group_by(_EVENTS.c.unit_id)
+            .cte("unit_events")
+        )
+
+    def per_unit(key: tuple[str, Aggregate]) -> ColumnElement[float]:
+        event, how = key
+        if event == IMPRESSION:
+            value: ColumnElement[float] = units.c.impressions
+        else:
+            assert unit_events is not None
+            value = unit_events.c[plan.event_columns[(event, "count" if how == "any" else how)]]
+        if how == "any":
+            # NULL (no events) > 0 is not true: the ELSE branch gives 0.
+            return case((value > _float(0.0), _float(1.0)), else_=_float(0.0))
+        return value
+
+    def product(factors: tuple[tuple[str, Aggregate], ...]) -> ColumnElement[float]:
+        term = per_unit(factors[0])
+        for factor in factors[1:]:
+            term = term * per_unit(factor)
+        return term
+
+    joined = (
+        units.outerjoin(unit_events, unit_events.c.unit_id == units.c.unit_id)
+        if unit_events is not None
+        else units
+    )
+    sums = [func.sum(product(factors)).label(label) for factors, label in plan.sums.items()]
+    branches: list[Select[*tuple[Any, ...]]] = []
+    for i in range(len(variants)):
+        code: ColumnElement[int] = literal_column(str(i))
+        branches.append(
+            select(code.label("code"), func.count().label("n"), *sums)
+            .select_from(joined)
+            .where(units.c.code == code, units.c.code_max == code)
+        )
+    no_sums = [cast(null(), Float).label(label) for label in plan.sums.values()]
+    unknown: ColumnElement[int] = literal_column(str(_UNKNOWN_CODE))
+    branches.append(
+        select(unknown.label("code"), func.count().label("n"), *no_sums)
+        .select_from(units)
+        .where(units.c.code == unknown, units.c.code_max == unknown)
+    )
+    branches.append(
+        select(literal_column(str(_MULTIPLE_CODE)).label("code"), func.count().label("n"), *no_sums)
+        .select_from(units)
+        .where(units.c.code != units.c.code_max)
+    )
+    return union_all(*branches)
+
+
+def _as_float(value: Any) -> float:
+    # SUM over no values is NULL; be lenient about Decimal from other drivers.
+    return 0.0 if value is None else float(value)
+
+
+def _unknown_variants(
+    connection: Connection | Session, experiment_id: int, variants: Sequence[str]
+) -> dict[str, int]:
+    """Units per variant key that is not in the config (only run when there are some)."""
+    query = (
+        select(_EXPOSURES.c.variant, func.count(distinct(_EXPOSURES.c.unit_id)))
+        .where(
+            _EXPOSURES.c.experiment_id == experiment_id,
+            _EXPOSURES.c.variant.not_in(list(variants)),
+        )
+        .group_by(_EXPOSURES.c.variant)
+        .order_by(_EXPOSURES.c.variant)
+    )
+    return {str(variant): int(n) for variant, n in connection.execute(query).all()}
+
+
+def aggregate_experiment(
+    connection: Connection | Session,
+    experiment_id: int,
+    variants: Sequence[str],
+    metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric],
+) -> ExperimentAggregates:
+    """Run the aggregation query and build each metric's per-variant statistics.
+
+    Parameters
+    ----------
+    connection : Connection or Session
+        Where to run the query.
+    experiment_id : int
+        Primary key of the experiment.
+    variants : sequence of str
+        The configured variant keys.
+    metrics : sequence of metric configs
+        The metrics to aggregate.
+
+    Returns
+    -------
+    ExperimentAggregates
+        Units per configured variant, the excluded units and, for every metric,
+        `MeanStats` (proportion, mean) or `RatioStats` (ratio) per variant.
+        ``total_exposed == 0`` when the experiment has no exposures.
+    """
+    variants = list(variants)
+    plan = _plan(metrics)
+    rows = connection.execute(build_aggregate_query(experiment_id, variants, metrics)).mappings()
+    by_code = {int(row["code"]): row for row in rows}
+    units = {key: int(by_code[i]["n"]) for i, key in enumerate(variants)}
+    sums = {
+        key: {label: _as_float(by_code[i][label]) for label in plan.sums.values()}
+        for i, key in enumerate(variants)
+    }
+    unknown_units = int(by_code[_UNKNOWN_CODE]["n"])
+    unknown: dict[str, int] = {}
+    if unknown_units:
+        unknown = _unknown_variants(connection, experiment_id, variants)
+    stats: dict[str, dict[str, MeanStats | RatioStats]] = {}
+    for metric in metrics:
+        fields = {
+            name: plan.sums[tuple(sorted(factors))]
+            for name, factors in _metric_terms(metric).items()
+        }
+        per_variant: dict[str, MeanStats | RatioStats] = {}
+        for key, n in units.items():
+            values = {name: sums[key][label] for name, label in fields.items()}
+            if isinstance(metric, RatioMetric):
+                per_variant[key] = RatioStats(n=n, **values)
+            else:
+                per_variant[key] = MeanStats(n=n, **values)
+        stats[metric.name] = per_variant
+    return ExperimentAggregates(
+        units=units,
+        multiple_variants=int(by_code[_MULTIPLE_CODE]["n"]),
+        unknown_units=unknown_units,
+        unknown_variants=unknown,
+        stats=stats,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Assembly
+# ---------------------------------------------------------------------------
+
+
+def _srm(config: ExperimentConfig, units: Mapping[str, int]) -> tuple[SrmSummary, list[str]]:
+    """SRM test over the variants with positive weight; units in a weight-0 variant are a mismatch.
+
+    The p-value and chi-square are those of the variants with positive weight.
+    With fewer than two of them there is nothing to test (p = 1) and a warning
+    says so.
+    """
+    warnings: list[str] = []
+    observed = {variant.key: units.get(variant.key, 0) for variant in config.variants}
+    tested = [variant for variant in config.variants if variant.weight > 0]
+    expected = dict.fromkeys(observed, 0.0)
+    if len(tested) >= 2:
+        result = srm_test(
+            [observed[variant.key] for variant in tested], [variant.weight for variant in tested]
+        )
+        expected.update({v.key: e for v, e in zip(tested, result.expected, strict=True)})
+        p_value, chi2, mismatch = result.p_value, result.chi2, result.mismatch
+    else:
+        p_value, chi2, mismatch = 1.0, 0.0, False
+        if len(tested) == 1:
+            expected[tested[0].key] = float(sum(observed.values()))
+        warnings.append("the SRM check needs at least two variants with traffic; skipped")
+    unplanned = {
+        variant.key: observed[variant.key]
+        for variant in config.variants
+        if variant.weight == 0 and observed[variant.key] > 0
+    }
+    if unplanned:
+        mismatch = True
+        listed = ", ".join(f"{key} ({_units(n)})" for key, n in unplanned.items())
+        warnings.append(f"sample ratio mismatch: units in variants with weight 0: {listed}")
+    return SrmSummary(p_value, chi2, mismatch, observed, expected), warnings
+
+
+def _units(n: int) -> str:
+    return f"{n:,} unit" if n == 1 else f"{n:,} units"
+
+
+def _ground_truth(document: Any, metric: str) -> dict[str, float] | None:
+    """``document["metrics"][metric]`` as {variant: float}, or None when absent."""
+    if not isinstance(document, Mapping):
+        return None
+    metrics = document.get("metrics")
+    if not isinstance(metrics, Mapping):
+        return None
+    values = metrics.get(metric)
+    if not isinstance(values, Mapping):
+        return None
+    truth = {
+        str(variant): float(value)
+        for variant, value in values.items()
+        if isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    }
+    return truth or None
+
+
+def _metric_type(metric: ProportionMetric | MeanMetric | RatioMetric) -> MetricType:
+    return metric.type
+
+
+def _metric_result(
+    metric: ProportionMetric | MeanMetric | RatioMetric,
+    stats: Mapping[str, MeanStats | RatioStats],
+    config: ExperimentConfig,
+    alpha: float,
+    ground_truth: Any,
+) -> MetricResult:
+    control = config.control_key
+    keys = [variant.key for variant in config.variants]
+    empty: MeanStats | RatioStats = (
+        RatioStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        if isinstance(metric, RatioMetric)
+        else MeanStats(0, 0.0, 0.0)
+    )
+    per_variant = {key: stats.get(key, empty) for key in keys}
+    variants = []
+    for key in keys:
+        est = estimate(per_variant[key], alpha)
+        variants.append(VariantEstimate(key, est.n, est.value, est.ci, est.note))
+    comparisons = []
+    for key in keys:
+        if key == control:
+            continue
+        cmp = compare(per_variant[key], per_variant[control], alpha)
+        significant = cmp.p_value is not None and cmp.p_value < alpha
+        comparisons.append(
+            ComparisonResult(
+                variant=key,
+                baseline=control,
+                diff=cmp.diff,
+                diff_ci=cmp.diff_ci,
+                rel_lift=cmp.rel_lift,
+                rel_lift_ci=cmp.rel_lift_ci,
+                p_value=cmp.p_value,
+                significant=significant,
+                note=cmp.note,
+            )
+        )
+    return MetricResult(
+        metric=metric.name,
+        type=_metric_type(metric),
+        variants=tuple(variants),
+        comparisons=tuple(comparisons),
+        ground_truth=_ground_truth(ground_truth, metric.name),
+    )
+
+
+def _no_data_error(key: str) -> AbplatformError:
+    return AbplatformError(
+        f"experiment {key!r} has no exposures yet, so there is no data to analyse",
+        hint=f"simulate traffic with `abplatform simulate FILE` (the YAML of {key!r}), "
+        "or load real exposures and events with `abplatform ingest FILE`",
+    )
+
+
+def analyze(engine: Engine, key: str, alpha: float = 0.05) -> AnalysisResult:
+    """Analyse an experiment: units, SRM check, and every metric against the control.
+
+    Parameters
+    ----------
+    engine : Engine
+        Database holding the experiment, its exposures and events.
+    key : str
+        The experiment's key.
+    alpha : float, default 0.05
+        Two-sided significance level of the confidence intervals and tests.
+
+    Returns
+    -------
+    AnalysisResult
+        Call ``to_dict()`` for the JSON form.
+
+    Raises
+    ------
+    NotFoundError
+        If there is no experiment with this key.
+    AbplatformError
+        If the experiment has no exposures (nothing to analyse yet).
+    ValueError
+        If `alpha` is not strictly between 0 and 1.
+
+    Notes
+    -----
+    See the module docstring for the definitions of units, per-unit aggregates,
+    metrics, SRM and ground truth.
+    """
+    if not (isinstance(alpha, int | float) and 0.0 < float(alpha) < 1.0):
+        raise ValueError(f"alpha must be strictly between 0 and 1, got {alpha!r}")
+    alpha = float(alpha)
+    with transaction(engine) as session:
+        stored = get_experiment(session, key)
+        config = stored.config
+        variant_keys = [variant.key for variant in config.variants]
+        aggregates = aggregate_experiment(session, stored.id, variant_keys, config.metrics)
+        run = latest_simulation(session, stored.id)
+        run_info: dict[str, Any] | None = None
+        ground_truth: Any = None
+        if run is not None:
+            run_info = {"id": run.id, "seed": int(run.seed), "status": run.status}
+            ground_truth = run.ground_truth
+    if aggregates.total_exposed == 0:
+        raise _no_data_error(key)
+
+    warnings: list[str] = []
+    units = dict(aggregates.units)
+    if aggregates.unknown_units:
+        listed = ", ".join(f"{k} ({_units(n)})" for k, n in aggregates.unknown_variants.items())
+        warnings.append(
+            f"left out of every metric: {_units(aggregates.unknown_units)} exposed only to "
+            f"variants that are not in the config ({listed})"
+        )
+    if aggregates.multiple_variants:
+        warnings.append(
+            f"left out of every metric: {_units(aggregates.multiple_variants)} exposed to "
+            "more than one variant"
+        )
+    empty = [k for k, n in units.items() if n == 0]
+    if empty:
+        warnings.append(f"no units in variant(s): {', '.join(empty)}")
+    if run_info is not None and run_info["status"] != "completed":
+        warnings.append(
+            f"the latest simulation run (id {run_info['id']}) has status "
+            f"{run_info['status']!r}, not 'completed': its data may be partial"
+        )
+    srm, srm_warnings = _srm(config, units)
+    warnings.extend(srm_warnings)
+    metrics = tuple(
+        _metric_result(metric, aggregates.stats[metric.name], config, alpha, ground_truth)
+        for metric in config.metrics
+    )
+    return AnalysisResult(
+        experiment=stored.key,
+        description=config.description,
+        control=config.control_key,
+        alpha=alpha,
+        units=units,
+        excluded_units={"multiple_variants": aggregates.multiple_variants},
+        srm=srm,
+        metrics=metrics,
+        run=run_info,
+        warnings=tuple(warnings),
+    )

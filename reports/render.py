@@ -1,0 +1,384 @@
+"""Render an `AnalysisResult` as one self-contained HTML page (Jinja2, inline CSS and SVG)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from reports.analysis import AnalysisResult, ComparisonResult, MetricResult, VariantEstimate
+
+__all__ = [
+    "DASH",
+    "LiftChart",
+    "format_diff",
+    "format_interval",
+    "format_lift",
+    "format_number",
+    "format_p_value",
+    "format_percent",
+    "format_value",
+    "lift_chart",
+    "p_text",
+    "render_report",
+]
+
+DASH = "—"
+
+# Geometry of the relative-lift charts, in SVG user units.
+CHART_WIDTH = 420.0
+CHART_HEIGHT = 64.0
+CHART_MARGIN = 36.0
+CHART_AXIS_Y = 26.0
+
+
+# ---------------------------------------------------------------------------
+# Number formatting for people
+# ---------------------------------------------------------------------------
+
+
+def format_number(value: float | None, significant: int = 4) -> str:
+    """A number with about `significant` significant digits and thousands separators.
+
+    Examples: ``1.3333 -> "1.333"``, ``20 -> "20.00"``, ``0.0321 -> "0.03210"``,
+    ``12345.6 -> "12,346"``; None or non-finite gives an em dash.
+    """
+    if value is None or not math.isfinite(value):
+        return DASH
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = min(max(significant - 1 - magnitude, 0), 8)
+    return f"{value:,.{decimals}f}"
+
+
+def format_percent(value: float | None, decimals: int = 2, signed: bool = False) -> str:
+    """A fraction as a percentage: ``0.0345 -> "3.45%"`` (``"+3.45%"`` when signed)."""
+    if value is None or not math.isfinite(value):
+        return DASH
+    sign = "+" if signed else ""
+    return f"{100.0 * value:{sign},.{decimals}f}%"
+
+
+def format_lift(value: float | None) -> str:
+    """A relative lift as a signed percentage, with more digits when it is tiny."""
+    if value is None or not math.isfinite(value):
+        return DASH
+    decimals = 1 if abs(value) >= 0.001 or value == 0 else 3
+    return format_percent(value, decimals, signed=True)
+
+
+def format_p_value(value: float | None) -> str:
+    """A p-value as people read it: ``"< 0.001"``, ``"0.004"``, ``"0.049"``, ``"0.23"``."""
+    if value is None or not math.isfinite(value):
+        return DASH
+    if value < 0.001:
+        return "< 0.001"
+    # Three decimals near the usual thresholds, so 0.049 never shows as 0.05.
+    return f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
+
+
+def p_text(value: float | None) -> str:
+    """``"p < 0.001"`` or ``"p = 0.23"``."""
+    shown = format_p_value(value)
+    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
+
+
+def format_value(metric_type: str, value: float | None) -> str:
+    """A metric value: a percentage for proportions, else a number."""
+    return format_percent(value) if metric_type == "proportion" else format_number(value)
+
+
+def format_diff(metric_type: str, value: float | None) -> str:
+    """A signed difference: percentage points for proportions, else a number."""
+    if value is None or not math.isfinite(value):
+        return DASH
+    if metric_type == "proportion":
+        return f"{100.0 * value:+.2f} pp"
+    text = format_number(value)
+    return text if text.startswith("-") or text == "0" else f"+{text}"
+
+
+def format_interval(pair: tuple[float, float] | None, fmt: Callable[[float | None], str]) -> str:
+    """``"lo to hi"`` with each end formatted by `fmt`; an em dash when missing."""
+    if pair is None:
+        return DASH
+    return f"{fmt(pair[0])} to {fmt(pair[1])}"
+
+
+# ---------------------------------------------------------------------------
+# Relative-lift chart geometry (computed here, drawn by the template)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiftChart:
+    """Coordinates of one relative-lift chart: interval, point, zero line, ground truth.
+
+    All ``x_*`` values are SVG x coordinates (None when the quantity is missing);
+    the labels are already formatted for display.
+    """
+
+    width: float
+    height: float
+    axis_y: float
+    x_min: float
+    x_max: float
+    x_zero: float | None
+    x_lo: float | None
+    x_hi: float | None
+    x_point: float | None
+    x_truth: float | None
+    label_min: str | None
+    label_max: str | None
+    tone: str
+    title: str
+
+
+def lift_chart(
+    lift: float | None,
+    interval: tuple[float, float] | None,
+    truth: float | None,
+    significant: bool,
+    title: str,
+) -> LiftChart:
+    """Lay out a horizontal relative-lift interval on a scale that includes 0.
+
+    Parameters
+    ----------
+    lift : float or None
+        Estimated relative lift (the point).
+    interval : (float, float) or None
+        Its confidence interval.
+    truth : float or None
+        The simulator's true relative lift, drawn as a diamond.
+    significant : bool
+        Colours the interval: green (up) / red (down) when significant, grey otherwise.
+    title : str
+        Accessible description of the chart (SVG ``<title>``).
+
+    Returns
+    -------
+    LiftChart
+    """
+    values = [0.0] + [v for v in (lift, truth) if v is not None and math.isfinite(v)]
+    if interval is not None:
+        values += [v for v in interval if math.isfinite(v)]
+    lo, hi = min(values), max(values)
+    span = hi - lo
+    if span == 0:
+        span = max(abs(hi), 0.01)
+        lo, hi = lo - span / 2, hi + span / 2
+    else:
+        lo, hi = lo - 0.08 * span, hi + 0.08 * span
+    left, right = CHART_MARGIN, CHART_WIDTH - CHART_MARGIN
+
+    def x(value: float | None) -> float | None:
+        if value is None or not math.isfinite(value):
+            return None
+        return round(left + (value - lo) / (hi - lo) * (right - left), 1)
+
+    tone = "neutral"
+    if significant and lift is not None:
+        tone = "up" if lift > 0 else "down"
+    x_zero = x(0.0)
+
+    def end_label(value: float, at: float) -> str | None:
+        # Skip an end label that would overlap the "0%" label.
+        return None if x_zero is not None and abs(at - x_zero) < 48 else format_lift(value)
+
+    return LiftChart(
+        width=CHART_WIDTH,
+        height=CHART_HEIGHT,
+        axis_y=CHART_AXIS_Y,
+        x_min=left,
+        x_max=right,
+        x_zero=x_zero,
+        x_lo=x(interval[0]) if interval is not None else None,
+        x_hi=x(interval[1]) if interval is not None else None,
+        x_point=x(lift),
+        x_truth=x(truth),
+        label_min=end_label(lo, left),
+        label_max=end_label(hi, right),
+        tone=tone,
+        title=title,
+    )
+
+
+# ---------------------------------------------------------------------------
+# View model
+# ---------------------------------------------------------------------------
+
+
+def _true_lift(truth: Mapping[str, float] | None, variant: str, baseline: str) -> float | None:
+    """The simulator's relative lift of `variant` over `baseline`, when both are known."""
+    if not truth or variant not in truth or baseline not in truth or truth[baseline] == 0:
+        return None
+    return truth[variant] / truth[baseline] - 1.0
+
+
+def _optional_interval(pair: tuple[float, float] | None, fmt: Callable[[float | None], str]) -> str:
+    return "" if pair is None else format_interval(pair, fmt)
+
+
+def _verdict(cmp: ComparisonResult) -> str:
+    if cmp.p_value is None:
+        return "not testable"
+    return "significant" if cmp.significant else "not significant"
+
+
+def _variant_row(
+    mr: MetricResult,
+    estimate: VariantEstimate,
+    cmp: ComparisonResult | None,
+    control: str,
+) -> dict[str, Any]:
+    def value(v: float | None) -> str:
+        return format_value(mr.type, v)
+
+    def diff(v: float | None) -> str:
+        return format_diff(mr.type, v)
+
+    truth = None
+    if mr.ground_truth is not None and estimate.variant in mr.ground_truth:
+        truth = value(mr.ground_truth[estimate.variant])
+    notes = [n for n in (estimate.note, cmp.note if cmp else None) if n]
+    row: dict[str, Any] = {
+        "variant": estimate.variant,
+        "is_control": estimate.variant == control,
+        "units": f"{estimate.units:,}",
+        "mean": value(estimate.mean),
+        "ci": format_interval(estimate.ci, value),
+        "truth": truth,
+        "notes": notes,
+        "diff": DASH,
+        "diff_ci": "",
+        "lift": DASH,
+        "lift_ci": "",
+        "p_value": DASH,
+        "verdict": "baseline" if estimate.variant == control else "",
+        "tone": "neutral",
+    }
+    if cmp is not None:
+        verdict = _verdict(cmp)
+        tone = "neutral"
+        if cmp.significant and cmp.diff is not None:
+            tone = "up" if cmp.diff > 0 else "down"
+        row.update(
+            diff=diff(cmp.diff),
+            diff_ci=_optional_interval(cmp.diff_ci, diff),
+            lift=format_lift(cmp.rel_lift),
+            lift_ci=_optional_interval(cmp.rel_lift_ci, format_lift),
+            p_value=format_p_value(cmp.p_value),
+            verdict=verdict,
+            tone=tone,
+        )
+    return row
+
+
+def _chart(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> dict[str, Any]:
+    truth = _true_lift(mr.ground_truth, cmp.variant, cmp.baseline)
+    title = f"{mr.metric}: relative lift of {cmp.variant} vs {cmp.baseline} "
+    title += format_lift(cmp.rel_lift)
+    if cmp.rel_lift_ci is not None:
+        title += f" ({confidence} CI {format_interval(cmp.rel_lift_ci, format_lift)})"
+    if truth is not None:
+        title += f"; true lift {format_lift(truth)}"
+    chart = lift_chart(cmp.rel_lift, cmp.rel_lift_ci, truth, cmp.significant, title)
+    return {
+        "variant": cmp.variant,
+        "baseline": cmp.baseline,
+        "chart": chart,
+        "lift": format_lift(cmp.rel_lift),
+        "lift_ci": _optional_interval(cmp.rel_lift_ci, format_lift),
+        "truth": format_lift(truth) if truth is not None else None,
+        "verdict": _verdict(cmp),
+    }
+
+
+def _metric_view(mr: MetricResult, control: str, alpha: float) -> dict[str, Any]:
+    by_variant = {cmp.variant: cmp for cmp in mr.comparisons}
+    confidence = _confidence(alpha)
+    return {
+        "name": mr.metric,
+        "type": mr.type,
+        "value_label": {"proportion": "Rate", "mean": "Mean", "ratio": "Ratio"}[mr.type],
+        "diff_label": "Difference" + (" (pp)" if mr.type == "proportion" else ""),
+        "has_truth": mr.ground_truth is not None,
+        "rows": [
+            _variant_row(mr, est, by_variant.get(est.variant), control) for est in mr.variants
+        ],
+        "charts": [_chart(mr, cmp, confidence) for cmp in mr.comparisons],
+    }
+
+
+def _confidence(alpha: float) -> str:
+    level = 100.0 * (1.0 - alpha)
+    return f"{level:.0f}%" if level == round(level) else f"{level:g}%"
+
+
+def _view(result: AnalysisResult) -> dict[str, Any]:
+    total = sum(result.units.values())
+    srm = result.srm
+    units = [
+        {
+            "variant": variant,
+            "units": f"{n:,}",
+            "share": format_percent(n / total if total else None, 1),
+            "expected": f"{srm.expected.get(variant, 0.0):,.1f}",
+        }
+        for variant, n in result.units.items()
+    ]
+    return {
+        "experiment": result.experiment,
+        "description": result.description,
+        "control": result.control,
+        "alpha": f"{result.alpha:g}",
+        "confidence": _confidence(result.alpha),
+        "units": units,
+        "total_units": f"{total:,} unit" if total == 1 else f"{total:,} units",
+        "excluded": result.excluded_units.get("multiple_variants", 0),
+        "srm": {
+            "mismatch": srm.mismatch,
+            "p_text": p_text(srm.p_value),
+            "chi2": format_number(srm.chi2),
+        },
+        "metrics": [_metric_view(mr, result.control, result.alpha) for mr in result.metrics],
+        "any_charts": any(mr.comparisons for mr in result.metrics),
+        "any_truth": any(mr.ground_truth is not None for mr in result.metrics),
+        "run": dict(result.run) if result.run is not None else None,
+        "warnings": list(result.warnings),
+    }
+
+
+@cache
+def _environment() -> Environment:
+    return Environment(
+        loader=PackageLoader("reports", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_report(result: AnalysisResult) -> str:
+    """Render the analysis as one self-contained HTML page.
+
+    Parameters
+    ----------
+    result : AnalysisResult
+        The output of `reports.analysis.analyze`.
+
+    Returns
+    -------
+    str
+        An HTML5 document with inline CSS and inline SVG charts: no scripts,
+        no external stylesheets, fonts or images. Every value coming from the
+        experiment (key, description, variant and metric names) is escaped.
+    """
+    return _environment().get_template("report.html").render(**_view(result))

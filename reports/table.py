@@ -1,0 +1,152 @@
+"""Terminal tables of an `AnalysisResult` with rich: SRM line, units, one table per metric."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from reports.analysis import AnalysisResult, ComparisonResult, MetricResult
+from reports.render import (
+    DASH,
+    format_diff,
+    format_lift,
+    format_p_value,
+    format_value,
+    p_text,
+)
+
+__all__ = ["metric_table", "print_table", "report_renderable"]
+
+_VALUE_HEADER = {"proportion": "rate", "mean": "mean", "ratio": "ratio"}
+
+
+def _with_ci(point: str, interval: tuple[str, str] | None) -> Text:
+    # Text, not str: rich would read "[...]" in a plain string as markup.
+    return Text(point if interval is None else f"{point} [{interval[0]}, {interval[1]}]")
+
+
+def _verdict(cmp: ComparisonResult) -> Text:
+    if cmp.p_value is None:
+        return Text("not testable", style="dim")
+    if not cmp.significant:
+        return Text("not significant", style="dim")
+    up = cmp.diff is not None and cmp.diff > 0
+    return Text("significant", style="bold green" if up else "bold red")
+
+
+def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
+    """One metric as a table: a row per variant, comparisons against the control.
+
+    Parameters
+    ----------
+    metric : MetricResult
+        The metric to show.
+    result : AnalysisResult
+        The whole analysis (for the control and the confidence level).
+
+    Returns
+    -------
+    rich.table.Table
+        Columns: variant, units, value with its CI, ground truth (when known),
+        difference and relative lift vs the control with their CIs, p-value and
+        a verdict in words. Notes on degenerate cases go in the caption.
+    """
+    table = Table(title=Text(f"{metric.metric} ({metric.type})"), title_justify="left")
+    table.add_column("variant")
+    table.add_column("units", justify="right")
+    confidence = f"{100 * (1 - result.alpha):g}% CI"
+    table.add_column(Text(f"{_VALUE_HEADER[metric.type]} [{confidence}]"), justify="right")
+    truth = metric.ground_truth
+    if truth is not None:
+        table.add_column("truth", justify="right", style="magenta")
+    table.add_column(Text(f"diff vs {result.control}"), justify="right")
+    table.add_column("rel. lift", justify="right")
+    table.add_column("p-value", justify="right")
+    table.add_column("verdict")
+
+    def value(v: float | None) -> str:
+        return format_value(metric.type, v)
+
+    def diff(v: float | None) -> str:
+        return format_diff(metric.type, v)
+
+    comparisons = {cmp.variant: cmp for cmp in metric.comparisons}
+    for est in metric.variants:
+        ci = None if est.ci is None else (value(est.ci[0]), value(est.ci[1]))
+        cells: list[RenderableType] = [
+            Text(est.variant),
+            f"{est.units:,}",
+            _with_ci(value(est.mean), ci),
+        ]
+        if truth is not None:
+            cells.append(value(truth[est.variant]) if est.variant in truth else DASH)
+        cmp = comparisons.get(est.variant)
+        if cmp is None:
+            cells += [DASH, DASH, DASH, Text("baseline", style="dim")]
+        else:
+            diff_ci = None if cmp.diff_ci is None else (diff(cmp.diff_ci[0]), diff(cmp.diff_ci[1]))
+            lift_ci = (
+                None
+                if cmp.rel_lift_ci is None
+                else (format_lift(cmp.rel_lift_ci[0]), format_lift(cmp.rel_lift_ci[1]))
+            )
+            cells += [
+                _with_ci(diff(cmp.diff), diff_ci),
+                _with_ci(format_lift(cmp.rel_lift), lift_ci),
+                format_p_value(cmp.p_value),
+                _verdict(cmp),
+            ]
+        table.add_row(*cells)
+    notes = [f"{est.variant}: {est.note}" for est in metric.variants if est.note]
+    notes += [
+        f"{cmp.variant} vs {cmp.baseline}: {cmp.note}" for cmp in metric.comparisons if cmp.note
+    ]
+    if notes:
+        table.caption = Text("; ".join(notes))
+        table.caption_justify = "left"
+    return table
+
+
+def report_renderable(result: AnalysisResult) -> RenderableType:
+    """The whole analysis as one rich renderable: header, SRM, units, metric tables, warnings."""
+    parts: list[RenderableType] = [Text(f"Experiment {result.experiment}", style="bold")]
+    if result.description:
+        parts.append(Text(result.description))
+    srm = p_text(result.srm.p_value)
+    if result.srm.mismatch:
+        parts.append(
+            Text(
+                f"SAMPLE RATIO MISMATCH ({srm}): units per variant do not match the "
+                "configured weights, so the results may be biased.",
+                style="bold white on red",
+            )
+        )
+    else:
+        parts.append(Text(f"Sample ratio OK ({srm})", style="green"))
+    units = Table(title="units", title_justify="left")
+    units.add_column("variant")
+    units.add_column("units", justify="right")
+    units.add_column("expected", justify="right")
+    for variant, n in result.units.items():
+        units.add_row(Text(variant), f"{n:,}", f"{result.srm.expected.get(variant, 0.0):,.1f}")
+    parts.append(units)
+    excluded = result.excluded_units.get("multiple_variants", 0)
+    if excluded:
+        parts.append(Text(f"{excluded:,} units saw several variants and are excluded", "yellow"))
+    parts.extend(metric_table(metric, result) for metric in result.metrics)
+    parts.extend(Text(f"warning: {w}", style="yellow") for w in result.warnings)
+    return Group(*parts)
+
+
+def print_table(result: AnalysisResult, console: Console) -> None:
+    """Print the analysis to `console` as readable tables, one per metric.
+
+    Parameters
+    ----------
+    result : AnalysisResult
+        The output of `reports.analysis.analyze`.
+    console : rich.console.Console
+        Where to print (a terminal, or ``Console(file=...)`` for plain text).
+    """
+    console.print(report_renderable(result))
