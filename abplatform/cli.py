@@ -200,8 +200,9 @@ def _write_report(engine: Engine, key: str, output: Path) -> None:
     from reports.analysis import analyze as run_analysis
 
     result = _run(lambda: run_analysis(engine, key))
+    page = render_report(result)
     try:
-        output.write_text(render_report(result), encoding="utf-8")
+        output.write_text(page, encoding="utf-8")
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror or exc}")
     _console(stderr=True).print(f"wrote {output}", markup=False)
