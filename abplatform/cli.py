@@ -195,9 +195,8 @@ def analyze(
 
 
 def _write_report(engine: Engine, key: str, output: Path) -> None:
-    from reports.render import render_report
-
     from reports.analysis import analyze as run_analysis
+    from reports.render import render_report
 
     result = _run(lambda: run_analysis(engine, key))
     page = render_report(result)
