@@ -148,9 +148,9 @@ class Impression(Base):
     # One B-tree keyed by (exposure, position) on SQLite: the bulk path appends in key order.
     __table_args__ = ({"sqlite_with_rowid": False},)
 
-    exposure_id: Mapped[int] = mapped_column(
-        ForeignKey("exposures.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign key: impressions are the largest table and are always written in the same
+    # transaction as their exposure; a per-row parent check would cost a third of the write.
+    exposure_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[str] = mapped_column(String(128))
 

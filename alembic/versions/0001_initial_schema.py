@@ -132,7 +132,6 @@ def upgrade() -> None:
     sa.Column('exposure_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('item_id', sa.String(length=128), nullable=False),
-    sa.ForeignKeyConstraint(['exposure_id'], ['exposures.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('exposure_id', 'position'),
     sqlite_with_rowid=False,
     )
