@@ -257,6 +257,11 @@ def ingest(
     print(
         f"{config.key}: {summary.exposures:,} exposures, {summary.events:,} new events "
         f"({summary.duplicate_events:,} duplicates skipped), {summary.units:,} units"
+        + (
+            f"; {summary.duplicate_exposures:,} exposures already stored were skipped"
+            if summary.duplicate_exposures
+            else ""
+        )
     )
 
 

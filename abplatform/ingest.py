@@ -56,6 +56,7 @@ class IngestSummary:
     events: int
     duplicate_events: int
     units: int
+    duplicate_exposures: int = 0
 
 
 def ingest_logs(
@@ -72,7 +73,8 @@ def ingest_logs(
     definition) with a `DataError` listing one line per bad row. Events whose
     `event_id` is already stored are skipped and counted, so re-ingesting a file is
     idempotent; without an `event_id` column the id is derived from the experiment key
-    and the row's content. `units` counts distinct unit ids in both files.
+    and the row's content. An exposure identical to a stored one (same unit, variant and
+    timestamp) is skipped and counted too. `units` counts distinct unit ids in both files.
     """
     problems = _Problems()
     with ExitStack() as stack:
@@ -103,6 +105,7 @@ def ingest_logs(
         events=load.n_events,
         duplicate_events=load.n_duplicates,
         units=len(load.units),
+        duplicate_exposures=load.n_duplicate_exposures,
     )
 
 
@@ -416,6 +419,7 @@ class _Load:
         self.n_exposures = 0
         self.n_events = 0
         self.n_duplicates = 0
+        self.n_duplicate_exposures = 0
 
     def exposures(self, log: _CsvLog) -> None:
         if not log.columns:  # an empty file
@@ -456,6 +460,18 @@ class _Load:
         self._write_exposures(chunk)
 
     def _write_exposures(self, chunk: list[_ExposureRow]) -> None:
+        if chunk and not self.problems.count:
+            stamps = seconds_to_sql([row[2] for row in chunk])
+            stored = _stored_exposures(self.conn, self.experiment_id, {row[1] for row in chunk})
+            fresh: list[_ExposureRow] = []
+            for row, stamp in zip(chunk, stamps, strict=True):
+                key = (row[1], row[0], stamp)
+                if key in stored:
+                    self.n_duplicate_exposures += 1
+                else:
+                    stored.add(key)  # identical rows within the load count once too
+                    fresh.append(row)
+            chunk[:] = fresh
         if chunk and not self.problems.count:
             variants, units, seconds, propensities, scenes, slate_sizes = zip(*chunk, strict=True)
             self.n_exposures += bulk_insert(
@@ -565,3 +581,37 @@ def _stored_event_ids(conn: Connection, event_ids: Sequence[str]) -> set[str]:
     finally:
         cursor.close()
     return stored
+
+
+def _stored_exposures(
+    conn: Connection, experiment_id: int, units: set[str]
+) -> set[tuple[str, str, str]]:
+    """(unit, variant, timestamp text) of the experiment's stored exposures of these units."""
+    found: set[tuple[str, str, str]] = set()
+    ordered = sorted(units)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn.dialect.name == "postgresql":
+            for start in range(0, len(ordered), PG_ID_QUERY_CHUNK):
+                cursor.execute(
+                    "SELECT unit_id, variant, ts FROM exposures "
+                    "WHERE experiment_id = %s AND unit_id = ANY(%s)",
+                    (experiment_id, ordered[start : start + PG_ID_QUERY_CHUNK]),
+                )
+                found.update(
+                    (unit, variant, ts.strftime("%Y-%m-%d %H:%M:%S.%f"))
+                    for unit, variant, ts in cursor.fetchall()
+                )
+        else:
+            for start in range(0, len(ordered), ID_QUERY_CHUNK):
+                ids = ordered[start : start + ID_QUERY_CHUNK]
+                marks = ", ".join("?" * len(ids))
+                cursor.execute(
+                    "SELECT unit_id, variant, ts FROM exposures "
+                    f"WHERE experiment_id = ? AND unit_id IN ({marks})",
+                    [experiment_id, *ids],
+                )
+                found.update((unit, variant, ts) for unit, variant, ts in cursor.fetchall())
+    finally:
+        cursor.close()
+    return found

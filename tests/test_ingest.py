@@ -172,6 +172,27 @@ def test_reingesting_the_same_events_adds_nothing_and_counts_duplicates(engine: 
     assert _counts(engine)["events"] == 4
 
 
+def test_reingesting_the_same_exposures_adds_nothing(engine: Engine, tmp_path: Path) -> None:
+    first = ingest_logs(engine, _config(), DATA / "exposures.csv", None)
+    second = ingest_logs(engine, _config(), DATA / "exposures.csv", None)
+
+    assert (first.exposures, first.duplicate_exposures) == (4, 0)
+    assert (second.exposures, second.duplicate_exposures) == (0, 4)
+    assert _counts(engine)["exposures"] == 4
+    # A new exposure of a known unit (later timestamp) is still added; a row repeated
+    # within one file counts once.
+    extra = tmp_path / "more.csv"
+    lines = (DATA / "exposures.csv").read_text(encoding="utf-8").splitlines()
+    header, first_row = lines[0], lines[1].split(",")
+    columns = header.split(",")
+    later = list(first_row)
+    later[columns.index("timestamp")] = "2030-01-01T00:00:00Z"
+    extra.write_text("\n".join([header, ",".join(later), ",".join(later)]) + "\n")
+    third = ingest_logs(engine, _config(), extra, None)
+    assert (third.exposures, third.duplicate_exposures) == (1, 1)
+    assert _counts(engine)["exposures"] == 5
+
+
 def test_explicit_event_ids_are_kept_and_skipped_when_already_stored(
     engine: Engine, tmp_path: Path
 ) -> None:
