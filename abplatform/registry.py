@@ -42,6 +42,10 @@ class Registry(Generic[T]):
         """All known names (registered or declared by an entry point), sorted."""
         return sorted(set(self._items) | set(self._entry_points()))
 
+    def get_or_none(self, name: str) -> T | None:
+        """The plug-in registered as `name`, or None when the name is unknown."""
+        return self.get(name) if name in self._items or name in self._entry_points() else None
+
     def get(self, name: str) -> T:
         """The plug-in registered as `name`; unknown names list the known ones."""
         if name not in self._items and name in self._entry_points():

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from abplatform.domain import Catalog, InteractionLog, RecRequest, Slate
 from abplatform.errors import AbplatformError
@@ -73,3 +73,44 @@ def check_k(k: int) -> None:
     """A slate size must be a positive integer."""
     if not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer (got {k!r})")
+
+
+class StrategySpec(StrategyParams):
+    """A nested strategy inside another one's params: its kind and its own params."""
+
+    kind: str
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_kind_and_valid_params(self) -> StrategySpec:
+        from abplatform.registry import strategies
+
+        factory = strategies.get_or_none(self.kind)
+        if factory is None:
+            raise ValueError(
+                f"unknown strategy kind {self.kind!r}; known: {', '.join(strategies.names())}"
+            )
+        try:
+            factory.Params.model_validate(dict(self.params))
+        except ValidationError as exc:
+            details = "; ".join(
+                f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                for err in exc.errors(include_url=False)
+            )
+            raise ValueError(f"invalid params for {self.kind!r}: {details}") from None
+        return self
+
+    def build(self, seed: int) -> Any:
+        """Instantiate the nested strategy."""
+        from abplatform.registry import build_strategy
+
+        return build_strategy(self.kind, self.params, seed=seed)
+
+
+def item_vectors_of(strategy: Any) -> npt.NDArray[np.float64] | None:
+    """Item embeddings a fitted strategy offers (rows aligned with its catalogue), if any."""
+    vectors = getattr(strategy, "item_vectors", None)
+    if vectors is None:
+        return None
+    result = vectors() if callable(vectors) else vectors
+    return None if result is None else np.asarray(result, dtype=np.float64)

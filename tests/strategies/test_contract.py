@@ -15,6 +15,23 @@ from tests.strategies.conftest import make_history
 CASES: dict[str, list[dict[str, Any]]] = {
     "popularity": [{}, {"per_category": True, "window_days": 7}],
     "random": [{}],
+    "complementary": [{}, {"events": ["click", "purchase"], "measure": "pmi", "min_support": 1}],
+    "similar_items": [{}],
+    "diversity_rerank": [
+        {"base": {"kind": "popularity"}, "lambda": 0.5, "candidates": 30},
+        {"base": {"kind": "random"}, "lambda": 0.9, "max_per_category": 3},
+    ],
+    "scene_router": [
+        {
+            "strategies": {
+                "pop": {"kind": "popularity"},
+                "similar": {"kind": "similar_items"},
+                "complements": {"kind": "complementary"},
+            },
+            "routes": {"product_detail": "similar", "cart_page": "complements"},
+            "default": "pop",
+        }
+    ],
 }
 KINDS = strategies.names()
 
@@ -36,6 +53,8 @@ def requests(log: InteractionLog) -> list[RecRequest]:
     return [RecRequest(u, scene="home_page") for u in known] + [
         RecRequest("never-seen-user", scene="home_page"),
         RecRequest("another-unknown", scene="product_detail", current_item="item-001"),
+        RecRequest(known[0], scene="cart_page", cart_items=("item-002", "item-003")),
+        RecRequest(known[1], scene="product_detail", current_item="not-in-catalogue"),
     ]
 
 
