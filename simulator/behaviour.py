@@ -44,6 +44,8 @@ def slate_probabilities(
     P(click at p) = bias[p] * sigmoid(click_bias + scale * <u, v> + quality - price term);
     P(purchase | click) = sigmoid(purchase_bias - sensitivity * log(price / ref) + <u, v>).
     `examined=False` drops the position bias (organic browsing, where the user looks at all).
+    With `satiation` > 0, an item's click logit falls by satiation * (its highest cosine
+    similarity to an item shown above it), so repetitive slates lose appeal.
     """
     p = world.params
     u = world.user_vectors[users]  # (n, d)
@@ -57,8 +59,22 @@ def slate_probabilities(
         + world.item_quality[items]
         - p.price_weight * sensitivity * log_price
     )
+    if p.satiation > 0 and items.shape[1] > 1:
+        click_logit = click_logit - p.satiation * satiation_penalty(v)
     click = sigmoid(click_logit)
     if examined:
         click = click * position_bias(world, items.shape[1])[None, :]
     purchase = sigmoid(p.purchase_bias - sensitivity * log_price + taste)
     return SlateOutcome(click=click, purchase_given_click=purchase)
+
+
+def satiation_penalty(vectors: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Per position, the highest (non-negative) similarity to any item above it (n, k)."""
+    k = vectors.shape[1]
+    similarity = np.einsum("nkd,njd->nkj", vectors, vectors)
+    above = np.tril(np.ones((k, k), dtype=bool), -1)  # [p, q] is True where q is above p
+    similarity = np.where(above[None, :, :], similarity, -np.inf)
+    penalty = similarity.max(axis=2)
+    penalty[:, 0] = 0.0
+    clipped: npt.NDArray[np.float64] = np.maximum(penalty, 0.0)
+    return clipped

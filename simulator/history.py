@@ -29,7 +29,7 @@ class History:
         return int(self.user.shape[0])
 
 
-def _choose_categories(
+def choose_categories(
     world: World, users: npt.NDArray[np.int64], rng: np.random.Generator
 ) -> npt.NDArray[np.int64]:
     """Each session's category, by softmax of taste plus the category's traffic share."""
@@ -40,7 +40,7 @@ def _choose_categories(
     return chosen
 
 
-def _browse_items(
+def browse_items(
     world: World, categories: npt.NDArray[np.int64], rng: np.random.Generator
 ) -> npt.NDArray[np.int64]:
     """A page of items per session from its category, drawn by browse weight."""
@@ -68,7 +68,7 @@ def generate_history(world: World, start: int, rng: np.random.Generator) -> Hist
         return History(empty, empty, np.zeros(0, dtype=str), np.zeros(0), empty)
     window = p.history_days * 86_400
     session_ts = start - window + rng.integers(0, window, size=users.size)
-    pages = _browse_items(world, _choose_categories(world, users, rng), rng)
+    pages = browse_items(world, choose_categories(world, users, rng), rng)
     outcome = slate_probabilities(world, users, pages, examined=False)
     clicked = rng.random(pages.shape) < BROWSE_ATTENTION * outcome.click
     bought = clicked & (rng.random(pages.shape) < outcome.purchase_given_click)

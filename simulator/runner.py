@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from abplatform.assignment.engine import build_policy
 from abplatform.config.models import ExperimentConfig, SimulationConfig
-from abplatform.domain import RecRequest
+from abplatform.domain import SCENES, RecRequest
 from abplatform.errors import AbplatformError
 from abplatform.registry import build_strategy
 from abplatform.storage import models as m
@@ -28,8 +28,9 @@ from abplatform.storage.repository import (
     utcnow,
 )
 from simulator.behaviour import slate_probabilities
+from simulator.context import HOME, Contexts, draw_contexts, draw_scenes
 from simulator.history import generate_history
-from simulator.truth import ground_truth
+from simulator.truth import SlateSource, ground_truth
 from simulator.world import World, build_world
 
 EXPERIMENT_START = int(np.datetime64("2026-03-02T00:00:00", "s").astype(np.int64))
@@ -124,15 +125,13 @@ def _write_history(conn: Connection, world: World, catalog: str, rng: np.random.
     )
 
 
-def _slates_for_everyone(
-    strategy: Any, world: World, index: dict[str, int], k: int
+def _slate_matrix(
+    strategy: Any, requests: list[RecRequest], index: dict[str, int], k: int
 ) -> npt.NDArray[np.int64]:
-    """Each user's home-page slate from a strategy, as item indices (users, k)."""
-    out = np.empty((world.n_users, k), dtype=np.int64)
-    user_ids = world.user_ids.tolist()
-    for lo in range(0, world.n_users, RECOMMEND_BATCH):
-        chunk = user_ids[lo : lo + RECOMMEND_BATCH]
-        slates = strategy.recommend_batch([RecRequest(u, scene=HOME_PAGE) for u in chunk], k)
+    """Slates for requests from a strategy, as item indices (requests, k)."""
+    out = np.empty((len(requests), k), dtype=np.int64)
+    for lo in range(0, len(requests), RECOMMEND_BATCH):
+        slates = strategy.recommend_batch(requests[lo : lo + RECOMMEND_BATCH], k)
         for row, slate in enumerate(slates):
             if len(slate.items) != k:
                 raise AbplatformError(
@@ -141,6 +140,33 @@ def _slates_for_everyone(
                 )
             out[lo + row] = [index[item] for item in slate.items]
     return out
+
+
+def _slate_source(
+    strategy: Any, world: World, index: dict[str, int], k: int
+) -> Callable[[npt.NDArray[np.int64], Contexts], npt.NDArray[np.int64]]:
+    """slates(users, contexts) for one variant; home-page slates are computed once per user."""
+    home: npt.NDArray[np.int64] | None = None
+
+    def slates(users: npt.NDArray[np.int64], contexts: Contexts) -> npt.NDArray[np.int64]:
+        nonlocal home
+        out = np.empty((users.size, k), dtype=np.int64)
+        at_home = contexts.scene == HOME
+        if at_home.any():
+            if home is None:
+                everyone = [RecRequest(str(u), scene=HOME_PAGE) for u in world.user_ids.tolist()]
+                home = _slate_matrix(strategy, everyone, index, k)
+            out[at_home] = home[users[at_home]]
+        elsewhere = np.flatnonzero(~at_home)
+        if elsewhere.size:
+            subset = Contexts(
+                contexts.scene[elsewhere], contexts.current[elsewhere], contexts.cart[elsewhere]
+            )
+            requests = subset.requests(world, users[elsewhere])
+            out[elsewhere] = _slate_matrix(strategy, requests, index, k)
+        return out
+
+    return slates
 
 
 def simulate(
@@ -196,7 +222,7 @@ def simulate(
 
         log = load_history(conn, catalog)
         index = log.catalog.index()
-        slates: dict[str, npt.NDArray[np.int64]] = {}
+        sources: dict[str, SlateSource] = {}
         for i, variant in enumerate(config.variants):
             progress("fit", i, len(config.variants))
             spec = variant.strategy
@@ -206,13 +232,22 @@ def simulate(
                 )
             strategy = build_strategy(spec.kind, spec.params, seed=run_seed)
             strategy.fit(log)
-            slates[variant.key] = _slates_for_everyone(strategy, world, index, k)
+            sources[variant.key] = _slate_source(strategy, world, index, k)
         progress("fit", len(config.variants), len(config.variants))
-        lap("fit and slates")
+        lap("fit")
 
         daily_rate = sim.sessions_per_user_per_day * world.user_activity
-        truth = ground_truth(world, slates, daily_rate * sim.days, config.metrics)
-        lap("ground truth")
+        truth_rng = np.random.default_rng([run_seed, 2])
+        truth = ground_truth(
+            world,
+            sources,
+            daily_rate * sim.days,
+            config.metrics,
+            sim.scenes,
+            sim.truth_draws,
+            truth_rng,
+        )
+        lap("slates and ground truth")
         decisions = build_policy(config).assign_batch(world.user_ids)
         tallies = _play(
             conn,
@@ -220,10 +255,10 @@ def simulate(
             stored.id,
             run.id,
             world,
-            slates,
+            sources,
             decisions,
             daily_rate,
-            sim.days,
+            sim,
             rng,
             progress,
         )
@@ -264,20 +299,20 @@ def _play(
     experiment_id: int,
     run_id: int,
     world: World,
-    slates: dict[str, npt.NDArray[np.int64]],
+    sources: dict[str, SlateSource],
     decisions: Any,
     daily_rate: npt.NDArray[np.float64],
-    days: int,
+    sim: SimulationConfig,
     rng: np.random.Generator,
     progress: Progress,
 ) -> dict[str, VariantTally]:
-    """Run the experiment day by day: sessions, slates, clicks, purchases, rows."""
+    """Run the experiment day by day: sessions, scenes, slates, clicks, purchases, rows."""
     keys = [v.key for v in config.variants]
     tallies = {key: VariantTally() for key in keys}
     arm = decisions.variant_index
     covered = np.flatnonzero(arm >= 0)
-    k = next(iter(slates.values())).shape[1]
-    stacked = np.stack([slates[key] for key in keys])  # (variants, users, k)
+    k = sim.slate_size
+    days = sim.days
     seen = np.zeros(world.n_users, dtype=bool)
     event_seq = 0
     for day in range(days):
@@ -293,8 +328,14 @@ def _play(
         )
         order = np.argsort(ts, kind="stable")
         users, ts = users[order], ts[order]
+        contexts = draw_contexts(world, users, draw_scenes(sim.scenes, users.size, rng), rng)
         user_arm = arm[users]
-        items = stacked[user_arm, users]  # (sessions, k)
+        items = np.empty((users.size, k), dtype=np.int64)
+        for a, key in enumerate(keys):
+            rows = np.flatnonzero(user_arm == a)
+            if rows.size:
+                subset = Contexts(contexts.scene[rows], contexts.current[rows], contexts.cart[rows])
+                items[rows] = sources[key](users[rows], subset)
         outcome = slate_probabilities(world, users, items)
         clicked = rng.random(items.shape) < outcome.click
         bought = clicked & (rng.random(items.shape) < outcome.purchase_given_click)
@@ -312,8 +353,9 @@ def _play(
                 "ts": stamps,
                 "propensity": decisions.propensity[users],
                 "bucket": decisions.bucket[users],
-                "scene": [HOME_PAGE] * users.size,
+                "scene": np.asarray(SCENES)[contexts.scene],
                 "slate_size": [k] * users.size,
+                "context": contexts.as_json(world),
             },
         )
         bulk_insert(

@@ -15,7 +15,7 @@ sampled clicks, so the truth has no sampling noise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,9 @@ from abplatform.config.models import (
     ProportionMetric,
     RatioMetric,
 )
+from abplatform.domain import SCENES
 from simulator.behaviour import slate_probabilities
+from simulator.context import Contexts, draw_contexts
 from simulator.world import World
 
 CHUNK = 50_000
@@ -48,32 +50,50 @@ class SessionExpectations:
         return table[spec.event]
 
 
-def session_expectations(world: World, slates: npt.NDArray[np.int64]) -> SessionExpectations:
-    """Expected outcomes of showing each user (row) their slate (columns) once."""
-    n_users, k = slates.shape
-    click = np.empty(n_users)
-    any_click = np.empty(n_users)
-    purchase = np.empty(n_users)
-    revenue = np.empty(n_users)
-    any_purchase = np.empty(n_users)
-    for lo in range(0, n_users, CHUNK):
-        hi = min(lo + CHUNK, n_users)
-        users = np.arange(lo, hi, dtype=np.int64)
-        outcome = slate_probabilities(world, users, slates[lo:hi])
+def session_expectations(
+    world: World, users: npt.NDArray[np.int64], slates: npt.NDArray[np.int64]
+) -> SessionExpectations:
+    """Expected outcomes of showing each session's user (row) their slate (columns) once."""
+    n_sessions, k = slates.shape
+    click = np.empty(n_sessions)
+    any_click = np.empty(n_sessions)
+    purchase = np.empty(n_sessions)
+    revenue = np.empty(n_sessions)
+    any_purchase = np.empty(n_sessions)
+    for lo in range(0, n_sessions, CHUNK):
+        hi = min(lo + CHUNK, n_sessions)
+        outcome = slate_probabilities(world, users[lo:hi], slates[lo:hi])
         buy = outcome.purchase
         click[lo:hi] = outcome.click.sum(axis=1)
         any_click[lo:hi] = 1.0 - np.prod(1.0 - outcome.click, axis=1)
         purchase[lo:hi] = buy.sum(axis=1)
         revenue[lo:hi] = (buy * world.item_price[slates[lo:hi]]).sum(axis=1)
         any_purchase[lo:hi] = 1.0 - np.prod(1.0 - buy, axis=1)
-    zeros = np.zeros(n_users)
-    ones = np.ones(n_users)
-    count = {"impression": np.full(n_users, float(k)), "click": click, "purchase": purchase}
+    zeros = np.zeros(n_sessions)
+    ones = np.ones(n_sessions)
+    count = {"impression": np.full(n_sessions, float(k)), "click": click, "purchase": purchase}
     total = {"impression": zeros, "click": zeros, "purchase": revenue}
     anyone = {"impression": ones, "click": any_click, "purchase": any_purchase}
     for name in ("view", "add_to_cart", "rating"):
         count[name], total[name], anyone[name] = zeros, zeros, zeros
     return SessionExpectations(count, total, anyone)
+
+
+def mix_per_user(
+    parts: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], SessionExpectations]],
+    n_users: int,
+) -> SessionExpectations:
+    """Weighted per-user average of session expectations (weights: scene share / draws)."""
+    first = parts[0][2]
+    mixed: list[dict[str, npt.NDArray[np.float64]]] = [{}, {}, {}]
+    for table_index, name_tables in enumerate(("count", "total", "any")):
+        for event in getattr(first, name_tables):
+            acc = np.zeros(n_users)
+            for users, weights, expected in parts:
+                values = getattr(expected, name_tables)[event]
+                acc += np.bincount(users, weights=weights * values, minlength=n_users)
+            mixed[table_index][event] = acc
+    return SessionExpectations(mixed[0], mixed[1], mixed[2])
 
 
 def metric_truth(
@@ -93,16 +113,47 @@ def metric_truth(
     raise TypeError(f"unknown metric type {type(metric).__name__}")
 
 
+SlateSource = Callable[[npt.NDArray[np.int64], Contexts], npt.NDArray[np.int64]]
+"""slates(users, contexts) -> item indices (sessions, k) for one variant."""
+
+
 def ground_truth(
     world: World,
-    slates: dict[str, npt.NDArray[np.int64]],
+    sources: dict[str, SlateSource],
     rate: npt.NDArray[np.float64],
     metrics: Sequence[MetricConfig],
+    shares: dict[str, float],
+    draws: int,
+    rng: np.random.Generator,
 ) -> dict[str, dict[str, float]]:
-    """{metric: {variant: population value}} for every metric and variant."""
+    """{metric: {variant: population value}} for every metric and variant.
+
+    A session's scene follows `shares`; for scenes with a context (viewed item, cart) the
+    expectation over contexts is averaged over `draws` context draws per user, the same
+    draws for every variant.
+    """
+    users = np.arange(world.n_users, dtype=np.int64)
+    plans: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], Contexts]] = []
+    for scene_index, scene in enumerate(SCENES):
+        share = shares.get(scene, 0.0)
+        if share <= 0:
+            continue
+        repeats = 1 if scene == "home_page" else draws
+        session_users = np.repeat(users, repeats)
+        scenes = np.full(session_users.size, scene_index, dtype=np.int64)
+        contexts = draw_contexts(world, session_users, scenes, rng)
+        plans.append((session_users, np.full(session_users.size, share / repeats), contexts))
     truth: dict[str, dict[str, float]] = {metric.name: {} for metric in metrics}
-    for variant, variant_slates in slates.items():
-        expected = session_expectations(world, variant_slates)
+    for variant, source in sources.items():
+        parts = [
+            (
+                session_users,
+                weights,
+                session_expectations(world, session_users, source(session_users, contexts)),
+            )
+            for session_users, weights, contexts in plans
+        ]
+        expected = mix_per_user(parts, world.n_users)
         for metric in metrics:
             truth[metric.name][variant] = metric_truth(metric, expected, rate)
     return truth

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,9 @@ from abplatform.domain import EVENT_TYPES, InteractionLog, RecRequest, Slate
 from abplatform.registry import strategies
 from strategies.base import BaseStrategy, StrategyParams, check_k
 from strategies.popularity import SECONDS_PER_DAY, PopularityStrategy
+
+BATCH = 512  # requests scored at once: a dense (batch x items) matrix
+CACHE_SIZE = 200_000  # slates kept per (k, anchors)
 
 
 class ComplementaryParams(StrategyParams):
@@ -82,8 +85,17 @@ class ComplementaryStrategy(BaseStrategy):
         popularity = PopularityStrategy({"window_days": params.window_days}, seed=self.seed)
         popularity.fit(history)
         ranking = popularity.recommend(RecRequest("\x00complementary"), n_items)
-        self._popular_order = [self._index[i] for i in ranking.items]
-        self._category_of = self.catalog.categories
+        order = np.asarray([self._index[i] for i in ranking.items], dtype=np.int64)
+        # Popularity as a key in (0, 1): the most popular item is closest to 1.
+        self._cache: dict[tuple[Any, ...], Slate] = {}
+        self._popularity_key = np.empty(n_items)
+        self._popularity_key[order] = 1.0 - (np.arange(n_items) + 1.0) / (n_items + 1.0)
+        _, codes = np.unique(self.catalog.categories.astype(str), return_inverse=True)
+        self._category_code = codes.astype(np.int64)
+        self._category_onehot = sparse.csr_matrix(
+            (np.ones(n_items), (np.arange(n_items), self._category_code)),
+            shape=(n_items, int(codes.max()) + 1),
+        )
 
     def association(self, item_id: str) -> dict[str, float]:
         """Association scores of every item paired with `item_id` (for inspection)."""
@@ -91,33 +103,66 @@ class ComplementaryStrategy(BaseStrategy):
         ids = self.catalog.item_ids[row.indices]
         return dict(zip(ids.tolist(), row.data.tolist(), strict=True))
 
-    def _fill(self, anchors: list[int], chosen: list[int], k: int) -> list[int]:
-        order = self._popular_order
-        taken = set(chosen) | set(anchors)
-        categories = {self._category_of[a] for a in anchors}
-        same = [i for i in order if i not in taken and self._category_of[i] in categories]
-        rest = [i for i in order if i not in taken and self._category_of[i] not in categories]
-        return (chosen + same + rest)[:k]
-
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
-        """Slates of complements to each request's cart (or current item)."""
+        """Slates of complements to each request's cart (or current item), vectorised."""
         check_k(k)
         _ = self.catalog
-        slates = []
-        for request in requests:
+        # Slates depend only on the anchors (cart, else current item): each distinct set once.
+        keys = [self._anchor_key(request, k) for request in requests]
+        missing: dict[tuple[Any, ...], RecRequest] = {}
+        for key, request in zip(keys, requests, strict=True):
+            if key not in self._cache:
+                missing.setdefault(key, request)
+        todo = list(missing.items())
+        for lo in range(0, len(todo), BATCH):
+            chunk = todo[lo : lo + BATCH]
+            batch = self._batch([request for _, request in chunk], k)
+            for (key, _), slate in zip(chunk, batch, strict=True):
+                self._cache[key] = slate
+        slates = [self._cache[key] for key in keys]
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.clear()
+        return slates
+
+    def _anchor_key(self, request: RecRequest, k: int) -> tuple[Any, ...]:
+        names = list(request.cart_items) or ([request.current_item] if request.current_item else [])
+        return (k, *sorted({self._index[a] for a in names if a in self._index}))
+
+    def _batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
+        n_items = len(self.catalog)
+        rows, cols = [], []
+        for row, request in enumerate(requests):
             anchor_ids = list(request.cart_items) or (
                 [request.current_item] if request.current_item else []
             )
-            anchors = [self._index[a] for a in anchor_ids if a in self._index]
-            scores = np.zeros(len(self.catalog))
-            if anchors:
-                scores = np.asarray(self._association[anchors].sum(axis=0)).ravel()
-                scores[anchors] = 0.0
-            positive = np.flatnonzero(scores > 0)
-            ranked = positive[np.lexsort((positive, -scores[positive]))][:k].tolist()
-            chosen = self._fill(anchors, ranked, k) if len(ranked) < k else ranked
-            picked = np.asarray(chosen, dtype=np.int64)
-            slates.append(self._slate(picked, _scores(scores, picked)))
+            for item in anchor_ids:
+                if item in self._index:
+                    rows.append(row)
+                    cols.append(self._index[item])
+        anchors = sparse.csr_matrix(
+            (np.ones(len(rows)), (rows, cols)), shape=(len(requests), n_items)
+        )
+        anchors.data[:] = 1.0
+        association = (anchors @ self._association).toarray()
+        cart_categories = (anchors @ self._category_onehot).toarray() > 0
+        in_cart_category = cart_categories[:, self._category_code]
+        # Ranking key: associated items first (by score), then the cart's categories, then
+        # everything else, each of the latter two by global popularity.
+        key = np.where(in_cart_category, 1.0, 0.0) + self._popularity_key[None, :]
+        key = np.where(association > 0, 2.0 + association, key)
+        is_anchor = anchors.toarray() > 0
+        key[is_anchor] = -np.inf
+        size = min(k, n_items)
+        top = (
+            np.argpartition(-key, size - 1, axis=1)[:, :size]
+            if size < n_items
+            else (np.tile(np.arange(n_items), (len(requests), 1)))
+        )
+        slates = []
+        for row in range(len(requests)):
+            picked = top[row][np.lexsort((top[row], -key[row, top[row]]))]
+            picked = picked[np.isfinite(key[row, picked])][:size]
+            slates.append(self._slate(picked.astype(np.int64), _scores(association[row], picked)))
         return slates
 
 

@@ -60,44 +60,61 @@ class DiversityRerankStrategy(BaseStrategy):
         return self._vectors
 
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
-        """Base candidates per request, re-ranked."""
+        """Base candidates per request, re-ranked by MMR for all requests at once."""
         check_k(k)
         _ = self.catalog
         params: DiversityParams = self.params
         pool = self.base.recommend_batch(requests, max(k, params.candidates))
-        return [self._rerank(slate, k) for slate in pool]
+        out: list[Slate] = []
+        by_length: dict[int, list[int]] = {}
+        for position, slate in enumerate(pool):
+            by_length.setdefault(len(slate.items), []).append(position)
+        reranked: dict[int, Slate] = {}
+        for length, positions in by_length.items():
+            for position, slate in zip(
+                positions, self._rerank([pool[i] for i in positions], length, k), strict=True
+            ):
+                reranked[position] = slate
+        out = [reranked[i] for i in range(len(pool))]
+        return out
 
-    def _rerank(self, slate: Slate, k: int) -> Slate:
+    def _rerank(self, slates: list[Slate], length: int, k: int) -> list[Slate]:
+        """MMR over equally long candidate lists (batch, length)."""
         params: DiversityParams = self.params
-        items = np.asarray([self._index[i] for i in slate.items], dtype=np.int64)
-        relevance = _scaled(np.asarray(slate.scores, dtype=np.float64))
-        size = min(k, items.size)
-        vectors = self._vectors[items]
-        similarity = vectors @ vectors.T
-        max_similarity = np.zeros(items.size)
-        available = np.ones(items.size, dtype=bool)
-        per_category: dict[int, int] = {}
-        chosen: list[int] = []
-        chosen_scores: list[float] = []
+        if length == 0:
+            return slates
+        items = np.asarray([[self._index[i] for i in s.items] for s in slates], dtype=np.int64)
+        relevance = np.stack([_scaled(np.asarray(s.scores, dtype=np.float64)) for s in slates])
+        batch = items.shape[0]
+        size = min(k, length)
+        vectors = self._vectors[items]  # (batch, length, d)
+        similarity = np.einsum("bid,bjd->bij", vectors, vectors)
+        categories = self._category[items]  # (batch, length)
+        n_categories = int(self._category.max()) + 1
+        max_similarity = np.zeros((batch, length))
+        available = np.ones((batch, length), dtype=bool)
+        per_category = np.zeros((batch, n_categories), dtype=np.int64)
+        rows = np.arange(batch)
+        chosen = np.empty((batch, size), dtype=np.int64)
+        chosen_scores = np.empty((batch, size))
         lam = params.diversity
-        while len(chosen) < size:
+        for step in range(size):
             score = (1.0 - lam) * relevance - lam * max_similarity
-            allowed = available.copy()
+            allowed = available
             if params.max_per_category is not None:
-                full = [c for c, n in per_category.items() if n >= params.max_per_category]
-                capped = allowed & ~np.isin(self._category[items], full)
-                if capped.any():
-                    allowed = capped
-            candidates = np.flatnonzero(allowed)
-            best = int(candidates[np.argmax(score[candidates])])  # first index wins ties
-            chosen.append(best)
-            chosen_scores.append(float(score[best]))
-            available[best] = False
-            category = int(self._category[items[best]])
-            per_category[category] = per_category.get(category, 0) + 1
-            np.maximum(max_similarity, similarity[best], out=max_similarity)
-        picked = items[chosen]
-        return self._slate(picked, np.asarray(chosen_scores))
+                full = per_category[rows[:, None], categories] >= params.max_per_category
+                capped = available & ~full
+                # Under the cap when possible; otherwise the best remaining candidate.
+                allowed = np.where(capped.any(axis=1, keepdims=True), capped, available)
+            masked = np.where(allowed, score, -np.inf)
+            best = np.argmax(masked, axis=1)  # the first index wins ties: base order
+            chosen[:, step] = best
+            chosen_scores[:, step] = score[rows, best]
+            available[rows, best] = False
+            per_category[rows, categories[rows, best]] += 1
+            np.maximum(max_similarity, similarity[rows, best], out=max_similarity)
+        picked = items[rows[:, None], chosen]
+        return [self._slate(picked[b], chosen_scores[b]) for b in range(batch)]
 
 
 def _scaled(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -15,6 +15,9 @@ from strategies.base import BaseStrategy, StrategyParams, check_k, item_vectors_
 from strategies.features import feature_vectors, normalise
 from strategies.popularity import PopularityStrategy
 
+BATCH = 512  # requests scored at once: a dense (batch x items) matrix
+CACHE_SIZE = 200_000  # slates kept per (k, anchors)
+
 
 class SimilarItemsParams(StrategyParams):
     """Parameters of the similar-items strategy."""
@@ -55,45 +58,71 @@ class SimilarItemsStrategy(BaseStrategy):
             {"window_days": params.fallback_window_days}, seed=self.seed
         )
         self._fallback.fit(history)
+        self._cache: dict[tuple[int, ...], Slate] = {}
 
     def item_vectors(self) -> npt.NDArray[np.float64]:
         """Unit-norm item vectors, rows aligned with the catalogue."""
         _ = self.catalog
         return self._vectors
 
-    def _anchors(self, request: RecRequest) -> list[int]:
-        anchors = [request.current_item] if request.current_item else list(request.cart_items)
-        return [self._index[a] for a in anchors if a in self._index]
-
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
         """Nearest neighbours per request; the anchors themselves are never recommended."""
         check_k(k)
         _ = self.catalog
-        slates: list[Slate] = []
+        slates: list[Slate | None] = [None] * len(requests)
+        anchored: list[tuple[int, list[int]]] = []
+        cold: list[int] = []
+        for position, request in enumerate(requests):
+            names = [request.current_item] if request.current_item else list(request.cart_items)
+            anchors = sorted({self._index[a] for a in names if a in self._index})
+            (anchored.append((position, anchors)) if anchors else cold.append(position))
+        if cold:
+            for position, slate in zip(
+                cold, self._fallback.recommend_batch([requests[i] for i in cold], k), strict=True
+            ):
+                slates[position] = slate
+        # Slates depend only on the anchors: compute each distinct anchor set once.
+        missing: dict[tuple[int, ...], list[int]] = {}
+        for position, anchors in anchored:
+            cached = self._cache.get((k, *anchors))
+            if cached is None:
+                missing.setdefault(tuple(anchors), []).append(position)
+            else:
+                slates[position] = cached
+        todo = [(positions[0], list(anchors)) for anchors, positions in missing.items()]
+        for lo in range(0, len(todo), BATCH):
+            chunk = todo[lo : lo + BATCH]
+            for (_, anchors), slate in zip(chunk, self._nearest(chunk, k), strict=True):
+                if len(self._cache) < CACHE_SIZE:
+                    self._cache[(k, *anchors)] = slate
+                for position in missing[tuple(anchors)]:
+                    slates[position] = slate
+        return [slate for slate in slates if slate is not None]
+
+    def _nearest(self, chunk: list[tuple[int, list[int]]], k: int) -> list[Slate]:
         n_items = len(self.catalog)
-        for request in requests:
-            anchors = self._anchors(request)
-            if not anchors:
-                slates.append(self._fallback.recommend(request, k))
-                continue
-            query = self._vectors[anchors].mean(axis=0)
-            scores = self._vectors @ query
-            scores[anchors] = -np.inf
-            size = min(k, n_items - len(set(anchors)))
-            top = (
-                np.argpartition(-scores, size - 1)[:size] if size < n_items else np.arange(n_items)
-            )
-            top = top[np.lexsort((top, -scores[top]))][:size]
-            slate = self._slate(top.astype(np.int64), scores[top])
-            if len(slate.items) < k:  # tiny catalogue: top up with popular items
-                extra = [
-                    i
-                    for i in self._fallback.recommend(request, n_items).items
-                    if i not in slate.items and self._index[i] not in anchors
-                ]
-                need = min(k - len(slate.items), len(extra))
-                slate = Slate(
-                    slate.items + tuple(extra[:need]), slate.scores + tuple([-1.0] * need)
-                )
+        # One matrix-vector product per request (not one matrix product per batch) keeps
+        # the scores bit-identical however requests are batched.
+        scores = np.stack(
+            [self._vectors @ self._vectors[anchors].mean(axis=0) for _, anchors in chunk]
+        )
+        for row, (_, anchors) in enumerate(chunk):
+            scores[row, anchors] = -np.inf
+        size = min(k, n_items)
+        top = (
+            np.argpartition(-scores, size - 1, axis=1)[:, :size]
+            if size < n_items
+            else np.tile(np.arange(n_items), (len(chunk), 1))
+        )
+        slates = []
+        for row, (_, anchors) in enumerate(chunk):
+            picked = top[row][np.lexsort((top[row], -scores[row, top[row]]))]
+            picked = picked[np.isfinite(scores[row, picked])]
+            slate = self._slate(picked.astype(np.int64), scores[row, picked])
+            if len(slate.items) < k:  # a tiny catalogue: top up with popular items
+                taken = set(slate.items) | {str(self.catalog.item_ids[a]) for a in anchors}
+                ranking = self._fallback.recommend(RecRequest("\x00similar"), n_items).items
+                extra = [item for item in ranking if item not in taken][: k - len(slate.items)]
+                slate = Slate(slate.items + tuple(extra), slate.scores + (-1.0,) * len(extra))
             slates.append(slate)
         return slates

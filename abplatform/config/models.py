@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from abplatform.domain import EVENT_TYPES
+from abplatform.domain import EVENT_TYPES, SCENES
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -125,6 +125,13 @@ class WorldConfig(_Strict):
     purchase_bias: float = Field(default=-3.0, allow_inf_nan=False)
     history_days: int = Field(default=30, ge=1, le=3650)
     history_sessions_per_user: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    satiation: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="click-logit penalty per unit of similarity to an item shown higher up",
+    )
+    cart_size_max: int = Field(default=3, ge=1, le=20)
 
 
 class SimulationConfig(_Strict):
@@ -136,7 +143,26 @@ class SimulationConfig(_Strict):
     slate_size: int = Field(default=10, ge=1, le=200)
     items: int = Field(default=5_000, ge=10, le=5_000_000)
     seed: int = Field(default=42, ge=0)
+    scenes: dict[str, float] = Field(
+        default_factory=lambda: {"home_page": 1.0},
+        description="share of sessions per scene (home_page, product_detail, cart_page)",
+    )
+    truth_draws: int = Field(
+        default=2, ge=1, le=100, description="context draws per user for ground truth"
+    )
     world: WorldConfig = Field(default_factory=WorldConfig)
+
+    @field_validator("scenes")
+    @classmethod
+    def _scene_shares(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = [scene for scene in value if scene not in SCENES]
+        if unknown:
+            raise ValueError(f"unknown scenes {unknown}; known: {', '.join(SCENES)}")
+        if any(not 0.0 <= share <= 1.0 for share in value.values()):
+            raise ValueError("scene shares must lie in [0, 1]")
+        if abs(sum(value.values()) - 1.0) > 1e-6:
+            raise ValueError(f"scene shares must sum to 1 (they sum to {sum(value.values()):.6g})")
+        return value
 
 
 class ExperimentConfig(_Strict):

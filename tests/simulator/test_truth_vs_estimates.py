@@ -63,3 +63,60 @@ def test_the_better_strategy_wins_in_truth_and_estimate(sqlite_url: str) -> None
     (comparison,) = ctr["comparisons"]
     assert comparison["p_value"] < 1e-6 and comparison["diff"] > 0
     engine.dispose()
+
+
+SCENES_EXPERIMENT = """
+key: truth_scenes
+variants:
+  - {key: control, weight: 0.5, strategy: {kind: popularity}}
+  - key: treatment
+    weight: 0.5
+    strategy:
+      kind: scene_router
+      params:
+        strategies:
+          pop: {kind: popularity, params: {per_category: true}}
+          similar: {kind: similar_items}
+          complements: {kind: complementary, params: {events: [click, purchase]}}
+        routes: {home_page: pop, product_detail: similar, cart_page: complements}
+metrics:
+  - {name: purchase_rate, type: proportion, event: purchase}
+  - {name: clicks_per_user, type: mean, event: click}
+  - {name: ctr, type: ratio, numerator: {event: click}, denominator: {event: impression}}
+simulation:
+  users: 5000
+  days: 3
+  items: 400
+  slate_size: 6
+  seed: 5
+  truth_draws: 8
+  scenes: {home_page: 0.5, product_detail: 0.3, cart_page: 0.2}
+  world: {satiation: 1.0}
+"""
+
+
+def test_scenes_and_satiation_keep_truth_and_estimates_in_agreement(sqlite_url: str) -> None:
+    # Context draws make the truth a Monte Carlo average too (8 draws per user and scene,
+    # the same draws for both variants); its noise is well below the estimates' SE.
+    engine = open_database(sqlite_url)
+    simulate(engine, load_experiment_text(SCENES_EXPERIMENT))
+    result = analyze(engine, "truth_scenes").to_dict()
+    for metric in result["metrics"]:
+        truth = metric["ground_truth"]
+        (comparison,) = metric["comparisons"]
+        se = se_from_ci(comparison["diff_ci"])
+        assert abs(comparison["diff"] - (truth["treatment"] - truth["control"])) < 4 * se
+        for estimate in metric["variants"]:
+            se = se_from_ci(estimate["ci"])
+            assert abs(estimate["mean"] - truth[estimate["variant"]]) < 4 * se
+    with engine.connect() as conn:
+        from sqlalchemy import text
+
+        rows = conn.execute(text("SELECT scene, COUNT(*) FROM exposures GROUP BY scene")).all()
+        scenes = {scene: count for scene, count in rows}
+        contexts = conn.execute(
+            text("SELECT context FROM exposures WHERE scene = 'cart_page' LIMIT 1")
+        ).scalar_one()
+    assert set(scenes) == {"home_page", "product_detail", "cart_page"}
+    assert "cart_items" in contexts
+    engine.dispose()
