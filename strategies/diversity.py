@@ -14,6 +14,8 @@ from abplatform.registry import strategies
 from strategies.base import BaseStrategy, StrategyParams, StrategySpec, check_k, item_vectors_of
 from strategies.features import feature_vectors, normalise
 
+CACHE_SIZE = 100_000  # re-ranked slates kept per (k, candidate slate)
+
 
 class DiversityParams(StrategyParams):
     """Parameters of the diversity re-ranker (`lambda` is the diversity weight)."""
@@ -53,6 +55,7 @@ class DiversityRerankStrategy(BaseStrategy):
         self._index = self.catalog.index()
         _, codes = np.unique(self.catalog.categories.astype(str), return_inverse=True)
         self._category = codes.astype(np.int64)
+        self._cache: dict[tuple[int, Slate], Slate] = {}
 
     def item_vectors(self) -> npt.NDArray[np.float64]:
         """The item vectors used for similarity."""
@@ -65,17 +68,19 @@ class DiversityRerankStrategy(BaseStrategy):
         _ = self.catalog
         params: DiversityParams = self.params
         pool = self.base.recommend_batch(requests, max(k, params.candidates))
-        out: list[Slate] = []
-        by_length: dict[int, list[int]] = {}
-        for position, slate in enumerate(pool):
-            by_length.setdefault(len(slate.items), []).append(position)
-        reranked: dict[int, Slate] = {}
-        for length, positions in by_length.items():
-            for position, slate in zip(
-                positions, self._rerank([pool[i] for i in positions], length, k), strict=True
-            ):
-                reranked[position] = slate
-        out = [reranked[i] for i in range(len(pool))]
+        # Re-ranking is a pure function of the candidate slate: equal candidates (common for
+        # popularity-like bases) are re-ranked once and served from a bounded cache.
+        todo: dict[int, list[Slate]] = {}
+        for slate in pool:
+            if (k, slate) not in self._cache:
+                todo.setdefault(len(slate.items), []).append(slate)
+        for length, slates in todo.items():
+            unique = list(dict.fromkeys(slates))
+            for source, reranked in zip(unique, self._rerank(unique, length, k), strict=True):
+                self._cache[(k, source)] = reranked
+        out = [self._cache[(k, slate)] for slate in pool]
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.clear()
         return out
 
     def _rerank(self, slates: list[Slate], length: int, k: int) -> list[Slate]:
