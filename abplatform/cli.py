@@ -179,7 +179,12 @@ def analyze(
     key: Annotated[str, typer.Argument(help="Experiment key.")],
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    alpha: Annotated[float, typer.Option(min=1e-6, max=0.5, help="Significance level.")] = 0.05,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            min=1e-6, max=0.5, help="Significance level (default: the config's analysis.alpha)."
+        ),
+    ] = None,
 ) -> None:
     """Significance of every metric, each variant against the control, plus an SRM check."""
     from reports.analysis import analyze as run_analysis
@@ -301,6 +306,71 @@ def db_current(db: DbOption = None) -> None:
 
     engine = _run(lambda: make_engine(db))
     print(_run(lambda: current_revision(engine)) or "empty (no migrations applied)")
+
+
+@app.command()
+def power(
+    baseline: Annotated[float, typer.Option(help="Control's proportion or mean.")],
+    mde: Annotated[float, typer.Option(help="Minimum detectable effect (relative by default).")],
+    alpha: Annotated[float, typer.Option(help="Two-sided significance level.")] = 0.05,
+    power: Annotated[float, typer.Option("--power", help="Chance to detect the effect.")] = 0.8,
+    metric_type: Annotated[
+        str, typer.Option("--metric-type", help="proportion or mean.")
+    ] = "proportion",
+    sd: Annotated[
+        float | None, typer.Option(help="Per-unit standard deviation (mean metrics).")
+    ] = None,
+    absolute: Annotated[
+        bool, typer.Option("--absolute", help="--mde is an absolute difference.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Units needed per variant to detect an effect (two-sided test, two equal variants)."""
+    from reports.power import units_per_variant
+
+    if metric_type not in ("proportion", "mean"):
+        _fail(f"unknown --metric-type {metric_type!r}", hint="use proportion or mean")
+    try:
+        result = units_per_variant(
+            baseline,
+            mde,
+            alpha=alpha,
+            power=power,
+            metric_type="mean" if metric_type == "mean" else "proportion",
+            sd=sd,
+            absolute=absolute,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        return
+    kind = "absolute" if absolute else "relative"
+    print(
+        f"{result.units_per_variant:,} units per variant ({2 * result.units_per_variant:,} "
+        f"in total) to detect {result.baseline:g} -> {result.target:.6g} ({kind} mde {mde:g}) "
+        f"with power {power:g} at two-sided alpha {alpha:g}"
+    )
+
+
+@app.command()
+def selfcheck(
+    replications: Annotated[
+        int, typer.Option(min=10, help="Monte Carlo replications per scenario.")
+    ] = 10_000,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 2026,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Measure false-positive rates, coverage, peeking, CUPED and FWER by Monte Carlo."""
+    from reports.selfcheck import format_table, run_selfcheck
+
+    result = run_selfcheck(replications=replications, seed=seed)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(format_table(result))
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ squares and cross-products). Python only ever sees one row per variant.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +78,12 @@ from abplatform.errors import AbplatformError
 from abplatform.storage import models as m
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import get_experiment, latest_simulation
-from reports.stats import MeanStats, RatioStats, compare, estimate, srm_test
+from reports.bayes import beta_binomial, normal_approximation
+from reports.cuped import CovariateSums, CupedResult, cuped_adjust
+from reports.multiple import adjust_pvalues
+from reports.power import mde_at
+from reports.sequential import always_valid
+from reports.stats import Comparison, MeanStats, RatioStats, compare, estimate, srm_test
 
 __all__ = [
     "IMPRESSION",
@@ -101,6 +107,9 @@ Aggregate = Literal["count", "sum", "any"]
 
 _EXPOSURES = m.Exposure.__table__
 _EVENTS = m.Event.__table__
+_INTERACTIONS = m.Interaction.__table__
+_PRE = "pre:"
+"""Prefix of an event key that means the unit's pre-experiment history (CUPED covariate)."""
 
 
 # ---------------------------------------------------------------------------
@@ -144,6 +153,40 @@ class VariantEstimate:
         }
 
 
+Decision = Literal["significant win", "significant loss", "inconclusive", "keep running"]
+
+
+def _clean_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, tuple):
+            out[key] = _clean_pair(value)
+        elif isinstance(value, float):
+            out[key] = _clean_float(value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class CupedInfo:
+    """Whether CUPED was applied to a comparison and how much variance it removed."""
+
+    applied: bool
+    variance_reduction: float
+    theta: float
+    note: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "applied": self.applied,
+            "variance_reduction": _clean_float(self.variance_reduction),
+            "theta": _clean_float(self.theta),
+            "note": self.note,
+        }
+
+
 @dataclass(frozen=True)
 class ComparisonResult:
     """A non-control variant against the control on one metric."""
@@ -157,9 +200,21 @@ class ComparisonResult:
     p_value: float | None
     significant: bool
     note: str | None
+    p_value_adjusted: float | None = None
+    """P-value behind the decision (always-valid when sequential), corrected for multiplicity."""
+    decision: Decision = "keep running"
+    chance_to_beat_control: float | None = None
+    bayes: Mapping[str, Any] | None = None
+    cuped: CupedInfo | None = None
+    sequential: Mapping[str, Any] | None = None
+    mde: float | None = None
+    """Absolute difference detectable with the configured power at the current size."""
+    mde_relative: float | None = None
+    guardrail: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (no NaN/inf)."""
+        cuped = self.cuped or CupedInfo(False, 0.0, 0.0, "not requested")
         return {
             "variant": self.variant,
             "baseline": self.baseline,
@@ -170,6 +225,15 @@ class ComparisonResult:
             "p_value": _clean_float(self.p_value),
             "significant": self.significant,
             "note": self.note,
+            "p_value_adjusted": _clean_float(self.p_value_adjusted),
+            "decision": self.decision,
+            "chance_to_beat_control": _clean_float(self.chance_to_beat_control),
+            "bayes": None if self.bayes is None else _clean_mapping(self.bayes),
+            "cuped": cuped.to_dict(),
+            "sequential": None if self.sequential is None else _clean_mapping(self.sequential),
+            "mde": _clean_float(self.mde),
+            "mde_relative": _clean_float(self.mde_relative),
+            "guardrail": self.guardrail,
         }
 
 
@@ -182,6 +246,9 @@ class MetricResult:
     variants: tuple[VariantEstimate, ...]
     comparisons: tuple[ComparisonResult, ...]
     ground_truth: Mapping[str, float] | None
+    guardrail: bool = False
+    cuped: CupedInfo | None = None
+    """Pooled over variants; ``variance_reduction`` is 1 - var(adjusted) / var(raw)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (no NaN/inf)."""
@@ -194,6 +261,8 @@ class MetricResult:
             "variants": [v.to_dict() for v in self.variants],
             "comparisons": [c.to_dict() for c in self.comparisons],
             "ground_truth": truth,
+            "guardrail": self.guardrail,
+            "cuped": (self.cuped or CupedInfo(False, 0.0, 0.0, "not requested")).to_dict(),
         }
 
 
@@ -232,6 +301,11 @@ class AnalysisResult:
     metrics: tuple[MetricResult, ...]
     run: Mapping[str, Any] | None
     warnings: tuple[str, ...] = ()
+    correction: str = "none"
+    sequential: bool = False
+    cuped: bool = False
+    power: float = 0.8
+    guardrails: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of an analysis (floats or null; never NaN or infinity)."""
@@ -246,6 +320,16 @@ class AnalysisResult:
             "metrics": [metric.to_dict() for metric in self.metrics],
             "run": None if self.run is None else dict(self.run),
             "warnings": list(self.warnings),
+            "correction": self.correction,
+            "sequential": self.sequential,
+            "cuped": self.cuped,
+            "mde": {
+                "power": self.power,
+                "alpha": self.alpha,
+                "meaning": "per comparison, the absolute (mde) and relative (mde_relative) "
+                "difference detectable with this power at the current number of units",
+            },
+            "guardrails": list(self.guardrails),
         }
 
 
@@ -273,6 +357,8 @@ class ExperimentAggregates:
     unknown_units: int = 0
     unknown_variants: Mapping[str, int] = field(default_factory=dict)
     stats: Mapping[str, Mapping[str, MeanStats | RatioStats]] = field(default_factory=dict)
+    covariates: Mapping[str, Mapping[str, CovariateSums]] = field(default_factory=dict)
+    """``covariates[metric_name][variant]``: CUPED sums of the metrics that asked for them."""
 
     @property
     def total_exposed(self) -> int:
@@ -301,6 +387,8 @@ class _Plan:
 
     event_columns: dict[tuple[str, Aggregate], str]
     """(event type, count|sum) -> label of the per-unit column in the unit_events CTE."""
+    pre_columns: dict[tuple[str, Aggregate], str]
+    """(event type, count|sum) -> label of the per-unit column in the pre_events CTE."""
     sums: dict[tuple[tuple[str, Aggregate], ...], str]
     """Product of 1 or 2 per-unit values -> label of its per-variant SUM."""
 
@@ -326,28 +414,59 @@ def _metric_terms(
     return {"total": (v,), "total_sq": (v, v)}
 
 
-def _plan(metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric]) -> _Plan:
+def cuped_eligible(metric: ProportionMetric | MeanMetric | RatioMetric) -> bool:
+    """CUPED needs a pre-period value of the same event: not ratios, not impressions."""
+    return not isinstance(metric, RatioMetric) and metric.event != IMPRESSION
+
+
+def _covariate_terms(
+    metric: ProportionMetric | MeanMetric | RatioMetric,
+) -> dict[str, tuple[tuple[str, Aggregate], ...]]:
+    """The extra per-variant sums CUPED needs (covariate x = same aggregate, pre-period)."""
+    if not cuped_eligible(metric):
+        return {}
+    assert not isinstance(metric, RatioMetric)
+    if isinstance(metric, ProportionMetric):
+        y: tuple[str, Aggregate] = (metric.event, "any")
+        x: tuple[str, Aggregate] = (_PRE + metric.event, "any")
+        return {"x": (x,), "x_sq": (x,), "xy": (x, y)}
+    y = _value_key(metric.event, metric.value)
+    x = (_PRE + y[0], y[1])
+    return {"x": (x,), "x_sq": (x, x), "xy": (x, y)}
+
+
+def _plan(
+    metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric],
+    covariates: Sequence[ProportionMetric | MeanMetric | RatioMetric] = (),
+) -> _Plan:
     event_columns: dict[tuple[str, Aggregate], str] = {}
+    pre_columns: dict[tuple[str, Aggregate], str] = {}
     sums: dict[tuple[tuple[str, Aggregate], ...], str] = {}
-    for metric in metrics:
-        for product in _metric_terms(metric).values():
-            key = tuple(sorted(product))
-            if key not in sums:
-                sums[key] = f"s{len(sums)}"
-            for event, how in product:
-                if event == IMPRESSION:
-                    continue
-                # "any" (proportions) is derived from the count column.
-                column_key: tuple[str, Aggregate] = (event, "count" if how == "any" else how)
-                if column_key not in event_columns:
-                    event_columns[column_key] = f"e{len(event_columns)}"
-    return _Plan(event_columns, sums)
+    products = [p for metric in metrics for p in _metric_terms(metric).values()]
+    products += [p for metric in covariates for p in _covariate_terms(metric).values()]
+    for product in products:
+        key = tuple(sorted(product))
+        if key not in sums:
+            sums[key] = f"s{len(sums)}"
+        for event, how in product:
+            if event == IMPRESSION:
+                continue
+            # "any" (proportions) is derived from the count column.
+            agg: Aggregate = "count" if how == "any" else how
+            if event.startswith(_PRE):
+                if (event[len(_PRE) :], agg) not in pre_columns:
+                    pre_columns[(event[len(_PRE) :], agg)] = f"p{len(pre_columns)}"
+            elif (event, agg) not in event_columns:
+                event_columns[(event, agg)] = f"e{len(event_columns)}"
+    return _Plan(event_columns, pre_columns, sums)
 
 
 def build_aggregate_query(
     experiment_id: int,
     variants: Sequence[str],
     metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric],
+    covariates: Sequence[ProportionMetric | MeanMetric | RatioMetric] = (),
+    catalog: str | None = None,
 ) -> CompoundSelect[*tuple[Any, ...]]:
     """The one SQL statement that turns exposures and events into per-variant sums.
 
@@ -360,6 +479,13 @@ def build_aggregate_query(
         The configured variant keys; row ``code`` ``i`` is ``variants[i]``.
     metrics : sequence of metric configs
         The metrics whose sufficient statistics are needed.
+    covariates : sequence of metric configs, optional
+        Metrics that also need CUPED sums (``x``, ``x*x``, ``x*y``), where ``x``
+        is the unit's same aggregate of the same event type in the
+        ``interactions`` history of ``catalog`` (``user_id = unit_id``) strictly
+        before its first exposure; units without history have ``x = 0``.
+    catalog : str, optional
+        The experiment's catalogue; required with ``covariates``.
 
     Returns
     -------
@@ -377,7 +503,7 @@ def build_aggregate_query(
 
         WITH units AS (        -- one row per unit, via ix_exposures_experiment_unit
           SELECT unit_id, MIN(c(variant)) AS code, MAX(c(variant)) AS code_max,
-                 CAST(SUM(slate_size) AS FLOAT) AS impressions
+                 CAST(SUM(slate_size) AS FLOAT) AS impressions, MIN(ts) AS first_ts
           FROM exposures WHERE experiment_id = :id GROUP BY unit_id),
         unit_events AS (       -- one row per unit with events, via ix_events_experiment_unit
           SELECT unit_id, SUM(CASE WHEN type = :t0 THEN 1.0 ELSE 0.0 END) AS e0, ...
@@ -386,9 +512,15 @@ def build_aggregate_query(
             AND EXISTS (SELECT 1 FROM exposures x  -- i.e. ts >= first exposure
                         WHERE x.experiment_id = :id AND x.unit_id = ev.unit_id
                           AND x.ts <= ev.ts)
-          GROUP BY unit_id)
+          GROUP BY unit_id),
+        pre_events AS (        -- only with covariates: CUPED history before first exposure
+          SELECT user_id AS unit_id, SUM(CASE WHEN type = :t0 THEN 1.0 ELSE 0.0 END) AS p0, ...
+          FROM interactions i
+          WHERE catalog = :catalog AND type IN (:t0, ...)
+            AND ts < (SELECT first_ts FROM units WHERE units.unit_id = i.user_id)
+          GROUP BY user_id)
         SELECT 0, COUNT(*), SUM(x), SUM(x * x), SUM(x * y), ...
-          FROM units LEFT JOIN unit_events USING (unit_id)
+          FROM units LEFT JOIN unit_events USING (unit_id) [LEFT JOIN pre_events USING (unit_id)]
           WHERE code = 0 AND code_max = 0
         UNION ALL ... one branch per variant ...
         UNION ALL SELECT -1, COUNT(*), NULL, ... WHERE code = -1 AND code_max = -1
@@ -403,7 +535,9 @@ def build_aggregate_query(
     before they are squared or summed, so integers cannot overflow and
     PostgreSQL returns floats, not numerics.
     """
-    plan = _plan(metrics)
+    plan = _plan(metrics, covariates)
+    if plan.pre_columns and catalog is None:
+        raise ValueError("CUPED covariates need the experiment's catalog")
     code_of_variant = case(
         {key: literal_column(str(i)) for i, key in enumerate(variants)},
         value=_EXPOSURES.c.variant,
@@ -415,6 +549,7 @@ def build_aggregate_query(
             func.min(code_of_variant).label("code"),
             func.max(code_of_variant).label("code_max"),
             cast(func.sum(_EXPOSURES.c.slate_size), Float).label("impressions"),
+            func.min(_EXPOSURES.c.ts).label("first_ts"),
         )
         .where(_EXPOSURES.c.experiment_id == experiment_id)
         .group_by(_EXPOSURES.c.unit_id)
@@ -450,10 +585,46 @@ def build_aggregate_query(
             .cte("unit_events")
         )
 
+    pre_events: CTE | None = None
+    if plan.pre_columns:
+        pre_aggregates = []
+        for (event, how), label in plan.pre_columns.items():
+            amount = (
+                _float(1.0) if how == "count" else func.coalesce(_INTERACTIONS.c.value, _float(0.0))
+            )
+            pre_aggregates.append(
+                func.sum(case((_INTERACTIONS.c.type == event, amount), else_=_float(0.0))).label(
+                    label
+                )
+            )
+        # The unit's first exposure, looked up per history row in the materialised units
+        # CTE; NULL for users never exposed, whose rows then drop out. Joining units
+        # instead lets SQLite scan the history once per unit.
+        first_exposure = (
+            select(units.c.first_ts)
+            .where(units.c.unit_id == _INTERACTIONS.c.user_id)
+            .scalar_subquery()
+        )
+        pre_events = (
+            select(_INTERACTIONS.c.user_id.label("unit_id"), *pre_aggregates)
+            .where(
+                _INTERACTIONS.c.catalog == catalog,
+                _INTERACTIONS.c.type.in_(sorted({event for event, _ in plan.pre_columns})),
+                _INTERACTIONS.c.ts < first_exposure,
+            )
+            .group_by(_INTERACTIONS.c.user_id)
+            .cte("pre_events")
+        )
+
     def per_unit(key: tuple[str, Aggregate]) -> ColumnElement[float]:
         event, how = key
         if event == IMPRESSION:
             value: ColumnElement[float] = units.c.impressions
+        elif event.startswith(_PRE):
+            assert pre_events is not None
+            label = plan.pre_columns[(event[len(_PRE) :], "count" if how == "any" else how)]
+            # No history: NULL from the left join, i.e. 0 (SUM skips it; "any" gives 0).
+            value = pre_events.c[label]
         else:
             assert unit_events is not None
             value = unit_events.c[plan.event_columns[(event, "count" if how == "any" else how)]]
@@ -468,11 +639,11 @@ def build_aggregate_query(
             term = term * per_unit(factor)
         return term
 
-    joined = (
-        units.outerjoin(unit_events, unit_events.c.unit_id == units.c.unit_id)
-        if unit_events is not None
-        else units
-    )
+    joined: Any = units
+    if unit_events is not None:
+        joined = joined.outerjoin(unit_events, unit_events.c.unit_id == units.c.unit_id)
+    if pre_events is not None:
+        joined = joined.outerjoin(pre_events, pre_events.c.unit_id == units.c.unit_id)
     sums = [func.sum(product(factors)).label(label) for factors, label in plan.sums.items()]
     branches: list[Select[*tuple[Any, ...]]] = []
     for i in range(len(variants)):
@@ -523,6 +694,8 @@ def aggregate_experiment(
     experiment_id: int,
     variants: Sequence[str],
     metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric],
+    covariates: Sequence[ProportionMetric | MeanMetric | RatioMetric] = (),
+    catalog: str | None = None,
 ) -> ExperimentAggregates:
     """Run the aggregation query and build each metric's per-variant statistics.
 
@@ -536,6 +709,10 @@ def aggregate_experiment(
         The configured variant keys.
     metrics : sequence of metric configs
         The metrics to aggregate.
+    covariates, catalog
+        Metrics that also get CUPED covariate sums, from the history of
+        ``catalog`` (see `build_aggregate_query`); ratio and impression
+        metrics are skipped.
 
     Returns
     -------
@@ -545,8 +722,10 @@ def aggregate_experiment(
         ``total_exposed == 0`` when the experiment has no exposures.
     """
     variants = list(variants)
-    plan = _plan(metrics)
-    rows = connection.execute(build_aggregate_query(experiment_id, variants, metrics)).mappings()
+    covariates = [metric for metric in covariates if cuped_eligible(metric)]
+    plan = _plan(metrics, covariates)
+    query = build_aggregate_query(experiment_id, variants, metrics, covariates, catalog)
+    rows = connection.execute(query).mappings()
     by_code = {int(row["code"]): row for row in rows}
     units = {key: int(by_code[i]["n"]) for i, key in enumerate(variants)}
     sums = {
@@ -571,12 +750,23 @@ def aggregate_experiment(
             else:
                 per_variant[key] = MeanStats(n=n, **values)
         stats[metric.name] = per_variant
+    covariate_sums: dict[str, dict[str, CovariateSums]] = {}
+    for metric in covariates:
+        labels = {
+            name: plan.sums[tuple(sorted(factors))]
+            for name, factors in _covariate_terms(metric).items()
+        }
+        covariate_sums[metric.name] = {
+            key: CovariateSums(**{name: sums[key][label] for name, label in labels.items()})
+            for key in units
+        }
     return ExperimentAggregates(
         units=units,
         multiple_variants=int(by_code[_MULTIPLE_CODE]["n"]),
         unknown_units=unknown_units,
         unknown_variants=unknown,
         stats=stats,
+        covariates=covariate_sums,
     )
 
 
@@ -647,13 +837,66 @@ def _metric_type(metric: ProportionMetric | MeanMetric | RatioMetric) -> MetricT
     return metric.type
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The analysis settings in force (from the config's ``analysis:`` block)."""
+
+    alpha: float
+    cuped: bool
+    sequential: bool
+    sequential_tuning: int
+    correction: str
+    power: float
+    guardrails: frozenset[str]
+
+
+def _cuped_info(result: CupedResult) -> CupedInfo:
+    return CupedInfo(result.applied, result.variance_reduction, result.theta, result.note)
+
+
+def _comparison_variance_reduction(raw: Comparison, adjusted: Comparison) -> float:
+    """``1 - Var(adjusted diff) / Var(raw diff)`` of one comparison (0 when undefined)."""
+    if raw.se is None or adjusted.se is None or raw.se == 0.0:
+        return 0.0
+    return 1.0 - (adjusted.se / raw.se) ** 2
+
+
+def _bayes(
+    metric: ProportionMetric | MeanMetric | RatioMetric,
+    treatment: MeanStats | RatioStats,
+    baseline: MeanStats | RatioStats,
+    cmp: Comparison,
+    alpha: float,
+) -> dict[str, Any] | None:
+    if isinstance(metric, ProportionMetric) and isinstance(treatment, MeanStats):
+        assert isinstance(baseline, MeanStats)
+        if treatment.n == 0 or baseline.n == 0:
+            return None
+        # Per-unit 0/1 flags: the totals are the numbers of converted units.
+        result = beta_binomial(
+            round(treatment.total), treatment.n, round(baseline.total), baseline.n, alpha
+        )
+    else:
+        if cmp.diff is None or cmp.se is None:
+            return None
+        result = normal_approximation(cmp.diff, cmp.se, cmp.rel_lift, cmp.rel_lift_se, alpha)
+    return {
+        "method": result.method,
+        "chance_to_beat_control": result.chance_to_beat_control,
+        "lift_mean": result.lift_mean,
+        "lift_interval": result.lift_interval,
+    }
+
+
 def _metric_result(
     metric: ProportionMetric | MeanMetric | RatioMetric,
     stats: Mapping[str, MeanStats | RatioStats],
     config: ExperimentConfig,
-    alpha: float,
+    options: _Options,
     ground_truth: Any,
+    covariates: Mapping[str, CovariateSums] | None = None,
 ) -> MetricResult:
+    alpha = options.alpha
     control = config.control_key
     keys = [variant.key for variant in config.variants]
     empty: MeanStats | RatioStats = (
@@ -666,12 +909,66 @@ def _metric_result(
     for key in keys:
         est = estimate(per_variant[key], alpha)
         variants.append(VariantEstimate(key, est.n, est.value, est.ci, est.note))
+
+    cuped: CupedResult | None = None
+    if not options.cuped:
+        metric_cuped = CupedInfo(False, 0.0, 0.0, "CUPED is off (analysis.cuped: false)")
+    elif not cuped_eligible(metric):
+        why = "ratio metric" if isinstance(metric, RatioMetric) else "impressions have no history"
+        metric_cuped = CupedInfo(False, 0.0, 0.0, f"not applied: {why}")
+    elif covariates is None:
+        metric_cuped = CupedInfo(False, 0.0, 0.0, "not applied: no pre-period data")
+    else:
+        outcome = {key: per_variant[key] for key in keys}
+        assert all(isinstance(v, MeanStats) for v in outcome.values())
+        cuped = cuped_adjust(
+            {k: v for k, v in outcome.items() if isinstance(v, MeanStats)},
+            {key: covariates.get(key, CovariateSums(0.0, 0.0, 0.0)) for key in keys},
+        )
+        metric_cuped = _cuped_info(cuped)
+        if not cuped.applied:
+            metric_cuped = CupedInfo(False, 0.0, 0.0, f"not applied: {cuped.note}")
+
     comparisons = []
     for key in keys:
         if key == control:
             continue
-        cmp = compare(per_variant[key], per_variant[control], alpha)
+        raw = compare(per_variant[key], per_variant[control], alpha)
+        cmp, info = raw, metric_cuped
+        if cuped is not None and cuped.applied:
+            cmp = compare(cuped.stats[key], cuped.stats[control], alpha)
+            info = dataclasses.replace(
+                metric_cuped, variance_reduction=_comparison_variance_reduction(raw, cmp)
+            )
         significant = cmp.p_value is not None and cmp.p_value < alpha
+        sequential: dict[str, Any] | None = None
+        if options.sequential and cmp.diff is not None and cmp.se is not None:
+            units = (per_variant[key].n + per_variant[control].n) / 2.0
+            seq = always_valid(
+                cmp.diff,
+                cmp.se,
+                units,
+                alpha,
+                options.sequential_tuning,
+                cmp.rel_lift,
+                cmp.rel_lift_se,
+            )
+            sequential = {
+                "p_value": seq.p_value,
+                "diff_ci": seq.diff_ci,
+                "rel_lift_ci": seq.rel_lift_ci,
+                "boundary_z": seq.boundary,
+                "z": None if cmp.se == 0 else cmp.diff / cmp.se,
+                "tuning_units": seq.tuning_units,
+            }
+        bayes = _bayes(metric, per_variant[key], per_variant[control], cmp, alpha)
+        mde = mde_relative = None
+        if cmp.se is not None:
+            mde = mde_at(cmp.se, alpha, options.power)
+            base = per_variant[control]
+            base_value = base.mean if isinstance(base, MeanStats) else base.ratio
+            if base_value:
+                mde_relative = mde / abs(base_value)
         comparisons.append(
             ComparisonResult(
                 variant=key,
@@ -683,6 +980,13 @@ def _metric_result(
                 p_value=cmp.p_value,
                 significant=significant,
                 note=cmp.note,
+                chance_to_beat_control=None if bayes is None else bayes["chance_to_beat_control"],
+                bayes=bayes,
+                cuped=info,
+                sequential=sequential,
+                mde=mde,
+                mde_relative=mde_relative,
+                guardrail=metric.name in options.guardrails,
             )
         )
     return MetricResult(
@@ -691,7 +995,62 @@ def _metric_result(
         variants=tuple(variants),
         comparisons=tuple(comparisons),
         ground_truth=_ground_truth(ground_truth, metric.name),
+        guardrail=metric.name in options.guardrails,
+        cuped=metric_cuped,
     )
+
+
+def _decision_p(cmp: ComparisonResult) -> float | None:
+    """The p-value a decision rests on: always-valid when sequential, else fixed-horizon."""
+    if cmp.sequential is not None:
+        value = cmp.sequential.get("p_value")
+        return None if value is None else float(value)
+    return cmp.p_value
+
+
+def _decide(p_adjusted: float | None, diff: float | None, options: _Options) -> Decision:
+    """Decision line; larger is taken to be better for every metric."""
+    if p_adjusted is None or diff is None:
+        return "keep running"  # not enough data for a test yet
+    if p_adjusted < options.alpha and diff != 0.0:
+        return "significant win" if diff > 0 else "significant loss"
+    # A sequential test may be looked at again later; a fixed-horizon one is over.
+    return "keep running" if options.sequential else "inconclusive"
+
+
+def _apply_correction(
+    metrics: Sequence[MetricResult], options: _Options
+) -> tuple[MetricResult, ...]:
+    """Correct the p-values within two families: primary metrics, and guardrails.
+
+    Each family is every (non-control variant, metric) comparison with a p-value.
+    """
+    adjusted: dict[tuple[int, int], float] = {}
+    for guardrail in (False, True):
+        members = [
+            (i, j, p)
+            for i, metric in enumerate(metrics)
+            if metric.guardrail == guardrail
+            for j, cmp in enumerate(metric.comparisons)
+            if (p := _decision_p(cmp)) is not None
+        ]
+        if members:
+            values = adjust_pvalues([p for _, _, p in members], options.correction)
+            adjusted.update(
+                {(i, j): float(v) for (i, j, _), v in zip(members, values, strict=True)}
+            )
+    out = []
+    for i, metric in enumerate(metrics):
+        comparisons = []
+        for j, cmp in enumerate(metric.comparisons):
+            p_adj = adjusted.get((i, j))
+            comparisons.append(
+                dataclasses.replace(
+                    cmp, p_value_adjusted=p_adj, decision=_decide(p_adj, cmp.diff, options)
+                )
+            )
+        out.append(dataclasses.replace(metric, comparisons=tuple(comparisons)))
+    return tuple(out)
 
 
 def _no_data_error(key: str) -> AbplatformError:
@@ -702,7 +1061,7 @@ def _no_data_error(key: str) -> AbplatformError:
     )
 
 
-def analyze(engine: Engine, key: str, alpha: float = 0.05) -> AnalysisResult:
+def analyze(engine: Engine, key: str, alpha: float | None = None) -> AnalysisResult:
     """Analyse an experiment: units, SRM check, and every metric against the control.
 
     Parameters
@@ -711,8 +1070,9 @@ def analyze(engine: Engine, key: str, alpha: float = 0.05) -> AnalysisResult:
         Database holding the experiment, its exposures and events.
     key : str
         The experiment's key.
-    alpha : float, default 0.05
-        Two-sided significance level of the confidence intervals and tests.
+    alpha : float, optional
+        Two-sided significance level of the confidence intervals and tests;
+        defaults to the config's ``analysis.alpha`` (0.05).
 
     Returns
     -------
@@ -733,14 +1093,32 @@ def analyze(engine: Engine, key: str, alpha: float = 0.05) -> AnalysisResult:
     See the module docstring for the definitions of units, per-unit aggregates,
     metrics, SRM and ground truth.
     """
-    if not (isinstance(alpha, int | float) and 0.0 < float(alpha) < 1.0):
+    if alpha is not None and not (
+        isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 < float(alpha) < 1.0
+    ):
         raise ValueError(f"alpha must be strictly between 0 and 1, got {alpha!r}")
-    alpha = float(alpha)
     with transaction(engine) as session:
         stored = get_experiment(session, key)
         config = stored.config
+        settings = config.analysis
+        options = _Options(
+            alpha=float(alpha) if alpha is not None else settings.alpha,
+            cuped=settings.cuped,
+            sequential=settings.sequential,
+            sequential_tuning=settings.sequential_tuning,
+            correction=settings.correction,
+            power=settings.power,
+            guardrails=frozenset(settings.guardrails),
+        )
         variant_keys = [variant.key for variant in config.variants]
-        aggregates = aggregate_experiment(session, stored.id, variant_keys, config.metrics)
+        aggregates = aggregate_experiment(
+            session,
+            stored.id,
+            variant_keys,
+            config.metrics,
+            covariates=config.metrics if options.cuped else (),
+            catalog=stored.catalog,
+        )
         run = latest_simulation(session, stored.id)
         run_info: dict[str, Any] | None = None
         ground_truth: Any = None
@@ -773,19 +1151,34 @@ def analyze(engine: Engine, key: str, alpha: float = 0.05) -> AnalysisResult:
         )
     srm, srm_warnings = _srm(config, units)
     warnings.extend(srm_warnings)
-    metrics = tuple(
-        _metric_result(metric, aggregates.stats[metric.name], config, alpha, ground_truth)
-        for metric in config.metrics
+    metrics = _apply_correction(
+        [
+            _metric_result(
+                metric,
+                aggregates.stats[metric.name],
+                config,
+                options,
+                ground_truth,
+                aggregates.covariates.get(metric.name),
+            )
+            for metric in config.metrics
+        ],
+        options,
     )
     return AnalysisResult(
         experiment=stored.key,
         description=config.description,
         control=config.control_key,
-        alpha=alpha,
+        alpha=options.alpha,
         units=units,
         excluded_units={"multiple_variants": aggregates.multiple_variants},
         srm=srm,
         metrics=metrics,
         run=run_info,
         warnings=tuple(warnings),
+        correction=options.correction,
+        sequential=options.sequential,
+        cuped=options.cuped,
+        power=options.power,
+        guardrails=tuple(settings.guardrails),
     )

@@ -262,6 +262,10 @@ def _variant_row(
         "p_value": DASH,
         "verdict": "baseline" if estimate.variant == control else "",
         "tone": "neutral",
+        "p_adjusted": DASH,
+        "chance": DASH,
+        "decision": "",
+        "decision_tone": "neutral",
     }
     if cmp is not None:
         verdict = _verdict(cmp)
@@ -276,8 +280,69 @@ def _variant_row(
             p_value=format_p_value(cmp.p_value),
             verdict=verdict,
             tone=tone,
+            p_adjusted=format_p_value(cmp.p_value_adjusted),
+            chance=format_percent(cmp.chance_to_beat_control, 1),
+            decision=cmp.decision,
+            decision_tone=_decision_tone(cmp.decision),
         )
     return row
+
+
+def _decision_tone(decision: str) -> str:
+    return {"significant win": "up", "significant loss": "down"}.get(decision, "neutral")
+
+
+def _details(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> list[str]:
+    """Plain-language lines under a comparison: sequential CI, MDE, Bayes, CUPED."""
+
+    def diff(v: float | None) -> str:
+        return format_diff(mr.type, v)
+
+    lines = []
+    if cmp.sequential is not None:
+        seq = cmp.sequential
+        ci = seq.get("diff_ci")
+        lift_ci = seq.get("rel_lift_ci")
+        text = f"Always-valid {confidence} interval (safe to check at any time): "
+        text += format_interval(ci, diff) if ci is not None else DASH
+        if lift_ci is not None:
+            text += f", relative lift {format_interval(lift_ci, format_lift)}"
+        text += (
+            f"; it excludes zero once |difference| / standard error exceeds "
+            f"{format_number(seq.get('boundary_z'), 3)}"
+            f" (now {format_number(seq.get('z'), 3)}), always-valid {p_text(seq.get('p_value'))}"
+        )
+        lines.append(text)
+    if cmp.mde is not None:
+        text = f"Smallest effect detectable now: {diff(cmp.mde).lstrip('+')}"
+        if cmp.mde_relative is not None:
+            text += f" ({format_percent(cmp.mde_relative, 1)} of the control's value)"
+        lines.append(text + ".")
+    if cmp.bayes is not None and cmp.chance_to_beat_control is not None:
+        interval = cmp.bayes.get("lift_interval")
+        text = f"Chance to beat control: {format_percent(cmp.chance_to_beat_control, 1)}"
+        if interval is not None:
+            text += f"; credible interval of the lift {format_interval(interval, format_lift)}"
+        method = "Beta-Binomial" if cmp.bayes.get("method") == "beta-binomial" else "normal"
+        lines.append(f"{text} ({method} posterior, flat prior).")
+    if cmp.cuped is not None and cmp.cuped.applied:
+        lines.append(
+            "CUPED on: pre-experiment behaviour removed "
+            f"{format_percent(cmp.cuped.variance_reduction, 1)} of the variance of the difference."
+        )
+    return lines
+
+
+def _cuped_text(mr: MetricResult) -> str:
+    info = mr.cuped
+    if info is None:
+        return "CUPED off."
+    if info.applied:
+        return (
+            "CUPED on: adjusted with each unit's pre-experiment value of this metric "
+            f"(variance reduced by {format_percent(info.variance_reduction, 1)})."
+        )
+    return f"CUPED off ({info.note})." if info.note else "CUPED off."
 
 
 def _chart(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> dict[str, Any]:
@@ -297,6 +362,9 @@ def _chart(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> dict[str
         "lift_ci": _optional_interval(cmp.rel_lift_ci, format_lift),
         "truth": format_lift(truth) if truth is not None else None,
         "verdict": _verdict(cmp),
+        "decision": cmp.decision,
+        "decision_tone": _decision_tone(cmp.decision),
+        "details": _details(mr, cmp, confidence),
     }
 
 
@@ -313,6 +381,8 @@ def _metric_view(mr: MetricResult, control: str, alpha: float) -> dict[str, Any]
             _variant_row(mr, est, by_variant.get(est.variant), control) for est in mr.variants
         ],
         "charts": [_chart(mr, cmp, confidence) for cmp in mr.comparisons],
+        "guardrail": mr.guardrail,
+        "cuped": _cuped_text(mr),
     }
 
 
@@ -352,7 +422,18 @@ def _view(result: AnalysisResult) -> dict[str, Any]:
         "any_truth": any(mr.ground_truth is not None for mr in result.metrics),
         "run": dict(result.run) if result.run is not None else None,
         "warnings": list(result.warnings),
+        "correction": _CORRECTION_TEXT.get(result.correction, result.correction),
+        "sequential": result.sequential,
+        "power": format_percent(result.power, 0),
+        "family_size": sum(len(mr.comparisons) for mr in result.metrics if not mr.guardrail),
     }
+
+
+_CORRECTION_TEXT = {
+    "none": "no correction for multiple comparisons",
+    "holm": "Holm-Bonferroni correction",
+    "bh": "Benjamini-Hochberg (false discovery rate) correction",
+}
 
 
 @cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -406,6 +406,10 @@ class Comparison:
         Two-sided p-value for ``diff == 0``.
     note : str or None
         Human-readable explanation when something is missing or degenerate.
+    se : float or None
+        Standard error of ``diff`` (``None`` when it is undefined).
+    rel_lift_se : float or None
+        Delta-method standard error of ``rel_lift``.
     """
 
     diff: float | None
@@ -414,6 +418,9 @@ class Comparison:
     rel_lift_ci: tuple[float, float] | None
     p_value: float | None
     note: str | None
+    # Derived from the intervals; left out of equality so results compare by what they report.
+    se: float | None = field(default=None, compare=False)
+    rel_lift_se: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -663,6 +670,8 @@ def compare(
             rel_lift_ci=lift_ci,
             p_value=1.0 if diff == 0.0 else 0.0,
             note=_join_notes(notes),
+            se=0.0,
+            rel_lift_se=0.0 if lift_ci is not None else None,
         )
 
     if not math.isfinite(total_var):
@@ -686,7 +695,8 @@ def compare(
         diff_ci = None
         notes.append(_NOTE_OVERFLOW)
     notes.append(lift_note)
-    return Comparison(diff, diff_ci, lift, lift_ci, p_value, _join_notes(notes))
+    lift_se = None if lift_ci is None else (lift_ci[1] - lift_ci[0]) / (2.0 * z_crit)
+    return Comparison(diff, diff_ci, lift, lift_ci, p_value, _join_notes(notes), se, lift_se)
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from reports.render import (
     format_diff,
     format_lift,
     format_p_value,
+    format_percent,
     format_value,
     p_text,
 )
@@ -35,6 +36,11 @@ def _verdict(cmp: ComparisonResult) -> Text:
     return Text("significant", style="bold green" if up else "bold red")
 
 
+def _decision(cmp: ComparisonResult) -> Text:
+    style = {"significant win": "bold green", "significant loss": "bold red"}
+    return Text(cmp.decision, style=style.get(cmp.decision, "dim"))
+
+
 def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
     """One metric as a table: a row per variant, comparisons against the control.
 
@@ -52,7 +58,8 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
         difference and relative lift vs the control with their CIs, p-value and
         a verdict in words. Notes on degenerate cases go in the caption.
     """
-    table = Table(title=Text(f"{metric.metric} ({metric.type})"), title_justify="left")
+    title = f"{metric.metric} ({metric.type})" + (" [guardrail]" if metric.guardrail else "")
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("variant")
     table.add_column("units", justify="right")
     confidence = f"{100 * (1 - result.alpha):g}% CI"
@@ -64,6 +71,9 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
     table.add_column("rel. lift", justify="right")
     table.add_column("p-value", justify="right")
     table.add_column("verdict")
+    table.add_column("adj. p", justify="right")
+    table.add_column(Text(f"P(beat {result.control})"), justify="right")
+    table.add_column("decision")
 
     def value(v: float | None) -> str:
         return format_value(metric.type, v)
@@ -83,7 +93,7 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
             cells.append(value(truth[est.variant]) if est.variant in truth else DASH)
         cmp = comparisons.get(est.variant)
         if cmp is None:
-            cells += [DASH, DASH, DASH, Text("baseline", style="dim")]
+            cells += [DASH, DASH, DASH, Text("baseline", style="dim"), DASH, DASH, ""]
         else:
             diff_ci = None if cmp.diff_ci is None else (diff(cmp.diff_ci[0]), diff(cmp.diff_ci[1]))
             lift_ci = (
@@ -96,12 +106,21 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
                 _with_ci(format_lift(cmp.rel_lift), lift_ci),
                 format_p_value(cmp.p_value),
                 _verdict(cmp),
+                format_p_value(cmp.p_value_adjusted),
+                format_percent(cmp.chance_to_beat_control, 1),
+                _decision(cmp),
             ]
         table.add_row(*cells)
     notes = [f"{est.variant}: {est.note}" for est in metric.variants if est.note]
     notes += [
         f"{cmp.variant} vs {cmp.baseline}: {cmp.note}" for cmp in metric.comparisons if cmp.note
     ]
+    if metric.cuped is not None and metric.cuped.applied:
+        notes.append(f"CUPED: variance -{format_percent(metric.cuped.variance_reduction, 1)}")
+    for cmp in metric.comparisons:
+        if cmp.sequential is not None and cmp.sequential.get("diff_ci") is not None:
+            lo, hi = cmp.sequential["diff_ci"]
+            notes.append(f"{cmp.variant}: always-valid CI [{diff(lo)}, {diff(hi)}]")
     if notes:
         table.caption = Text("; ".join(notes))
         table.caption_justify = "left"
@@ -134,6 +153,8 @@ def report_renderable(result: AnalysisResult) -> RenderableType:
     excluded = result.excluded_units.get("multiple_variants", 0)
     if excluded:
         parts.append(Text(f"{excluded:,} units saw several variants and are excluded", "yellow"))
+    mode = "sequential (always-valid)" if result.sequential else "fixed-horizon"
+    parts.append(Text(f"{mode} tests; correction: {result.correction}", style="dim"))
     parts.extend(metric_table(metric, result) for metric in result.metrics)
     parts.extend(Text(f"warning: {w}", style="yellow") for w in result.warnings)
     return Group(*parts)

@@ -124,6 +124,11 @@ def _semantic_problems(config: ExperimentConfig) -> list[Problem]:
         if metric.name in names:
             problems.append(Problem(f"metrics.{i}.name", "duplicate metric name", metric.name))
         names.add(metric.name)
+    for i, guardrail in enumerate(config.analysis.guardrails):
+        if guardrail not in names:
+            known = ", ".join(sorted(names)) or "none"
+            message = f"not a metric name; metrics: {known}"
+            problems.append(Problem(f"analysis.guardrails.{i}", message, guardrail))
     return problems
 
 

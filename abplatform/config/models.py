@@ -165,6 +165,24 @@ class SimulationConfig(_Strict):
         return value
 
 
+class AnalysisConfig(_Strict):
+    """How the experiment is analysed (see docs/statistics.md)."""
+
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, allow_inf_nan=False)
+    cuped: bool = Field(
+        default=True, description="adjust mean/proportion metrics with their pre-period value"
+    )
+    sequential: bool = Field(
+        default=False, description="always-valid p-values and confidence sequences (peeking-safe)"
+    )
+    sequential_tuning: int = Field(
+        default=5000, ge=10, description="units per variant at which the sequence is tightest"
+    )
+    correction: Literal["none", "holm", "bh"] = "holm"
+    power: float = Field(default=0.8, gt=0.0, lt=1.0, allow_inf_nan=False)
+    guardrails: list[str] = Field(default_factory=list)
+
+
 class ExperimentConfig(_Strict):
     """A whole experiment: variants with strategies, assignment, metrics, optional simulation."""
 
@@ -177,6 +195,7 @@ class ExperimentConfig(_Strict):
     control: str | None = None
     metrics: list[MetricConfig] = Field(default_factory=list)
     simulation: SimulationConfig | None = None
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
     @property
     def control_key(self) -> str:
