@@ -185,12 +185,15 @@ def analyze(
             min=1e-6, max=0.5, help="Significance level (default: the config's analysis.alpha)."
         ),
     ] = None,
+    ranking: Annotated[
+        bool, typer.Option("--ranking/--no-ranking", help="Include online ranking quality.")
+    ] = True,
 ) -> None:
     """Significance of every metric, each variant against the control, plus an SRM check."""
     from reports.analysis import analyze as run_analysis
 
     engine = _open(db)
-    result = _run(lambda: run_analysis(engine, key, alpha=alpha))
+    result = _run(lambda: run_analysis(engine, key, alpha=alpha, ranking=ranking))
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
         return

@@ -306,6 +306,7 @@ class AnalysisResult:
     cuped: bool = False
     power: float = 0.8
     guardrails: tuple[str, ...] = ()
+    ranking: Mapping[str, Mapping[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of an analysis (floats or null; never NaN or infinity)."""
@@ -330,6 +331,9 @@ class AnalysisResult:
                 "difference detectable with this power at the current number of units",
             },
             "guardrails": list(self.guardrails),
+            "ranking": None
+            if self.ranking is None
+            else {variant: dict(values) for variant, values in self.ranking.items()},
         }
 
 
@@ -1061,7 +1065,9 @@ def _no_data_error(key: str) -> AbplatformError:
     )
 
 
-def analyze(engine: Engine, key: str, alpha: float | None = None) -> AnalysisResult:
+def analyze(
+    engine: Engine, key: str, alpha: float | None = None, *, ranking: bool = True
+) -> AnalysisResult:
     """Analyse an experiment: units, SRM check, and every metric against the control.
 
     Parameters
@@ -1181,4 +1187,13 @@ def analyze(engine: Engine, key: str, alpha: float | None = None) -> AnalysisRes
         cuped=options.cuped,
         power=options.power,
         guardrails=tuple(settings.guardrails),
+        ranking=_ranking(engine, stored.id, stored.catalog) if ranking else None,
     )
+
+
+def _ranking(engine: Engine, experiment_id: int, catalog: str) -> dict[str, dict[str, Any]]:
+    """Online ranking quality per variant (see reports.ranking)."""
+    from reports.ranking import ranking_quality
+
+    quality = ranking_quality(engine, experiment_id, catalog)
+    return {variant: values.to_dict() for variant, values in quality.items()}

@@ -391,6 +391,24 @@ def _confidence(alpha: float) -> str:
     return f"{level:.0f}%" if level == round(level) else f"{level:g}%"
 
 
+def _ranking_view(result: AnalysisResult) -> list[dict[str, str]]:
+    """Rows of the ranking-quality table (empty when there were no slates)."""
+    rows = []
+    for variant, values in (result.ranking or {}).items():
+        rows.append(
+            {
+                "variant": variant,
+                "slates": f"{values['slates']:,}",
+                "hit_rate": format_percent(values["hit_rate"], 1),
+                "ndcg": format_number(values["ndcg"]),
+                "coverage": format_percent(values["coverage"], 1),
+                "diversity": format_number(values["intra_list_diversity"]),
+                "novelty": format_number(values["novelty"]),
+            }
+        )
+    return rows
+
+
 def _view(result: AnalysisResult) -> dict[str, Any]:
     total = sum(result.units.values())
     srm = result.srm
@@ -422,6 +440,7 @@ def _view(result: AnalysisResult) -> dict[str, Any]:
         "any_truth": any(mr.ground_truth is not None for mr in result.metrics),
         "run": dict(result.run) if result.run is not None else None,
         "warnings": list(result.warnings),
+        "ranking": _ranking_view(result),
         "correction": _CORRECTION_TEXT.get(result.correction, result.correction),
         "sequential": result.sequential,
         "power": format_percent(result.power, 0),

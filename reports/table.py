@@ -11,13 +11,14 @@ from reports.render import (
     DASH,
     format_diff,
     format_lift,
+    format_number,
     format_p_value,
     format_percent,
     format_value,
     p_text,
 )
 
-__all__ = ["metric_table", "print_table", "report_renderable"]
+__all__ = ["metric_table", "print_table", "ranking_table", "report_renderable"]
 
 _VALUE_HEADER = {"proportion": "rate", "mean": "mean", "ratio": "ratio"}
 
@@ -171,3 +172,24 @@ def print_table(result: AnalysisResult, console: Console) -> None:
         Where to print (a terminal, or ``Console(file=...)`` for plain text).
     """
     console.print(report_renderable(result))
+    if result.ranking:
+        console.print(ranking_table(result))
+
+
+def ranking_table(result: AnalysisResult) -> Table:
+    """Online ranking quality per variant."""
+    table = Table(title="ranking quality", title_justify="left")
+    table.add_column("variant")
+    for column in ("slates", "hit rate", "NDCG", "coverage", "diversity", "novelty"):
+        table.add_column(column, justify="right")
+    for variant, values in (result.ranking or {}).items():
+        table.add_row(
+            variant,
+            f"{values['slates']:,}",
+            format_percent(values["hit_rate"], 1),
+            format_number(values["ndcg"]),
+            format_percent(values["coverage"], 1),
+            format_number(values["intra_list_diversity"]),
+            format_number(values["novelty"]),
+        )
+    return table

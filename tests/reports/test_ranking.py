@@ -136,3 +136,27 @@ simulation: {users: 800, days: 2, items: 300, slate_size: 6, seed: 9}
     assert quality["treatment"].intra_list_diversity > quality["control"].intra_list_diversity
     assert quality["control"].slates == result.tallies["control"].exposures
     engine.dispose()
+
+
+def test_analyze_json_and_report_carry_ranking_quality(sqlite_url: str) -> None:
+    from reports.analysis import analyze
+    from reports.render import render_report
+
+    engine = open_database(sqlite_url)
+    seed(engine)
+    result = analyze(engine, "rank")
+    document = result.to_dict()
+    assert document["ranking"]["a"]["hit_rate"] == 0.5
+    assert document["ranking"]["b"]["coverage"] == 0.5
+    assert set(document["ranking"]["a"]) == {
+        "slates",
+        "hit_rate",
+        "ndcg",
+        "coverage",
+        "intra_list_diversity",
+        "novelty",
+    }
+    page = render_report(result)
+    assert "Ranking quality" in page
+    assert analyze(engine, "rank", ranking=False).to_dict()["ranking"] is None
+    engine.dispose()
