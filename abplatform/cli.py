@@ -312,6 +312,110 @@ def db_current(db: DbOption = None) -> None:
 
 
 @app.command()
+def serve(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes (default: 1 on SQLite, one writer at a time; else CPU count).",
+        ),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without API keys (development only).")
+    ] = False,
+) -> None:
+    """Serve the assignment API with uvicorn (SIGTERM: stop accepting, flush, exit)."""
+    import os
+
+    import uvicorn
+
+    from abplatform.storage.db import URL_ENV, resolve_url
+
+    engine = _open(db)  # migrate SQLite / fail early on an un-migrated PostgreSQL
+    sqlite = engine.dialect.name == "sqlite"
+    engine.dispose()
+    os.environ[URL_ENV] = resolve_url(db)
+    os.environ["ABPLATFORM_API_AUTH"] = "false" if no_auth else "true"
+    if no_auth:
+        _console(stderr=True).print(
+            "[bold yellow]warning:[/] --no-auth: every client may assign, read and administer; "
+            "never expose this server beyond a development machine",
+            markup=True,
+        )
+    uvicorn.run(
+        "abplatform.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers or (1 if sqlite else os.cpu_count() or 1),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+keys_app = typer.Typer(help="API keys of the assignment API.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="assign, read or admin (repeatable).")
+    ],
+    name: Annotated[str, typer.Option(help="Who uses the key, e.g. web.")],
+    db: DbOption = None,
+) -> None:
+    """Create a key and print it once (only a salted hash is stored)."""
+    from abplatform.keys import create_key
+    from abplatform.storage.db import transaction
+
+    engine = _open(db)
+    with transaction(engine) as session:
+        new = _run(lambda: create_key(session, name, scope))
+    _console(stderr=True).print(
+        f"created key {new.key_id} ({new.name}: {' '.join(new.scopes)}); "
+        "store it now, it cannot be shown again",
+        markup=False,
+    )
+    print(new.plain)
+
+
+@keys_app.command("list")
+def keys_list(db: DbOption = None) -> None:
+    """List keys (id, name, scopes, created, revoked), never their secrets."""
+    from abplatform.keys import list_keys
+    from abplatform.storage.db import transaction
+
+    with transaction(_open(db)) as session:
+        for row in list_keys(session):
+            revoked = row.revoked_at.isoformat() if row.revoked_at else "-"
+            print(
+                f"{row.key_id}\t{row.name}\t{row.scopes}\t{row.created_at.isoformat()}\t{revoked}"
+            )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (second part of abp_ID_SECRET).")],
+    db: DbOption = None,
+) -> None:
+    """Revoke a key (servers forget cached keys within a minute)."""
+    from abplatform.keys import revoke_key
+    from abplatform.storage.db import transaction
+
+    with transaction(_open(db)) as session:
+        found = revoke_key(session, key_id)
+    if not found:
+        _fail(f"no key {key_id!r}", hint="see `abplatform keys list`")
+    print(f"revoked {key_id}")
+
+
+@app.command()
 def power(
     baseline: Annotated[float, typer.Option(help="Control's proportion or mean.")],
     mde: Annotated[float, typer.Option(help="Minimum detectable effect (relative by default).")],

@@ -1,0 +1,1 @@
+"""The assignment API: FastAPI app, routers and dependencies (a composition root)."""

@@ -1,0 +1,62 @@
+"""POST /v1/events: feedback events, recorded once each by `event_id`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from abplatform.api.deps import AssignScope, ServicesDep
+from abplatform.api.errors import error_responses
+from abplatform.api.responses import FastJSON
+from abplatform.api.schemas import EventBatch, EventsResponse
+from abplatform.errors import NotFoundError
+from abplatform.storage.repository import utcnow
+from abplatform.writer import EventRow
+
+router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[AssignScope])
+
+
+@router.post("", response_model=EventsResponse, responses=error_responses(422, 503))
+async def record_events(body: EventBatch, services: ServicesDep) -> FastJSON:
+    """Record a batch of events; 2xx only after commit. Retries record nothing twice.
+
+    `new` counts events stored by this call, `duplicates` those already stored (by an
+    earlier call or earlier in this batch).
+    """
+    now = utcnow()
+    ids: dict[str, int] = {}
+    rows: list[EventRow] = []
+    for index, event in enumerate(body.events):
+        experiment_id = None
+        if event.experiment is not None:
+            experiment_id = ids.get(event.experiment)
+            if experiment_id is None:
+                try:
+                    runtime = await services.experiments.get(event.experiment, fit=False)
+                except NotFoundError as exc:
+                    raise HTTPException(
+                        422,
+                        [
+                            {
+                                "loc": ["body", "events", index, "experiment"],
+                                "msg": exc.message,
+                                "type": "unknown_experiment",
+                            }
+                        ],
+                    ) from None
+                experiment_id = ids[event.experiment] = runtime.id
+        rows.append(
+            EventRow(
+                event_id=event.event_id,
+                experiment_id=experiment_id,
+                exposure_id=event.exposure_id,
+                unit_id=event.unit_id,
+                type=event.type,
+                item_id=event.item_id,
+                value=event.value,
+                ts=event.timestamp or now,
+            )
+        )
+    result = await services.writer.submit((), rows)
+    return FastJSON(
+        {"received": len(rows), "new": result.new_events, "duplicates": result.duplicate_events}
+    )

@@ -1,0 +1,185 @@
+"""Experiments: list, show, create (YAML or JSON), start, stop, results and the HTML report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy import select
+
+from abplatform.api.deps import AdminScope, ReadScope, ServicesDep, SessionDep
+from abplatform.api.errors import error_responses
+from abplatform.api.responses import FastJSON
+from abplatform.api.schemas import ExperimentList, ExperimentOut
+from abplatform.config.loader import ConfigError, Problem, load_experiment_text, validate_config
+from abplatform.config.models import ExperimentConfig
+from abplatform.storage import models as m
+from abplatform.storage.repository import (
+    StoredExperiment,
+    get_experiment,
+    list_experiments,
+    save_experiment,
+    utcnow,
+)
+
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+
+_CONFIG_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The experiment as YAML text, or its JSON form.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/yaml": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _out(stored: StoredExperiment) -> dict[str, Any]:
+    config = stored.config
+    return {
+        "key": stored.key,
+        "status": stored.status,
+        "catalog": stored.catalog,
+        "description": config.description,
+        "variants": [
+            {
+                "key": v.key,
+                "weight": v.weight,
+                "strategy": v.strategy.kind if v.strategy else None,
+            }
+            for v in config.variants
+        ],
+        "config": config.model_dump(mode="json"),
+    }
+
+
+@router.get("", response_model=ExperimentList, dependencies=[ReadScope])
+def list_all(session: SessionDep) -> dict[str, Any]:
+    """Every stored experiment."""
+    return {"experiments": [_out(s) for s in list_experiments(session)]}
+
+
+@router.get(
+    "/{key}", response_model=ExperimentOut, dependencies=[ReadScope], responses=error_responses(404)
+)
+def show(key: str, session: SessionDep) -> dict[str, Any]:
+    """One experiment with its status and config."""
+    return _out(get_experiment(session, key))
+
+
+def _parse(body: bytes, content_type: str) -> ExperimentConfig:
+    if content_type.split(";")[0].strip() == "application/json":
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError([Problem("json", f"malformed JSON: {exc}", has_got=False)]) from None
+        return validate_config(data)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("yaml", "the body is not UTF-8 text", has_got=False)]) from None
+    return load_experiment_text(text)
+
+
+@router.post(
+    "",
+    response_model=ExperimentOut,
+    status_code=201,
+    dependencies=[AdminScope],
+    openapi_extra=_CONFIG_BODY,
+    responses=error_responses(413, 422),
+)
+async def create(request: Request, services: ServicesDep) -> JSONResponse:
+    """Create or replace an experiment (validated as `abplatform validate`: 422 lists problems).
+
+    A new experiment starts as `draft`; replacing one keeps its status and refits its
+    strategies on the next assignment.
+    """
+    config = _parse(await request.body(), request.headers.get("content-type", ""))
+
+    def save() -> dict[str, Any]:
+        from abplatform.storage.db import transaction
+
+        with transaction(services.engine) as session:
+            return _out(save_experiment(session, config, config.catalog_name))
+
+    out = await run_in_threadpool(save)
+    services.experiments.invalidate(config.key)
+    return JSONResponse(out, status_code=201)
+
+
+def _set_status(session: SessionDep, key: str, status: str) -> dict[str, Any]:
+    get_experiment(session, key)  # 404 listing the known keys
+    row = session.scalars(select(m.Experiment).where(m.Experiment.key == key)).one()
+    row.status = status
+    row.updated_at = utcnow()
+    session.flush()
+    return _out(get_experiment(session, key))
+
+
+@router.post(
+    "/{key}/start",
+    response_model=ExperimentOut,
+    dependencies=[AdminScope],
+    responses=error_responses(404),
+)
+def start(key: str, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
+    """Start assigning (strategies are refitted on the next assignment)."""
+    out = _set_status(session, key, "running")
+    services.experiments.invalidate(key)
+    return out
+
+
+@router.post(
+    "/{key}/stop",
+    response_model=ExperimentOut,
+    dependencies=[AdminScope],
+    responses=error_responses(404),
+)
+def stop(key: str, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
+    """Stop assigning: further assignments answer 409."""
+    out = _set_status(session, key, "stopped")
+    services.experiments.invalidate(key)
+    return out
+
+
+@router.get(
+    "/{key}/results",
+    dependencies=[ReadScope],
+    responses={
+        200: {"description": "The same JSON as `abplatform analyze --json`"},
+        **error_responses(404, 409),
+    },
+)
+def results(key: str, services: ServicesDep) -> JSONResponse:
+    """Significance of every metric against the control, plus the SRM check."""
+    from reports.analysis import analyze
+
+    result = analyze(services.engine, key)
+    return JSONResponse(result.to_dict())
+
+
+@router.get(
+    "/{key}/report",
+    dependencies=[ReadScope],
+    response_class=FastJSON,  # errors are JSON; the 200 is documented as text/html below
+    responses={
+        200: {
+            "description": "The HTML report",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
+        **error_responses(404, 409),
+    },
+)
+def report(key: str, services: ServicesDep) -> HTMLResponse:
+    """The self-contained HTML report."""
+    from reports.analysis import analyze
+    from reports.render import render_report
+
+    return HTMLResponse(render_report(analyze(services.engine, key)))

@@ -1,0 +1,171 @@
+"""Request and response bodies of the API, with limits on every field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_BATCH = 1_000
+MAX_SLATE = 100
+MAX_CART = 100
+
+# Plausible event times, as for ingested logs: before 1970 or after 2100 is a unit mistake.
+MIN_TIME = datetime(1970, 1, 1)
+MAX_TIME = datetime(2100, 1, 1)
+
+
+def _storable(value: str) -> str:
+    """Text both databases store: UTF-8 encodable (no lone surrogates) and without NUL."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+def _utc_naive(value: datetime) -> datetime:
+    """An aware time -> naive UTC (as stored); naive means UTC. Must lie in 1970..2100."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    if not MIN_TIME <= value < MAX_TIME:
+        raise ValueError("must lie between 1970-01-01 and 2100-01-01 UTC")
+    return value
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_storable)]
+Scene = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable)]
+Timestamp = Annotated[
+    datetime,
+    Field(description="ISO 8601 (naive means UTC) or Unix seconds, within 1970..2100"),
+    AfterValidator(_utc_naive),
+]
+EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AssignContext(_Body):
+    """What the page shows: the current item and the cart."""
+
+    current_item: Id | None = None
+    cart_items: list[Id] = Field(default_factory=list, max_length=MAX_CART)
+
+
+class AssignRequest(_Body):
+    """Ask for a unit's variant and its slate."""
+
+    experiment: Id
+    unit_id: Id
+    scene: Scene | None = None
+    context: AssignContext | None = None
+    k: int | None = Field(default=None, ge=1, le=MAX_SLATE)
+
+
+class AssignBatchRequest(_Body):
+    """Up to 1,000 assignment requests answered together."""
+
+    requests: list[AssignRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class SlateItem(BaseModel):
+    """One recommended item at its slate position (0-based)."""
+
+    item_id: str
+    position: int
+    score: float
+
+
+class AssignResponse(BaseModel):
+    """The decision; `variant` null means the unit is outside the experiment (no exposure)."""
+
+    experiment: str
+    variant: str | None
+    propensity: float | None
+    exposure_id: int | None
+    items: list[SlateItem]
+
+
+class AssignBatchResponse(BaseModel):
+    """One response per request, in request order."""
+
+    results: list[AssignResponse]
+
+
+class EventIn(_Body):
+    """A feedback event; `event_id` makes retries safe (recorded once)."""
+
+    event_id: Id
+    unit_id: Id
+    type: EventType
+    experiment: Id | None = None
+    exposure_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    item_id: Id | None = None
+    value: float | None = Field(default=None, allow_inf_nan=False, ge=-1e15, le=1e15)
+    timestamp: Timestamp | None = None
+
+
+class EventBatch(_Body):
+    """Up to 1,000 events."""
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EventsResponse(BaseModel):
+    """How many events were received, newly recorded, and already recorded before."""
+
+    received: int
+    new: int
+    duplicates: int
+
+
+class VariantOut(BaseModel):
+    """A variant of a stored experiment."""
+
+    key: str
+    weight: float
+    strategy: str | None
+
+
+class ExperimentOut(BaseModel):
+    """A stored experiment with its status and config."""
+
+    key: str
+    status: Literal["draft", "running", "stopped"]
+    catalog: str
+    description: str
+    variants: list[VariantOut]
+    config: dict[str, Any]
+
+
+class ExperimentList(BaseModel):
+    """Every stored experiment, by key."""
+
+    experiments: list[ExperimentOut]
+
+
+class Problem(BaseModel):
+    """An error: what is wrong, what to do, and for configs one line per problem."""
+
+    detail: str
+    hint: str | None = None
+    problems: list[str] = Field(default_factory=list)
+
+
+class ValidationProblem(BaseModel):
+    """A 422: `detail` lists {type, loc, msg} per bad field, or says what is wrong."""
+
+    detail: str | list[dict[str, Any]]
+    hint: str | None = None
+    problems: list[str] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: str

@@ -1,0 +1,271 @@
+"""Contract tests of the API over httpx + ASGI, on SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from abplatform.assignment.engine import build_policy
+from abplatform.config.loader import ConfigError, load_experiment_text
+from abplatform.storage import models as m
+from abplatform.storage.db import open_database
+from reports.analysis import analyze
+from tests.api.conftest import EXAMPLE, KEY, Keys, small_config
+
+pytestmark = pytest.mark.anyio
+
+
+async def _start(client: httpx.AsyncClient, key: str = KEY) -> None:
+    response = await client.post(f"/v1/experiments/{key}/start")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "running"
+
+
+def _count(url: str, table: Any, *where: Any) -> int:
+    engine = open_database(url)
+    with engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+    engine.dispose()
+    return int(n)
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ok"}
+
+
+async def test_keys_and_scopes(client: httpx.AsyncClient, keys: Keys) -> None:
+    body = {"experiment": KEY, "unit_id": "u1"}
+    no_key = await client.post("/v1/assign", json=body, headers={"Authorization": ""})
+    assert no_key.status_code == 401
+    assert no_key.headers["www-authenticate"] == "Bearer"
+    bad = {"Authorization": "Bearer abp_0000000000000000_nope"}
+    assert (await client.post("/v1/assign", json=body, headers=bad)).status_code == 401
+    wrong_secret = keys.assign.rsplit("_", 1)[0] + "_wrong"
+    wrong = {"Authorization": f"Bearer {wrong_secret}"}
+    assert (await client.post("/v1/assign", json=body, headers=wrong)).status_code == 401
+    read_only = await client.post("/v1/assign", json=body, headers=keys.header("read"))
+    assert read_only.status_code == 403
+    assert "'assign' scope" in read_only.json()["detail"]
+    assign_only = keys.header("assign")
+    assert (await client.get("/v1/experiments", headers=assign_only)).status_code == 403
+    start = await client.post(f"/v1/experiments/{KEY}/start", headers=keys.header("read"))
+    assert start.status_code == 403
+    assert (await client.get("/v1/experiments", headers=keys.header("read"))).status_code == 200
+    await _start(client)
+    assert (await client.post("/v1/assign", json=body, headers=assign_only)).status_code == 200
+
+
+async def test_assignment_equals_the_policy(client: httpx.AsyncClient, seeded_url: str) -> None:
+    await _start(client)
+    policy = build_policy(small_config())
+    units = [f"unit-{i}" for i in range(400)]
+    single = [
+        (await client.post("/v1/assign", json={"experiment": KEY, "unit_id": u})).json()
+        for u in units[:50]
+    ]
+    batch = await client.post(
+        "/v1/assign/batch",
+        json={"requests": [{"experiment": KEY, "unit_id": u, "k": 3} for u in units[50:]]},
+    )
+    assert batch.status_code == 200, batch.text
+    answers = single + batch.json()["results"]
+    for unit, answer in zip(units, answers, strict=True):
+        decision = policy.assign(unit)
+        assert decision is not None
+        assert (answer["variant"], answer["propensity"]) == (decision.variant, decision.propensity)
+        assert answer["exposure_id"] is not None
+    assert {len(a["items"]) for a in single} == {5}  # default k: the simulation's slate size
+    assert {len(a["items"]) for a in batch.json()["results"]} == {3}
+    assert [i["position"] for i in single[0]["items"]] == [0, 1, 2, 3, 4]
+    ids = [a["exposure_id"] for a in answers]
+    assert len(set(ids)) == len(ids)
+    engine = open_database(seeded_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                m.Exposure.id, m.Exposure.unit_id, m.Exposure.variant, m.Exposure.slate_size
+            ).where(m.Exposure.id.in_(ids))
+        ).all()
+        impressions = conn.execute(
+            select(func.count()).select_from(m.Impression).where(m.Impression.exposure_id.in_(ids))
+        ).scalar_one()
+    engine.dispose()
+    stored = {r.id: (r.unit_id, r.variant, r.slate_size) for r in rows}
+    for unit, answer in zip(units, answers, strict=True):
+        assert stored[answer["exposure_id"]] == (unit, answer["variant"], len(answer["items"]))
+    assert impressions == 50 * 5 + 350 * 3
+
+
+async def test_units_outside_coverage_get_no_variant(client: httpx.AsyncClient) -> None:
+    text = (
+        EXAMPLE.read_text()
+        .replace("coverage: 1.0", "coverage: 0.3")
+        .replace("key: homepage_popularity", "key: partial\ncatalog: 'sim:homepage_popularity'")
+    )
+    created = await client.post(
+        "/v1/experiments", content=text, headers={"Content-Type": "application/yaml"}
+    )
+    assert created.status_code == 201, created.text
+    await _start(client, "partial")
+    policy = build_policy(load_experiment_text(text))
+    outside = [u for u in (f"u{i}" for i in range(100)) if policy.assign(u) is None]
+    assert outside
+    answer = (
+        await client.post("/v1/assign", json={"experiment": "partial", "unit_id": outside[0]})
+    ).json()
+    assert answer == {
+        "experiment": "partial",
+        "variant": None,
+        "propensity": None,
+        "exposure_id": None,
+        "items": [],
+    }
+
+
+async def test_only_running_experiments_assign(client: httpx.AsyncClient) -> None:
+    body = {"experiment": KEY, "unit_id": "u1"}
+    draft = await client.post("/v1/assign", json=body)
+    assert draft.status_code == 409
+    assert "is draft" in draft.json()["detail"]
+    await _start(client)
+    assert (await client.post("/v1/assign", json=body)).status_code == 200
+    stopped = await client.post(f"/v1/experiments/{KEY}/stop")
+    assert stopped.json()["status"] == "stopped"
+    response = await client.post("/v1/assign", json=body)
+    assert response.status_code == 409
+    assert "is stopped" in response.json()["detail"]
+    unknown = await client.post("/v1/assign", json={"experiment": "nope", "unit_id": "u1"})
+    assert unknown.status_code == 404
+    assert KEY in unknown.json()["detail"]
+    assert (await client.post("/v1/experiments/nope/start")).status_code == 404
+
+
+def _events(n: int, prefix: str = "e") -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"{prefix}{i}",
+            "unit_id": f"u{i % 7}",
+            "type": "click",
+            "experiment": KEY,
+            "item_id": "i1",
+            "timestamp": "2026-11-27T10:00:00Z",
+        }
+        for i in range(n)
+    ]
+
+
+async def test_events_are_idempotent(client: httpx.AsyncClient, seeded_url: str) -> None:
+    batch = {"events": _events(100)}
+    first = await client.post("/v1/events", json=batch)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"received": 100, "new": 100, "duplicates": 0}
+    again = await client.post("/v1/events", json=batch)
+    assert again.json() == {"received": 100, "new": 0, "duplicates": 100}
+    mixed = {"events": _events(2, "x") + _events(2, "x") + _events(1)}
+    assert (await client.post("/v1/events", json=mixed)).json() == {
+        "received": 5,
+        "new": 2,
+        "duplicates": 3,
+    }
+    ids = [f"e{i}" for i in range(100)] + ["x0", "x1"]
+    assert _count(seeded_url, m.Event, m.Event.event_id.in_(ids)) == 102
+    no_experiment = {
+        "events": [{"event_id": "free", "unit_id": "u", "type": "purchase", "value": 9.5}]
+    }
+    assert (await client.post("/v1/events", json=no_experiment)).json()["new"] == 1
+
+
+def _locations(response: httpx.Response) -> list[list[Any]]:
+    assert response.status_code == 422, response.text
+    return [error["loc"] for error in response.json()["detail"]]
+
+
+async def test_bad_bodies_are_422_naming_the_field(client: httpx.AsyncClient) -> None:
+    too_many = await client.post("/v1/events", json={"events": _events(1001)})
+    assert ["body", "events"] in _locations(too_many)
+    long_id = await client.post("/v1/assign", json={"experiment": KEY, "unit_id": "u" * 129})
+    assert ["body", "unit_id"] in _locations(long_id)
+    nan = await client.post(
+        "/v1/events",
+        content=b'{"events": [{"event_id": "a", "unit_id": "u", "type": "click", "value": NaN}]}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert ["body", "events", 0, "value"] in _locations(nan)
+    missing = await client.post("/v1/events", json={"events": [{"event_id": "a", "type": "click"}]})
+    assert ["body", "events", 0, "unit_id"] in _locations(missing)
+    bad_type = await client.post(
+        "/v1/events", json={"events": [{"event_id": "a", "unit_id": "u", "type": "impression"}]}
+    )
+    assert ["body", "events", 0, "type"] in _locations(bad_type)
+    unknown = await client.post(
+        "/v1/events",
+        json={"events": [{"event_id": "a", "unit_id": "u", "type": "click", "experiment": "nope"}]},
+    )
+    assert ["body", "events", 0, "experiment"] in _locations(unknown)
+    big_k = await client.post("/v1/assign", json={"experiment": KEY, "unit_id": "u", "k": 10_000})
+    assert ["body", "k"] in _locations(big_k)
+    batch = await client.post(
+        "/v1/assign/batch", json={"requests": [{"experiment": KEY, "unit_id": "u"}] * 1001}
+    )
+    assert ["body", "requests"] in _locations(batch)
+    not_json = await client.post(
+        "/v1/assign", content=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 422
+    huge = await client.post(
+        "/v1/events", content=b"x" * (5 * 1024 * 1024), headers={"Content-Type": "application/json"}
+    )
+    assert huge.status_code == 413
+
+
+async def test_create_validates_like_the_cli(client: httpx.AsyncClient) -> None:
+    bad = (
+        "key: x\nvariants:\n  - {key: a, weight: 0.7, strategy: {kind: nope}}\n"
+        "  - {key: a, weight: 0.7}\n"
+    )
+    response = await client.post(
+        "/v1/experiments", content=bad, headers={"Content-Type": "application/yaml"}
+    )
+    assert response.status_code == 422
+    with pytest.raises(ConfigError) as expected:
+        load_experiment_text(bad)
+    assert response.json()["problems"] == expected.value.lines()
+    assert response.json()["detail"] == "3 problems in the experiment config"
+    as_json = load_experiment_text(EXAMPLE.read_text()).model_dump(mode="json") | {
+        "key": "from_json"
+    }
+    created = await client.post("/v1/experiments", json=as_json)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "draft"
+    shown = await client.get("/v1/experiments/from_json")
+    assert shown.json()["variants"][1] == {
+        "key": "treatment",
+        "weight": 0.5,
+        "strategy": "popularity",
+    }
+    listed = (await client.get("/v1/experiments")).json()["experiments"]
+    assert [e["key"] for e in listed] == ["from_json", KEY]
+    malformed = await client.post(
+        "/v1/experiments", content=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 422
+    assert malformed.json()["problems"][0].startswith("json: malformed JSON")
+
+
+async def test_results_and_report(client: httpx.AsyncClient, seeded_url: str) -> None:
+    results = await client.get(f"/v1/experiments/{KEY}/results")
+    assert results.status_code == 200, results.text
+    engine = open_database(seeded_url)
+    expected = json.loads(json.dumps(analyze(engine, KEY).to_dict(), allow_nan=False))
+    engine.dispose()
+    assert results.json() == expected
+    report = await client.get(f"/v1/experiments/{KEY}/report")
+    assert report.status_code == 200
+    assert report.headers["content-type"].startswith("text/html")
+    assert "<html" in report.text.lower()
+    assert (await client.get("/v1/experiments/nope/results")).status_code == 404
