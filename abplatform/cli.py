@@ -175,6 +175,75 @@ def _fmt(value: float | None) -> str:
 
 
 @app.command()
+def train(
+    file: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    db: DbOption = None,
+    artifacts: Annotated[
+        Path, typer.Option("--artifacts", help="Where versioned model artifacts are written.")
+    ] = Path("artifacts"),
+    catalog: Annotated[
+        str | None,
+        typer.Option(help="Catalogue to train on (default: the simulated one, else `catalog:`)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="Default: simulation.seed, else 0.")
+    ] = None,
+    holdout: Annotated[int, typer.Option(min=1, help="New items held out per user.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Fit every variant's strategy on the SQL history, print offline metrics, export artifacts."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from abplatform.config.loader import load_experiment
+    from simulator.runner import simulation_catalog
+    from strategies.training import format_table, train_experiment
+
+    config = _run(lambda: load_experiment(file))
+    engine = _open(db)
+    chosen = catalog or (
+        simulation_catalog(config) if config.simulation is not None else config.catalog_name
+    )
+    run_seed = seed if seed is not None else (config.simulation.seed if config.simulation else 0)
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        report = _run(
+            lambda: train_experiment(
+                engine,
+                config,
+                chosen,
+                artifacts_dir=artifacts,
+                progress=progress,
+                seed=run_seed,
+                holdout_per_user=holdout,
+            )
+        )
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        return
+    header, *rows = format_table(report)
+    table = Table(title=f"Offline metrics on held-out history ({chosen})")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+    _console(stderr=True).print(f"artifacts in {artifacts}", markup=False)
+
+
+@app.command()
 def analyze(
     key: Annotated[str, typer.Argument(help="Experiment key.")],
     db: DbOption = None,

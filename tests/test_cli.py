@@ -141,3 +141,22 @@ def test_simulate_analyze_report_end_to_end(tmp_path: Path) -> None:
     assert table.returncode == 0 and "ctr" in table.stdout
     listing = cli("list", "--db", url)
     assert "homepage_popularity" in listing.stdout
+
+
+def test_train_prints_offline_metrics_and_writes_a_report(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/train.db"
+    experiment = tmp_path / "small.yaml"
+    experiment.write_text(
+        "key: train_small\n"
+        "variants:\n"
+        "  - {key: a, weight: 0.5, strategy: {kind: popularity}}\n"
+        "  - {key: b, weight: 0.5, strategy: {kind: popularity, params: {per_category: true}}}\n"
+        "simulation: {users: 300, days: 1, items: 100, slate_size: 5, seed: 2}\n"
+    )
+    assert cli("simulate", str(experiment), "--db", url).returncode == 0
+    out = cli("train", str(experiment), "--db", url, "--artifacts", str(tmp_path / "art"), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    names = {result["name"] for result in report["results"]}
+    assert {"a", "b", "baseline:popularity", "baseline:random"} <= names
+    assert (tmp_path / "art" / "train_small" / "train_report.json").exists()

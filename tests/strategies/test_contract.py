@@ -15,6 +15,8 @@ from tests.strategies.conftest import make_history
 CASES: dict[str, list[dict[str, Any]]] = {
     "popularity": [{}, {"per_category": True, "window_days": 7}],
     "random": [{}],
+    # A small, fast model: the full two-tower is tested in test_two_tower.py.
+    "two_tower": [{"embedding_dim": 8, "hidden_units": [8], "epochs": 2, "batch_size": 128}],
     "complementary": [{}, {"events": ["click", "purchase"], "measure": "pmi", "min_support": 1}],
     "similar_items": [{}],
     "diversity_rerank": [

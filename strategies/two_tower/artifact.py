@@ -1,0 +1,334 @@
+"""The versioned two-tower artifact: export to and load from a directory, NumPy only.
+
+Layout of ``<root>/<experiment>/<variant>/<version>/`` (version = UTC time + content hash)::
+
+    manifest.json          format, version, params, seed, data range, training, metrics,
+                           library versions, sha256 of every file below
+    items.npz              the catalogue: item_ids, categories, brands, prices
+    item_embeddings.npy    (items, D) float32, quantised (see serving.quantize)
+    user_ids.npy           (users,) known users (with a stored embedding), sorted
+    user_embeddings.npy    (users, D) float32, quantised, from each user's latest history
+    purchased.npz          indptr, items: what each known user bought (exclude_purchased)
+    default_embedding.npy  (D,) the vector of an unseen user with no history
+    user_tower.npz         the user tower's weights for the NumPy forward pass (absent
+                           when the strategy fell back to popularity)
+
+``<root>/<experiment>/<variant>/LATEST`` names the newest version. A version is written
+into a hidden temporary directory and renamed into place, so readers never see half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from abplatform.domain import Catalog
+from abplatform.errors import AbplatformError
+from strategies.two_tower.data import UserFeatureEncoder
+from strategies.two_tower.numpy_tower import UserTowerWeights
+
+FORMAT = "abplatform.two_tower"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+LIBRARIES = ("numpy", "tensorflow", "tf-keras", "tensorflow-recommenders", "abplatform")
+
+
+class ArtifactError(AbplatformError):
+    """An artifact directory that is missing, incomplete, corrupted or of another format."""
+
+
+@dataclass(frozen=True)
+class TwoTowerArtifact:
+    """Everything needed to serve two-tower slates without TensorFlow."""
+
+    catalog: Catalog
+    item_embeddings: npt.NDArray[np.float32]
+    user_ids: npt.NDArray[np.str_]
+    user_embeddings: npt.NDArray[np.float32]
+    purchased_indptr: npt.NDArray[np.int64]
+    purchased_items: npt.NDArray[np.int64]
+    default_embedding: npt.NDArray[np.float32]
+    user_tower: UserTowerWeights | None
+    feature_encoder: UserFeatureEncoder
+    manifest: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        """Embedding size."""
+        return int(self.item_embeddings.shape[1])
+
+    def purchased(self, user_row: int) -> npt.NDArray[np.int64]:
+        """Item indices bought by known user number `user_row`."""
+        return self.purchased_items[
+            self.purchased_indptr[user_row] : self.purchased_indptr[user_row + 1]
+        ]
+
+    def with_manifest(self, **entries: Any) -> TwoTowerArtifact:
+        """A copy whose manifest has `entries` added or replaced."""
+        return replace(self, manifest={**self.manifest, **entries})
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries an artifact depends on (without importing them)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]]:
+    """File name -> arrays stored in it (a single array is stored under the key "")."""
+    catalog = artifact.catalog
+    files: dict[str, dict[str, npt.NDArray[Any]]] = {
+        "items.npz": {
+            "item_ids": catalog.item_ids.astype(str),
+            "categories": catalog.categories.astype(str),
+            "brands": catalog.brands.astype(str),
+            "prices": catalog.prices.astype(np.float64),
+        },
+        "item_embeddings.npy": {"": artifact.item_embeddings},
+        "user_ids.npy": {"": artifact.user_ids.astype(str)},
+        "user_embeddings.npy": {"": artifact.user_embeddings},
+        "purchased.npz": {
+            "indptr": artifact.purchased_indptr,
+            "items": artifact.purchased_items,
+        },
+        "default_embedding.npy": {"": artifact.default_embedding},
+    }
+    tower = artifact.user_tower
+    if tower is not None:
+        weights = {
+            "vocabulary": tower.vocabulary.astype(str),
+            "user_table": tower.user_table,
+            "item_table": tower.item_table,
+            "category_table": tower.category_table,
+            "brand_table": tower.brand_table,
+            "item_categories": tower.item_categories,
+            "item_brands": tower.item_brands,
+        }
+        weights.update({f"feature_{j}": t for j, t in enumerate(tower.feature_tables)})
+        weights.update({f"kernel_{i}": w for i, w in enumerate(tower.kernels)})
+        weights.update({f"bias_{i}": b for i, b in enumerate(tower.biases)})
+        files["user_tower.npz"] = weights
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _content_hash(files: Mapping[str, Mapping[str, npt.NDArray[Any]]], params: Any) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for name in sorted(files):
+        for key in sorted(files[name]):
+            array = np.ascontiguousarray(files[name][key])
+            digest.update(f"{name}/{key}/{array.dtype.str}/{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def export_artifact(
+    artifact: TwoTowerArtifact,
+    root: str | Path,
+    *,
+    experiment: str,
+    variant: str,
+    metrics: Mapping[str, float] | None = None,
+    now: dt.datetime | None = None,
+) -> Path:
+    """Write a new version of the artifact under ``root/experiment/variant``.
+
+    Parameters
+    ----------
+    artifact
+        The fitted strategy's artifact.
+    root
+        The artifacts directory.
+    experiment, variant
+        Where the version goes (and recorded in the manifest).
+    metrics
+        Offline metrics to record in the manifest.
+    now
+        Creation time (UTC); defaults to the current time.
+
+    Returns
+    -------
+    pathlib.Path
+        The new version directory; ``LATEST`` next to it names it.
+    """
+    for label, name in (("experiment", experiment), ("variant", variant)):
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ArtifactError(f"{label} {name!r} cannot be a directory name")
+    created = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    files = _arrays(artifact)
+    short_hash = _content_hash(files, artifact.manifest.get("params"))[:10]
+    version_name = f"{created:%Y%m%dT%H%M%SZ}-{short_hash}"
+    parent = Path(root) / experiment / variant
+    parent.mkdir(parents=True, exist_ok=True)
+    target = parent / version_name
+    staging = parent / f".tmp-{version_name}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        checksums = {}
+        for name, arrays in files.items():
+            path = staging / name
+            with path.open("wb") as handle:
+                if name.endswith(".npy"):
+                    np.save(handle, arrays[""], allow_pickle=False)
+                else:
+                    np.savez(handle, **arrays)  # type: ignore[arg-type]
+            checksums[name] = _sha256(path)
+        manifest = {
+            **artifact.manifest,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "version": version_name,
+            "created_at": created.isoformat(timespec="seconds"),
+            "experiment": experiment,
+            "variant": variant,
+            "metrics": dict(metrics or artifact.manifest.get("metrics") or {}),
+            "libraries": library_versions(),
+            "files": checksums,
+        }
+        (staging / MANIFEST).write_text(
+            json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n",
+            encoding="utf-8",
+        )
+        if target.exists():
+            shutil.rmtree(target)  # same second and same content: replace it
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    pointer = parent / f".{LATEST}.tmp-{os.getpid()}"
+    pointer.write_text(version_name + "\n", encoding="utf-8")
+    os.replace(pointer, parent / LATEST)
+    return target
+
+
+def resolve_version(path: str | Path) -> Path:
+    """The version directory of `path`: itself, or the one a variant directory's LATEST names."""
+    directory = Path(path)
+    if (directory / MANIFEST).is_file():
+        return directory
+    pointer = directory / LATEST
+    if pointer.is_file():
+        chosen = directory / pointer.read_text(encoding="utf-8").strip()
+        if (chosen / MANIFEST).is_file():
+            return chosen
+        raise ArtifactError(f"{pointer} names {chosen.name!r}, which has no {MANIFEST}")
+    raise ArtifactError(
+        f"{directory} is not a two-tower artifact (no {MANIFEST} or {LATEST})",
+        hint="pass a version directory <artifacts>/<experiment>/<variant>/<version> "
+        "or its variant directory",
+    )
+
+
+def load_artifact(path: str | Path, *, verify: bool = True) -> TwoTowerArtifact:
+    """Load an artifact directory (a version, or a variant directory through LATEST).
+
+    Parameters
+    ----------
+    path
+        A version directory, or a variant directory whose ``LATEST`` names one.
+    verify
+        Check every file's sha256 against the manifest.
+
+    Returns
+    -------
+    TwoTowerArtifact
+        The arrays and the manifest; nothing of TensorFlow is needed.
+
+    Raises
+    ------
+    ArtifactError
+        If the directory is not an artifact, a file is missing or corrupted, or the format
+        version is not this code's.
+    """
+    directory = resolve_version(path)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {directory / MANIFEST}: {exc}") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{directory} holds format {manifest.get('format')!r} version "
+            f"{manifest.get('format_version')!r}; expected {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    checksums: dict[str, str] = manifest.get("files", {})
+    arrays: dict[str, Any] = {}
+    for name, expected in checksums.items():
+        file = directory / name
+        if not file.is_file():
+            raise ArtifactError(f"{file} is missing")
+        if verify and _sha256(file) != expected:
+            raise ArtifactError(f"{file} does not match its checksum in the manifest")
+        loaded = np.load(file, allow_pickle=False)
+        arrays[name] = dict(loaded.items()) if name.endswith(".npz") else loaded
+    for required in (
+        "items.npz",
+        "item_embeddings.npy",
+        "user_ids.npy",
+        "user_embeddings.npy",
+        "purchased.npz",
+        "default_embedding.npy",
+    ):
+        if required not in arrays:
+            raise ArtifactError(f"{directory} has no {required} in its manifest")
+    items = arrays["items.npz"]
+    tower = None
+    if "user_tower.npz" in arrays:
+        weights = arrays["user_tower.npz"]
+        count = sum(1 for key in weights if key.startswith("kernel_"))
+        features = sum(1 for key in weights if key.startswith("feature_"))
+        tower = UserTowerWeights(
+            vocabulary=weights["vocabulary"],
+            user_table=weights["user_table"],
+            item_table=weights["item_table"],
+            category_table=weights["category_table"],
+            brand_table=weights["brand_table"],
+            item_categories=weights["item_categories"],
+            item_brands=weights["item_brands"],
+            feature_tables=tuple(weights[f"feature_{j}"] for j in range(features)),
+            kernels=tuple(weights[f"kernel_{i}"] for i in range(count)),
+            biases=tuple(weights[f"bias_{i}"] for i in range(count)),
+        )
+    return TwoTowerArtifact(
+        catalog=Catalog(
+            item_ids=items["item_ids"],
+            categories=items["categories"],
+            brands=items["brands"],
+            prices=items["prices"],
+        ),
+        item_embeddings=arrays["item_embeddings.npy"],
+        user_ids=arrays["user_ids.npy"],
+        user_embeddings=arrays["user_embeddings.npy"],
+        purchased_indptr=arrays["purchased.npz"]["indptr"],
+        purchased_items=arrays["purchased.npz"]["items"],
+        default_embedding=arrays["default_embedding.npy"],
+        user_tower=tower,
+        feature_encoder=UserFeatureEncoder.from_json(manifest.get("user_features", {})),
+        manifest=manifest,
+    )

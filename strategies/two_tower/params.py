@@ -1,0 +1,61 @@
+"""Validated parameters of the two-tower retrieval strategy."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from strategies.base import StrategyParams
+
+HiddenUnits = Annotated[int, Field(ge=1, le=8192)]
+
+
+class TwoTowerParams(StrategyParams):
+    """Parameters of the two-tower strategy (the seed comes from the experiment, not from here).
+
+    Attributes
+    ----------
+    embedding_dim
+        Size of the id embeddings and of both towers' output (the retrieval space).
+    hidden_units
+        Widths of the ReLU layers before each tower's final projection; ``[]`` for none.
+    epochs
+        Maximum passes over the training examples (early stopping may end sooner).
+    batch_size
+        Examples per step; every batch's other positives are its in-batch negatives.
+    learning_rate
+        Adam step size.
+    history_length
+        How many of the user's most recent items the behaviour-sequence feature averages.
+    temperature
+        Cosine scores are divided by it in the softmax; small values sharpen it.
+    l2
+        L2 penalty on the embedding tables (0 disables it).
+    exclude_purchased
+        Drop items the user already bought from their slates (they go last if k needs them).
+    early_stopping_patience
+        Epochs without a better validation recall before training stops (best weights return).
+    validation_fraction
+        Share of eligible users whose last new item is held out to steer early stopping;
+        0 trains for `epochs` without validation.
+    purchase_weight
+        Loss weight of a purchased item's example (a click has weight 1).
+    user_id_dropout
+        Probability that a training example hides its user id (out-of-vocabulary row), so the
+        tower learns to serve unseen users from their history alone.
+    """
+
+    embedding_dim: int = Field(default=32, ge=2, le=1024)
+    hidden_units: tuple[HiddenUnits, ...] = Field(default=(64,), max_length=8)
+    epochs: int = Field(default=5, ge=1, le=1000)
+    batch_size: int = Field(default=1024, ge=2, le=1_000_000)
+    learning_rate: float = Field(default=0.005, gt=0.0, le=10.0, allow_inf_nan=False)
+    history_length: int = Field(default=20, ge=0, le=1000)
+    temperature: float = Field(default=0.1, gt=0.0, le=100.0, allow_inf_nan=False)
+    l2: float = Field(default=0.0, ge=0.0, le=10.0, allow_inf_nan=False)
+    exclude_purchased: bool = True
+    early_stopping_patience: int = Field(default=1, ge=0, le=1000)
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
+    purchase_weight: float = Field(default=5.0, gt=0.0, le=1000.0, allow_inf_nan=False)
+    user_id_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
