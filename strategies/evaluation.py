@@ -250,7 +250,8 @@ def ranking_metrics(
     Returns
     -------
     dict
-        ``recall@K``, ``ndcg@K``, ``coverage@K`` for every K, and ``users`` (test users).
+        ``recall@K``, ``ndcg@K``, ``coverage@K``, ``hit@K`` (share of users with a held-out
+        item in their top K) for every K, and ``users`` (test users).
 
     Notes
     -----
@@ -268,6 +269,7 @@ def ranking_metrics(
     if n_users == 0:
         for k in ks:
             out[f"recall@{k}"] = out[f"ndcg@{k}"] = out[f"coverage@{k}"] = float("nan")
+            out[f"hit@{k}"] = float("nan")
         return out
     relevant = np.diff(test.indptr)
     owner = np.repeat(np.arange(n_users, dtype=np.int64), relevant)
@@ -287,6 +289,7 @@ def ranking_metrics(
         out[f"ndcg@{k}"] = float(np.mean(dcg / idcg))
         shown = ranked[:, :k]
         out[f"coverage@{k}"] = float(np.unique(shown[shown >= 0]).size / n_items)
+        out[f"hit@{k}"] = float(np.mean(top.any(axis=1)))
     return out
 
 
@@ -344,4 +347,40 @@ def evaluate(
     if ranked.shape[1] < max(ks):
         pad = np.full((ranked.shape[0], max(ks) - ranked.shape[1]), -1, dtype=np.int64)
         ranked = np.concatenate([ranked, pad], axis=1)
-    return ranking_metrics(ranked, test, n_items, ks)
+    metrics = ranking_metrics(ranked, test, n_items, ks)
+    metrics.update(slate_quality(ranked[:, : min(ks)], train_log, min(ks)))
+    return metrics
+
+
+DIVERSITY_SAMPLE = 2_000  # users whose top-K lists are used for intra-list diversity
+
+
+def slate_quality(
+    ranked: npt.NDArray[np.int64], train_log: InteractionLog, k: int
+) -> dict[str, float]:
+    """Intra-list diversity@K and novelty@K of the ranked lists (as in `reports.ranking`).
+
+    Diversity: mean pairwise (1 - cosine) of catalogue-feature vectors within a list, over
+    the first `DIVERSITY_SAMPLE` lists. Novelty: mean -log2 of a listed item's add-one
+    smoothed share of the training interactions.
+    """
+    from strategies.features import feature_vectors
+
+    n_items = len(train_log.catalog)
+    shown = ranked[ranked >= 0]
+    known = item_indices(train_log)
+    counts = np.bincount(known[known >= 0], minlength=n_items)
+    share = (counts + 1.0) / (counts.sum() + n_items)
+    novelty = float(np.mean(-np.log2(share[shown]))) if shown.size else float("nan")
+    vectors = feature_vectors(train_log.catalog)
+    values = []
+    for row in ranked[:DIVERSITY_SAMPLE]:
+        items = row[row >= 0]
+        if items.size < 2:
+            continue
+        v = vectors[items]
+        similarity = v @ v.T
+        n = items.size
+        values.append(1.0 - (similarity.sum() - np.trace(similarity)) / (n * (n - 1)))
+    diversity = float(np.mean(values)) if values else float("nan")
+    return {f"diversity@{k}": diversity, f"novelty@{k}": novelty}

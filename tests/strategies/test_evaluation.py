@@ -164,6 +164,9 @@ def test_ranking_metrics_by_hand() -> None:
     assert_allclose(m["ndcg@3"], 0.775325, rtol=1e-6)
     assert_allclose(m["coverage@1"], 0.4, rtol=1e-12)
     assert_allclose(m["coverage@3"], 1.0, rtol=1e-12)
+    # hit@1: only q has a held-out item at rank 1 -> 0.5; hit@3: both -> 1.0
+    assert_allclose(m["hit@1"], 0.5, rtol=1e-12)
+    assert_allclose(m["hit@3"], 1.0, rtol=1e-12)
 
 
 def test_ranking_metrics_ignore_empty_positions() -> None:
@@ -227,3 +230,30 @@ class TestEvaluate:
         train, test = time_split(tiny_log(), 1)
         with pytest.raises(ValueError, match=r"k must be a positive integer \(got 0\)"):
             evaluate(FixedOrder(), train, test, ks=(0,))
+
+
+def test_slate_quality_by_hand() -> None:
+    from abplatform.domain import Catalog, InteractionLog
+    from strategies.evaluation import slate_quality
+
+    # Two items in different categories (same brand and price), history: item a twice.
+    catalog = Catalog(
+        item_ids=np.array(["a", "b"]),
+        categories=np.array(["x", "y"]),
+        brands=np.array(["k", "k"]),
+        prices=np.array([5.0, 5.0]),
+    )
+    log = InteractionLog(
+        catalog=catalog,
+        user_ids=np.array(["u", "v"]),
+        item_ids=np.array(["a", "a"]),
+        event_types=np.array(["click", "click"]),
+        values=np.array([np.nan, np.nan]),
+        timestamps=np.array([1, 2]),
+    )
+    quality = slate_quality(np.array([[0, 1]]), log, 2)
+    # Smoothed shares: a (2+1)/(2+2) = 0.75, b (0+1)/4 = 0.25 -> novelty = (0.415 + 2) / 2
+    assert_allclose(quality["novelty@2"], (-math.log2(0.75) + 2.0) / 2, rtol=1e-12)
+    # Features: one-hot category (weight 1) and brand (weight sqrt(0.5)), equal prices ->
+    # cosine = 0.5 / (1 + 0.5) = 1/3, diversity = 2/3.
+    assert_allclose(quality["diversity@2"], 2 / 3, rtol=1e-12)
