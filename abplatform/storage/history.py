@@ -33,7 +33,7 @@ def load_catalog(conn: Connection, catalog: str) -> Catalog:
 
 
 def load_history(conn: Connection, catalog: str) -> InteractionLog:
-    """The catalogue and every interaction of its history, in time order."""
+    """The catalogue, every interaction of its history in time order, and user profiles."""
     t = m.Interaction.__table__
     rows = conn.execute(
         select(t.c.user_id, t.c.item_id, t.c.type, t.c.value, t.c.ts)
@@ -44,6 +44,14 @@ def load_history(conn: Connection, catalog: str) -> InteractionLog:
         users, items, types, values, stamps = (list(col) for col in zip(*rows, strict=True))
     else:
         users, items, types, values, stamps = [], [], [], [], []
+    profiles = m.User.__table__
+    features = {
+        str(user): dict(values)
+        for user, values in conn.execute(
+            select(profiles.c.user_id, profiles.c.features).where(profiles.c.catalog == catalog)
+        )
+        if values
+    }
     return InteractionLog(
         catalog=load_catalog(conn, catalog),
         user_ids=np.array(users, dtype=str),
@@ -51,4 +59,5 @@ def load_history(conn: Connection, catalog: str) -> InteractionLog:
         event_types=np.array(types, dtype=str),
         values=np.array([v if v is not None else np.nan for v in values], dtype=np.float64),
         timestamps=_seconds(stamps) if stamps else np.zeros(0, dtype=np.int64),
+        user_features=features,
     )

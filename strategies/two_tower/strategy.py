@@ -219,6 +219,19 @@ class TwoTowerStrategy(BaseStrategy):
 
     # -- serving ---------------------------------------------------------------------------
 
+    def item_vectors(self) -> npt.NDArray[np.float64] | None:
+        """Learned item embeddings (without the served popularity column) for similarity.
+
+        None when `fit` fell back to popularity: there are no learned embeddings then, and
+        similarity-based strategies use catalogue features instead.
+        """
+        if self.fallback_reason is not None:
+            return None
+        vectors: npt.NDArray[np.float64] = np.asarray(
+            self.artifact.item_embeddings[:, :-1], dtype=np.float64
+        )
+        return vectors
+
     @property
     def artifact(self) -> TwoTowerArtifact:
         """The fitted (or loaded) embeddings and weights."""

@@ -190,3 +190,21 @@ def test_lambda_outside_unit_interval_is_rejected() -> None:
     assert info.value.lines() == [
         "variants.0.strategy.params.lambda: input should be less than or equal to 1 (got 1.5)"
     ]
+
+
+def test_similar_items_can_use_two_tower_item_embeddings() -> None:
+    history = make_history(n_items=60, n_users=40, n_events=1500)
+    strategy = build_strategy(
+        "similar_items",
+        {
+            "representation": "two_tower",
+            "two_tower": {"embedding_dim": 8, "hidden_units": [8], "epochs": 2, "batch_size": 128},
+        },
+        seed=1,
+    )
+    strategy.fit(history)
+    vectors = strategy.item_vectors()
+    # The two-tower's 8-dimensional embeddings, not the 4 + 7 + 1 catalogue features.
+    assert vectors.shape == (60, 8)
+    slate = strategy.recommend(RecRequest("u", current_item="item-003"), 5)
+    assert "item-003" not in slate.items and len(set(slate.items)) == 5
