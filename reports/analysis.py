@@ -47,6 +47,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -471,6 +472,7 @@ def build_aggregate_query(
     metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric],
     covariates: Sequence[ProportionMetric | MeanMetric | RatioMetric] = (),
     catalog: str | None = None,
+    pre_period: tuple[datetime, datetime] | None = None,
 ) -> CompoundSelect[*tuple[Any, ...]]:
     """The one SQL statement that turns exposures and events into per-variant sums.
 
@@ -619,6 +621,10 @@ def build_aggregate_query(
             .group_by(_INTERACTIONS.c.user_id)
             .cte("pre_events")
         )
+        if pre_period is not None:
+            pre_events = _windowed_pre_events(
+                plan.pre_columns, units, experiment_id, catalog, pre_period
+            )
 
     def per_unit(key: tuple[str, Aggregate]) -> ColumnElement[float]:
         event, how = key
@@ -672,6 +678,63 @@ def build_aggregate_query(
     return union_all(*branches)
 
 
+def _windowed_pre_events(
+    pre_columns: Mapping[tuple[str, Aggregate], str],
+    units: CTE,
+    experiment_id: int,
+    catalog: str | None,
+    window: tuple[datetime, datetime],
+) -> CTE:
+    """CUPED history in a configured window: catalogue history plus the experiment's events.
+
+    Ingested logs may carry events from before a unit's first exposure; with
+    `analysis.pre_period` those count as the unit's pre-period value, together with
+    the catalogue's interactions, if both fall in [start, end) and before the unit's
+    first exposure.
+    """
+    start, end = window
+    types = sorted({event for event, _ in pre_columns})
+    history = union_all(
+        select(
+            _INTERACTIONS.c.user_id.label("unit_id"),
+            _INTERACTIONS.c.type.label("type"),
+            _INTERACTIONS.c.value.label("value"),
+            _INTERACTIONS.c.ts.label("ts"),
+        ).where(
+            _INTERACTIONS.c.catalog == catalog,
+            _INTERACTIONS.c.type.in_(types),
+            _INTERACTIONS.c.ts >= start,
+            _INTERACTIONS.c.ts < end,
+        ),
+        select(
+            _EVENTS.c.unit_id.label("unit_id"),
+            _EVENTS.c.type.label("type"),
+            _EVENTS.c.value.label("value"),
+            _EVENTS.c.ts.label("ts"),
+        ).where(
+            _EVENTS.c.experiment_id == experiment_id,
+            _EVENTS.c.type.in_(types),
+            _EVENTS.c.ts >= start,
+            _EVENTS.c.ts < end,
+        ),
+    ).subquery("history")
+    aggregates = []
+    for (event, how), label in pre_columns.items():
+        amount = _float(1.0) if how == "count" else func.coalesce(history.c.value, _float(0.0))
+        aggregates.append(
+            func.sum(case((history.c.type == event, amount), else_=_float(0.0))).label(label)
+        )
+    first_exposure = (
+        select(units.c.first_ts).where(units.c.unit_id == history.c.unit_id).scalar_subquery()
+    )
+    return (
+        select(history.c.unit_id.label("unit_id"), *aggregates)
+        .where(history.c.ts < first_exposure)
+        .group_by(history.c.unit_id)
+        .cte("pre_events")
+    )
+
+
 def _as_float(value: Any) -> float:
     # SUM over no values is NULL; be lenient about Decimal from other drivers.
     return 0.0 if value is None else float(value)
@@ -700,6 +763,7 @@ def aggregate_experiment(
     metrics: Sequence[ProportionMetric | MeanMetric | RatioMetric],
     covariates: Sequence[ProportionMetric | MeanMetric | RatioMetric] = (),
     catalog: str | None = None,
+    pre_period: tuple[datetime, datetime] | None = None,
 ) -> ExperimentAggregates:
     """Run the aggregation query and build each metric's per-variant statistics.
 
@@ -728,7 +792,9 @@ def aggregate_experiment(
     variants = list(variants)
     covariates = [metric for metric in covariates if cuped_eligible(metric)]
     plan = _plan(metrics, covariates)
-    query = build_aggregate_query(experiment_id, variants, metrics, covariates, catalog)
+    query = build_aggregate_query(
+        experiment_id, variants, metrics, covariates, catalog, pre_period=pre_period
+    )
     rows = connection.execute(query).mappings()
     by_code = {int(row["code"]): row for row in rows}
     units = {key: int(by_code[i]["n"]) for i, key in enumerate(variants)}
@@ -1124,6 +1190,7 @@ def analyze(
             config.metrics,
             covariates=config.metrics if options.cuped else (),
             catalog=stored.catalog,
+            pre_period=settings.pre_period.naive_utc() if settings.pre_period else None,
         )
         run = latest_simulation(session, stored.id)
         run_info: dict[str, Any] | None = None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from abplatform.domain import EVENT_TYPES, SCENES
 
@@ -165,6 +166,29 @@ class SimulationConfig(_Strict):
         return value
 
 
+class PrePeriod(_Strict):
+    """A window of pre-experiment data for CUPED: `start` <= timestamp < `end` (UTC)."""
+
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PrePeriod:
+        if self.start >= self.end:
+            raise ValueError("pre_period.start must be before pre_period.end")
+        return self
+
+    def naive_utc(self) -> tuple[datetime, datetime]:
+        """(start, end) as naive UTC datetimes, as stored in the database."""
+        return _naive_utc(self.start), _naive_utc(self.end)
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 class AnalysisConfig(_Strict):
     """How the experiment is analysed (see docs/statistics.md)."""
 
@@ -181,6 +205,11 @@ class AnalysisConfig(_Strict):
     correction: Literal["none", "holm", "bh"] = "holm"
     power: float = Field(default=0.8, gt=0.0, lt=1.0, allow_inf_nan=False)
     guardrails: list[str] = Field(default_factory=list)
+    pre_period: PrePeriod | None = Field(
+        default=None,
+        description="CUPED window; with it, the experiment's own (ingested) events before "
+        "each unit's first exposure count as pre-period data too",
+    )
 
 
 class ExperimentConfig(_Strict):
