@@ -6,7 +6,7 @@ import csv
 import gc
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +66,7 @@ def ingest_logs(
     events: Path | None,
     *,
     catalog: str | None = None,
+    also: Callable[[Connection], None] | None = None,
 ) -> IngestSummary:
     """Save the experiment and load its exposure and event CSV logs in one transaction.
 
@@ -75,6 +76,8 @@ def ingest_logs(
     idempotent; without an `event_id` column the id is derived from the experiment key
     and the row's content. An exposure identical to a stored one (same unit, variant and
     timestamp) is skipped and counted too. `units` counts distinct unit ids in both files.
+    `also(conn)`, if given, loads more of the same command's input in the same transaction
+    once the logs are in; whatever it raises rolls the logs back too.
     """
     problems = _Problems()
     with ExitStack() as stack:
@@ -100,6 +103,8 @@ def ingest_logs(
                     load.events(event_log)
             # Raising inside the transaction rolls back every row and the experiment upsert.
             problems.raise_if_any()
+            if also is not None:
+                also(conn)
     return IngestSummary(
         exposures=load.n_exposures,
         events=load.n_events,

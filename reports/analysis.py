@@ -79,6 +79,7 @@ from abplatform.errors import AbplatformError
 from abplatform.storage import models as m
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import get_experiment, latest_simulation
+from reports.bandit import bandit_analysis, is_bandit
 from reports.bayes import beta_binomial, normal_approximation
 from reports.cuped import CovariateSums, CupedResult, cuped_adjust
 from reports.multiple import adjust_pvalues
@@ -308,6 +309,8 @@ class AnalysisResult:
     power: float = 0.8
     guardrails: tuple[str, ...] = ()
     ranking: Mapping[str, Mapping[str, Any]] | None = None
+    bandit: Mapping[str, Any] | None = None
+    """Thompson-sampling experiments only: allocation, P(best), IPW estimates, regret."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of an analysis (floats or null; never NaN or infinity)."""
@@ -335,6 +338,7 @@ class AnalysisResult:
             "ranking": None
             if self.ranking is None
             else {variant: dict(values) for variant, values in self.ranking.items()},
+            "bandit": None if self.bandit is None else dict(self.bandit),
         }
 
 
@@ -1198,6 +1202,16 @@ def analyze(
         if run is not None:
             run_info = {"id": run.id, "seed": int(run.seed), "status": run.status}
             ground_truth = run.ground_truth
+        bandit = None
+        if is_bandit(config):
+            bandit = bandit_analysis(
+                session.connection(),
+                stored.id,
+                config,
+                options.alpha,
+                run.summary if run is not None else None,
+                ground_truth,
+            )
     if aggregates.total_exposed == 0:
         raise _no_data_error(key)
 
@@ -1222,7 +1236,15 @@ def analyze(
             f"the latest simulation run (id {run_info['id']}) has status "
             f"{run_info['status']!r}, not 'completed': its data may be partial"
         )
-    srm, srm_warnings = _srm(config, units)
+    if bandit is None:
+        srm, srm_warnings = _srm(config, units)
+    else:
+        srm, srm_warnings = _bandit_srm(units)
+        if bandit["allocation_check"]["mismatch"]:
+            srm_warnings.append(
+                "allocation mismatch: the units per arm do not match the logged bandit weights "
+                f"(p = {bandit['allocation_check']['p_value']:.2g}); see bandit.allocation_check"
+            )
     warnings.extend(srm_warnings)
     metrics = _apply_correction(
         [
@@ -1255,7 +1277,19 @@ def analyze(
         power=options.power,
         guardrails=tuple(settings.guardrails),
         ranking=_ranking(engine, stored.id, stored.catalog) if ranking else None,
+        bandit=bandit,
     )
+
+
+def _bandit_srm(units: Mapping[str, int]) -> tuple[SrmSummary, list[str]]:
+    """No fixed split to test under adaptive allocation: the SRM check is skipped, and said so."""
+    observed = dict(units)
+    expected = {key: float(n) for key, n in observed.items()}
+    return SrmSummary(1.0, 0.0, False, observed, expected), [
+        "adaptive allocation (thompson): the SRM check against fixed weights does not apply, "
+        "and the per-variant means and comparisons below ignore the propensities, so they can "
+        "be biased; read the bandit section's inverse-propensity-weighted estimates"
+    ]
 
 
 def _ranking(engine: Engine, experiment_id: int, catalog: str) -> dict[str, dict[str, Any]]:

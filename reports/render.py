@@ -15,6 +15,7 @@ from reports.analysis import AnalysisResult, ComparisonResult, MetricResult, Var
 __all__ = [
     "DASH",
     "LiftChart",
+    "LineChart",
     "format_diff",
     "format_interval",
     "format_lift",
@@ -23,6 +24,7 @@ __all__ = [
     "format_percent",
     "format_value",
     "lift_chart",
+    "line_chart",
     "p_text",
     "render_report",
 ]
@@ -207,6 +209,220 @@ def lift_chart(
         tone=tone,
         title=title,
     )
+
+
+# ---------------------------------------------------------------------------
+# Line charts (bandit allocation over time, cumulative regret)
+# ---------------------------------------------------------------------------
+
+LINE_WIDTH = 520.0
+LINE_HEIGHT = 220.0
+LINE_LEFT = 56.0
+LINE_RIGHT = 16.0
+LINE_TOP = 12.0
+LINE_BOTTOM = 40.0
+
+
+@dataclass(frozen=True)
+class LineSeries:
+    """One polyline: its name, SVG points ``"x,y x,y ..."`` and a CSS class."""
+
+    name: str
+    points: str
+    tone: str
+
+
+@dataclass(frozen=True)
+class LineChart:
+    """Coordinates of a line chart with a 0-based y axis; labels already formatted."""
+
+    width: float
+    height: float
+    left: float
+    right: float
+    top: float
+    bottom: float
+    series: tuple[LineSeries, ...]
+    x_ticks: tuple[tuple[float, str], ...]
+    y_ticks: tuple[tuple[float, str], ...]
+    x_label: str
+    title: str
+
+
+def _ticks(lo: float, hi: float, count: int = 4) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    return [lo + (hi - lo) * i / count for i in range(count + 1)]
+
+
+def line_chart(
+    series: list[tuple[str, list[float], list[float], str]],
+    *,
+    title: str,
+    x_label: str,
+    y_format: Callable[[float | None], str],
+    y_max: float | None = None,
+    x_format: Callable[[float], str] = lambda x: f"{x:,.0f}",
+) -> LineChart:
+    """Lay out polylines (name, xs, ys, css class) on shared axes; y starts at 0.
+
+    Parameters
+    ----------
+    series : list of (name, xs, ys, tone)
+        Points of each line; non-finite points are dropped.
+    title : str
+        Accessible description (SVG ``<title>``).
+    x_label : str
+        What the x axis counts.
+    y_format : callable
+        Formats the y tick labels.
+    y_max : float, optional
+        Top of the y axis (default: the largest y, or 1 when every y is 0).
+    x_format : callable
+        Formats the x tick labels (default: whole numbers with thousands separators).
+    """
+    xs = [x for _, values, _, _ in series for x in values if math.isfinite(x)]
+    ys = [y for _, _, values, _ in series for y in values if math.isfinite(y)]
+    x_lo, x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    if x_hi <= x_lo:
+        x_hi = x_lo + 1.0
+    top = y_max if y_max is not None else max(ys, default=0.0)
+    top = top if top > 0 else 1.0
+    width_px = LINE_WIDTH - LINE_LEFT - LINE_RIGHT
+    height_px = LINE_HEIGHT - LINE_TOP - LINE_BOTTOM
+
+    def px(x: float) -> float:
+        return round(LINE_LEFT + (x - x_lo) / (x_hi - x_lo) * width_px, 1)
+
+    def py(y: float) -> float:
+        return round(LINE_TOP + (1.0 - min(max(y / top, 0.0), 1.0)) * height_px, 1)
+
+    lines = []
+    for name, x_values, y_values, tone in series:
+        points = " ".join(
+            f"{px(x)},{py(y)}"
+            for x, y in zip(x_values, y_values, strict=True)
+            if math.isfinite(x) and math.isfinite(y)
+        )
+        lines.append(LineSeries(name, points, tone))
+    x_values = _ticks(x_lo, x_hi)
+    if x_hi - x_lo >= 4:  # whole-number ticks, so a label sits where its value is
+        x_values = sorted({float(round(x)) for x in x_values})
+    x_ticks = tuple((px(x), x_format(x)) for x in x_values)
+    y_ticks = tuple((py(y), y_format(y)) for y in _ticks(0.0, top))
+    return LineChart(
+        width=LINE_WIDTH,
+        height=LINE_HEIGHT,
+        left=LINE_LEFT,
+        right=LINE_WIDTH - LINE_RIGHT,
+        top=LINE_TOP,
+        bottom=LINE_HEIGHT - LINE_BOTTOM,
+        series=tuple(lines),
+        x_ticks=x_ticks,
+        y_ticks=y_ticks,
+        x_label=x_label,
+        title=title,
+    )
+
+
+ARM_TONES = 8
+"""Distinct arm colours in the stylesheet (arm0 ... arm7); more arms reuse them."""
+
+
+def _bandit_view(bandit: Mapping[str, Any], confidence: str) -> dict[str, Any]:
+    """The bandit section: per-context arm tables and allocation charts, and regret."""
+    metric_type = "proportion" if bandit["reward"] == "binary" else "mean"
+
+    def value(v: float | None) -> str:
+        return format_value(metric_type, v)
+
+    def interval(pair: list[float] | None) -> str:
+        return "" if pair is None else format_interval((pair[0], pair[1]), value)
+
+    arm_order: list[str] = []
+    for row in bandit["arms"]:
+        if row["arm"] not in arm_order:
+            arm_order.append(row["arm"])
+    tone = {arm: f"arm{i % ARM_TONES}" for i, arm in enumerate(arm_order)}
+    contexts: dict[str, dict[str, Any]] = {}
+    for row in bandit["arms"]:
+        label = row["context"] or "all units"
+        view = contexts.setdefault(row["context"], {"label": label, "rows": []})
+        view["rows"].append(
+            {
+                "arm": row["arm"],
+                "tone": tone[row["arm"]],
+                "units": f"{row['units']:,}",
+                "weight": format_percent(row["weight"], 1),
+                "p_best": format_percent(row["p_best"], 1),
+                "naive": value(row["naive_mean"]),
+                "naive_ci": interval(row["naive_ci"]),
+                "ipw": value(row["ipw_mean"]),
+                "ipw_ci": interval(row["ipw_ci"]),
+                "ht": value(row["ht_mean"]),
+                "ht_ci": interval(row["ht_ci"]),
+                "truth": None if row["truth"] is None else value(row["truth"]),
+                "note": row["note"],
+            }
+        )
+    for context, view in contexts.items():
+        points = [p for p in bandit["allocation"] if p["context"] == context]
+        versions = [float(p["version"]) for p in points]
+        series = [
+            (arm, versions, [float(p["weights"].get(arm, math.nan)) for p in points], tone[arm])
+            for arm in arm_order
+        ]
+        where = "" if not context else f" ({context})"
+        view["chart"] = line_chart(
+            series,
+            title=f"Allocation weight of each arm by weight version{where}",
+            x_label="weight version (one per batched update)",
+            y_format=lambda y: format_percent(y, 0),
+            y_max=1.0,
+        )
+    regret_view = None
+    regret = bandit.get("regret")
+    if regret:
+        # Both curves start at no units, no regret.
+        units = [0.0] + [float(u) for u in regret["units"]]
+        chart = line_chart(
+            [
+                ("Thompson sampling", units, [0.0, *regret["bandit"]], "regret-bandit"),
+                ("fixed equal split", units, [0.0, *regret["fixed"]], "regret-fixed"),
+            ],
+            title="Cumulative regret against the best arm: Thompson sampling and a fixed "
+            "equal split",
+            x_label="bandit units",
+            y_format=lambda y: format_number(y, 3),
+        )
+        fixed = regret["fixed_total"]
+        saving = 1.0 - regret["total"] / fixed if fixed else None
+        regret_view = {
+            "chart": chart,
+            "total": format_number(regret["total"]),
+            "fixed_total": format_number(fixed),
+            "saving": format_percent(saving, 0),
+            "units": f"{regret['total_units']:,}",
+            "best": ", ".join(
+                f"{arm}" if not context else f"{context}: {arm}"
+                for context, arm in regret["best_arm"].items()
+            ),
+        }
+    check = bandit.get("allocation_check")
+    check_view = None
+    if check and check["units_checked"]:
+        check_view = {"mismatch": check["mismatch"], "p_text": p_text(check["p_value"])}
+    return {
+        "check": check_view,
+        "reward_metric": bandit["reward_metric"],
+        "unit": bandit["unit"],
+        "versions": bandit["versions"],
+        "update_every": f"{bandit['update_every']:,}",
+        "contexts": list(contexts.values()),
+        "has_truth": any(row["truth"] is not None for row in bandit["arms"]),
+        "regret": regret_view,
+        "confidence": confidence,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -445,6 +661,9 @@ def _view(result: AnalysisResult) -> dict[str, Any]:
         "sequential": result.sequential,
         "power": format_percent(result.power, 0),
         "family_size": sum(len(mr.comparisons) for mr in result.metrics if not mr.guardrail),
+        "bandit": None
+        if result.bandit is None
+        else _bandit_view(result.bandit, _confidence(result.alpha)),
     }
 
 

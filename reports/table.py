@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -18,7 +21,13 @@ from reports.render import (
     p_text,
 )
 
-__all__ = ["metric_table", "print_table", "ranking_table", "report_renderable"]
+__all__ = [
+    "bandit_renderable",
+    "metric_table",
+    "print_table",
+    "ranking_table",
+    "report_renderable",
+]
 
 _VALUE_HEADER = {"proportion": "rate", "mean": "mean", "ratio": "ratio"}
 
@@ -172,8 +181,71 @@ def print_table(result: AnalysisResult, console: Console) -> None:
         Where to print (a terminal, or ``Console(file=...)`` for plain text).
     """
     console.print(report_renderable(result))
+    if result.bandit is not None:
+        console.print(bandit_renderable(result.bandit))
     if result.ranking:
         console.print(ranking_table(result))
+
+
+def bandit_renderable(bandit: Mapping[str, Any]) -> RenderableType:
+    """The bandit section: per context and arm, allocation, P(best), naive and IPW means; regret."""
+    metric_type = "proportion" if bandit["reward"] == "binary" else "mean"
+    confidence = f"{100 * (1 - bandit['alpha']):g}% CI"
+    table = Table(
+        title=Text(f"bandit: {bandit['reward_metric']} per {bandit['unit']}"),
+        title_justify="left",
+    )
+    for column in ("context", "arm"):
+        table.add_column(column)
+    table.add_column("units", justify="right")
+    table.add_column("weight", justify="right")
+    table.add_column("P(best)", justify="right")
+    table.add_column("naive mean", justify="right")
+    table.add_column(Text(f"IPW mean [{confidence}]"), justify="right")
+    has_truth = any(row["truth"] is not None for row in bandit["arms"])
+    if has_truth:
+        table.add_column("truth", justify="right", style="magenta")
+
+    def value(v: float | None) -> str:
+        return format_value(metric_type, v)
+
+    notes = []
+    for row in bandit["arms"]:
+        ci = row["ipw_ci"]
+        cells: list[RenderableType] = [
+            Text(row["context"] or "-"),
+            Text(row["arm"]),
+            f"{row['units']:,}",
+            format_percent(row["weight"], 1),
+            format_percent(row["p_best"], 1),
+            value(row["naive_mean"]),
+            _with_ci(value(row["ipw_mean"]), None if ci is None else (value(ci[0]), value(ci[1]))),
+        ]
+        if has_truth:
+            cells.append(value(row["truth"]))
+        table.add_row(*cells)
+        if row["note"]:
+            notes.append(f"{row['arm']}: {row['note']}")
+    caption = [
+        f"{bandit['versions']:,} weight versions; IPW = Hajek (self-normalised) estimate "
+        "from the logged propensities"
+    ]
+    check = bandit.get("allocation_check")
+    if check and check["units_checked"]:
+        verdict = "MISMATCH" if check["mismatch"] else "OK"
+        caption.append(f"allocation vs logged weights: {verdict} ({p_text(check['p_value'])})")
+    regret = bandit.get("regret")
+    if regret:
+        fixed = regret["fixed_total"]
+        saving = format_percent(1 - regret["total"] / fixed, 0) if fixed else DASH
+        caption.append(
+            f"cumulative regret over {regret['total_units']:,} units: "
+            f"{format_number(regret['total'])} (fixed equal split: {format_number(fixed)}, "
+            f"{saving} less)"
+        )
+    table.caption = Text("; ".join(caption + notes))
+    table.caption_justify = "left"
+    return table
 
 
 def ranking_table(result: AnalysisResult) -> Table:

@@ -27,10 +27,19 @@ from abplatform.storage.repository import (
     save_experiment,
     utcnow,
 )
+from simulator.bandit import (
+    BanditRun,
+    arm_values,
+    bandit_settings,
+    clear_bandit_rows,
+    draw_traffic,
+    play_bandit,
+)
 from simulator.behaviour import slate_probabilities
 from simulator.context import HOME, Contexts, draw_contexts, draw_scenes
 from simulator.history import generate_history
-from simulator.truth import SlateSource, ground_truth
+from simulator.tally import VariantTally
+from simulator.truth import SlateSource, scene_expectations, truth_from_scenes
 from simulator.world import World, build_world
 
 EXPERIMENT_START = int(np.datetime64("2026-03-02T00:00:00", "s").astype(np.int64))
@@ -40,18 +49,6 @@ RECOMMEND_BATCH = 10_000
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as the run advances."""
-
-
-@dataclass
-class VariantTally:
-    """Counts of what one variant's users did in the run."""
-
-    units: int = 0
-    exposures: int = 0
-    impressions: int = 0
-    clicks: int = 0
-    purchases: int = 0
-    revenue: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +64,8 @@ class SimulationResult:
     tallies: dict[str, VariantTally]
     ground_truth: dict[str, dict[str, float | None]]
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    """Lines for people, e.g. a bandit run's final allocation and regret."""
 
     @property
     def impressions(self) -> int:
@@ -199,11 +198,13 @@ def simulate(
         seconds[phase] = seconds.get(phase, 0.0) + now - clock
         clock = now
 
+    bandit = bandit_settings(config)
     world = build_world(sim, users=users, seed=run_seed)
     with engine.begin() as conn:
         session = Session(bind=conn)
         stored = save_experiment(session, config, catalog)
         clear_experiment_data(session, stored.id)
+        clear_bandit_rows(conn, stored.id)
         clear_catalog(session, catalog)
         run = m.SimulationRun(
             experiment_id=stored.id,
@@ -238,30 +239,43 @@ def simulate(
 
         daily_rate = sim.sessions_per_user_per_day * world.user_activity
         truth_rng = np.random.default_rng([run_seed, 2])
-        truth = ground_truth(
-            world,
-            sources,
-            daily_rate * sim.days,
-            config.metrics,
-            sim.scenes,
-            sim.truth_draws,
-            truth_rng,
-        )
+        per_scene = scene_expectations(world, sources, sim.scenes, sim.truth_draws, truth_rng)
+        truth = truth_from_scenes(per_scene, daily_rate * sim.days, config.metrics, sim.scenes)
         lap("slates and ground truth")
-        decisions = build_policy(config).assign_batch(world.user_ids)
-        tallies = _play(
-            conn,
-            config,
-            stored.id,
-            run.id,
-            world,
-            sources,
-            decisions,
-            daily_rate,
-            sim,
-            rng,
-            progress,
-        )
+        played: BanditRun | None = None
+        if bandit is None:
+            decisions = build_policy(config).assign_batch(world.user_ids)
+            tallies = _play(
+                conn,
+                config,
+                stored.id,
+                run.id,
+                world,
+                sources,
+                decisions,
+                daily_rate,
+                sim,
+                rng,
+                progress,
+            )
+        else:
+            traffic = draw_traffic(world, daily_rate, sim, EXPERIMENT_START, rng)
+            values = arm_values(bandit, per_scene, daily_rate * sim.days, sim.scenes)
+            played = play_bandit(
+                conn,
+                config,
+                bandit,
+                stored.id,
+                run.id,
+                world,
+                sources,
+                traffic,
+                values,
+                rng,
+                run_seed,
+                progress,
+            )
+            tallies = played.tallies
         lap("traffic")
 
         clean_truth = {
@@ -277,6 +291,9 @@ def simulate(
             "history_interactions": n_history,
             "variants": {key: vars(t) for key, t in tallies.items()},
         }
+        if played is not None:
+            run.ground_truth = {**run.ground_truth, "bandit": played.truth}
+            run.summary = {**run.summary, "bandit": played.summary}
         session.flush()
         session.close()
     lap("commit")
@@ -290,6 +307,7 @@ def simulate(
         tallies=tallies,
         ground_truth=clean_truth,
         seconds=seconds,
+        notes=() if played is None else played.notes,
     )
 
 

@@ -117,6 +117,76 @@ SlateSource = Callable[[npt.NDArray[np.int64], Contexts], npt.NDArray[np.int64]]
 """slates(users, contexts) -> item indices (sessions, k) for one variant."""
 
 
+def combine(parts: Sequence[tuple[float, SessionExpectations]]) -> SessionExpectations:
+    """The weighted sum of per-user expectations (weights: scene shares)."""
+    first = parts[0][1]
+    tables: list[dict[str, npt.NDArray[np.float64]]] = [{}, {}, {}]
+    for table_index, name in enumerate(("count", "total", "any")):
+        for event in getattr(first, name):
+            tables[table_index][event] = sum(
+                (share * getattr(expected, name)[event] for share, expected in parts),
+                np.zeros_like(getattr(first, name)[event]),
+            )
+    return SessionExpectations(tables[0], tables[1], tables[2])
+
+
+def scene_expectations(
+    world: World,
+    sources: dict[str, SlateSource],
+    shares: dict[str, float],
+    draws: int,
+    rng: np.random.Generator,
+) -> dict[str, dict[str, SessionExpectations]]:
+    """{variant: {scene: per-user expectation of one session in that scene}}.
+
+    Only scenes with a positive share appear. For scenes with a context (viewed item,
+    cart) the expectation over contexts is averaged over `draws` context draws per user,
+    the same draws for every variant.
+    """
+    users = np.arange(world.n_users, dtype=np.int64)
+    plans: list[tuple[str, npt.NDArray[np.int64], npt.NDArray[np.float64], Contexts]] = []
+    for scene_index, scene in enumerate(SCENES):
+        share = shares.get(scene, 0.0)
+        if share <= 0:
+            continue
+        repeats = 1 if scene == "home_page" else draws
+        session_users = np.repeat(users, repeats)
+        scenes = np.full(session_users.size, scene_index, dtype=np.int64)
+        contexts = draw_contexts(world, session_users, scenes, rng)
+        plans.append((scene, session_users, np.full(session_users.size, 1.0 / repeats), contexts))
+    out: dict[str, dict[str, SessionExpectations]] = {}
+    for variant, source in sources.items():
+        out[variant] = {
+            scene: mix_per_user(
+                [
+                    (
+                        session_users,
+                        weights,
+                        session_expectations(world, session_users, source(session_users, contexts)),
+                    )
+                ],
+                world.n_users,
+            )
+            for scene, session_users, weights, contexts in plans
+        }
+    return out
+
+
+def truth_from_scenes(
+    per_scene: dict[str, dict[str, SessionExpectations]],
+    rate: npt.NDArray[np.float64],
+    metrics: Sequence[MetricConfig],
+    shares: dict[str, float],
+) -> dict[str, dict[str, float]]:
+    """{metric: {variant: population value}} from per-scene expectations mixed by `shares`."""
+    truth: dict[str, dict[str, float]] = {metric.name: {} for metric in metrics}
+    for variant, scenes in per_scene.items():
+        expected = combine([(shares[scene], values) for scene, values in scenes.items()])
+        for metric in metrics:
+            truth[metric.name][variant] = metric_truth(metric, expected, rate)
+    return truth
+
+
 def ground_truth(
     world: World,
     sources: dict[str, SlateSource],
@@ -128,32 +198,7 @@ def ground_truth(
 ) -> dict[str, dict[str, float]]:
     """{metric: {variant: population value}} for every metric and variant.
 
-    A session's scene follows `shares`; for scenes with a context (viewed item, cart) the
-    expectation over contexts is averaged over `draws` context draws per user, the same
-    draws for every variant.
+    A session's scene follows `shares`; see `scene_expectations` for the context draws.
     """
-    users = np.arange(world.n_users, dtype=np.int64)
-    plans: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], Contexts]] = []
-    for scene_index, scene in enumerate(SCENES):
-        share = shares.get(scene, 0.0)
-        if share <= 0:
-            continue
-        repeats = 1 if scene == "home_page" else draws
-        session_users = np.repeat(users, repeats)
-        scenes = np.full(session_users.size, scene_index, dtype=np.int64)
-        contexts = draw_contexts(world, session_users, scenes, rng)
-        plans.append((session_users, np.full(session_users.size, share / repeats), contexts))
-    truth: dict[str, dict[str, float]] = {metric.name: {} for metric in metrics}
-    for variant, source in sources.items():
-        parts = [
-            (
-                session_users,
-                weights,
-                session_expectations(world, session_users, source(session_users, contexts)),
-            )
-            for session_users, weights, contexts in plans
-        ]
-        expected = mix_per_user(parts, world.n_users)
-        for metric in metrics:
-            truth[metric.name][variant] = metric_truth(metric, expected, rate)
-    return truth
+    per_scene = scene_expectations(world, sources, shares, draws, rng)
+    return truth_from_scenes(per_scene, rate, metrics, shares)

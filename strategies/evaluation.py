@@ -159,11 +159,19 @@ def time_split(
 
 
 def seen_items(
-    train_log: InteractionLog, user_ids: npt.NDArray[np.str_]
+    train_log: InteractionLog,
+    user_ids: npt.NDArray[np.str_],
+    events: Sequence[str] | None = POSITIVE_EVENTS,
 ) -> list[npt.NDArray[np.int64]]:
-    """Catalogue indices each of `user_ids` clicked or bought in the training log (sorted)."""
+    """Catalogue indices each of `user_ids` met in the training log (sorted).
+
+    Only rows of the `events` types count (default: clicks and purchases); None counts
+    every interaction type.
+    """
     items = item_indices(train_log)
-    known = (items >= 0) & np.isin(train_log.event_types, POSITIVE_EVENTS)
+    known = items >= 0
+    if events is not None:
+        known &= np.isin(train_log.event_types, list(events))
     row_of = {user: i for i, user in enumerate(user_ids.tolist())}
     user_rows = np.fromiter(
         (row_of.get(user, -1) for user in train_log.user_ids[known].tolist()),

@@ -18,7 +18,7 @@ from abplatform.domain import InteractionLog
 from abplatform.errors import AbplatformError
 from abplatform.registry import build_strategy
 from abplatform.storage.history import load_history
-from strategies.evaluation import evaluate, time_split
+from strategies.evaluation import POSITIVE_EVENTS, evaluate, time_split
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as training advances (stages: load, fit, export)."""
@@ -191,22 +191,21 @@ def train_experiment(
             hint="simulate the experiment or ingest interactions first",
         )
     train_log, test = time_split(history, holdout_per_user)
+    if len(test) == 0 and not np.isin(history.event_types, POSITIVE_EVENTS).any():
+        found = ", ".join(sorted(set(history.event_types.tolist())))
+        raise AbplatformError(
+            f"catalogue {catalog!r} has no {' or '.join(POSITIVE_EVENTS)} interactions to "
+            f"train on (its history has only: {found})",
+            hint="the strategies learn from clicks and purchases: ingest the interactions "
+            "that mean interest (e.g. ratings of 4 and more) with type click",
+        )
     if len(test) == 0:
         raise AbplatformError(
             f"no user of catalogue {catalog!r} has enough history to hold out "
             f"{holdout_per_user} item(s) and keep one for training",
             hint="train on a longer history or lower holdout_per_user",
         )
-    plan: list[tuple[str, Literal["variant", "baseline"], str, dict[str, Any]]] = []
-    skipped = []
-    for variant in config.variants:
-        if variant.strategy is None:
-            skipped.append(variant.key)
-        else:
-            plan.append(
-                (variant.key, "variant", variant.strategy.kind, dict(variant.strategy.params))
-            )
-    plan.extend((name, "baseline", kind, {}) for name, kind in BASELINES)
+    plan, skipped = strategy_plan(config)
     results = []
     root = Path(artifacts_dir)
     for i, (name, role, kind, params) in enumerate(plan):
@@ -247,6 +246,31 @@ def train_experiment(
     payload = {**report.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
     path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return replace(report, report_path=path)
+
+
+PlannedStrategy = tuple[str, Literal["variant", "baseline"], str, dict[str, Any]]
+"""(name, role, kind, params) of one strategy to fit."""
+
+
+def strategy_plan(
+    config: ExperimentConfig, *, baselines: bool = True
+) -> tuple[list[PlannedStrategy], list[str]]:
+    """The strategies `train` and `evaluate` fit: every variant's, then the baselines.
+
+    Returns the plan and the keys of the variants without a strategy (skipped).
+    """
+    plan: list[PlannedStrategy] = []
+    skipped = []
+    for variant in config.variants:
+        if variant.strategy is None:
+            skipped.append(variant.key)
+        else:
+            plan.append(
+                (variant.key, "variant", variant.strategy.kind, dict(variant.strategy.params))
+            )
+    if baselines:
+        plan.extend((name, "baseline", kind, {}) for name, kind in BASELINES)
+    return plan, skipped
 
 
 def _train_one(

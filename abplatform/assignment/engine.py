@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from abplatform.assignment.base import AssignmentPolicy as AssignmentPolicy
+from abplatform.assignment.base import BatchDecision as BatchDecision
 from abplatform.assignment.hashing import (
     bucket,
     bucket_batch,
@@ -16,35 +17,15 @@ from abplatform.assignment.hashing import (
     choose_variant,
     choose_variant_batch,
 )
-from abplatform.config.models import ExperimentConfig
+from abplatform.assignment.thompson import ThompsonPolicy
+from abplatform.config.models import (
+    AssignmentConfig,
+    ExperimentConfig,
+    MeanMetric,
+    ProportionMetric,
+    ThompsonAssignmentConfig,
+)
 from abplatform.domain import Decision
-
-
-@dataclass(frozen=True)
-class BatchDecision:
-    """Decisions for many units: variant index (-1 = not in the experiment) and propensities."""
-
-    variant_index: npt.NDArray[np.int64]
-    propensity: npt.NDArray[np.float64]
-    bucket: npt.NDArray[np.float64]
-
-
-class AssignmentPolicy(Protocol):
-    """Chooses a variant for a unit and learns from feedback (a no-op for hashing)."""
-
-    variant_keys: tuple[str, ...]
-
-    def assign(self, unit_id: str, context: Mapping[str, Any] | None = None) -> Decision | None:
-        """The unit's decision, or None when the unit is outside the experiment."""
-        ...
-
-    def assign_batch(self, unit_ids: Sequence[str] | npt.NDArray[np.str_]) -> BatchDecision:
-        """Decisions for many units at once, identical to `assign` on each."""
-        ...
-
-    def update(self, feedback: Any) -> None:
-        """Take in rewards."""
-        ...
 
 
 class HashPolicy:
@@ -55,12 +36,15 @@ class HashPolicy:
     """
 
     def __init__(self, config: ExperimentConfig) -> None:
+        assignment = config.assignment
+        if not isinstance(assignment, AssignmentConfig):
+            raise ValueError(f"HashPolicy needs a hash assignment, got {assignment.type!r}")
         self.seed = config.hash_seed
-        self.version = config.assignment.hash_version
-        self.namespace = config.assignment.namespace
+        self.version = assignment.hash_version
+        self.namespace = assignment.namespace
         self.variant_keys = tuple(v.key for v in config.variants)
         self.weights = [v.weight for v in config.variants]
-        self.ranges = bucket_ranges(len(config.variants), config.assignment.coverage, self.weights)
+        self.ranges = bucket_ranges(len(config.variants), assignment.coverage, self.weights)
 
     def _in_namespace_batch(
         self, unit_ids: Sequence[str] | npt.NDArray[np.str_]
@@ -99,8 +83,44 @@ class HashPolicy:
         """Hashing does not learn."""
 
 
+def reward_family(config: ExperimentConfig) -> Literal["binary", "gaussian"]:
+    """The posterior family of a bandit's reward metric: binary for proportion, else gaussian.
+
+    Raises
+    ------
+    ValueError
+        If the experiment is not a bandit, or its reward metric is unknown or a ratio.
+    """
+    assignment = config.assignment
+    if not isinstance(assignment, ThompsonAssignmentConfig):
+        raise ValueError(f"not a bandit experiment (assignment type {assignment.type!r})")
+    for metric in config.metrics:
+        if metric.name == assignment.reward_metric:
+            if isinstance(metric, ProportionMetric):
+                return "binary"
+            if isinstance(metric, MeanMetric):
+                return "gaussian"
+            raise ValueError(
+                f"reward metric {metric.name!r} is a {metric.type} metric; a bandit needs a "
+                "per-unit reward: a proportion or mean metric"
+            )
+    known = ", ".join(m.name for m in config.metrics) or "none"
+    raise ValueError(f"unknown reward metric {assignment.reward_metric!r}; metrics: {known}")
+
+
+def build_thompson_policy(config: ExperimentConfig) -> ThompsonPolicy:
+    """The in-memory Thompson-sampling policy of a bandit experiment."""
+    assignment = config.assignment
+    if not isinstance(assignment, ThompsonAssignmentConfig):
+        raise ValueError(f"not a bandit experiment (assignment type {assignment.type!r})")
+    keys = [v.key for v in config.variants]
+    return ThompsonPolicy.from_config(assignment, keys, reward_family(config))
+
+
 def build_policy(config: ExperimentConfig) -> AssignmentPolicy:
-    """The assignment policy an experiment config asks for."""
+    """The assignment policy an experiment config asks for (hash or thompson)."""
     if config.assignment.type == "hash":
         return HashPolicy(config)
+    if config.assignment.type == "thompson":
+        return build_thompson_policy(config)
     raise ValueError(f"unknown assignment type {config.assignment.type!r}")

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from abplatform.config.models import ExperimentConfig
+from abplatform.config.models import ExperimentConfig, RatioMetric, ThompsonAssignmentConfig
 from abplatform.errors import AbplatformError, UnknownNameError
 from abplatform.registry import strategies
 
@@ -67,6 +67,8 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
         # Drop the discriminator tag pydantic inserts into union locations (e.g. "ratio").
         if len(loc) >= 3 and loc[0] == "metrics" and loc[2] in ("proportion", "mean", "ratio"):
             loc = loc[:2] + loc[3:]
+        if len(loc) >= 2 and loc[0] == "assignment" and loc[1] in ("hash", "thompson"):
+            loc = loc[:1] + loc[2:]
         path = ".".join(p for p in (prefix, _join(loc)) if p)
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -78,6 +80,9 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
             problems.append(
                 Problem(f"{path}.type", f"unknown metric type; known: {_tags(ctx)}", ctx.get("tag"))
             )
+        elif kind == "unknown_assignment_type":
+            got = err["input"].get("type") if isinstance(err["input"], dict) else err["input"]
+            problems.append(Problem(f"{path}.type", err["msg"], got))
         elif kind == "union_tag_not_found":
             problems.append(Problem(f"{path}.type", "field required", has_got=False))
         else:
@@ -129,6 +134,45 @@ def _semantic_problems(config: ExperimentConfig) -> list[Problem]:
             known = ", ".join(sorted(names)) or "none"
             message = f"not a metric name; metrics: {known}"
             problems.append(Problem(f"analysis.guardrails.{i}", message, guardrail))
+    if isinstance(config.assignment, ThompsonAssignmentConfig):
+        problems.extend(_bandit_problems(config, config.assignment))
+    return problems
+
+
+def _bandit_problems(config: ExperimentConfig, bandit: ThompsonAssignmentConfig) -> list[Problem]:
+    """A Thompson bandit needs a per-unit reward metric and a floor that fits its arms."""
+    problems: list[Problem] = []
+    arms = len(config.variants)
+    if arms < 2:
+        problems.append(Problem("variants", "a thompson bandit needs at least two variants", arms))
+    if bandit.min_weight * arms > 1:
+        problems.append(
+            Problem(
+                "assignment.min_weight",
+                f"min_weight * arms must be <= 1 ({bandit.min_weight:g} * {arms} arms = "
+                f"{bandit.min_weight * arms:g}); lower it to at most {1 / arms:g}",
+                bandit.min_weight,
+            )
+        )
+    metric = next((m for m in config.metrics if m.name == bandit.reward_metric), None)
+    if metric is None:
+        known = ", ".join(m.name for m in config.metrics) or "none (add one under metrics:)"
+        problems.append(
+            Problem(
+                "assignment.reward_metric",
+                f"not a metric name; metrics: {known}",
+                bandit.reward_metric,
+            )
+        )
+    elif isinstance(metric, RatioMetric):
+        problems.append(
+            Problem(
+                "assignment.reward_metric",
+                "ratio metrics are not supported as a bandit reward (it needs one reward per "
+                "unit); use a proportion metric (binary reward) or a mean metric (continuous)",
+                bandit.reward_metric,
+            )
+        )
     return problems
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from abplatform.domain import EVENT_TYPES, SCENES
 
@@ -44,7 +52,7 @@ class VariantConfig(_Strict):
 
 
 class AssignmentConfig(_Strict):
-    """How units are assigned to variants."""
+    """Hashed assignment: deterministic buckets, fixed variant weights (the default)."""
 
     type: Literal["hash"] = "hash"
     seed: str | None = None
@@ -62,6 +70,52 @@ class AssignmentConfig(_Strict):
             if not 0.0 <= start < end <= 1.0:
                 raise ValueError("namespace needs [name, start, end] with 0 <= start < end <= 1")
         return value
+
+
+class ThompsonAssignmentConfig(_Strict):
+    """Thompson-sampling bandit assignment (the `assignment:` block when type is thompson).
+
+    Variant ``weight:`` is optional under thompson and not used for allocation: every arm
+    starts at an equal weight (weight version 0, kept during burn-in) and the bandit adapts.
+    """
+
+    type: Literal["thompson"]
+    reward_metric: str = Field(pattern=KEY_PATTERN, description="a proportion or mean metric")
+    update_every: int = Field(default=1000, ge=1, description="new units between weight updates")
+    min_weight: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
+    burn_in_units: int = Field(default=100, ge=0, description="units per arm before adapting")
+    top_two: bool = False
+    top_two_beta: float = Field(default=0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
+    sticky: bool = True
+    context: Literal["scene"] | None = None
+    draws: int = Field(default=10_000, ge=100, le=1_000_000)
+    seed: int = Field(default=0, ge=0)
+
+    def check_arms(self, arms: int) -> None:
+        """Raise ValueError if the floor cannot hold for ``arms`` arms."""
+        if self.min_weight * arms > 1:
+            raise ValueError(
+                f"min_weight * arms must be <= 1, got min_weight={self.min_weight} * "
+                f"arms={arms} = {self.min_weight * arms:g}; lower min_weight below {1 / arms:g}"
+            )
+
+
+def _assignment_type(value: Any) -> str:
+    """The union tag of an assignment block: its `type`, "hash" when omitted."""
+    if isinstance(value, dict):
+        return str(value.get("type", "hash"))
+    return str(getattr(value, "type", "hash"))
+
+
+AssignmentSpec = Annotated[
+    Annotated[AssignmentConfig, Tag("hash")] | Annotated[ThompsonAssignmentConfig, Tag("thompson")],
+    Discriminator(
+        _assignment_type,
+        custom_error_type="unknown_assignment_type",
+        custom_error_message="unknown assignment type; known: hash, thompson",
+    ),
+]
+"""`assignment:` is hashed by default or a Thompson-sampling bandit (``type: thompson``)."""
 
 
 class EventCount(_Strict):
@@ -219,12 +273,35 @@ class ExperimentConfig(_Strict):
     description: str = ""
     unit: str = Field(default="user", min_length=1, max_length=64)
     catalog: str | None = Field(default=None, max_length=128)
-    assignment: AssignmentConfig = Field(default_factory=AssignmentConfig)
+    assignment: AssignmentSpec = Field(default_factory=AssignmentConfig)
     variants: list[VariantConfig]
     control: str | None = None
     metrics: list[MetricConfig] = Field(default_factory=list)
     simulation: SimulationConfig | None = None
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bandit_default_weights(cls, data: Any) -> Any:
+        """Under thompson a variant may omit `weight`: it gets 1/K (the initial equal share)."""
+        if not isinstance(data, dict):
+            return data
+        assignment, variants = data.get("assignment"), data.get("variants")
+        if not (isinstance(assignment, dict) and assignment.get("type") == "thompson"):
+            return data
+        if not isinstance(variants, list) or not variants:
+            return data
+        share = 1.0 / len(variants)
+        filled = [
+            {**v, "weight": share} if isinstance(v, dict) and "weight" not in v else v
+            for v in variants
+        ]
+        return {**data, "variants": filled}
+
+    @property
+    def is_bandit(self) -> bool:
+        """Whether the experiment allocates adaptively (Thompson sampling)."""
+        return self.assignment.type == "thompson"
 
     @property
     def control_key(self) -> str:
@@ -234,7 +311,8 @@ class ExperimentConfig(_Strict):
     @property
     def hash_seed(self) -> str:
         """The seed mixed into unit hashes (defaults to the experiment key)."""
-        return self.assignment.seed if self.assignment.seed is not None else self.key
+        seed = self.assignment.seed if isinstance(self.assignment, AssignmentConfig) else None
+        return seed if seed is not None else self.key
 
     @property
     def catalog_name(self) -> str:

@@ -20,7 +20,7 @@ def load_catalog(conn: Connection, catalog: str) -> Catalog:
     """Items of a catalogue ordered by their row id (the dense index)."""
     t = m.CatalogItem.__table__
     rows = conn.execute(
-        select(t.c.item_id, t.c.category, t.c.brand, t.c.price)
+        select(t.c.item_id, t.c.category, t.c.brand, t.c.price, t.c.tags)
         .where(t.c.catalog == catalog)
         .order_by(t.c.id)
     ).all()
@@ -29,6 +29,7 @@ def load_catalog(conn: Connection, catalog: str) -> Catalog:
         categories=np.array([r[1] or "" for r in rows], dtype=str),
         brands=np.array([r[2] or "" for r in rows], dtype=str),
         prices=np.array([r[3] if r[3] is not None else np.nan for r in rows], dtype=np.float64),
+        tags=np.array([r[4] or "" for r in rows], dtype=str),
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -139,6 +140,8 @@ class Exposure(Base):
     scene: Mapped[str | None] = mapped_column(String(64), nullable=True)
     slate_size: Mapped[int] = mapped_column(Integer, default=0)
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Version of the bandit weights the decision was drawn from; NULL for hashed experiments.
+    weight_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Impression(Base):
@@ -187,3 +190,72 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class BanditState(Base):
+    """Posterior sufficient statistics of one bandit arm in one context, updated by increments."""
+
+    __tablename__ = "bandit_state"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    # '' when the experiment has no context.
+    context: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(128), primary_key=True)
+    units: Mapped[int] = mapped_column(BigInteger)
+    reward_sum: Mapped[float] = mapped_column(Float)
+    reward_sq_sum: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class BanditWeight(Base):
+    """One arm's allocation weight in one context from a weight version on (the history)."""
+
+    __tablename__ = "bandit_weights"
+    __table_args__ = (
+        UniqueConstraint(
+            "experiment_id", "version", "context", "arm", name="uq_bandit_weights_version_arm"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    context: Mapped[str] = mapped_column(String(64))
+    arm: Mapped[str] = mapped_column(String(128))
+    weight: Mapped[float] = mapped_column(Float)
+    p_best: Mapped[float] = mapped_column(Float)
+    units: Mapped[int] = mapped_column(BigInteger)
+    computed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class BanditAssignment(Base):
+    """A sticky bandit decision: the first arm drawn for a unit in a context."""
+
+    __tablename__ = "bandit_assignments"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    context: Mapped[str] = mapped_column(String(64), primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(128))
+    propensity: Mapped[float] = mapped_column(Float)
+    weight_version: Mapped[int] = mapped_column(Integer)
+    assigned_at: Mapped[datetime] = mapped_column(DateTime)
+    # The unit's reward so far (0/1 for a binary reward): what it added to bandit_state.
+    reward: Mapped[float] = mapped_column(Float, server_default=text("0"))
+
+
+class BanditExposure(Base):
+    """A per-request (non-sticky) bandit trial: the exposure's arm, context and reward so far."""
+
+    __tablename__ = "bandit_exposures"
+
+    # No foreign key to exposures: the row is written in the exposure's own transaction.
+    exposure_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    context: Mapped[str] = mapped_column(String(64))
+    arm: Mapped[str] = mapped_column(String(128))
+    reward: Mapped[float] = mapped_column(Float, server_default=text("0"))

@@ -114,7 +114,10 @@ def _bulk_delete(session: Session, statement: Any) -> None:
 
 
 def clear_experiment_data(session: Session, experiment_id: int) -> None:
-    """Delete an experiment's exposures, impressions, events and runs (not its definition)."""
+    """Delete an experiment's exposures, impressions, events, runs and bandit state.
+
+    The definition stays.
+    """
     exposure_ids = select(m.Exposure.id).where(m.Exposure.experiment_id == experiment_id)
     _bulk_delete(session, delete(m.Impression).where(m.Impression.exposure_id.in_(exposure_ids)))
     _bulk_delete(session, delete(m.Exposure).where(m.Exposure.experiment_id == experiment_id))
@@ -122,6 +125,10 @@ def clear_experiment_data(session: Session, experiment_id: int) -> None:
     _bulk_delete(
         session, delete(m.SimulationRun).where(m.SimulationRun.experiment_id == experiment_id)
     )
+    for bandit_table in (m.BanditState, m.BanditWeight, m.BanditAssignment, m.BanditExposure):
+        _bulk_delete(
+            session, delete(bandit_table).where(bandit_table.experiment_id == experiment_id)
+        )
 
 
 def clear_catalog(session: Session, catalog: str) -> None:

@@ -83,3 +83,20 @@ def test_namespace_excludes_units_outside_the_range() -> None:
     for unit in excluded[:50]:
         n = bucket("__pricing", unit, 1)
         assert n is not None and n >= 0.5
+
+
+def test_build_policy_for_a_bandit_chooses_the_posterior_by_metric_type() -> None:
+    from abplatform.assignment.thompson import ThompsonPolicy
+
+    base = (
+        "key: b\nvariants: [{key: a}, {key: b}]\nmetrics:\n"
+        "  - {name: buy, type: proportion, event: purchase}\n"
+        "  - {name: revenue, type: mean, event: purchase, value: sum}\n"
+        "assignment: {type: thompson, reward_metric: %s, min_weight: 0.1, context: scene}\n"
+    )
+    binary = build_policy(load_experiment_text(base % "buy"))
+    gaussian = build_policy(load_experiment_text(base % "revenue"))
+    assert isinstance(binary, ThompsonPolicy) and isinstance(gaussian, ThompsonPolicy)
+    assert (binary.reward, gaussian.reward) == ("binary", "gaussian")
+    assert binary.min_weight == 0.1 and binary.context_key == "scene" and binary.sticky
+    assert binary.variant_keys == ("a", "b")

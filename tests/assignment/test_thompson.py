@@ -13,6 +13,7 @@ from scipy import integrate, stats
 from abplatform.assignment.thompson import (
     BetaPosterior,
     GaussianPosterior,
+    Method,
     RewardStats,
     ThompsonAssignmentConfig,
     ThompsonDecision,
@@ -358,5 +359,89 @@ def test_quadrature_rejects_what_it_cannot_do() -> None:
         allocation_weights([GaussianPosterior()] * 2, rng=rng, method="quadrature")
     with pytest.raises(ValueError, match="alpha >= 1 and beta >= 1"):
         allocation_weights([BetaPosterior(0.5, 0.5)] * 2, rng=rng, method="quadrature")
-    with pytest.raises(ValueError, match="method must be 'monte_carlo' or 'quadrature', got 'x'"):
+    with pytest.raises(
+        ValueError, match="method must be 'auto', 'monte_carlo' or 'quadrature', got 'x'"
+    ):
         allocation_weights([BetaPosterior()] * 2, rng=rng, method="x")  # type: ignore[arg-type]
+
+
+# --- batched updates across contexts, P(best), the default method -------------------------
+
+
+def test_update_many_is_one_version_and_matches_single_updates() -> None:
+    feedback = {
+        "home_page": {"a": RewardStats.binary(200, 30), "b": RewardStats.binary(200, 20)},
+        "cart_page": {"a": RewardStats.binary(50, 5), "b": RewardStats.binary(50, 9)},
+    }
+    many = ThompsonPolicy(("a", "b"), context_key="scene")
+    many.update_many(feedback)
+    assert many.version == 1  # all contexts of one update share the version
+    for context, batch in feedback.items():
+        single = ThompsonPolicy(("a", "b"), context_key="scene")
+        single.update(batch, context)
+        # Quadrature (the default for Beta arms) is deterministic: equal to 1e-12.
+        assert_allclose(many.weights(context), single.weights(context), rtol=0, atol=1e-12)
+
+
+def test_default_method_is_quadrature_for_beta_and_matches_the_integral() -> None:
+    a, b = BetaPosterior(31, 171), BetaPosterior(21, 181)
+    policy = ThompsonPolicy(("a", "b"))
+    policy.update({"a": RewardStats.binary(200, 30), "b": RewardStats.binary(200, 20)})
+    # Quadrature's absolute error is about 1e-3 (see allocation_weights_many).
+    assert policy.p_best()[0] == pytest.approx(_p_a_beats_b(a, b), abs=2e-3)
+    assert_allclose(policy.weights(), policy.p_best())  # no floor, no top-two
+
+
+def test_policy_weights_sum_to_one_and_respect_the_floor() -> None:
+    keys = ("a", "b", "c", "d")
+    methods: tuple[Method, ...] = ("auto", "monte_carlo")
+    for method in methods:
+        policy = ThompsonPolicy(keys, min_weight=0.05, draws=DRAWS, method=method)
+        policy.update({k: RewardStats.binary(500, 50 + 20 * i) for i, k in enumerate(keys)})
+        weights, p_best = policy.weights(), policy.p_best()
+        assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+        assert weights.min() >= 0.05 - 1e-12
+        # The floor is the affine shrink w = m + (1 - K m) p of P(best).
+        assert_allclose(weights, 0.05 + (1 - 4 * 0.05) * p_best, atol=1e-12)
+
+
+def test_burn_in_is_per_context() -> None:
+    policy = ThompsonPolicy(("a", "b"), burn_in_units=20, context_key="scene")
+    policy.update_many(
+        {
+            "home_page": {"a": RewardStats.binary(30, 15), "b": RewardStats.binary(30, 0)},
+            "cart_page": {"a": RewardStats.binary(30, 15), "b": RewardStats.binary(10, 0)},
+        }
+    )
+    assert policy.weights("home_page")[0] > 0.99
+    assert_allclose(policy.weights("cart_page"), [0.5, 0.5])  # b has 10 < 20 units
+    assert policy.in_burn_in("cart_page") and not policy.in_burn_in("home_page")
+    assert policy.p_best("cart_page")[0] > 0.9  # P(best) is still reported during burn-in
+
+
+def test_set_posteriors_takes_the_stored_version() -> None:
+    policy = ThompsonPolicy(("a", "b"))
+    policy.set_posteriors({None: [BetaPosterior(51, 51, 100), BetaPosterior(2, 100, 100)]}, 7)
+    assert policy.version == 7 and policy.weights()[0] > 0.99
+    assert policy.assign("u").weight_version == 7
+    with pytest.raises(ValueError, match="has 1 posteriors for 2 arms"):
+        policy.set_posteriors({None: [BetaPosterior()]})
+    with pytest.raises(ValueError, match="must be 2 shares summing to 1"):
+        policy.set_weights(None, [0.7, 0.7])
+
+
+def test_choose_arms_by_rows() -> None:
+    weights = np.array([[0.2, 0.8], [0.9, 0.1]])
+    u = np.array([[0.1, 0.1], [0.5, 0.95]])  # (steps, rows)
+    from abplatform.assignment.thompson import choose_arms
+
+    assert choose_arms(np.broadcast_to(weights, (2, 2, 2)), u).tolist() == [[0, 0], [1, 1]]
+
+
+def test_seeded_monte_carlo_policies_agree() -> None:
+    def run() -> list[float]:
+        policy = ThompsonPolicy(("a", "b", "c"), method="monte_carlo", draws=500, seed=5)
+        policy.update({k: RewardStats.binary(20, s) for k, s in zip("abc", (3, 4, 5), strict=True)})
+        return list(policy.weights())
+
+    assert run() == run()
