@@ -61,6 +61,8 @@ class Catalog:
     categories: npt.NDArray[np.str_]
     brands: npt.NDArray[np.str_]
     prices: npt.NDArray[np.float64]
+    tags: npt.NDArray[np.str_] | None = None
+    """Each item's labels joined by ``|`` (e.g. genres), ``""`` for none; None if unknown."""
 
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])

@@ -4,7 +4,7 @@ Layout of ``<root>/<experiment>/<variant>/<version>/`` (version = UTC time + con
 
     manifest.json          format, version, params, seed, data range, training, metrics,
                            library versions, sha256 of every file below
-    items.npz              the catalogue: item_ids, categories, brands, prices
+    items.npz              the catalogue: item_ids, categories, brands, prices (, tags)
     item_embeddings.npy    (items, D) float32, quantised (see serving.quantize)
     user_ids.npy           (users,) known users (with a stored embedding), sorted
     user_embeddings.npy    (users, D) float32, quantised, from each user's latest history
@@ -101,6 +101,7 @@ def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
             "categories": catalog.categories.astype(str),
             "brands": catalog.brands.astype(str),
             "prices": catalog.prices.astype(np.float64),
+            **({} if catalog.tags is None else {"tags": catalog.tags.astype(str)}),
         },
         "item_embeddings.npy": {"": artifact.item_embeddings},
         "user_ids.npy": {"": artifact.user_ids.astype(str)},
@@ -121,6 +122,8 @@ def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
             "brand_table": tower.brand_table,
             "item_categories": tower.item_categories,
             "item_brands": tower.item_brands,
+            "tag_table": tower.tag_table,
+            "item_tags": tower.item_tags,
         }
         weights.update({f"feature_{j}": t for j, t in enumerate(tower.feature_tables)})
         weights.update({f"kernel_{i}": w for i, w in enumerate(tower.kernels)})
@@ -314,6 +317,7 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> TwoTowerArtifact:
             feature_tables=tuple(weights[f"feature_{j}"] for j in range(features)),
             kernels=tuple(weights[f"kernel_{i}"] for i in range(count)),
             biases=tuple(weights[f"bias_{i}"] for i in range(count)),
+            **{key: weights[key] for key in ("tag_table", "item_tags") if key in weights},
         )
     return TwoTowerArtifact(
         catalog=Catalog(
@@ -321,6 +325,7 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> TwoTowerArtifact:
             categories=items["categories"],
             brands=items["brands"],
             prices=items["prices"],
+            tags=items.get("tags"),
         ),
         item_embeddings=arrays["item_embeddings.npy"],
         user_ids=arrays["user_ids.npy"],

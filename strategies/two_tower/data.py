@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -149,19 +149,34 @@ def training_examples(
     )
 
 
+MAX_TAGS_PER_ITEM = 32
+"""An item's labels beyond this many (in catalogue order) are ignored by the towers."""
+
+
 @dataclass(frozen=True)
 class ItemFeatures:
-    """Catalogue side features indexed by item token (row 0 is the padding token)."""
+    """Catalogue side features indexed by item token (row 0 is the padding token).
+
+    Tags (``Catalog.tags``, labels separated by ``|``) are a bag of labels: `tag_codes` holds
+    each item's label codes (1-based, 0 pads), and the towers average the labels'
+    embeddings. A catalogue without tags has no label column (``tag_codes.shape[1] == 0``);
+    one with only ids has a single (empty) category and brand, so only the id embedding and
+    the price flag carry information.
+    """
 
     categories: list[str]
     brands: list[str]
     category_codes: npt.NDArray[np.int32]  # (items + 1,)
     brand_codes: npt.NDArray[np.int32]
     price: Float32Array  # (items + 1, 2): standardised log(1 + price), price missing flag
+    tags: list[str] = field(default_factory=list)
+    tag_codes: npt.NDArray[np.int32] = field(
+        default_factory=lambda: np.zeros((1, 0), dtype=np.int32)
+    )  # (items + 1, labels per item), code i + 1 is tags[i], 0 pads
 
     @classmethod
     def from_catalog(cls, catalog: Catalog) -> ItemFeatures:
-        """Encode a catalogue's categories, brands and prices."""
+        """Encode a catalogue's categories, brands, prices and tags."""
         categories, category_codes = np.unique(catalog.categories.astype(str), return_inverse=True)
         brands, brand_codes = np.unique(catalog.brands.astype(str), return_inverse=True)
         prices = catalog.prices.astype(np.float64)
@@ -175,13 +190,36 @@ class ItemFeatures:
         price[1:, 0] = z
         price[1:, 1] = missing
         pad = np.zeros(1, dtype=np.int32)
+        tags, tag_codes = encode_tags(catalog)
         return cls(
             categories=[str(c) for c in categories.tolist()],
             brands=[str(b) for b in brands.tolist()],
             category_codes=np.concatenate([pad, category_codes.astype(np.int32)]),
             brand_codes=np.concatenate([pad, brand_codes.astype(np.int32)]),
             price=price,
+            tags=tags,
+            tag_codes=tag_codes,
         )
+
+
+def split_tags(value: str) -> list[str]:
+    """The distinct labels of one ``|``-separated tags value, in order, blanks dropped."""
+    labels = (label.strip() for label in value.split("|"))
+    return list(dict.fromkeys(label for label in labels if label))[:MAX_TAGS_PER_ITEM]
+
+
+def encode_tags(catalog: Catalog) -> tuple[list[str], npt.NDArray[np.int32]]:
+    """The sorted label vocabulary and the (items + 1, width) label codes of every item token."""
+    if catalog.tags is None:
+        return [], np.zeros((len(catalog) + 1, 0), dtype=np.int32)
+    per_item = [split_tags(str(value)) for value in catalog.tags.tolist()]
+    vocabulary = sorted({label for labels in per_item for label in labels})
+    code = {label: i + 1 for i, label in enumerate(vocabulary)}
+    width = max((len(labels) for labels in per_item), default=0)
+    codes = np.zeros((len(catalog) + 1, width), dtype=np.int32)
+    for row, labels in enumerate(per_item, start=1):
+        codes[row, : len(labels)] = [code[label] for label in labels]
+    return vocabulary, codes
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from strategies.two_tower.data import (
 )
 from strategies.two_tower.numpy_tower import UserTowerWeights
 from strategies.two_tower.params import TwoTowerParams
-from strategies.two_tower.serving import ItemIndex, quantize
+from strategies.two_tower.serving import ItemIndex, quantize, served_offsets
 
 if not tf.keras.__name__.startswith("tf_keras"):
     raise AbplatformError(
@@ -81,6 +81,7 @@ class UserTower(keras.Model):  # type: ignore[misc]
         ]
         self.projection = keras.layers.Dense(params.embedding_dim, name="user_projection")
         self.id_dropout = params.user_id_dropout
+        self.cold_start_dropout = params.cold_start_dropout
         self.rng = tf.random.Generator.from_seed(seed)
 
     def call(self, inputs: dict[str, Any], training: bool = False) -> Any:
@@ -89,6 +90,11 @@ class UserTower(keras.Model):  # type: ignore[misc]
             hide = self.rng.uniform(tf.shape(rows)) < self.id_dropout
             rows = tf.where(hide, tf.zeros_like(rows), rows)
         history = tf.cast(inputs["history"], tf.int32)
+        if training and self.cold_start_dropout > 0:
+            # A user known only by their profile: no id row and no history.
+            cold = self.rng.uniform(tf.shape(rows)) < self.cold_start_dropout
+            rows = tf.where(cold, tf.zeros_like(rows), rows)
+            history = tf.where(cold[:, None], tf.zeros_like(history), history)
         mask = tf.cast(history > 0, tf.float32)[..., None]
         count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
         parts = [self.user_embedding(rows)]
@@ -107,7 +113,7 @@ class UserTower(keras.Model):  # type: ignore[misc]
 
 
 class ItemTables(keras.layers.Layer):  # type: ignore[misc]
-    """Item id, category and brand embedding tables, shared by both towers."""
+    """Item id, category, brand and tag embedding tables, shared by both towers."""
 
     def __init__(self, features: ItemFeatures, params: TwoTowerParams):
         super().__init__(name="item_tables")
@@ -126,14 +132,28 @@ class ItemTables(keras.layers.Layer):  # type: ignore[misc]
         self.brand_embedding = keras.layers.Embedding(
             len(features.brands), side_dim(params.embedding_dim), name="brand_embedding"
         )
+        self.tag_codes = tf.constant(features.tag_codes)
+        self.tag_embedding = (
+            keras.layers.Embedding(
+                len(features.tags) + 1, side_dim(params.embedding_dim), name="tag_embedding"
+            )
+            if features.tags
+            else None
+        )
 
     def embed_parts(self, tokens: Any) -> list[Any]:
-        """[id, category, brand] embeddings of item tokens (any shape)."""
-        return [
+        """[id, category, brand(, mean tag)] embeddings of item tokens (any shape)."""
+        parts = [
             self.item_embedding(tokens),
             self.category_embedding(tf.gather(self.category_codes, tokens)),
             self.brand_embedding(tf.gather(self.brand_codes, tokens)),
         ]
+        if self.tag_embedding is not None:
+            codes = tf.gather(self.tag_codes, tokens)
+            mask = tf.cast(codes > 0, tf.float32)[..., None]
+            count = tf.maximum(tf.reduce_sum(mask, axis=-2), 1.0)
+            parts.append(tf.reduce_sum(self.tag_embedding(codes) * mask, axis=-2) / count)
+        return parts
 
 
 class ItemTower(keras.Model):  # type: ignore[misc]
@@ -157,13 +177,52 @@ class ItemTower(keras.Model):  # type: ignore[misc]
         return tf.math.l2_normalize(self.projection(x), axis=1)
 
 
-class TwoTowerModel(tfrs.Model):  # type: ignore[misc]
-    """In-batch softmax retrieval with the logQ correction and accidental-hit removal."""
+class ItemBias(keras.layers.Layer):  # type: ignore[misc]
+    """A learned logit offset per item token, started at the centred log of its frequency."""
 
-    def __init__(self, user_tower: UserTower, item_tower: ItemTower, temperature: float):
+    def __init__(self, initial: npt.NDArray[np.float32]):
+        super().__init__(name="item_bias")
+        self.table = keras.layers.Embedding(
+            int(initial.shape[0]),
+            1,
+            embeddings_initializer=keras.initializers.Constant(initial[:, None]),
+            name="item_bias_table",
+        )
+
+    def call(self, tokens: Any) -> Any:
+        return self.table(tf.cast(tokens, tf.int32))
+
+
+def initial_item_bias(examples: TrainingExamples, n_items: int) -> npt.NDArray[np.float32]:
+    """log(1 + weighted examples of the item), centred on the trained items' mean."""
+    counts = np.bincount(examples.items, weights=examples.weights, minlength=n_items + 1)
+    logs = np.log1p(counts)
+    logs -= logs[1:].mean() if n_items else 0.0
+    logs[0] = 0.0
+    out: npt.NDArray[np.float32] = logs.astype(np.float32)
+    return out
+
+
+class TwoTowerModel(tfrs.Model):  # type: ignore[misc]
+    """In-batch softmax retrieval with the logQ correction and accidental-hit removal.
+
+    With an `item_bias`, a candidate's logit is ``cos(query, item) / temperature + b_item``:
+    the candidate vector gets ``temperature * b_item`` as one more component and the query
+    a 1 there, so serving stays one dot product.
+    """
+
+    def __init__(
+        self,
+        user_tower: UserTower,
+        item_tower: ItemTower,
+        temperature: float,
+        item_bias: ItemBias | None = None,
+    ):
         super().__init__()
         self.user_tower = user_tower
         self.item_tower = item_tower
+        self.item_bias = item_bias
+        self.temperature = temperature
         # The logged "loss" is the last batch's; the mean over the epoch's batches is this one.
         self.epoch_loss = keras.metrics.Mean(name="epoch_loss")
         self.task = tfrs.tasks.Retrieval(
@@ -175,6 +234,10 @@ class TwoTowerModel(tfrs.Model):  # type: ignore[misc]
     def compute_loss(self, features: dict[str, Any], training: bool = False) -> Any:
         queries = self.user_tower(features, training=training)
         candidates = self.item_tower(features["item"], training=training)
+        if self.item_bias is not None:
+            bias = self.item_bias(features["item"]) * self.temperature
+            candidates = tf.concat([candidates, bias], axis=1)
+            queries = tf.concat([queries, tf.ones_like(queries[:, :1])], axis=1)
         return self.task(
             queries,
             candidates,
@@ -202,6 +265,8 @@ class TrainedTowers:
     user_tower: Any
     item_tower: Any
     n_items: int
+    item_bias: Any = None
+    temperature: float = 1.0
     epochs_run: int = 0
     best_epoch: int | None = None
     epochs: list[dict[str, float]] = field(default_factory=list)
@@ -215,6 +280,15 @@ class TrainedTowers:
             for lo in range(0, tokens.size, EMBED_BATCH)
         ]
         return np.concatenate(chunks).astype(np.float32)
+
+    def item_offsets(self) -> npt.NDArray[np.float64] | None:
+        """(items,) ``temperature * b_item`` in catalogue order, or None without an item bias."""
+        if self.item_bias is None:
+            return None
+        tokens = np.arange(1, self.n_items + 1, dtype=np.int32)
+        bias = self.item_bias(tokens).numpy()[:, 0].astype(np.float64)
+        out: npt.NDArray[np.float64] = bias * self.temperature
+        return out
 
     def user_embeddings(self, inputs: UserInputs) -> npt.NDArray[np.float32]:
         """(users, D) query embeddings of the given user inputs."""
@@ -242,6 +316,12 @@ class TrainedTowers:
             brand_table=items.brand_embedding.embeddings.numpy(),
             item_categories=items.category_codes.numpy(),
             item_brands=items.brand_codes.numpy(),
+            tag_table=(
+                items.tag_embedding.embeddings.numpy()
+                if items.tag_embedding is not None
+                else np.zeros((1, 0), dtype=np.float32)
+            ),
+            item_tags=items.tag_codes.numpy(),
             feature_tables=tuple(e.embeddings.numpy() for e in tower.feature_embeddings),
             kernels=tuple(layer.kernel.numpy() for layer in layers),
             biases=tuple(layer.bias.numpy() for layer in layers),
@@ -259,8 +339,14 @@ def _user_features(inputs: UserInputs) -> dict[str, Any]:
 
 def validation_recall(towers: TrainedTowers, validation: Validation, k: int) -> float:
     """Mean recall@k of the held-out items, the user's training items excluded."""
-    index = ItemIndex.build(quantize(towers.item_embeddings()))
-    queries = quantize(towers.user_embeddings(validation.inputs)).astype(np.float64)
+    items = towers.item_embeddings().astype(np.float64)
+    queries = towers.user_embeddings(validation.inputs).astype(np.float64)
+    offsets = towers.item_offsets()
+    if offsets is not None:
+        items = np.column_stack([items, served_offsets(offsets)])
+        queries = np.column_stack([queries, np.ones(len(queries))])
+    index = ItemIndex.build(quantize(items))
+    queries = quantize(queries).astype(np.float64)
     ranked, _ = index.search(queries, min(k, index.n_items), excluded=validation.seen)
     recalls = [
         np.isin(target, row).sum() / target.size
@@ -360,7 +446,8 @@ def train_two_tower(
     tables = ItemTables(items, params)
     user_tower = UserTower(vocabulary, tables, feature_sizes, params, seed)
     item_tower = ItemTower(tables, items, params)
-    model = TwoTowerModel(user_tower, item_tower, params.temperature)
+    bias = ItemBias(initial_item_bias(examples, n_items)) if params.item_bias else None
+    model = TwoTowerModel(user_tower, item_tower, params.temperature, bias)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate))
     features = {
         "user_id": examples.user_ids,
@@ -383,7 +470,7 @@ def train_two_tower(
         .map(lambda rows: {name: tf.gather(column, rows) for name, column in columns.items()})
         .prefetch(2)
     )
-    towers = TrainedTowers(user_tower, item_tower, n_items)
+    towers = TrainedTowers(user_tower, item_tower, n_items, bias, params.temperature)
     callback = _EarlyStopping(towers, validation, params.early_stopping_patience)
     model.fit(dataset, epochs=params.epochs, callbacks=[callback], verbose=0)
     towers.seconds = time.perf_counter() - started

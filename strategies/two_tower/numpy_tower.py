@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -17,9 +17,9 @@ L2_EPSILON = 1e-12  # as tf.math.l2_normalize
 class UserTowerWeights:
     """The trained user tower as arrays: the same maths as the TensorFlow model.
 
-    ``x = [user_table[row], mean over the history items (tokens > 0) of their id, category
-    and brand embeddings, feature_tables[j][code_j]..., numeric]``, then ReLU layers, a
-    linear projection and L2 normalisation.
+    ``x = [user_table[row], mean over the history items (tokens > 0) of their id, category,
+    brand (and, with tags, mean label) embeddings, feature_tables[j][code_j]..., numeric]``,
+    then ReLU layers, a linear projection and L2 normalisation.
     """
 
     vocabulary: npt.NDArray[np.str_]  # user ids with an id embedding: row i + 1 is vocabulary[i]
@@ -32,6 +32,12 @@ class UserTowerWeights:
     feature_tables: tuple[npt.NDArray[np.float32], ...]
     kernels: tuple[npt.NDArray[np.float32], ...]
     biases: tuple[npt.NDArray[np.float32], ...]
+    tag_table: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros((1, 0), dtype=np.float32)
+    )  # (labels + 1, E'); row 0 pads
+    item_tags: npt.NDArray[np.int32] = field(
+        default_factory=lambda: np.zeros((1, 0), dtype=np.int32)
+    )  # (items + 1, labels per item) label codes of each token; no columns without tags
 
     @cached_property
     def _rows(self) -> dict[str, int]:
@@ -73,11 +79,17 @@ class UserTowerWeights:
         parts = [self.user_table[user_rows].astype(np.float64)]
         mask = (history > 0).astype(np.float64)
         count = np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
-        for table in (
+        tables = [
             self.item_table[history],
             self.category_table[self.item_categories[history]],
             self.brand_table[self.item_brands[history]],
-        ):
+        ]
+        if self.item_tags.shape[1]:
+            codes = self.item_tags[history]  # (n, L, labels)
+            present = (codes > 0).astype(np.float64)[..., None]
+            labels = np.maximum(present.sum(axis=2), 1.0)
+            tables.append((self.tag_table[codes].astype(np.float64) * present).sum(axis=2) / labels)
+        for table in tables:
             summed = np.einsum("nl,nle->ne", mask, table.astype(np.float64))
             parts.append(summed / count)
         if self.feature_tables:

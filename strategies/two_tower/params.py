@@ -41,6 +41,14 @@ class TwoTowerParams(StrategyParams):
         0 trains for `epochs` without validation.
     purchase_weight
         Loss weight of a purchased item's example (a click has weight 1).
+    cold_start_dropout
+        Probability that a training example hides both the user id and the history, so the
+        tower learns to serve a user known only by their profile (or nothing: popularity
+        through the item bias).
+    item_bias
+        Add a learned per-item logit offset (started at the log of the item's frequency) to
+        the cosine score: popularity need not be carved out of the unit-norm embeddings.
+        Served as one more embedding component (a 1 in known users' queries).
     user_id_dropout
         Probability that a training example hides its user id (out-of-vocabulary row), so the
         tower learns to serve unseen users from their history alone.
@@ -59,3 +67,5 @@ class TwoTowerParams(StrategyParams):
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
     purchase_weight: float = Field(default=5.0, gt=0.0, le=1000.0, allow_inf_nan=False)
     user_id_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
+    item_bias: bool = False
+    cold_start_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)

@@ -45,6 +45,18 @@ def quantize(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return out
 
 
+MAX_SERVED_OFFSET = 0.5
+"""|temperature * b_item| is clipped to this when served: scores stay within the exclusion
+penalty's reach (see serving.EXCLUDED_PENALTY) and the quantised dot products exact."""
+
+
+def served_offsets(offsets: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Item offsets centred on their median (a shift ranks alike) and clipped for serving."""
+    centred = offsets - np.median(offsets) if offsets.size else offsets
+    out: npt.NDArray[np.float64] = np.clip(centred, -MAX_SERVED_OFFSET, MAX_SERVED_OFFSET)
+    return out
+
+
 def _ranked(
     rows: Int64Array, cols: Int64Array, values: Float64Array, n_rows: int, k: int
 ) -> Int64Array:

@@ -26,7 +26,7 @@ from strategies.two_tower.data import (
     user_inputs,
 )
 from strategies.two_tower.params import TwoTowerParams
-from strategies.two_tower.serving import ItemIndex, quantize
+from strategies.two_tower.serving import ItemIndex, quantize, served_offsets
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ class TwoTowerStrategy(BaseStrategy):
     through the same exact top-k (and exclusions). A user without a stored embedding but
     with context in the request (current item, cart items) is embedded by the NumPy user
     tower from those items with the out-of-vocabulary id row (user-id dropout trains it).
+    With `item_bias`, one more axis sits before the popularity axis: items carry
+    ``temperature * b_item`` there and every model query a 1 (the default query a 0).
+
+    Features used when the catalogue and profiles have them: item category, brand, price and
+    tags (a bag of labels, e.g. genres) in the item tower and, averaged over the user's
+    recent items, in the user tower; profile columns (`InteractionLog.user_features`) as
+    categorical or numeric inputs of the user tower. A catalogue with ids only trains on
+    the ids alone.
     """
 
     kind = "two_tower"
@@ -117,7 +125,13 @@ class TwoTowerStrategy(BaseStrategy):
         tower = towers.numpy_user_tower()
         purchased_indptr, purchased_items = _purchases_by_row(sequences, known.astype(str))
         popularity = _popularity_axis(sequences, len(history.catalog), self.seed)
-        user_embeddings = towers.user_embeddings(inputs)
+        item_matrix = towers.item_embeddings().astype(np.float64)
+        user_embeddings = towers.user_embeddings(inputs).astype(np.float64)
+        offsets = towers.item_offsets()
+        if offsets is not None:
+            # The item bias is one more axis: temperature * b_item, and 1 in every query.
+            item_matrix = np.column_stack([item_matrix, served_offsets(offsets)])
+            user_embeddings = np.column_stack([user_embeddings, np.ones(len(user_embeddings))])
         training = {
             "fallback": None,
             "examples": len(examples),
@@ -129,12 +143,12 @@ class TwoTowerStrategy(BaseStrategy):
         }
         self._artifact = TwoTowerArtifact(
             catalog=history.catalog,
-            item_embeddings=quantize(np.column_stack([towers.item_embeddings(), popularity])),
+            item_embeddings=quantize(np.column_stack([item_matrix, popularity])),
             user_ids=known.astype(str),
             user_embeddings=quantize(_with_popularity(user_embeddings, 0.0)),
             purchased_indptr=purchased_indptr,
             purchased_items=purchased_items,
-            default_embedding=_popularity_query(tower.output_dim),
+            default_embedding=_popularity_query(item_matrix.shape[1]),
             user_tower=tower,
             feature_encoder=encoder,
             manifest=self._manifest(history, sequences, encoder, training),
@@ -227,8 +241,10 @@ class TwoTowerStrategy(BaseStrategy):
         """
         if self.fallback_reason is not None:
             return None
+        tower = self.artifact.user_tower
+        width = tower.output_dim if tower is not None else self.artifact.dim - 1
         vectors: npt.NDArray[np.float64] = np.asarray(
-            self.artifact.item_embeddings[:, :-1], dtype=np.float64
+            self.artifact.item_embeddings[:, :width], dtype=np.float64
         )
         return vectors
 
@@ -298,7 +314,12 @@ class TwoTowerStrategy(BaseStrategy):
             default: npt.NDArray[np.float64] = self._default
             return default
         # One user at a time, so the query does not depend on the batch it came in.
-        query = _with_popularity(self.embed_history(items), 0.0)
+        embedded = self.embed_history(items)
+        offset_axes = self.artifact.dim - 1 - embedded.shape[1]  # 1 with an item bias
+        query = _with_popularity(
+            np.column_stack([embedded, np.ones((1, offset_axes))]) if offset_axes else embedded,
+            0.0,
+        )
         served: npt.NDArray[np.float64] = quantize(query)[0].astype(np.float64)
         return served
 
@@ -401,7 +422,7 @@ def _with_popularity(queries: npt.ArrayLike, weight: float) -> npt.NDArray[np.fl
 
 
 def _popularity_query(model_dim: int) -> npt.NDArray[np.float32]:
-    """The default query: zero on the model's axes, one on the popularity axis."""
+    """The default query: zero on the model's axes (and item-bias axis), one on popularity."""
     query = np.zeros(model_dim + 1, dtype=np.float32)
     query[-1] = 1.0
     return query

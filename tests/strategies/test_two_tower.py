@@ -114,6 +114,9 @@ class TestParams:
             ("validation_fraction", 1.0, "less than 1"),
             ("purchase_weight", 0, "greater than 0"),
             ("user_id_dropout", 1.0, "less than 1"),
+            ("cold_start_dropout", -0.1, "greater than or equal to 0"),
+            ("cold_start_dropout", 1.0, "less than 1"),
+            ("item_bias", "perhaps", "valid boolean"),
             ("hidden_units", [16, 0], "greater than or equal to 1"),
         ],
     )

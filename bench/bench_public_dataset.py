@@ -1,0 +1,291 @@
+"""Offline quality on MovieLens 100K: two-tower vs popularity vs random, through our storage.
+
+The data comes from an installed package, never from the network at run time: RecBole's
+wheel ships ML-100K under ``recbole/dataset_example/ml-100k`` (ratings with timestamps,
+movie genres, user age, gender and occupation). RecBole itself needs torch and ray, which
+we do not use, so install it without dependencies (its files are only read, never imported):
+
+    .venv/bin/pip install --no-deps recbole==1.2.1
+
+MovieLens' licence forbids redistribution: nothing of it is committed here. The bench
+ingests the movies (genres as ``tags``), the users (profile features) and the ratings (each
+rating is an implicit positive, type ``click`` with the rating as ``value``, as the TFRS
+tutorial treats them) into a temporary SQLite database with the project's storage, reads the
+history back with `load_history`, splits it, fits every strategy on the training part and
+scores the top K of every held-out user.
+
+Splits (both printed): ``random``, the TFRS tutorial's 80/20 random split of the ratings,
+and ``time``, a global temporal split (the last 20% of ratings by time are held out; users
+first seen after the cut are cold users, served by each strategy's cold-start path). The
+metrics are computed twice: with the items a user rated in training excluded from their
+top K (our default) and with them kept (``include seen``, the TFRS tutorial's protocol).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from abplatform.catalog_ingest import ingest_catalog
+from abplatform.domain import InteractionLog
+from abplatform.storage.db import open_database
+from abplatform.storage.history import load_history
+from strategies.offline import (
+    RandomSplit,
+    TimeSplit,
+    held_out_targets,
+    score_strategy,
+    split_history,
+)
+from strategies.popularity import PopularityStrategy
+from strategies.random_items import RandomStrategy
+from strategies.two_tower import TwoTowerStrategy
+
+PACKAGE = "recbole"
+DATA_DIR = "recbole/dataset_example/ml-100k"
+CATALOG = "ml-100k"
+AGE_BANDS = ((18, "under 18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"))
+
+TWO_TOWER_PARAMS: dict[str, Any] = {
+    "embedding_dim": 64,
+    "hidden_units": [128],
+    "epochs": 20,
+    "batch_size": 512,
+    "learning_rate": 0.003,
+    "history_length": 100,
+    "temperature": 0.1,
+    "l2": 1e-5,
+    "early_stopping_patience": 2,
+    "validation_fraction": 0.1,
+    "user_id_dropout": 0.2,
+    "cold_start_dropout": 0.2,
+    "item_bias": True,
+    "exclude_purchased": False,
+}
+"""The two-tower as benchmarked (see bench/README.md for how it got there)."""
+
+
+@dataclass(frozen=True)
+class MovieLens:
+    """ML-100K as parsed columns."""
+
+    item_ids: list[str]
+    titles: list[str]
+    genres: list[str]  # "|"-joined
+    user_ids: list[str]
+    profiles: list[dict[str, str]]
+    rating_users: list[str]
+    rating_items: list[str]
+    ratings: list[float]
+    timestamps: npt.NDArray[np.int64]
+
+
+def dataset_dir() -> Path:
+    """Where the installed package keeps ML-100K (found without importing the package)."""
+    try:
+        dist = distribution(PACKAGE)
+    except PackageNotFoundError:
+        raise SystemExit(
+            f"{PACKAGE} is not installed; install its data (not its torch/ray dependencies): "
+            f".venv/bin/pip install --no-deps {PACKAGE}==1.2.1"
+        ) from None
+    path = Path(str(dist.locate_file(DATA_DIR)))
+    if not (path / "ml-100k.inter").is_file():
+        raise SystemExit(f"{path}/ml-100k.inter is missing from {PACKAGE} {dist.version}")
+    return path
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        next(handle)  # RecBole's typed header (name:type)
+        return [line.rstrip("\n").split("\t") for line in handle if line.strip()]
+
+
+def age_band(age: str) -> str:
+    """MovieLens 1M's age bands for a raw age."""
+    years = int(age)
+    for upper, band in AGE_BANDS:
+        if years < upper:
+            return band
+    return "50-55" if years < 56 else "56+"
+
+
+def read_movielens(path: Path) -> MovieLens:
+    """Parse the ratings, the movies (title, genres) and the users (age, gender, occupation)."""
+    items = _rows(path / "ml-100k.item")
+    users = _rows(path / "ml-100k.user")
+    inter = _rows(path / "ml-100k.inter")
+    return MovieLens(
+        item_ids=[r[0] for r in items],
+        titles=[r[1] for r in items],
+        genres=["|".join(r[3].split()) for r in items],
+        user_ids=[r[0] for r in users],
+        profiles=[{"age_band": age_band(r[1]), "gender": r[2], "occupation": r[3]} for r in users],
+        rating_users=[r[0] for r in inter],
+        rating_items=[r[1] for r in inter],
+        ratings=[float(r[2]) for r in inter],
+        timestamps=np.array([int(float(r[3])) for r in inter], dtype=np.int64),
+    )
+
+
+def write_csvs(data: MovieLens, folder: Path) -> dict[str, Path]:
+    """The dataset as the three CSV files `abplatform ingest` reads."""
+    files = {name: folder / f"{name}.csv" for name in ("items", "users", "interactions")}
+    with files["items"].open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["item_id", "title", "tags"])
+        out.writerows(zip(data.item_ids, data.titles, data.genres, strict=True))
+    with files["users"].open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["user_id", "age_band", "gender", "occupation"])
+        for user, profile in zip(data.user_ids, data.profiles, strict=True):
+            out.writerow([user, profile["age_band"], profile["gender"], profile["occupation"]])
+    with files["interactions"].open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["user_id", "item_id", "timestamp", "type", "value"])
+        out.writerows(
+            zip(
+                data.rating_users,
+                data.rating_items,
+                data.timestamps.tolist(),
+                ["click"] * len(data.ratings),
+                data.ratings,
+                strict=True,
+            )
+        )
+    return files
+
+
+def ingest(folder: Path, data: MovieLens) -> InteractionLog:
+    """Ingest the CSVs as `abplatform ingest` does into a fresh SQLite file; read it back."""
+    files = write_csvs(data, folder)
+    engine = open_database(f"sqlite:///{folder}/bench.db")
+    ingest_catalog(
+        engine,
+        CATALOG,
+        items=files["items"],
+        users=files["users"],
+        interactions=files["interactions"],
+    )
+    with engine.connect() as conn:
+        history = load_history(conn, CATALOG)
+    engine.dispose()
+    return history
+
+
+def strategies_to_compare(
+    quick: bool, seed: int, overrides: dict[str, Any]
+) -> dict[str, Callable[[], Any]]:
+    """Fresh, unfitted strategies by variant name."""
+    params = dict(TWO_TOWER_PARAMS)
+    if quick:
+        params.update(epochs=4, early_stopping_patience=1)
+    params.update(overrides)
+    return {
+        "two_tower": lambda: TwoTowerStrategy(params, seed=seed),
+        # Popularity over the whole training history (ML-100K spans seven months).
+        "popularity": lambda: PopularityStrategy({"window_days": 3650}, seed=seed),
+        "random": lambda: RandomStrategy({}, seed=seed),
+    }
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]], ks: Sequence[int]) -> None:
+    """A fixed-width table of one split and protocol."""
+    columns = [
+        *(f"hit@{k}" for k in ks),
+        *(f"recall@{k}" for k in ks),
+        f"ndcg@{min(ks)}",
+        f"coverage@{max(ks)}",
+    ]
+    print(f"\n{title}")
+    header = f"{'variant':<12}" + "".join(f"{c:>13}" for c in columns)
+    print(header + f"{'train s':>10}{'serve s':>10}")
+    for name, metrics in rows.items():
+        cells = "".join(f"{metrics[c]:>13.4f}" for c in columns)
+        print(
+            f"{name:<12}{cells}{metrics['train_seconds']:>10.1f}{metrics['serve_seconds']:>10.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=["random", "time", "both"], default="both")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--k", default="10,50,100")
+    parser.add_argument("--quick", action="store_true", help="fewer two-tower epochs")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--params", default="{}", help="JSON overriding two-tower params")
+    parser.add_argument("--only", default="", help="comma-separated variants to run")
+    args = parser.parse_args()
+    ks = sorted({int(k) for k in args.k.split(",")})
+
+    path = dataset_dir()
+    print(f"dataset: MovieLens 100K from {PACKAGE} {distribution(PACKAGE).version} ({path})")
+    clock = time.perf_counter()
+    data = read_movielens(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = ingest(Path(tmp), data)
+    print(
+        f"written as CSV, ingested into SQLite and read back in "
+        f"{time.perf_counter() - clock:.1f} s: "
+        f"{len(log):,} ratings, {np.unique(log.user_ids).size:,} users with profiles "
+        f"(age band, gender, occupation), {len(log.catalog):,} movies with genre tags"
+    )
+    splits = ["random", "time"] if args.split == "both" else [args.split]
+    results: dict[str, Any] = {}
+    for kind in splits:
+        split = (
+            RandomSplit(args.test_fraction, seed=args.seed)
+            if kind == "random"
+            else TimeSplit(args.test_fraction)
+        )
+        train, held, details = split_history(log, split, CATALOG)
+        protocols = {
+            "exclude seen": held_out_targets(train, held, include_seen=False),
+            "include seen": held_out_targets(train, held, include_seen=True),
+        }
+        details.update(protocols["exclude seen"].details)
+        print(f"\nsplit: {json.dumps(details)}")
+        tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in protocols}
+        variants = strategies_to_compare(args.quick, args.seed, json.loads(args.params))
+        for name, build in variants.items():
+            if args.only and name not in args.only.split(","):
+                continue
+            strategy = build()
+            clock = time.perf_counter()
+            strategy.fit(train)
+            train_seconds = time.perf_counter() - clock
+            if name == "two_tower":
+                record = strategy.artifact.manifest["training"]
+                curve = [round(e.get("val_recall@50", 0.0), 4) for e in record.get("epochs", [])]
+                print(
+                    f"two_tower: {record.get('epochs_run')} epochs, best "
+                    f"{record.get('best_epoch')}, validation recall@50 by epoch {curve}"
+                )
+            for protocol, targets in protocols.items():
+                metrics, serve = score_strategy(
+                    strategy, train, targets, ks, include_seen=protocol == "include seen"
+                )
+                metrics.update(train_seconds=train_seconds, serve_seconds=serve)
+                tables[protocol][name] = metrics
+        for protocol, rows in tables.items():
+            print_table(f"[{kind} split, {protocol}]", rows, ks)
+        results[kind] = {"split": details, **tables}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
