@@ -6,13 +6,14 @@ STAMP := $(VENV)/.abplatform-installed
 DEMO_DB ?= sqlite:///abplatform.db
 PG_CLUSTER = $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: help setup demo test check lint typecheck postgres bench clean
+.PHONY: help setup demo test check lint typecheck postgres bench bench-data clean
 
 help:
 	@echo "make demo   - set up, simulate examples/homepage_popularity.yaml, write report.html"
 	@echo "make test   - set up, start PostgreSQL if needed, run the whole test suite"
 	@echo "make check  - lint + typecheck + test"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make bench-data - install the MovieLens 100K wheel for bench/bench_public_dataset.py"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,10 @@ bench: setup
 	$(BIN)/python bench/bench_hashing.py
 	$(BIN)/python bench/bench_simulate.py
 	$(BIN)/python bench/bench_analyze.py
+
+# The RecBole wheel ships MovieLens 100K; its torch/ray dependencies are not needed to read it.
+bench-data: setup
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-bench.txt
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist report.html abplatform.db*

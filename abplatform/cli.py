@@ -168,6 +168,8 @@ def _print_simulation(result: Any) -> None:
         f"{result.users:,} users, {result.items:,} items, "
         f"{result.history_interactions:,} history interactions"
     )
+    for line in getattr(result, "notes", ()):
+        console.print(line)
 
 
 def _fmt(value: float | None) -> str:
@@ -196,14 +198,11 @@ def train(
     from rich.table import Table
 
     from abplatform.config.loader import load_experiment
-    from simulator.runner import simulation_catalog
     from strategies.training import format_table, train_experiment
 
     config = _run(lambda: load_experiment(file))
     engine = _open(db)
-    chosen = catalog or (
-        simulation_catalog(config) if config.simulation is not None else config.catalog_name
-    )
+    chosen = _history_catalog(config, catalog)
     run_seed = seed if seed is not None else (config.simulation.seed if config.simulation else 0)
     with Progress(
         TextColumn("{task.description:<28}"),
@@ -241,6 +240,172 @@ def train(
         table.add_row(*row)
     _console().print(table)
     _console(stderr=True).print(f"artifacts in {artifacts}", markup=False)
+
+
+def _history_catalog(config: Any, catalog: str | None) -> str:
+    """The catalogue whose history `train` and `evaluate` use: --catalog, else the simulated
+    one if the file has a `simulation:` block, else the file's `catalog:` (or "default")."""
+    from simulator.runner import simulation_catalog
+
+    if catalog:
+        return catalog
+    return simulation_catalog(config) if config.simulation is not None else config.catalog_name
+
+
+def _cutoffs(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        _fail(f"--k must be whole numbers separated by commas (got {text!r})", hint="--k 10,50,100")
+    if not ks or ks[0] < 1:
+        _fail(f"--k must list positive cut-offs (got {text!r})", hint="--k 10,50,100")
+    return ks
+
+
+@app.command()
+def evaluate(
+    file: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    db: DbOption = None,
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            "--test",
+            help="Held-out interactions CSV (user_id, item_id, timestamp[, type, value]); "
+            "the stored history is then all training data.",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="random (distinct user-item pairs) or time (latest interactions)."),
+    ] = None,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share held out by --split, in (0, 1).")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the split and the strategies.")] = 42,
+    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "10,50,100",
+    include_seen: Annotated[
+        bool,
+        typer.Option(
+            "--include-seen", help="Keep items the user met in training in the top-K (TFRS)."
+        ),
+    ] = False,
+    events: Annotated[
+        str | None,
+        typer.Option(help="Held-out types that count, comma-separated (default: all)."),
+    ] = None,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            help="Catalogue to evaluate on (default: the simulated one, else `catalog:`)."
+        ),
+    ] = None,
+    baselines: Annotated[
+        bool, typer.Option("--baselines/--no-baselines", help="Add popularity and random.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Compare every variant's strategy offline: hit, recall, NDCG, coverage @K on held-out data."""
+    from abplatform.catalog_ingest import INTERACTION_TYPES
+    from abplatform.config.loader import load_experiment
+    from abplatform.errors import AbplatformError, DataError
+    from strategies.offline import RandomSplit, TestFile, TimeSplit, evaluate_offline
+
+    ks = _cutoffs(k)
+    if not 0.0 < test_fraction < 1.0:
+        _fail(f"--test-fraction must be in (0, 1) (got {test_fraction!r})", hint="e.g. 0.2")
+    if test is not None and split is not None:
+        _fail("--test and --split exclude each other", hint="--test FILE holds out that file")
+    if split not in (None, "random", "time"):
+        _fail(f"unknown --split {split!r}", hint="use random or time")
+    targets = None
+    if events is not None:
+        targets = [e.strip() for e in events.split(",") if e.strip()]
+        unknown = [e for e in targets if e not in INTERACTION_TYPES]
+        if unknown or not targets:
+            _fail(
+                f"unknown --events {', '.join(unknown) or events!r}",
+                hint=f"use some of: {', '.join(INTERACTION_TYPES)}",
+            )
+    chosen_split = (
+        TestFile(test)
+        if test is not None
+        else TimeSplit(test_fraction)
+        if split == "time"
+        else RandomSplit(test_fraction, seed)
+    )
+    config = _run(lambda: load_experiment(file))
+    engine = _open(db)
+    chosen = _history_catalog(config, catalog)
+    with _progress_bar() as progress:
+        try:
+            report = evaluate_offline(
+                config,
+                engine,
+                split=chosen_split,
+                catalog=chosen,
+                ks=ks,
+                include_seen=include_seen,
+                baselines=baselines,
+                seed=seed,
+                target_events=targets,
+                progress=progress,
+            )
+        except DataError as exc:  # a bad --test file
+            progress.stop()
+            _console(stderr=True).print(f"[bold red]error:[/] {exc.message}", markup=True)
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+            if exc.hint:
+                print(f"hint: {exc.hint}", file=sys.stderr)
+            raise typer.Exit(USAGE_ERROR) from None
+        except AbplatformError as exc:
+            progress.stop()
+            _fail(exc.message, exc.hint)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        return
+    _print_offline(report)
+
+
+def _print_offline(report: Any) -> None:
+    from rich.table import Table
+
+    seen = "seen items kept" if report.include_seen else "seen items excluded"
+    table = Table(title=f"Offline evaluation on catalogue {report.catalog!r} ({seen})")
+    table.add_column("metric")
+    for result in report.results:
+        table.add_column(f"{result.name}\n({result.kind})", justify="right")
+    for name in report.metric_names():
+        table.add_row(name, *[_fmt4(r.metrics.get(name)) for r in report.results])
+    table.add_row("train seconds", *[f"{r.train_seconds:.2f}" for r in report.results])
+    table.add_row("serve seconds", *[f"{r.serve_seconds:.2f}" for r in report.results])
+    table.add_row(
+        "serve ms/user", *[f"{r.metrics['serve_ms_per_user']:.3f}" for r in report.results]
+    )
+    console = _console()
+    console.print(table)
+    split = report.split
+    how = {
+        "random": f"random {split.get('test_fraction')} of user-item pairs "
+        f"(seed {split.get('seed')})",
+        "time": f"interactions from {split.get('cutoff')} on",
+        "file": f"held-out file {split.get('test_file')}",
+        "log": f"held-out log {split.get('test_log')}",
+    }[split["kind"]]
+    console.print(
+        f"split: {how}; {split['train_interactions']:,} training and "
+        f"{split['test_interactions']:,} held-out interactions; {split['test_pairs']:,} held-out "
+        f"user-item pairs of {split['test_users']:,} users ({split['cold_users']:,} cold, served "
+        f"by each strategy's cold-start path); {split['seen_pairs_dropped']:,} pairs already "
+        "met in training dropped",
+        markup=False,
+    )
+    if report.skipped:
+        console.print(f"variants without a strategy: {', '.join(report.skipped)}", markup=False)
+
+
+def _fmt4(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"
 
 
 @app.command()
@@ -298,48 +463,149 @@ def report(
 
 @app.command()
 def ingest(
-    file: Annotated[Path, typer.Argument(help="Experiment YAML file the logs belong to.")],
+    file: Annotated[Path, typer.Argument(help="Experiment YAML file the data belongs to.")],
     exposures: Annotated[
         Path | None, typer.Option(help="CSV: unit_id, variant, timestamp[, propensity, ...]")
     ] = None,
     events: Annotated[
         Path | None, typer.Option(help="CSV: unit_id, type, timestamp[, event_id, item_id, value]")
     ] = None,
+    items: Annotated[
+        Path | None,
+        typer.Option(help="CSV: item_id[, category, brand, price, title, tags (a|b|c)]"),
+    ] = None,
+    interactions: Annotated[
+        Path | None, typer.Option(help="CSV: user_id, item_id, timestamp[, type, value]")
+    ] = None,
+    users: Annotated[Path | None, typer.Option(help="CSV: user_id[, any profile columns]")] = None,
+    catalog: Annotated[
+        str | None, typer.Option(help="Catalogue to load into (default: the file's `catalog:`).")
+    ] = None,
     db: DbOption = None,
 ) -> None:
-    """Load real exposure and event logs (all or nothing), ready for `analyze`."""
+    """Load real logs, catalogue, users and history (all files or nothing)."""
+    from abplatform.catalog_ingest import CatalogIngestSummary, ingest_catalog, load_catalog_files
     from abplatform.config.loader import load_experiment
     from abplatform.errors import DataError
     from abplatform.ingest import ingest_logs
 
-    if exposures is None and events is None:
-        _fail("nothing to ingest", hint="pass --exposures FILE and/or --events FILE")
+    logs = exposures is not None or events is not None
+    shop = items is not None or interactions is not None or users is not None
+    if not logs and not shop:
+        _fail(
+            "nothing to ingest",
+            hint="pass --exposures/--events (experiment logs) and/or "
+            "--items/--interactions/--users (catalogue and history)",
+        )
     config = _run(lambda: load_experiment(file))
     engine = _open(db)
-    try:
-        summary = ingest_logs(engine, config, exposures, events)
-    except DataError as exc:
-        err = _console(stderr=True)
-        err.print(f"[bold red]error:[/] {exc.message}", markup=True)
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        print("nothing was written", file=sys.stderr)
-        raise typer.Exit(USAGE_ERROR) from None
-    except Exception as exc:
-        from abplatform.errors import AbplatformError
+    target = catalog or config.catalog_name
+    loaded: list[CatalogIngestSummary] = []
+    with _progress_bar() as progress:
 
-        if isinstance(exc, AbplatformError):
-            _fail(exc.message, exc.hint)
-        raise
-    print(
-        f"{config.key}: {summary.exposures:,} exposures, {summary.events:,} new events "
-        f"({summary.duplicate_events:,} duplicates skipped), {summary.units:,} units"
-        + (
-            f"; {summary.duplicate_exposures:,} exposures already stored were skipped"
-            if summary.duplicate_exposures
-            else ""
+        def load_shop(conn: Any) -> None:
+            loaded.append(
+                load_catalog_files(
+                    conn,
+                    target,
+                    items=items,
+                    interactions=interactions,
+                    users=users,
+                    progress=progress,
+                )
+            )
+
+        try:
+            if logs:
+                summary = ingest_logs(
+                    engine, config, exposures, events, also=load_shop if shop else None
+                )
+            else:
+                loaded.append(
+                    ingest_catalog(
+                        engine,
+                        target,
+                        items=items,
+                        interactions=interactions,
+                        users=users,
+                        progress=progress,
+                    )
+                )
+        except DataError as exc:
+            progress.stop()
+            err = _console(stderr=True)
+            err.print(f"[bold red]error:[/] {exc.message}", markup=True)
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+            print("nothing was written", file=sys.stderr)
+            raise typer.Exit(USAGE_ERROR) from None
+        except Exception as exc:
+            from abplatform.errors import AbplatformError
+
+            if isinstance(exc, AbplatformError):
+                progress.stop()
+                _fail(exc.message, exc.hint)
+            raise
+    if logs:
+        print(
+            f"{config.key}: {summary.exposures:,} exposures, {summary.events:,} new events "
+            f"({summary.duplicate_events:,} duplicates skipped), {summary.units:,} units"
+            + (
+                f"; {summary.duplicate_exposures:,} exposures already stored were skipped"
+                if summary.duplicate_exposures
+                else ""
+            )
         )
-    )
+    for shop_summary in loaded:
+        print(shop_summary.describe())
+
+
+class _Bar:
+    """A rich progress bar fed by `progress(stage, done, total)`; shown only on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = _console(stderr=True)
+        self.bar = (
+            Progress(
+                TextColumn("{task.description:<28}"),
+                BarColumn(),
+                TextColumn("{task.completed:,}/{task.total:,}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
+            if console.is_terminal
+            else None
+        )
+        self.tasks: dict[str, Any] = {}
+        self.started = False
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if not self.started:
+            self.bar.start()
+            self.started = True
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.bar is not None and self.started:
+            self.bar.stop()
+            self.started = False
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _progress_bar() -> _Bar:
+    return _Bar()
 
 
 @app.command("list")
@@ -390,7 +656,7 @@ def serve(
         typer.Option(
             min=1,
             max=64,
-            help="Worker processes (default: 1 on SQLite, one writer at a time; else CPU count).",
+            help="Worker processes (default: the CPU count).",
         ),
     ] = None,
     no_auth: Annotated[
@@ -404,8 +670,16 @@ def serve(
 
     from abplatform.storage.db import URL_ENV, resolve_url
 
+    # One BLAS thread per process (read when NumPy loads, so before `_open` imports it):
+    # the workers already share the cores, and multithreaded BLAS on a busy machine makes
+    # a 16-row top-k several times slower.
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    # The workers accept from one shared socket; libuv (uvloop) otherwise accepts every
+    # pending connection at once, so one worker took most of 8 connections (100% vs 16%
+    # CPU). One accept per turn spreads them.
+    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     engine = _open(db)  # migrate SQLite / fail early on an un-migrated PostgreSQL
-    sqlite = engine.dialect.name == "sqlite"
     engine.dispose()
     os.environ[URL_ENV] = resolve_url(db)
     os.environ["ABPLATFORM_API_AUTH"] = "false" if no_auth else "true"
@@ -420,7 +694,11 @@ def serve(
         factory=True,
         host=host,
         port=port,
-        workers=workers or (1 if sqlite else os.cpu_count() or 1),
+        # One process per core: requests never wait on the database (writes are batched by
+        # each process' writer thread), so the processes share the CPU, not a lock.
+        workers=workers or os.cpu_count() or 1,
+        loop="uvloop",
+        http="httptools",
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=30,

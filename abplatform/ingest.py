@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import EVENT_TYPES
 from abplatform.errors import DataError
-from abplatform.storage.bulk import bulk_insert, seconds_to_sql
+from abplatform.storage.bulk import bulk_insert, reserve_ids, seconds_to_sql
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import save_experiment
 
@@ -483,6 +483,8 @@ class _Load:
                 self.conn,
                 "exposures",
                 {
+                    # Reserved like the API's writer does, so a running server's ids never clash.
+                    "id": reserve_ids(self.conn, "exposures", len(chunk)),
                     "experiment_id": [self.experiment_id] * len(chunk),
                     "variant": variants,
                     "unit_id": units,

@@ -1,35 +1,56 @@
-"""Buffered writer: exposures, impressions and events go to SQL in group commits.
+"""Buffered writer: exposures, impressions and events go to SQL in set-based group commits.
 
-Requests hand their rows to `BufferedWriter.submit` and await the returned future,
-which resolves only after the transaction holding their rows has committed (so a 2xx
-means durable). One writer thread drains everything queued since its last commit
-into the next transaction: under load many requests share one commit, idle latency
-is one commit. The queue is bounded in rows; a full queue raises `WriterFull`
-(HTTP 503 + Retry-After), it never drops rows.
+Two ways to hand rows over:
+
+- `record(exposures)` (assignments): exposure ids come from blocks reserved up front, the
+  rows are appended to this process' journal (when one is configured) and queued, and the
+  ids return at once: no database round trip and no commit wait per request. Rows accepted
+  this way are retried until the database takes them; if the process dies first, the
+  journal is replayed (idempotently, by exposure id) at the next start-up.
+- `submit(exposures, events)` (events): the returned future resolves after the
+  transaction holding the rows has committed, so the answer can say how many events were
+  new and how many duplicates (ON CONFLICT (event_id) DO NOTHING).
+
+One writer thread drains the queue every `flush_interval` seconds or `flush_rows` rows
+(at once when a submission is waiting for its commit). The queue is bounded in rows; a
+full queue raises `WriterFull` (HTTP 503 + Retry-After), it never drops rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, insert
+import orjson
+from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from abplatform.journal import Journal, Segment
 from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert
+from abplatform.storage.bandit import BanditFeedback
+from abplatform.storage.bulk import bulk_insert, id_mark_path, reserve_above_mark, reserve_ids
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 200_000
 DEFAULT_FLUSH_ROWS = 20_000
+DEFAULT_FLUSH_INTERVAL = 0.005
+ID_BLOCK = 1024
+# Accepted rows the database refuses for good (e.g. their experiment was deleted) are kept
+# here, one JSON line per submission, instead of being retried forever.
+REJECTED_FILE = "rejected.jsonl"
 
 
 class WriterFull(Exception):
@@ -57,6 +78,8 @@ class ExposureRow:
     scene: str | None
     context: dict[str, Any] | None
     items: tuple[str, ...]
+    # The bandit weight version the decision was drawn from; None for hashed experiments.
+    weight_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,12 +105,16 @@ class WriteResult:
     duplicate_events: int
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     exposures: Sequence[ExposureRow]
+    exposure_ids: Sequence[int]
     events: Sequence[EventRow]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[WriteResult]
+    # None: accepted (`record`), the rows must reach the database whatever happens.
+    future: asyncio.Future[WriteResult] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    segment: Segment | None = None
+    line: bytes = b""
     rows: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,8 +130,167 @@ def _resolve(future: asyncio.Future[WriteResult], result: WriteResult | BaseExce
         future.set_result(result)
 
 
+def _sqlite_file(engine: Engine) -> Path | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database).resolve()
+
+
+class ExposureIds:
+    """Exposure ids reserved in blocks before they are needed, so assigning never waits.
+
+    PostgreSQL: `nextval` of the id sequence, a block per round trip. SQLite: the next id
+    above both MAX(id) and a high-water mark kept in `<db file>.exposure-ids` under `flock`,
+    so several server processes on one file never hand out the same id; `simulate` and
+    `ingest` reserve through the same mark (`storage.bulk.reserve_ids`).
+    """
+
+    def __init__(self, engine: Engine, block: int = ID_BLOCK) -> None:
+        self.engine = engine
+        self.block = block
+        self._free: deque[range] = deque()
+        self._available = 0
+        self._lock = threading.Lock()
+        self._refilling = False
+        self._mark = None
+        if _sqlite_file(engine) is not None:
+            self._mark = id_mark_path(engine.url.database, "exposures")
+        self._local_next = 0  # in-memory SQLite: one process, ids above MAX(id)
+
+    def take(self, n: int) -> list[int]:
+        """`n` fresh ids; reserves a block synchronously only if the reserve ran dry."""
+        ids: list[int] = []
+        while len(ids) < n:
+            with self._lock:
+                while self._free and len(ids) < n:
+                    first = self._free[0]
+                    count = min(n - len(ids), len(first))
+                    ids.extend(first[:count])
+                    self._available -= count
+                    if count == len(first):
+                        self._free.popleft()
+                    else:
+                        self._free[0] = first[count:]
+            if len(ids) < n:
+                self.refill(max(self.block, n - len(ids)))
+        return ids
+
+    @property
+    def low(self) -> bool:
+        """Whether less than half a block is left (time to reserve the next one)."""
+        return self._available < self.block // 2 and not self._refilling
+
+    def refill(self, n: int | None = None) -> None:
+        """Reserve another block (called from a thread; one database round trip)."""
+        self._refilling = True
+        try:
+            fresh = self._reserve(n or self.block)
+        finally:
+            self._refilling = False
+        with self._lock:
+            self._free.extend(fresh)
+            self._available += sum(len(run) for run in fresh)
+
+    def _reserve(self, n: int) -> list[range]:
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as conn:
+                ids = reserve_ids(conn, "exposures", n).tolist()
+            # nextval hands out increasing values, interleaved with other sessions': keep
+            # the contiguous runs.
+            runs: list[range] = []
+            start = previous = ids[0]
+            for value in ids[1:]:
+                if value != previous + 1:
+                    runs.append(range(start, previous + 1))
+                    start = value
+                previous = value
+            runs.append(range(start, previous + 1))
+            return runs
+        with self.engine.connect() as conn:
+            top = int(conn.execute(select(func.coalesce(func.max(m.Exposure.id), 0))).scalar_one())
+        if self._mark is None:
+            start = max(top + 1, self._local_next)
+            self._local_next = start + n
+            return [range(start, start + n)]
+        start = reserve_above_mark(self._mark, top, n)
+        return [range(start, start + n)]
+
+
+def journal_line(ids: Sequence[int], rows: Sequence[ExposureRow]) -> bytes:
+    """One journal line: the exposures of a submission with their ids (JSON, no NUL byte)."""
+    return (
+        orjson.dumps(
+            [
+                [
+                    exposure_id,
+                    r.experiment_id,
+                    r.variant,
+                    r.unit_id,
+                    r.ts,
+                    r.propensity,
+                    r.bucket,
+                    r.scene,
+                    r.context,
+                    r.items,
+                    r.weight_version,
+                ]
+                for exposure_id, r in zip(ids, rows, strict=True)
+            ]
+        )
+        + b"\n"
+    )
+
+
+def _decode(line: bytes) -> tuple[list[int], list[ExposureRow]]:
+    ids: list[int] = []
+    rows: list[ExposureRow] = []
+    for item in orjson.loads(line):
+        ids.append(int(item[0]))
+        rows.append(
+            ExposureRow(
+                experiment_id=item[1],
+                variant=item[2],
+                unit_id=item[3],
+                ts=datetime.fromisoformat(item[4]),
+                propensity=item[5],
+                bucket=item[6],
+                scene=item[7],
+                context=item[8],
+                items=tuple(item[9]),
+                weight_version=item[10] if len(item) > 10 else None,
+            )
+        )
+    return ids, rows
+
+
+def replay_journal(
+    engine: Engine, lines: list[bytes], bandit: BanditFeedback | None = None
+) -> None:
+    """Insert the exposures of journal lines, skipping those already stored (one commit);
+    with `bandit`, per-request bandit exposures count as trials (once, by exposure id)."""
+    ids: list[int] = []
+    rows: list[ExposureRow] = []
+    for line in lines:
+        line_ids, line_rows = _decode(line)
+        ids += line_ids
+        rows += line_rows
+    with engine.begin() as conn:
+        _write_exposures(conn, ids, rows, idempotent=True)
+        if bandit is not None:
+            bandit.apply(conn, ids, rows, [])
+
+
 class BufferedWriter:
-    """Group-committing writer thread with a bounded queue (see the module docstring)."""
+    """Group-committing writer thread with a bounded queue (see the module docstring).
+
+    Threads: rows are handed over by the event loop's thread only (`record`, `submit`,
+    `close`) and taken by the writer thread only. The hand-over takes no lock: the deque's
+    append/popleft are atomic, and every counter has a single writing thread (accepted rows
+    on one side, written rows on the other). The condition only wakes the writer thread
+    early (a caller awaits a commit, or `flush_rows` are queued); otherwise it looks every
+    `flush_interval` seconds.
+    """
 
     def __init__(
         self,
@@ -112,139 +298,365 @@ class BufferedWriter:
         *,
         max_rows: int = DEFAULT_MAX_ROWS,
         flush_rows: int = DEFAULT_FLUSH_ROWS,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        journal: Journal | None = None,
+        bandit: BanditFeedback | None = None,
     ) -> None:
         self.engine = engine
+        # Bandit trials and rewards are counted in the transaction of their rows.
+        self.bandit = bandit
         self.max_rows = max_rows
         self.flush_rows = flush_rows
+        self.flush_interval = flush_interval
+        self.journal = journal
+        self.exposure_ids = ExposureIds(engine)
+        sqlite_file = _sqlite_file(engine)
+        self._turn_file = None
+        if sqlite_file is not None:
+            self._turn_file = sqlite_file.with_name(sqlite_file.name + ".writer-turn")
         self._jobs: deque[_Job] = deque()
-        self._pending_rows = 0
+        self._accepted_rows = 0  # event loop thread only
+        self._written_rows = 0  # writer thread only (committed or refused for good)
+        self._urgent = False
         self._closed = False
-        self._cond = threading.Condition()
+        self._give_up_at = float("inf")
+        self._cond = threading.Condition(threading.Lock())
         self._thread = threading.Thread(target=self._run, name="abplatform-writer", daemon=True)
         self.commits = 0
 
     def start(self) -> None:
-        """Start the writer thread."""
+        """Open the journal, reserve the first block of exposure ids, start the thread."""
+        if self.journal is not None:
+            self.journal.open()
+        self.exposure_ids.refill()
         self._thread.start()
 
     @property
     def pending_rows(self) -> int:
         """Rows queued and not yet committed."""
-        return self._pending_rows
+        return self._accepted_rows - self._written_rows
+
+    def record(self, exposures: Sequence[ExposureRow]) -> list[int]:
+        """Accept exposures: reserve their ids, journal and queue them; return the ids.
+
+        Raises WriterFull/WriterClosed (nothing accepted). Accepted rows reach the database
+        without the caller waiting (retried on failure; replayed from the journal after a
+        crash).
+        """
+        self._check(len(exposures))
+        ids = self._ids(len(exposures))
+        job = _Job(exposures, tuple(ids), ())
+        if self.journal is not None:
+            job.line = journal_line(ids, exposures)
+            job.segment = self.journal.append(job.line)
+        self._enqueue(job)
+        return ids
 
     def submit(
         self, exposures: Sequence[ExposureRow], events: Sequence[EventRow]
     ) -> asyncio.Future[WriteResult]:
         """Queue rows; the future resolves after their commit. Raises WriterFull/WriterClosed."""
+        self._check(len(exposures) + len(events))
         loop = asyncio.get_running_loop()
-        job = _Job(exposures, events, loop, loop.create_future())
-        with self._cond:
-            if self._closed:
-                raise WriterClosed("the server is shutting down")
-            if self._pending_rows and self._pending_rows + job.rows > self.max_rows:
-                raise WriterFull(f"{self._pending_rows} rows are waiting to be written")
-            self._jobs.append(job)
-            self._pending_rows += job.rows
-            self._cond.notify()
-        return job.future
+        job = _Job(exposures, self._ids(len(exposures)), events, loop.create_future(), loop)
+        self._enqueue(job)
+        return job.future  # type: ignore[return-value]
 
-    async def close(self) -> None:
-        """Stop accepting rows, write everything queued, and stop the thread."""
+    async def flush(self) -> None:
+        """Wait until everything accepted before this call has committed."""
+        await self.submit((), ())
+
+    def _check(self, rows: int) -> None:
+        if self._closed:
+            raise WriterClosed("the server is shutting down")
+        pending = self.pending_rows
+        if pending and pending + rows > self.max_rows:
+            raise WriterFull(f"{pending} rows are waiting to be written")
+
+    def _ids(self, n: int) -> list[int]:
+        if n == 0:
+            return []
+        ids = self.exposure_ids.take(n)
+        if self.exposure_ids.low:
+            self._wake()  # the writer thread reserves the next block
+        return ids
+
+    def _enqueue(self, job: _Job) -> None:
+        self._jobs.append(job)
+        self._accepted_rows += job.rows
+        if job.future is not None:
+            self._urgent = True
+            self._wake()
+        elif self.pending_rows >= self.flush_rows:
+            self._wake()
+
+    def _wake(self) -> None:
         with self._cond:
-            self._closed = True
             self._cond.notify()
+
+    async def close(self, timeout: float = 25.0) -> None:
+        """Stop accepting rows, write everything queued, stop the thread, close the journal.
+
+        If the database does not take the queued rows within `timeout` seconds, the journal
+        keeps them for the next start-up.
+        """
+        self._give_up_at = time.monotonic() + timeout
+        self._closed = True
+        self._wake()
         if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join)
+            await asyncio.to_thread(self._thread.join, timeout)
+        if self.journal is not None and not self._thread.is_alive():
+            kept = self.journal.close()
+            if kept:
+                log.error("%d accepted submissions are left to the journal's replay", kept)
 
     def _take(self) -> list[_Job] | None:
+        seen: float | None = None  # when the writer first saw rows waiting
         with self._cond:
-            while not self._jobs and not self._closed:
-                self._cond.wait()
-            if not self._jobs:
-                return None  # closed and drained
-            jobs: list[_Job] = []
-            rows = 0
-            while self._jobs and (not jobs or rows + self._jobs[0].rows <= self.flush_rows):
-                job = self._jobs.popleft()
-                jobs.append(job)
-                rows += job.rows
-            return jobs
+            while True:
+                now = time.monotonic()
+                if self._jobs:
+                    seen = now if seen is None else seen
+                    urgent = self._closed or self._urgent or self.pending_rows >= self.flush_rows
+                    if urgent or now >= seen + self.flush_interval:
+                        break
+                    self._cond.wait(seen + self.flush_interval - now)
+                elif self._closed:
+                    return None
+                elif self.exposure_ids.low:
+                    return []
+                else:
+                    self._cond.wait(self.flush_interval)
+        self._urgent = False  # cleared before taking: a later waiting job sets it again
+        jobs: list[_Job] = []
+        rows = 0
+        while self._jobs and (not jobs or rows + self._jobs[0].rows <= self.flush_rows):
+            job = self._jobs.popleft()
+            jobs.append(job)
+            rows += job.rows
+        return jobs
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
+            if self.exposure_ids.low:
+                try:
+                    self.exposure_ids.refill()
+                except Exception:  # take() reserves synchronously if the reserve runs dry
+                    log.exception("reserving exposure ids failed")
+                    time.sleep(0.2)
+            if not jobs:
+                continue
             outcomes = self._write_isolated(jobs)
-            with self._cond:
-                self._pending_rows -= sum(job.rows for job in jobs)
-            for job, outcome in zip(jobs, outcomes, strict=True):
+            if self._finish(jobs, outcomes):
+                if self._closed and time.monotonic() > self._give_up_at:
+                    return  # shutting down with the database away: the journal keeps them
+                time.sleep(0.2)  # the database is unavailable: back off, then try again
+
+    def _finish(self, jobs: list[_Job], outcomes: list[WriteResult | BaseException]) -> bool:
+        """Release committed rows, answer waiting callers; re-queue accepted rows that failed
+        transiently (returns whether any were)."""
+        retry: list[_Job] = []
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if job.future is None and isinstance(outcome, _Transient):
+                retry.append(job)  # accepted rows: keep them queued, in order
+                continue
+            self._written_rows += job.rows
+            if job.segment is not None and self.journal is not None:
+                if isinstance(outcome, BaseException):
+                    self._reject(job)
+                self.journal.committed(job.segment)
+            if job.future is not None and job.loop is not None:
                 # RuntimeError: the loop is closed, nobody is waiting any more.
                 with contextlib.suppress(RuntimeError):
                     job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+            elif isinstance(outcome, WriteFailed):
+                log.error("accepted exposures %s were refused for good", list(job.exposure_ids))
+        if retry:
+            self._jobs.extendleft(reversed(retry))
+        return bool(retry)
 
-    def _write_isolated(self, jobs: list[_Job]) -> list[WriteResult | BaseException]:
-        """One commit for the group; if it fails, each submission alone, so one bad
-        submission cannot fail the others (a failed transaction wrote nothing)."""
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """On a SQLite file, the writers of all server processes take turns under `flock`.
+
+        SQLite's own busy handler polls a held lock with sleeps of 1, 2, 5, 10 ... 100 ms;
+        a blocking `flock` hands the turn over as soon as the other writer commits.
+        """
+        if self._turn_file is None:
+            yield
+            return
+        fd = os.open(self._turn_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            return list(self._write(jobs))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _reject(self, job: _Job) -> None:
+        if self.journal is None:
+            return
+        with open(self.journal.directory / REJECTED_FILE, "ab") as rejected:
+            rejected.write(job.line)
+
+    def _write_isolated(
+        self, jobs: list[_Job], idempotent: bool = False
+    ) -> list[WriteResult | BaseException]:
+        """One commit for the group; if it fails, each submission alone, so one bad
+        submission cannot fail the others (a failed transaction wrote nothing).
+
+        A submission that fails alone because the database is unavailable (connection lost,
+        database locked) gets `_Transient`, and accepted rows are retried; on anything else
+        (a constraint, bad data) WriteFailed.
+        """
+        try:
+            return list(self._write(jobs, idempotent))
         except Exception as exc:
             if len(jobs) == 1:
                 log.exception("writing a submission of %d rows failed", jobs[0].rows)
+                if isinstance(exc, OperationalError | InterfaceError):
+                    return [_Transient(f"the database is unavailable: {type(exc).__name__}")]
                 return [WriteFailed(f"the database refused the rows: {type(exc).__name__}")]
-        return [self._write_isolated([job])[0] for job in jobs]
+        # After an unknown outcome (e.g. a lost connection at COMMIT) a retry must not
+        # fail on rows that did get stored: write exposures idempotently from here on.
+        return [self._write_isolated([job], idempotent=True)[0] for job in jobs]
 
-    def _write(self, jobs: list[_Job]) -> list[WriteResult]:
+    def _write(self, jobs: list[_Job], idempotent: bool) -> list[WriteResult]:
         self.commits += 1
-        with self.engine.begin() as conn:
-            exposure_ids = _write_exposures(conn, [e for job in jobs for e in job.exposures])
-            counts = _write_events(conn, [job.events for job in jobs])
-        results = []
-        start = 0
-        for job, (new, duplicates) in zip(jobs, counts, strict=True):
-            end = start + len(job.exposures)
-            results.append(WriteResult(tuple(exposure_ids[start:end]), new, duplicates))
-            start = end
-        return results
+        with self._turn(), self.engine.begin() as conn:
+            ids = [i for job in jobs for i in job.exposure_ids]
+            exposures = [e for job in jobs for e in job.exposures]
+            _write_exposures(conn, ids, exposures, idempotent=idempotent)
+            batches = [job.events for job in jobs]
+            bandit = self.bandit
+            # Rewards count only for events this transaction inserts (not duplicates).
+            new: list[EventRow] | None = None
+            if bandit is not None and bandit.wants([e for b in batches for e in b]):
+                new = []
+            counts = _write_events(conn, batches, new)
+            if bandit is not None:
+                bandit.apply(conn, ids, exposures, new or [])
+        return [
+            WriteResult(tuple(job.exposure_ids), new, duplicates)
+            for job, (new, duplicates) in zip(jobs, counts, strict=True)
+        ]
 
 
-def _write_exposures(conn: Connection, rows: list[ExposureRow]) -> list[int]:
+class _Transient(WriteFailed):
+    """The database could not be reached or was busy; the same rows may succeed later."""
+
+
+EXPOSURE_COLUMNS = (
+    "id",
+    "experiment_id",
+    "variant",
+    "unit_id",
+    "ts",
+    "propensity",
+    "bucket",
+    "scene",
+    "slate_size",
+    "context",
+    "weight_version",
+)
+
+
+def _write_exposures(
+    conn: Connection, ids: Sequence[int], rows: Sequence[ExposureRow], *, idempotent: bool
+) -> None:
+    """Insert exposures with their reserved ids and one impression per slate item.
+
+    Set-based: COPY on PostgreSQL, multi-row INSERTs on SQLite. `idempotent` (journal
+    replay, retries after an unknown outcome) skips rows whose key is already stored.
+    """
     if not rows:
-        return []
-    table: Table = m.Exposure.__table__  # type: ignore[assignment]
-    # Ids come from the database inside this transaction (one statement for the whole
-    # group), so concurrent workers and processes never collide and no request waits on it.
-    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    ids = list(
-        conn.execute(
-            statement,
-            [
-                {
-                    "experiment_id": r.experiment_id,
-                    "variant": r.variant,
-                    "unit_id": r.unit_id,
-                    "ts": r.ts,
-                    "propensity": r.propensity,
-                    "bucket": r.bucket,
-                    "scene": r.scene,
-                    "slate_size": len(r.items),
-                    "context": r.context,
-                }
-                for r in rows
-            ],
-        ).scalars()
+        return
+    sqlite_db = conn.dialect.name == "sqlite"
+    context = [None if r.context is None else orjson.dumps(r.context).decode() for r in rows]
+    exposures = [
+        (
+            exposure_id,
+            r.experiment_id,
+            r.variant,
+            r.unit_id,
+            # The text SQLAlchemy's SQLite DateTime stores; PostgreSQL takes datetimes.
+            r.ts.isoformat(" ", "microseconds") if sqlite_db else r.ts,
+            r.propensity,
+            r.bucket,
+            r.scene,
+            len(r.items),
+            data,
+            r.weight_version,
+        )
+        for exposure_id, r, data in zip(ids, rows, context, strict=True)
+    ]
+    impressions = [
+        (exposure_id, position, item)
+        for exposure_id, r in zip(ids, rows, strict=True)
+        for position, item in enumerate(r.items)
+    ]
+    tables = (
+        ("exposures", EXPOSURE_COLUMNS, "id", exposures),
+        (
+            "impressions",
+            ("exposure_id", "position", "item_id"),
+            "exposure_id, position",
+            impressions,
+        ),
     )
-    exposure_col: list[int] = []
-    position_col: list[int] = []
-    item_col: list[str] = []
-    for exposure_id, row in zip(ids, rows, strict=True):
-        for position, item in enumerate(row.items):
-            exposure_col.append(exposure_id)
-            position_col.append(position)
-            item_col.append(item)
-    bulk_insert(
-        conn,
-        "impressions",
-        {"exposure_id": exposure_col, "position": position_col, "item_id": item_col},
-    )
-    return ids
+    for table, names, key, table_rows in tables:
+        if not table_rows:
+            continue
+        if sqlite_db:
+            _insert_sqlite(conn, table, names, table_rows, key if idempotent else None)
+        elif not idempotent:
+            bulk_insert(conn, table, dict(zip(names, zip(*table_rows, strict=True), strict=True)))
+        else:
+            values = ", ".join(
+                "CAST(:context AS JSON)" if n == "context" else f":{n}" for n in names
+            )
+            statement = text(
+                f'INSERT INTO "{table}" ({", ".join(names)}) VALUES ({values}) '
+                f"ON CONFLICT ({key}) DO NOTHING"
+            )
+            conn.execute(statement, [dict(zip(names, row, strict=True)) for row in table_rows])
+
+
+# Rows per multi-row INSERT on SQLite (10 columns x 256 = 2,560 bound values, far below
+# SQLite's 32,766); shorter tails go in power-of-two statements, so few statements exist.
+SQLITE_CHUNK_VALUES = 2048
+_sqlite_inserts: dict[tuple[str, int, int, str | None], str] = {}
+
+
+def _insert_sqlite(
+    conn: Connection,
+    table: str,
+    names: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    conflict_key: str | None,
+) -> None:
+    """Insert rows with multi-row INSERT statements: one driver call (one GIL hand-off) per
+    chunk instead of one per row, which a busy event loop thread would make wait each time."""
+    width = len(names)
+    chunk = max(1, SQLITE_CHUNK_VALUES // width)
+    raw: Any = conn.connection.driver_connection
+    cursor = raw.cursor()
+    try:
+        start = 0
+        while start < len(rows):
+            left = len(rows) - start
+            n = chunk if left >= chunk else 1 << (left.bit_length() - 1)
+            cache_key = (table, width, n, conflict_key)
+            sql = _sqlite_inserts.get(cache_key)
+            if sql is None:
+                marks = "(" + ", ".join("?" * width) + ")"
+                sql = f'INSERT INTO "{table}" ({", ".join(names)}) VALUES ' + ", ".join([marks] * n)
+                if conflict_key is not None:
+                    sql += f" ON CONFLICT ({conflict_key}) DO NOTHING"
+                _sqlite_inserts[cache_key] = sql
+            cursor.execute(sql, [value for row in rows[start : start + n] for value in row])
+            start += n
+    finally:
+        cursor.close()
 
 
 EVENT_COLUMNS = (
@@ -288,13 +700,20 @@ def _event_insert(conn: Connection, n_rows: int) -> _EventInsert:
     return cached
 
 
-def _write_events(conn: Connection, batches: list[Sequence[EventRow]]) -> list[tuple[int, int]]:
+def _write_events(
+    conn: Connection, batches: list[Sequence[EventRow]], new: list[EventRow] | None = None
+) -> list[tuple[int, int]]:
     """Insert each batch ON CONFLICT DO NOTHING; per batch (new, duplicates).
+
+    With `new`, the statement also returns the ids it inserted and the inserted rows are
+    appended to `new` (for the bandit's rewards).
 
     Batches run one after the other in the same transaction, so an id sent twice (in one
     batch, or by two requests of the same group) is new once and a duplicate after. Each
     batch is one multi-row statement whose row count is the number of rows inserted.
     """
+    if not any(batches):
+        return [(0, 0)] * len(batches)
     sqlite_times = conn.dialect.name == "sqlite"
     raw: Any = conn.connection.driver_connection
     cursor = raw.cursor()
@@ -321,9 +740,18 @@ def _write_events(conn: Connection, batches: list[Sequence[EventRow]]) -> list[t
             ]
             values = [rows[r][c] for r, c in where]
             params: Any = values if names is None else dict(zip(names, values, strict=True))
-            cursor.execute(sql, params)
-            new = int(cursor.rowcount)
-            counts.append((new, len(batch) - new))
+            if new is None:
+                cursor.execute(sql, params)
+                inserted = int(cursor.rowcount)
+            else:
+                cursor.execute(sql + " RETURNING event_id", params)
+                stored = {row[0] for row in cursor.fetchall()}
+                inserted = len(stored)
+                for e in batch:  # an id twice in one batch was inserted once
+                    if e.event_id in stored:
+                        new.append(e)
+                        stored.discard(e.event_id)
+            counts.append((inserted, len(batch) - inserted))
     finally:
         cursor.close()
     return counts

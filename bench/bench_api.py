@@ -1,11 +1,17 @@
 """Benchmark the assignment API against a hello-world FastAPI app, on 127.0.0.1 only.
 
-Starts, in the same run, a hello-world app under plain `uvicorn app:app` and
-`abplatform serve` with its defaults (auth on; 1 worker on SQLite) on a seeded SQLite
-file, and loads each with the same closed-loop client (`wrk` if installed, else an
-asyncio httpx client) at 8 and 32 connections. Prints requests/s, p50 and p99 for
-hello-world, POST /v1/assign and POST /v1/events (batches of 100), the ratios, and the
-in-process cost of an assignment.
+Starts, in the same run, a hello-world app under plain `uvicorn app:app` (one worker,
+defaults) and `abplatform serve` with its defaults (auth on) on a seeded SQLite file
+holding a popularity experiment and a small two-tower experiment, side by side, and
+loads them in turn with the same closed-loop client (`wrk` if installed, else an asyncio
+httpx client) at 8 and 32 connections (hello-world first, then abplatform, per connection
+count, so a change in the machine's background load hits both). The hello-world app
+answers `POST /` with a pydantic body (the issue's yardstick: a trivial FastAPI POST
+endpoint; it gets the same request bytes as /v1/assign) and `GET /`. Prints requests/s,
+p50 and p99 for both hello-world routes, POST /v1/assign with the popularity and the
+two-tower slate, POST /v1/events (batches of 100), the ratios against hello-world, the
+in-process cost of an assignment, and after the server's SIGTERM how many exposures and
+events the database holds against the 2xx answers counted by the client.
 
 Usage: python bench/bench_api.py [--seconds 20] [--connections 8 32] [--db URL]
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -25,6 +32,7 @@ import tempfile
 import time
 import timeit
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -32,20 +40,35 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "homepage_popularity.yaml"
 KEY = "homepage_popularity"
+TWO_TOWER = ROOT / "examples" / "homepage_two_tower.yaml"
+TWO_TOWER_KEY = "homepage_two_tower"
 EVENTS_PER_BATCH = 100
+RUN_TAGS = (f"r{i}" for i in itertools.count())
 
 HELLO_APP = """
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 app = FastAPI()
+
+
+class Ask(BaseModel):
+    experiment: str
+    unit_id: str
 
 
 @app.get("/")
 async def root() -> dict[str, str]:
     return {"message": "Hello World"}
+
+
+@app.post("/")
+async def ask(body: Ask) -> dict[str, str]:
+    return {"message": "Hello World"}
 """
 
-# Unique unit ids / event ids per request: every thread has its own Lua state and counter.
+# Unique unit ids / event ids per request: every thread has its own Lua state and counter,
+# every wrk run its own tag (args[4]).
 WRK_SCRIPT = r"""
 local counter = 0
 local threads = 0
@@ -57,20 +80,21 @@ function init(args)
   mode = args[1]
   key = args[2]
   auth = args[3]
+  run = args[4]
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. auth
 end
 function request()
   counter = counter + 1
-  local id = tid .. "-" .. counter
+  local id = run .. "-" .. tid .. "-" .. counter
   local body
   if mode == "assign" then
     body = '{"experiment":"' .. key .. '","unit_id":"user-' .. id .. '"}'
   else
     local parts = {}
     for i = 1, EVENTS_PER_BATCH do
-      parts[i] = '{"event_id":"' .. math.random(1e9) .. "-" .. id .. "-" .. i ..
+      parts[i] = '{"event_id":"' .. id .. "-" .. i ..
         '","unit_id":"user-' .. i .. '","type":"click","experiment":"' .. key .. '"}'
     end
     body = '{"events":[' .. table.concat(parts, ",") .. ']}'
@@ -88,6 +112,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
 
 
 def free_port() -> int:
@@ -96,13 +121,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_up(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(
-                f"server exited: {process.stderr.read().decode() if process.stderr else ''}"
-            )
+            raise SystemExit(f"server exited: {log.read_text(errors='replace')[-4000:]}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -149,12 +172,16 @@ def run_wrk(url: str, connections: int, seconds: int, script: Path | None, args:
     errors = int(bad.group(1)) if bad else 0
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
-    return Load(rps, p50, p99, errors)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return Load(rps, p50, p99, errors, total)
 
 
-async def _httpx_load(url: str, connections: int, seconds: float, mode: str, auth: str) -> Load:
+async def _httpx_load(
+    url: str, connections: int, seconds: float, mode: str, auth: str, key: str
+) -> Load:
     latencies: list[float] = []
     errors = 0
+    run = next(RUN_TAGS)
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     headers = {"Authorization": f"Bearer {auth}"}
@@ -169,12 +196,12 @@ async def _httpx_load(url: str, connections: int, seconds: float, mode: str, aut
                 response = await http.get(url)
             elif mode == "assign":
                 response = await http.post(
-                    url, json={"experiment": KEY, "unit_id": f"u{index}-{n}"}
+                    url, json={"experiment": key, "unit_id": f"user-{run}-{index}-{n}"}
                 )
             else:
                 events = [
                     {
-                        "event_id": f"{os.getpid()}-{index}-{n}-{i}",
+                        "event_id": f"{run}-{index}-{n}-{i}",
                         "unit_id": f"u{i}",
                         "type": "click",
                         "experiment": KEY,
@@ -191,36 +218,79 @@ async def _httpx_load(url: str, connections: int, seconds: float, mode: str, aut
         elapsed = time.perf_counter() - began
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3  # noqa: E731
-    return Load(len(latencies) / elapsed, pick(0.5), pick(0.99), errors)
+    return Load(len(latencies) / elapsed, pick(0.5), pick(0.99), errors, len(latencies))
 
 
-def load(url: str, mode: str, connections: int, seconds: int, script: Path, auth: str) -> Load:
+def load(
+    url: str, mode: str, connections: int, seconds: int, script: Path, auth: str, key: str = KEY
+) -> Load:
     if shutil.which("wrk"):
         if mode == "hello":
             return run_wrk(url, connections, seconds, None, [])
-        return run_wrk(url, connections, seconds, script, [mode, KEY, auth])
-    return asyncio.run(_httpx_load(url, connections, seconds, mode, auth))
+        return run_wrk(url, connections, seconds, script, [mode, key, auth, next(RUN_TAGS)])
+    return asyncio.run(_httpx_load(url, connections, seconds, mode, auth, key))
 
 
 def seed(url: str) -> None:
+    """Simulate both experiments into the database and mark them running.
+
+    The two-tower one is small (2,000 users, 1,000 items, 2 epochs) so that every server
+    worker trains it at start-up in seconds; serving its slates is what is measured.
+    """
+    from sqlalchemy import update
+
     from abplatform.config.loader import load_experiment
     from abplatform.config.models import SimulationConfig
+    from abplatform.storage import models as m
     from abplatform.storage.db import open_database
     from simulator.runner import simulate
 
+    engine = open_database(url)
     config = load_experiment(EXAMPLE)
     config = config.model_copy(
         update={"simulation": SimulationConfig(users=5_000, days=1, items=2_000, slate_size=10)}
     )
-    engine = open_database(url)
     simulate(engine, config)
+    config = load_experiment(TWO_TOWER)
+    variants = [
+        v.model_copy(
+            update={
+                "strategy": v.strategy.model_copy(
+                    update={"params": {**v.strategy.params, "epochs": 2}}
+                )
+            }
+        )
+        if v.strategy is not None and v.strategy.kind == "two_tower"
+        else v
+        for v in config.variants
+    ]
+    sim = SimulationConfig(users=2_000, days=1, items=1_000, slate_size=10)
+    simulate(engine, config.model_copy(update={"simulation": sim, "variants": variants}))
     with engine.begin() as conn:
-        from sqlalchemy import update
-
-        from abplatform.storage import models as m
-
-        conn.execute(update(m.Experiment).where(m.Experiment.key == KEY).values(status="running"))
+        conn.execute(update(m.Experiment).values(status="running"))
     engine.dispose()
+
+
+def stored(url: str, *, events: bool = True) -> tuple[int, int]:
+    """Exposures and events (0 unless `events`) the database holds that the API wrote (not
+    the simulator's)."""
+    from sqlalchemy import func, select
+
+    from abplatform.storage import models as m
+    from abplatform.storage.db import open_database
+
+    engine = open_database(url)
+    with engine.connect() as conn:
+        exposures = conn.execute(
+            select(func.count()).select_from(m.Exposure).where(m.Exposure.unit_id.like("user-%-%"))
+        ).scalar_one()
+        n_events = 0
+        if events:
+            n_events = conn.execute(
+                select(func.count()).select_from(m.Event).where(m.Event.event_id.like("%-%-%-%"))
+            ).scalar_one()
+    engine.dispose()
+    return int(exposures), int(n_events)
 
 
 def make_key(url: str) -> str:
@@ -283,6 +353,60 @@ def in_process(url: str) -> None:
     engine.dispose()
 
 
+LABELS = {
+    "hello-get": "GET / (hello world)",
+    "hello-post": "POST / (hello world)",
+    "assign": "POST /v1/assign (pop)",
+    "two-tower": "POST /v1/assign (2-tower)",
+    "events": "POST /v1/events",
+}
+
+
+def catch_up(url: str, answered: int, timeout: float = 120) -> float:
+    """Seconds after a load until the database holds an exposure per answered assignment.
+
+    Assignments are answered before their commit; a writer that falls behind would show
+    here (and, sustained, as 503s once its queue is full).
+    """
+    clock = time.monotonic()
+    while stored(url, events=False)[0] < answered and time.monotonic() - clock < timeout:
+        time.sleep(0.2)
+    return time.monotonic() - clock
+
+
+def report(
+    results: dict[tuple[str, int], Load],
+    lags: dict[tuple[str, int], float],
+    rows: tuple[int, int],
+) -> None:
+    """The table, the ratios, the writer's lag, and the rows stored against the answers."""
+    print(
+        f"\n{'endpoint':<26}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}  note"
+    )
+    for (mode, c), r in results.items():
+        note = ""
+        if mode in ("assign", "two-tower"):
+            post = r.requests_per_s / results["hello-post", c].requests_per_s
+            get = r.requests_per_s / results["hello-get", c].requests_per_s
+            note = f"ratio vs hello-world POST {post:.2f}, vs GET {get:.2f}; "
+            note += f"all committed {lags[mode, c]:.1f} s after the load"
+        if mode == "events":
+            note = f"{r.requests_per_s * EVENTS_PER_BATCH:,.0f} events/s"
+        numbers = f"{r.requests_per_s:>10,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}"
+        print(f"{LABELS[mode]:<26}{c:>6}{numbers}  {note}")
+    answered = {mode: 0 for mode, _ in results}
+    for (mode, _), r in results.items():
+        answered[mode] += r.requests - r.errors
+    assigned = answered["assign"] + answered["two-tower"]
+    events = answered["events"]
+    print(
+        f"\nafter SIGTERM the database holds {rows[0]:,} exposures for {assigned:,} assignments "
+        f"the client counted as answered, and {rows[1]:,} events for "
+        f"{events * EVENTS_PER_BATCH:,} answered (in-flight requests at the end of each "
+        "run are stored but not counted by the client)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=20)
@@ -301,71 +425,44 @@ def main() -> None:
     (folder / "hello.py").write_text(HELLO_APP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABPLATFORM_")}
     results: dict[tuple[str, int], Load] = {}
+    lags: dict[tuple[str, int], float] = {}
 
-    hello_port = free_port()
-    hello = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "hello:app",
-            "--port",
-            str(hello_port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=folder,
-        env=env,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_up(f"http://127.0.0.1:{hello_port}/", hello)
-        for c in args.connections:
-            results["hello", c] = load(
-                f"http://127.0.0.1:{hello_port}/", "hello", c, args.seconds, script, auth
+    # Both servers run side by side and the loads alternate between them per connection
+    # count, so a change in the machine's background load hits both sides alike.
+    hello_port, port = free_port(), free_port()
+    hello_command = [sys.executable, "-m", "uvicorn", "hello:app", "--port", str(hello_port)]
+    hello_command += ["--log-level", "warning", "--no-access-log"]
+    serve_command = [sys.executable, "-m", "abplatform.cli", "serve", "--db", url]
+    serve_command += ["--port", str(port)]
+    with (
+        (folder / "hello.log").open("wb") as hello_log,
+        (folder / "serve.log").open("wb") as serve_log,
+    ):
+        hello = subprocess.Popen(hello_command, cwd=folder, env=env, stderr=hello_log)
+        server = subprocess.Popen(serve_command, cwd=ROOT, env=env, stderr=serve_log)
+        try:
+            clock = time.monotonic()
+            hello_url = f"http://127.0.0.1:{hello_port}/"
+            wait_up(hello_url, hello, folder / "hello.log")
+            wait_up(f"http://127.0.0.1:{port}/readyz", server, folder / "serve.log", timeout=600)
+            print(
+                f"servers ready in {time.monotonic() - clock:.0f} s (abplatform fits both models)"
             )
-    finally:
-        stop(hello)
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "abplatform.cli", "serve", "--db", url, "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_up(f"http://127.0.0.1:{port}/healthz", server)
-        base = f"http://127.0.0.1:{port}"
-        for c in args.connections:
-            results["assign", c] = load(
-                f"{base}/v1/assign", "assign", c, args.seconds, script, auth
-            )
-            results["events", c] = load(
-                f"{base}/v1/events", "events", c, args.seconds, script, auth
-            )
-    finally:
-        stop(server)
-
-    print(
-        f"\n{'endpoint':<24}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}  note"
-    )
-    for (mode, c), r in results.items():
-        label = {
-            "hello": "GET / (hello world)",
-            "assign": "POST /v1/assign",
-            "events": "POST /v1/events",
-        }[mode]
-        note = ""
-        if mode == "assign":
-            note = (
-                f"ratio vs hello-world {r.requests_per_s / results['hello', c].requests_per_s:.2f}"
-            )
-        if mode == "events":
-            note = f"{r.requests_per_s * EVENTS_PER_BATCH:,.0f} events/s"
-        numbers = f"{r.requests_per_s:>10,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}"
-        print(f"{label:<24}{c:>6}{numbers}  {note}")
+            base = f"http://127.0.0.1:{port}"
+            answered = 0
+            for c in args.connections:
+                run = partial(load, connections=c, seconds=args.seconds, script=script, auth=auth)
+                results["hello-get", c] = run(hello_url, "hello")
+                results["hello-post", c] = run(hello_url, "assign")
+                for mode, key in (("assign", KEY), ("two-tower", TWO_TOWER_KEY)):
+                    results[mode, c] = r = run(f"{base}/v1/assign", "assign", key=key)
+                    answered += r.requests - r.errors
+                    lags[mode, c] = catch_up(url, answered)
+                results["events", c] = run(f"{base}/v1/events", "events")
+        finally:
+            stop(hello)
+            stop(server)
+    report(results, lags, stored(url))
     shutil.rmtree(folder, ignore_errors=True)
 
 

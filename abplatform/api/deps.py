@@ -89,22 +89,35 @@ def _verified(services: Services, digest: bytes, task: asyncio.Future[KeyIdentit
         services.verified_keys[digest] = (identity, expiry)
 
 
+async def authorize(services: Services, key: str | None, scope: str) -> KeyIdentity | None:
+    """The identity of `key` if it holds `scope`; 401 if missing/unknown, 403 if lacking it."""
+    if not services.settings.api_auth:
+        return None
+    if not key:
+        raise _unauthorized("missing API key; send `Authorization: Bearer <key>`")
+    identity = await _identity(services, key)
+    if identity is None:
+        raise _unauthorized("unknown or revoked API key")
+    if scope not in identity.scopes:
+        raise HTTPException(403, f"the key {identity.name!r} lacks the {scope!r} scope")
+    return identity
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header (None if absent or another scheme)."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return key.strip() or None
+
+
 def require_scope(
     scope: str,
 ) -> Callable[[ServicesDep, BearerDep], Coroutine[Any, Any, KeyIdentity | None]]:
     """A dependency that lets the request through only with a key holding `scope`."""
 
     async def check(services: ServicesDep, credentials: BearerDep) -> KeyIdentity | None:
-        if not services.settings.api_auth:
-            return None
-        if credentials is None or not credentials.credentials:
-            raise _unauthorized("missing API key; send `Authorization: Bearer <key>`")
-        identity = await _identity(services, credentials.credentials)
-        if identity is None:
-            raise _unauthorized("unknown or revoked API key")
-        if scope not in identity.scopes:
-            raise HTTPException(403, f"the key {identity.name!r} lacks the {scope!r} scope")
-        return identity
+        return await authorize(services, credentials.credentials if credentials else None, scope)
 
     return check
 

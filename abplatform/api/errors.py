@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
 from abplatform.api.responses import FastJSON
@@ -51,22 +52,22 @@ def _problem(status: int, exc: AbplatformError, **extra: Any) -> FastJSON:
     return FastJSON(body, status_code=status, **extra)
 
 
-async def _config_error(_: Request, exc: Exception) -> FastJSON:
+def _config_error(exc: Exception) -> FastJSON:
     assert isinstance(exc, ConfigError)
     return _problem(422, exc, problems=exc.lines())
 
 
-async def _not_found(_: Request, exc: Exception) -> FastJSON:
+def _not_found(exc: Exception) -> FastJSON:
     assert isinstance(exc, NotFoundError)
     return _problem(404, exc)
 
 
-async def _conflict(_: Request, exc: Exception) -> FastJSON:
+def _conflict(exc: Exception) -> FastJSON:
     assert isinstance(exc, AbplatformError)
     return _problem(409, exc)
 
 
-async def _busy(_: Request, exc: Exception) -> FastJSON:
+def _busy(exc: Exception) -> FastJSON:
     return FastJSON(
         {"detail": f"{exc}; nothing of this request was recorded, retry", "problems": []},
         status_code=503,
@@ -74,20 +75,52 @@ async def _busy(_: Request, exc: Exception) -> FastJSON:
     )
 
 
-async def _invalid(_: Request, exc: Exception) -> FastJSON:
-    # Only type, location and message: echoing inputs would return NaN (not JSON) or whole
-    # oversized batches.
-    assert isinstance(exc, RequestValidationError)
-    detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+def _http(exc: Exception) -> FastJSON:
+    assert isinstance(exc, HTTPException)
+    return FastJSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def validation_problem(errors: Sequence[Any], prefix: tuple[str, ...] = ()) -> FastJSON:
+    """422 listing {type, loc, msg} per bad field.
+
+    Only type, location and message: echoing inputs would return NaN (not JSON) or whole
+    oversized batches.
+    """
+    detail = [{"type": e["type"], "loc": [*prefix, *e["loc"]], "msg": e["msg"]} for e in errors]
     return FastJSON({"detail": detail}, status_code=422)
 
 
+async def _invalid(_: Request, exc: Exception) -> FastJSON:
+    assert isinstance(exc, RequestValidationError)
+    return validation_problem(exc.errors())
+
+
+# Most specific first: ConfigError and NotFoundError are AbplatformErrors too.
+_PROBLEMS: tuple[tuple[type[Exception], Callable[[Exception], FastJSON]], ...] = (
+    (ConfigError, _config_error),
+    (NotFoundError, _not_found),
+    (AbplatformError, _conflict),
+    (WriterFull, _busy),
+    (WriterClosed, _busy),
+    (WriteFailed, _busy),
+    (HTTPException, _http),
+)
+
+
+def problem_response(exc: Exception) -> FastJSON | None:
+    """The error response of a platform error (None: not ours, a server error)."""
+    for kind, render in _PROBLEMS:
+        if isinstance(exc, kind):
+            return render(exc)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map platform errors to statuses (most specific first)."""
+    """Map platform errors to statuses (the same mapping as `problem_response`)."""
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(ConfigError, _config_error)
-    app.add_exception_handler(NotFoundError, _not_found)
-    app.add_exception_handler(AbplatformError, _conflict)
-    app.add_exception_handler(WriterFull, _busy)
-    app.add_exception_handler(WriterClosed, _busy)
-    app.add_exception_handler(WriteFailed, _busy)
+    for kind, render in _PROBLEMS[:-1]:  # HTTPException keeps FastAPI's own handler
+
+        async def handle(_: Request, exc: Exception, render: Any = render) -> FastJSON:
+            return render(exc)  # type: ignore[no-any-return]
+
+        app.add_exception_handler(kind, handle)

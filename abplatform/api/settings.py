@@ -15,5 +15,14 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = 4 * 1024 * 1024
     api_writer_max_rows: int = 200_000
     api_writer_flush_rows: int = 20_000
+    api_writer_flush_seconds: float = 0.005
+    # Journal of accepted exposures (replayed after a crash). Default: next to a SQLite
+    # file, else under $XDG_STATE_HOME/abplatform/journal/<hash of the URL>. "off": none.
+    api_journal_dir: str | None = None
     api_status_ttl_seconds: float = 1.0
+    # Serve concurrent single assignments of a strategy whose batches are much cheaper
+    # (the two-tower top-k) with one batch call (see api/README.md, Coalescing).
+    api_coalesce: bool = True
     api_key_cache_seconds: float = 60.0
+    # FastAPI's native OpenTelemetry instrumentation (when a provider is configured).
+    api_telemetry: bool = False

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,5 +65,36 @@ def reserve_ids(conn: Connection, table: str, n: int) -> npt.NDArray[np.int64]:
             {"t": table, "n": n},
         )
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    start = conn.execute(text(f'SELECT COALESCE(MAX(id), 0) + 1 FROM "{table}"')).scalar_one()
-    return np.arange(int(start), int(start) + n, dtype=np.int64)
+    top = int(conn.execute(text(f'SELECT COALESCE(MAX(id), 0) FROM "{table}"')).scalar_one())
+    mark = id_mark_path(conn.engine.url.database, table)
+    start = top + 1 if mark is None else reserve_above_mark(mark, top, n)
+    return np.arange(start, start + n, dtype=np.int64)
+
+
+def id_mark_path(database: str | None, table: str) -> Path | None:
+    """The high-water-mark file of `table`'s reserved ids beside a SQLite file, if any.
+
+    Only exposures are reserved ahead of insertion (by the API's writer processes), so only
+    they have a mark; every process reserving exposure ids on the file goes through it.
+    """
+    if table != "exposures" or not database or database == ":memory:":
+        return None
+    path = Path(database).resolve()
+    return path.with_name(path.name + ".exposure-ids")
+
+
+def reserve_above_mark(mark: Path, top: int, n: int) -> int:
+    """First of `n` ids above both `top` (MAX(id)) and the mark file, which moves past them.
+
+    `flock` on the mark makes this atomic across processes sharing the SQLite file.
+    """
+    fd = os.open(mark, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.pread(fd, 64, 0).strip()
+        start = max(int(raw or b"0"), top) + 1
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(start + n - 1).encode("ascii"), 0)
+    finally:
+        os.close(fd)  # releases the lock
+    return start

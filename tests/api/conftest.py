@@ -75,8 +75,14 @@ def keys(seeded_url: str) -> Keys:
 
 
 @pytest.fixture
-def app(seeded_url: str) -> FastAPI:
-    return create_app(Settings(database_url=seeded_url, api_auth=True, api_status_ttl_seconds=0.05))
+def app(seeded_url: str, tmp_path: Path) -> FastAPI:
+    settings = Settings(
+        database_url=seeded_url,
+        api_auth=True,
+        api_status_ttl_seconds=0.05,
+        api_journal_dir=str(tmp_path / "journal"),
+    )
+    return create_app(settings)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from abplatform.assignment.engine import build_policy
@@ -60,7 +61,9 @@ async def test_keys_and_scopes(client: httpx.AsyncClient, keys: Keys) -> None:
     assert (await client.post("/v1/assign", json=body, headers=assign_only)).status_code == 200
 
 
-async def test_assignment_equals_the_policy(client: httpx.AsyncClient, seeded_url: str) -> None:
+async def test_assignment_equals_the_policy(
+    client: httpx.AsyncClient, app: FastAPI, seeded_url: str
+) -> None:
     await _start(client)
     policy = build_policy(small_config())
     units = [f"unit-{i}" for i in range(400)]
@@ -84,6 +87,7 @@ async def test_assignment_equals_the_policy(client: httpx.AsyncClient, seeded_ur
     assert [i["position"] for i in single[0]["items"]] == [0, 1, 2, 3, 4]
     ids = [a["exposure_id"] for a in answers]
     assert len(set(ids)) == len(ids)
+    await app.state.services.writer.flush()  # answered once accepted; committed within ms
     engine = open_database(seeded_url)
     with engine.connect() as conn:
         rows = conn.execute(

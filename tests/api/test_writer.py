@@ -1,13 +1,27 @@
-"""The buffered writer: bounded queue (full -> WriterFull, never a drop), close flushes."""
+"""The buffered writer: bounded queue, accepted exposures, journal replay, id reservation."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
+from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, func, select
 
+from abplatform.journal import Journal, replay
+from abplatform.storage import models as m
 from abplatform.storage.db import open_database
-from abplatform.writer import BufferedWriter, EventRow, WriterClosed, WriterFull
+from abplatform.writer import (
+    BufferedWriter,
+    EventRow,
+    ExposureIds,
+    ExposureRow,
+    WriterClosed,
+    WriterFull,
+    journal_line,
+    replay_journal,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -43,3 +57,83 @@ async def test_duplicates_across_concurrent_submissions_count_once(sqlite_url: s
     assert [(r.new_events, r.duplicate_events) for r in results] == [(5, 0), (0, 5)]
     await writer.close()
     engine.dispose()
+
+
+def _exposures(n: int, prefix: str, experiment_id: int) -> list[ExposureRow]:
+    stamp = datetime(2026, 11, 27, 12, 0, 0, 123456)
+    items = ("a", "b")
+    return [
+        ExposureRow(experiment_id, "control", f"{prefix}{i}", stamp, 0.5, 0.25, None, None, items)
+        for i in range(n)
+    ]
+
+
+def _stored(engine: Engine) -> dict[int, tuple[str, int]]:
+    """Exposure id -> (unit, impressions)."""
+    with engine.connect() as conn:
+        impressions = dict(
+            conn.execute(
+                select(m.Impression.exposure_id, func.count()).group_by(m.Impression.exposure_id)
+            ).all()
+        )
+        rows = conn.execute(select(m.Exposure.id, m.Exposure.unit_id)).all()
+    return {r.id: (r.unit_id, impressions.get(r.id, 0)) for r in rows}
+
+
+async def test_recorded_exposures_are_answered_at_once_and_committed(
+    seeded_url: str, tmp_path: Path
+) -> None:
+    engine = open_database(seeded_url)
+    experiment_id = _experiment_id(engine)
+    before = set(_stored(engine))
+    writer = BufferedWriter(engine, journal=Journal(tmp_path / "journal"))
+    writer.start()
+    ids = writer.record(_exposures(3, "r", experiment_id))
+    ids += writer.record(_exposures(2, "s", experiment_id))
+    assert len(set(ids)) == 5 and not set(ids) & before
+    assert len(list((tmp_path / "journal").glob("*.journal"))) == 1
+    await writer.flush()
+    stored = _stored(engine)
+    units = ["r0", "r1", "r2", "s0", "s1"]
+    assert [stored[i] for i in ids] == [(u, 2) for u in units]
+    await writer.close()
+    assert list((tmp_path / "journal").iterdir()) == []  # everything committed: no journal left
+    engine.dispose()
+
+
+async def test_journal_replay_inserts_each_exposure_once(seeded_url: str, tmp_path: Path) -> None:
+    engine = open_database(seeded_url)
+    experiment_id = _experiment_id(engine)
+    writer = BufferedWriter(engine)
+    writer.start()
+    committed = writer.record(_exposures(2, "c", experiment_id))
+    await writer.flush()
+    await writer.close()
+    lost = ExposureIds(engine).take(2)  # ids a dead process answered but never committed
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    line_committed = journal_line(committed, _exposures(2, "c", experiment_id))
+    line_lost = journal_line(lost, _exposures(2, "l", experiment_id))
+    torn = journal_line([lost[-1] + 1], _exposures(1, "t", experiment_id))[:20]
+    (directory / "123-dead.journal").write_bytes(line_committed + line_lost + torn + b"\0" * 64)
+    apply = partial(replay_journal, engine)
+    assert replay(directory, apply) == 2
+    assert replay(directory, apply) == 0  # the segment is gone
+    stored = _stored(engine)
+    assert [stored[i] for i in committed + lost] == [("c0", 2), ("c1", 2), ("l0", 2), ("l1", 2)]
+    assert lost[-1] + 1 not in stored  # the torn line's request was never answered
+    engine.dispose()
+
+
+async def test_two_processes_reserve_disjoint_exposure_ids(sqlite_url: str) -> None:
+    first, second = open_database(sqlite_url), open_database(sqlite_url)
+    a, b = ExposureIds(first, block=100), ExposureIds(second, block=100)
+    ids = a.take(150) + b.take(150) + a.take(60)
+    assert len(set(ids)) == len(ids) == 360
+    first.dispose()
+    second.dispose()
+
+
+def _experiment_id(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(m.Experiment.id).limit(1)).scalar_one())

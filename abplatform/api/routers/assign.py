@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from abplatform.api.deps import AssignScope, ServicesDep
+from abplatform.api.bandit import decide
+from abplatform.api.deps import AssignScope, Services, ServicesDep
 from abplatform.api.errors import NotRunning, error_responses
 from abplatform.api.responses import FastJSON
 from abplatform.api.runtime import ExperimentCache
@@ -17,7 +18,9 @@ from abplatform.api.schemas import (
     AssignRequest,
     AssignResponse,
 )
-from abplatform.domain import RecRequest
+from abplatform.assignment.thompson import ThompsonDecision
+from abplatform.domain import Decision, RecRequest
+from abplatform.storage.bandit import PersistentThompsonPolicy
 from abplatform.storage.repository import utcnow
 from abplatform.writer import BufferedWriter, ExposureRow
 
@@ -27,16 +30,28 @@ router = APIRouter(prefix="/v1/assign", tags=["assign"], dependencies=[AssignSco
 async def _assign(
     cache: ExperimentCache, writer: BufferedWriter, requests: Sequence[AssignRequest]
 ) -> list[dict[str, Any]]:
-    """Decide and slate every request, record the exposures (awaiting commit), answer."""
+    """Decide and slate every request, hand the exposures to the writer, answer.
+
+    The exposures are accepted (ids reserved, journaled, queued), not awaited: the writer
+    commits them within milliseconds (see abplatform/api/README.md).
+    """
     now = utcnow()
+    single = len(requests) == 1
     answers: list[dict[str, Any]] = []
     exposures: list[ExposureRow] = []
     slots: list[int] = []  # answer index of each exposure
-    for request in requests:
+    for index, request in enumerate(requests):
         runtime = await cache.get(request.experiment, fit=True)
         if runtime.status != "running":
             raise NotRunning(runtime.key, runtime.status)
-        decision = runtime.policy.assign(request.unit_id)
+        decision: Decision | None
+        if isinstance(runtime.policy, PersistentThompsonPolicy):
+            loc = ("body",) if single else ("body", "requests", index)
+            decision = await decide(
+                runtime.policy, runtime.key, request.unit_id, request.scene, loc
+            )
+        else:
+            decision = runtime.policy.assign(request.unit_id)
         if decision is None:
             answers.append(
                 {
@@ -55,7 +70,9 @@ async def _assign(
             current_item=context.current_item if context else None,
             cart_items=tuple(context.cart_items) if context else (),
         )
-        slate = runtime.slate(decision.variant, rec, request.k)
+        # A single request may share a batch call with concurrent ones; a batch request
+        # is served in order, each slate on its own.
+        slate = await runtime.slate(decision.variant, rec, request.k, together=single)
         slots.append(len(answers))
         answers.append(
             {
@@ -80,28 +97,40 @@ async def _assign(
                 scene=request.scene,
                 context=context.model_dump(exclude_defaults=True) if context else None,
                 items=tuple(item for item, _ in slate),
+                weight_version=(
+                    decision.weight_version if isinstance(decision, ThompsonDecision) else None
+                ),
             )
         )
     if exposures:
-        result = await writer.submit(exposures, ())
-        for slot, exposure_id in zip(slots, result.exposure_ids, strict=True):
+        for slot, exposure_id in zip(slots, writer.record(exposures), strict=True):
             answers[slot]["exposure_id"] = exposure_id
     return answers
 
 
+async def assign_one(services: Services, body: AssignRequest) -> dict[str, Any]:
+    """POST /v1/assign (served by the fast lane, see `abplatform.api.fastlane`)."""
+    return (await _assign(services.experiments, services.writer, [body]))[0]
+
+
+async def assign_many(services: Services, body: AssignBatchRequest) -> dict[str, Any]:
+    """POST /v1/assign/batch (served by the fast lane)."""
+    return {"results": await _assign(services.experiments, services.writer, body.requests)}
+
+
 @router.post("", response_model=AssignResponse, responses=error_responses(404, 409, 503))
 async def assign(body: AssignRequest, services: ServicesDep) -> FastJSON:
-    """The unit's variant and slate; the exposure and its impressions are committed first.
+    """The unit's variant and slate; the exposure and its impressions are recorded.
 
-    A unit outside the experiment's coverage or namespace gets 200 with `variant`,
-    `propensity` and `exposure_id` null, no items, and nothing is recorded.
+    The answer comes once the exposure is accepted (journaled and queued); the writer
+    commits it within milliseconds. A unit outside the experiment's coverage or namespace
+    gets 200 with `variant`, `propensity` and `exposure_id` null, no items, and nothing is
+    recorded.
     """
-    answers = await _assign(services.experiments, services.writer, [body])
-    return FastJSON(answers[0])
+    return FastJSON(await assign_one(services, body))
 
 
 @router.post("/batch", response_model=AssignBatchResponse, responses=error_responses(404, 409, 503))
 async def assign_batch(body: AssignBatchRequest, services: ServicesDep) -> FastJSON:
-    """Up to 1,000 assignments in one call, answered in order, recorded in one commit."""
-    answers = await _assign(services.experiments, services.writer, body.requests)
-    return FastJSON({"results": answers})
+    """Up to 1,000 assignments in one call, answered in order, recorded together."""
+    return FastJSON(await assign_many(services, body))

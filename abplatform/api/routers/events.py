@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from abplatform.api.deps import AssignScope, ServicesDep
+from abplatform.api.deps import AssignScope, Services, ServicesDep
 from abplatform.api.errors import error_responses
 from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import EventBatch, EventsResponse
@@ -22,6 +22,11 @@ async def record_events(body: EventBatch, services: ServicesDep) -> FastJSON:
     `new` counts events stored by this call, `duplicates` those already stored (by an
     earlier call or earlier in this batch).
     """
+    return FastJSON(await record_batch(services, body))
+
+
+async def record_batch(services: Services, body: EventBatch) -> dict[str, int]:
+    """POST /v1/events (served by the fast lane, see `abplatform.api.fastlane`)."""
     now = utcnow()
     ids: dict[str, int] = {}
     rows: list[EventRow] = []
@@ -57,6 +62,4 @@ async def record_events(body: EventBatch, services: ServicesDep) -> FastJSON:
             )
         )
     result = await services.writer.submit((), rows)
-    return FastJSON(
-        {"received": len(rows), "new": result.new_events, "duplicates": result.duplicate_events}
-    )
+    return {"received": len(rows), "new": result.new_events, "duplicates": result.duplicate_events}
