@@ -258,7 +258,7 @@ def ranking_metrics(
     Returns
     -------
     dict
-        ``recall@K``, ``ndcg@K``, ``coverage@K``, ``hit@K`` (share of users with a held-out
+        ``recall@K``, ``ndcg@K``, ``coverage@K``, ``user_hit@K`` (share of users with a held-out
         item in their top K) for every K, and ``users`` (test users).
 
     Notes
@@ -277,7 +277,7 @@ def ranking_metrics(
     if n_users == 0:
         for k in ks:
             out[f"recall@{k}"] = out[f"ndcg@{k}"] = out[f"coverage@{k}"] = float("nan")
-            out[f"hit@{k}"] = float("nan")
+            out[f"user_hit@{k}"] = float("nan")
         return out
     relevant = np.diff(test.indptr)
     owner = np.repeat(np.arange(n_users, dtype=np.int64), relevant)
@@ -297,7 +297,7 @@ def ranking_metrics(
         out[f"ndcg@{k}"] = float(np.mean(dcg / idcg))
         shown = ranked[:, :k]
         out[f"coverage@{k}"] = float(np.unique(shown[shown >= 0]).size / n_items)
-        out[f"hit@{k}"] = float(np.mean(top.any(axis=1)))
+        out[f"user_hit@{k}"] = float(np.mean(top.any(axis=1)))
     return out
 
 

@@ -165,8 +165,8 @@ def test_ranking_metrics_by_hand() -> None:
     assert_allclose(m["coverage@1"], 0.4, rtol=1e-12)
     assert_allclose(m["coverage@3"], 1.0, rtol=1e-12)
     # hit@1: only q has a held-out item at rank 1 -> 0.5; hit@3: both -> 1.0
-    assert_allclose(m["hit@1"], 0.5, rtol=1e-12)
-    assert_allclose(m["hit@3"], 1.0, rtol=1e-12)
+    assert_allclose(m["user_hit@1"], 0.5, rtol=1e-12)
+    assert_allclose(m["user_hit@3"], 1.0, rtol=1e-12)
 
 
 def test_ranking_metrics_ignore_empty_positions() -> None:
