@@ -42,9 +42,10 @@ from abplatform.config.models import (
 from abplatform.domain import SCENES
 from abplatform.errors import AbplatformError
 from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, reserve_ids, seconds_to_sql
+from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from simulator.behaviour import slate_probabilities
 from simulator.context import Contexts, draw_contexts, draw_scenes
+from simulator.rows import SessionBlock, write_sessions
 from simulator.tally import VariantTally
 from simulator.truth import SessionExpectations, SlateSource, combine
 from simulator.world import World
@@ -562,52 +563,18 @@ def _flush(
     contexts = Contexts(
         traffic.contexts.scene[rows], traffic.contexts.current[rows], traffic.contexts.cart[rows]
     )
-    exposure_ids = reserve_ids(conn, "exposures", n)
-    bulk_insert(
-        conn,
-        "exposures",
-        {
-            "id": exposure_ids,
-            "experiment_id": [experiment_id] * n,
-            "variant": np.asarray(keys)[arm],
-            "unit_id": world.user_ids[users],
-            "ts": seconds_to_sql(ts),
-            "propensity": propensity,
-            "bucket": [None] * n,
-            "scene": np.asarray(SCENES)[contexts.scene],
-            "slate_size": [k] * n,
-            "context": contexts.as_json(world),
-            "weight_version": version,
-        },
+    block = SessionBlock(
+        users,
+        ts,
+        contexts,
+        arm,
+        propensity,
+        [None] * n,
+        items,
+        clicked,
+        bought,
+        weight_version=version,
     )
-    bulk_insert(
-        conn,
-        "impressions",
-        {
-            "exposure_id": np.repeat(exposure_ids, k),
-            "position": np.tile(np.arange(k), n),
-            "item_id": world.item_ids[items.ravel()],
-        },
+    return write_sessions(
+        conn, world, block, keys, experiment_id=experiment_id, run_id=run_id, event_seq=event_seq
     )
-    crow, ccol = np.nonzero(clicked)
-    brow, bcol = np.nonzero(bought)
-    n_events = crow.size + brow.size
-    event_rows = np.concatenate([crow, brow])
-    event_items = np.concatenate([items[crow, ccol], items[brow, bcol]])
-    offsets = np.concatenate([ccol + 1, bcol + 600])
-    values: list[float | None] = [None] * crow.size + world.item_price[items[brow, bcol]].tolist()
-    bulk_insert(
-        conn,
-        "events",
-        {
-            "event_id": [f"sim{run_id}-{event_seq + i}" for i in range(n_events)],
-            "experiment_id": [experiment_id] * n_events,
-            "exposure_id": exposure_ids[event_rows],
-            "unit_id": world.user_ids[users[event_rows]],
-            "type": ["click"] * crow.size + ["purchase"] * brow.size,
-            "item_id": world.item_ids[event_items],
-            "value": values,
-            "ts": seconds_to_sql(ts[event_rows] + offsets),
-        },
-    )
-    return event_seq + n_events

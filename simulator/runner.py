@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from abplatform.assignment.engine import build_policy
 from abplatform.config.models import ExperimentConfig, SimulationConfig
-from abplatform.domain import SCENES, RecRequest
+from abplatform.domain import RecRequest
 from abplatform.errors import AbplatformError
 from abplatform.registry import build_strategy
 from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, reserve_ids, seconds_to_sql
+from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.history import load_history
 from abplatform.storage.repository import (
     clear_catalog,
@@ -38,6 +38,7 @@ from simulator.bandit import (
 from simulator.behaviour import slate_probabilities
 from simulator.context import HOME, Contexts, draw_contexts, draw_scenes
 from simulator.history import generate_history
+from simulator.rows import SessionBlock, write_sessions
 from simulator.tally import VariantTally
 from simulator.truth import SlateSource, scene_expectations, truth_from_scenes
 from simulator.world import World, build_world
@@ -358,57 +359,26 @@ def _play(
         clicked = rng.random(items.shape) < outcome.click
         bought = clicked & (rng.random(items.shape) < outcome.purchase_given_click)
 
-        exposure_ids = reserve_ids(conn, "exposures", users.size)
-        stamps = seconds_to_sql(ts)
-        bulk_insert(
-            conn,
-            "exposures",
-            {
-                "id": exposure_ids,
-                "experiment_id": [experiment_id] * users.size,
-                "variant": np.asarray(keys)[user_arm],
-                "unit_id": world.user_ids[users],
-                "ts": stamps,
-                "propensity": decisions.propensity[users],
-                "bucket": decisions.bucket[users],
-                "scene": np.asarray(SCENES)[contexts.scene],
-                "slate_size": [k] * users.size,
-                "context": contexts.as_json(world),
-            },
+        block = SessionBlock(
+            users,
+            ts,
+            contexts,
+            user_arm,
+            decisions.propensity[users],
+            decisions.bucket[users],
+            items,
+            clicked,
+            bought,
         )
-        bulk_insert(
+        event_seq = write_sessions(
             conn,
-            "impressions",
-            {
-                "exposure_id": np.repeat(exposure_ids, k),
-                "position": np.tile(np.arange(k), users.size),
-                "item_id": world.item_ids[items.ravel()],
-            },
+            world,
+            block,
+            keys,
+            experiment_id=experiment_id,
+            run_id=run_id,
+            event_seq=event_seq,
         )
-        crow, ccol = np.nonzero(clicked)
-        brow, bcol = np.nonzero(bought)
-        n_events = crow.size + brow.size
-        event_rows = np.concatenate([crow, brow])
-        event_items = np.concatenate([items[crow, ccol], items[brow, bcol]])
-        offsets = np.concatenate([ccol + 1, bcol + 600])
-        values: list[float | None] = [None] * crow.size + world.item_price[
-            items[brow, bcol]
-        ].tolist()
-        bulk_insert(
-            conn,
-            "events",
-            {
-                "event_id": [f"sim{run_id}-{event_seq + i}" for i in range(n_events)],
-                "experiment_id": [experiment_id] * n_events,
-                "exposure_id": exposure_ids[event_rows],
-                "unit_id": world.user_ids[users[event_rows]],
-                "type": ["click"] * crow.size + ["purchase"] * brow.size,
-                "item_id": world.item_ids[event_items],
-                "value": values,
-                "ts": seconds_to_sql(ts[event_rows] + offsets),
-            },
-        )
-        event_seq += n_events
         seen[users] = True
         for a, key in enumerate(keys):
             in_arm = user_arm == a

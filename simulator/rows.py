@@ -1,0 +1,97 @@
+"""Write a block of simulated sessions (exposures, impressions, events) as real traffic would."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Connection
+
+from abplatform.domain import SCENES
+from abplatform.storage.bulk import bulk_insert, reserve_ids, seconds_to_sql
+from simulator.context import Contexts
+from simulator.world import World
+
+PURCHASE_DELAY_S = 600
+"""Seconds after the exposure at which a purchase is logged (clicks: 1 s per position)."""
+
+
+@dataclass(frozen=True)
+class SessionBlock:
+    """Sessions in arrival order with their arm, slate and sampled feedback."""
+
+    users: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    contexts: Contexts
+    arm: npt.NDArray[np.int64]
+    propensity: npt.NDArray[np.float64]
+    bucket: Sequence[float | None] | npt.NDArray[np.float64]
+    items: npt.NDArray[np.int64]
+    clicked: npt.NDArray[np.bool_]
+    bought: npt.NDArray[np.bool_]
+    weight_version: npt.NDArray[np.int64] | None = None
+
+
+def write_sessions(
+    conn: Connection,
+    world: World,
+    block: SessionBlock,
+    keys: list[str],
+    *,
+    experiment_id: int,
+    run_id: int,
+    event_seq: int,
+) -> int:
+    """Insert the block's exposures, impressions and click/purchase events; return the event seq."""
+    n, k = block.items.shape
+    exposure_ids = reserve_ids(conn, "exposures", n)
+    exposures: dict[str, Sequence[Any] | npt.NDArray[Any]] = {
+        "id": exposure_ids,
+        "experiment_id": [experiment_id] * n,
+        "variant": np.asarray(keys)[block.arm],
+        "unit_id": world.user_ids[block.users],
+        "ts": seconds_to_sql(block.ts),
+        "propensity": block.propensity,
+        "bucket": block.bucket,
+        "scene": np.asarray(SCENES)[block.contexts.scene],
+        "slate_size": [k] * n,
+        "context": block.contexts.as_json(world),
+    }
+    if block.weight_version is not None:
+        exposures["weight_version"] = block.weight_version
+    bulk_insert(conn, "exposures", exposures)
+    bulk_insert(
+        conn,
+        "impressions",
+        {
+            "exposure_id": np.repeat(exposure_ids, k),
+            "position": np.tile(np.arange(k), n),
+            "item_id": world.item_ids[block.items.ravel()],
+        },
+    )
+    items, clicked, bought = block.items, block.clicked, block.bought
+    crow, ccol = np.nonzero(clicked)
+    brow, bcol = np.nonzero(bought)
+    n_events = crow.size + brow.size
+    event_rows = np.concatenate([crow, brow])
+    event_items = np.concatenate([items[crow, ccol], items[brow, bcol]])
+    offsets = np.concatenate([ccol + 1, bcol + PURCHASE_DELAY_S])
+    values: list[float | None] = [None] * crow.size + world.item_price[items[brow, bcol]].tolist()
+    bulk_insert(
+        conn,
+        "events",
+        {
+            "event_id": [f"sim{run_id}-{event_seq + i}" for i in range(n_events)],
+            "experiment_id": [experiment_id] * n_events,
+            "exposure_id": exposure_ids[event_rows],
+            "unit_id": world.user_ids[block.users[event_rows]],
+            "type": ["click"] * crow.size + ["purchase"] * brow.size,
+            "item_id": world.item_ids[event_items],
+            "value": values,
+            "ts": seconds_to_sql(block.ts[event_rows] + offsets),
+        },
+    )
+    return event_seq + n_events
