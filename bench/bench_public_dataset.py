@@ -75,6 +75,14 @@ TWO_TOWER_PARAMS: dict[str, Any] = {
 }
 """The two-tower as benchmarked (see bench/README.md for how it got there)."""
 
+SPLIT_PARAMS: dict[str, dict[str, Any]] = {
+    # Early stopping on a random 10% of the training pairs, as the test split is drawn.
+    "random": {"validation_holdout": "random", "learning_rate": 0.001},
+    # Early stopping on users' last new items; softmax over the whole catalogue.
+    "time": {"validation_holdout": "last", "negatives": "full"},
+}
+"""Per split, chosen with `--validate` (a second split of the training part), not the test."""
+
 
 @dataclass(frozen=True)
 class MovieLens:
@@ -185,10 +193,10 @@ def ingest(folder: Path, data: MovieLens) -> InteractionLog:
 
 
 def strategies_to_compare(
-    quick: bool, seed: int, overrides: dict[str, Any]
+    quick: bool, seed: int, overrides: dict[str, Any], kind: str
 ) -> dict[str, Callable[[], Any]]:
-    """Fresh, unfitted strategies by variant name."""
-    params = dict(TWO_TOWER_PARAMS)
+    """Fresh, unfitted strategies by variant name, the two-tower set up for split `kind`."""
+    params = {**TWO_TOWER_PARAMS, **SPLIT_PARAMS[kind]}
     if quick:
         params.update(epochs=4, early_stopping_patience=1)
     params.update(overrides)
@@ -228,6 +236,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--params", default="{}", help="JSON overriding two-tower params")
     parser.add_argument("--only", default="", help="comma-separated variants to run")
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="tuning mode: split the training part again the same way and score on that "
+        "(the test part is never read)",
+    )
     args = parser.parse_args()
     ks = sorted({int(k) for k in args.k.split(",")})
 
@@ -252,6 +266,10 @@ def main() -> None:
             else TimeSplit(args.test_fraction)
         )
         train, held, details = split_history(log, split, CATALOG)
+        if args.validate:
+            # Parameters are chosen here: a split of the training data only.
+            train, held, details = split_history(train, split, CATALOG)
+            details["validation"] = True
         protocols = {
             "exclude seen": held_out_targets(train, held, include_seen=False),
             "include seen": held_out_targets(train, held, include_seen=True),
@@ -259,7 +277,7 @@ def main() -> None:
         details.update(protocols["exclude seen"].details)
         print(f"\nsplit: {json.dumps(details)}")
         tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in protocols}
-        variants = strategies_to_compare(args.quick, args.seed, json.loads(args.params))
+        variants = strategies_to_compare(args.quick, args.seed, json.loads(args.params), kind)
         for name, build in variants.items():
             if args.only and name not in args.only.split(","):
                 continue
@@ -269,10 +287,18 @@ def main() -> None:
             train_seconds = time.perf_counter() - clock
             if name == "two_tower":
                 record = strategy.artifact.manifest["training"]
-                curve = [round(e.get("val_recall@50", 0.0), 4) for e in record.get("epochs", [])]
+                curve = [
+                    round(e.get("val_recall@50", e.get("val_hit@50", 0.0)), 4)
+                    for e in record.get("epochs", [])
+                ]
+                metric = (
+                    "hit@50"
+                    if SPLIT_PARAMS[kind]["validation_holdout"] == "random"
+                    else "recall@50"
+                )
                 print(
                     f"two_tower: {record.get('epochs_run')} epochs, best "
-                    f"{record.get('best_epoch')}, validation recall@50 by epoch {curve}"
+                    f"{record.get('best_epoch')}, validation {metric} by epoch {curve}"
                 )
             for protocol, targets in protocols.items():
                 metrics, serve = score_strategy(

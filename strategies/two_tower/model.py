@@ -204,7 +204,7 @@ def initial_item_bias(examples: TrainingExamples, n_items: int) -> npt.NDArray[n
 
 
 class TwoTowerModel(tfrs.Model):  # type: ignore[misc]
-    """In-batch softmax retrieval with the logQ correction and accidental-hit removal.
+    """Softmax retrieval over in-batch negatives (logQ-corrected) or the whole catalogue.
 
     With an `item_bias`, a candidate's logit is ``cos(query, item) / temperature + b_item``:
     the candidate vector gets ``temperature * b_item`` as one more component and the query
@@ -217,12 +217,15 @@ class TwoTowerModel(tfrs.Model):  # type: ignore[misc]
         item_tower: ItemTower,
         temperature: float,
         item_bias: ItemBias | None = None,
+        full_softmax_items: int = 0,
     ):
         super().__init__()
         self.user_tower = user_tower
         self.item_tower = item_tower
         self.item_bias = item_bias
         self.temperature = temperature
+        # > 0: the softmax runs over these many catalogue tokens (1..n), not the batch.
+        self.full_softmax_items = full_softmax_items
         # The logged "loss" is the last batch's; the mean over the epoch's batches is this one.
         self.epoch_loss = keras.metrics.Mean(name="epoch_loss")
         self.task = tfrs.tasks.Retrieval(
@@ -232,6 +235,8 @@ class TwoTowerModel(tfrs.Model):  # type: ignore[misc]
         )
 
     def compute_loss(self, features: dict[str, Any], training: bool = False) -> Any:
+        if self.full_softmax_items:
+            return self._full_softmax_loss(features, training)
         queries = self.user_tower(features, training=training)
         candidates = self.item_tower(features["item"], training=training)
         if self.item_bias is not None:
@@ -248,6 +253,20 @@ class TwoTowerModel(tfrs.Model):  # type: ignore[misc]
             compute_batch_metrics=False,
         )
 
+    def _full_softmax_loss(self, features: dict[str, Any], training: bool) -> Any:
+        """Weighted cross-entropy of the true item among every catalogue item (summed)."""
+        queries = self.user_tower(features, training=training)
+        tokens = tf.range(1, self.full_softmax_items + 1, dtype=tf.int32)
+        candidates = self.item_tower(tokens, training=training)
+        logits = tf.matmul(queries, candidates, transpose_b=True) / self.temperature
+        if self.item_bias is not None:
+            logits += tf.transpose(self.item_bias(tokens))
+        labels = tf.cast(features["item"], tf.int32) - 1
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        loss = tf.reduce_sum(losses * tf.cast(features["weight"], tf.float32))
+        self.epoch_loss.update_state(loss)
+        return loss
+
 
 @dataclass(frozen=True)
 class Validation:
@@ -256,6 +275,9 @@ class Validation:
     inputs: UserInputs
     targets: list[npt.NDArray[np.int64]]  # dense item indices per user
     seen: list[npt.NDArray[np.int64]]  # items of the user's training sequence
+    # True: score the share of held-out pairs found (hit@K), as a random split weighs them;
+    # False: recall@K averaged over users.
+    pair_weighted: bool = False
 
 
 @dataclass
@@ -338,7 +360,7 @@ def _user_features(inputs: UserInputs) -> dict[str, Any]:
 
 
 def validation_recall(towers: TrainedTowers, validation: Validation, k: int) -> float:
-    """Mean recall@k of the held-out items, the user's training items excluded."""
+    """Recall@k of the held-out items (user mean, or pair-weighted), training items excluded."""
     items = towers.item_embeddings().astype(np.float64)
     queries = towers.user_embeddings(validation.inputs).astype(np.float64)
     offsets = towers.item_offsets()
@@ -348,11 +370,16 @@ def validation_recall(towers: TrainedTowers, validation: Validation, k: int) -> 
     index = ItemIndex.build(quantize(items))
     queries = quantize(queries).astype(np.float64)
     ranked, _ = index.search(queries, min(k, index.n_items), excluded=validation.seen)
-    recalls = [
-        np.isin(target, row).sum() / target.size
+    found = [
+        int(np.isin(target, row).sum())
         for target, row in zip(validation.targets, ranked, strict=True)
     ]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    if not found:
+        return float("nan")
+    sizes = [target.size for target in validation.targets]
+    if validation.pair_weighted:
+        return sum(found) / sum(sizes)
+    return float(np.mean([n / size for n, size in zip(found, sizes, strict=True)]))
 
 
 class _EarlyStopping(keras.callbacks.Callback):  # type: ignore[misc]
@@ -378,7 +405,8 @@ class _EarlyStopping(keras.callbacks.Callback):  # type: ignore[misc]
         self.towers.epochs_run = epoch + 1
         if self.validation is not None:
             recall = validation_recall(self.towers, self.validation, VALIDATION_K)
-            record[f"val_recall@{VALIDATION_K}"] = recall
+            name = "val_hit" if self.validation.pair_weighted else "val_recall"
+            record[f"{name}@{VALIDATION_K}"] = recall
             if recall > self.best:
                 self.best = recall
                 self.best_weights = self.model.get_weights()
@@ -430,10 +458,13 @@ def train_two_tower(
 
     Notes
     -----
-    The loss is TFRS's in-batch softmax (`tfrs.tasks.Retrieval`): the other positives of a
-    batch are the negatives, their logits corrected by -log(sampling probability) (logQ)
-    so that frequent items are not over-penalised, and a batch's duplicates of the positive
-    item are masked (accidental hits). Scores are cosines divided by `temperature`.
+    With ``negatives: in_batch`` the loss is TFRS's in-batch softmax (`tfrs.tasks.Retrieval`):
+    the other positives of a batch are the negatives, their logits corrected by
+    -log(sampling probability) (logQ) so that frequent items are not over-penalised, and a
+    batch's duplicates of the positive item are masked (accidental hits). With ``full`` every
+    catalogue item is a negative of every example (exact softmax, no correction needed).
+    Scores are cosines divided by `temperature` (plus the item bias if any); example losses
+    are weighted and summed over the batch in both cases.
 
     Seeds Python, NumPy and TensorFlow with `seed` and turns on TensorFlow's op determinism
     (a process-wide setting), so two runs in one environment give the same weights; across
@@ -447,7 +478,8 @@ def train_two_tower(
     user_tower = UserTower(vocabulary, tables, feature_sizes, params, seed)
     item_tower = ItemTower(tables, items, params)
     bias = ItemBias(initial_item_bias(examples, n_items)) if params.item_bias else None
-    model = TwoTowerModel(user_tower, item_tower, params.temperature, bias)
+    full = n_items if params.negatives == "full" else 0
+    model = TwoTowerModel(user_tower, item_tower, params.temperature, bias, full)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate))
     features = {
         "user_id": examples.user_ids,

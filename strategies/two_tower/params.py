@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -23,7 +23,7 @@ class TwoTowerParams(StrategyParams):
     epochs
         Maximum passes over the training examples (early stopping may end sooner).
     batch_size
-        Examples per step; every batch's other positives are its in-batch negatives.
+        Examples per step; with in-batch negatives, a batch's other positives are its negatives.
     learning_rate
         Adam step size.
     history_length
@@ -37,8 +37,12 @@ class TwoTowerParams(StrategyParams):
     early_stopping_patience
         Epochs without a better validation recall before training stops (best weights return).
     validation_fraction
-        Share of eligible users whose last new item is held out to steer early stopping;
-        0 trains for `epochs` without validation.
+        Share of eligible users whose last new item is held out to steer early stopping
+        (with ``validation_holdout: random``, share of the distinct user-item pairs held
+        out); 0 trains for `epochs` without validation.
+    validation_holdout
+        ``last``: each chosen user's last new item (next-item prediction). ``random``: a
+        seeded random share of the (user, item) pairs, as in a random offline split.
     purchase_weight
         Loss weight of a purchased item's example (a click has weight 1).
     cold_start_dropout
@@ -49,6 +53,10 @@ class TwoTowerParams(StrategyParams):
         Add a learned per-item logit offset (started at the log of the item's frequency) to
         the cosine score: popularity need not be carved out of the unit-norm embeddings.
         Served as one more embedding component (a 1 in known users' queries).
+    negatives
+        ``in_batch``: the softmax runs over the batch's positives, logQ-corrected (scales to
+        any catalogue). ``full``: over the whole catalogue, every item embedded each step
+        (exact, no sampling bias, so no logQ; for catalogues up to tens of thousands).
     user_id_dropout
         Probability that a training example hides its user id (out-of-vocabulary row), so the
         tower learns to serve unseen users from their history alone.
@@ -69,3 +77,5 @@ class TwoTowerParams(StrategyParams):
     user_id_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
     item_bias: bool = False
     cold_start_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
+    negatives: Literal["in_batch", "full"] = "in_batch"
+    validation_holdout: Literal["last", "random"] = "last"

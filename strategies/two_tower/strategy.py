@@ -15,7 +15,7 @@ from abplatform.domain import InteractionLog, RecRequest, Slate
 from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
 from strategies.base import BaseStrategy, NotFittedError, check_k
-from strategies.evaluation import time_split
+from strategies.evaluation import POSITIVE_EVENTS, HoldoutSet, item_indices, subset_log, time_split
 from strategies.two_tower.artifact import TwoTowerArtifact, export_artifact, load_artifact
 from strategies.two_tower.data import (
     ItemFeatures,
@@ -164,15 +164,23 @@ class TwoTowerStrategy(BaseStrategy):
         params: TwoTowerParams = self.params
         if params.validation_fraction == 0 or params.epochs == 1:
             return sequences, None
-        train_log, held = time_split(
-            history, 1, user_fraction=params.validation_fraction, seed=self.seed
-        )
+        if params.validation_holdout == "random":
+            train_log, held = random_holdout(history, params.validation_fraction, self.seed)
+        else:
+            train_log, held = time_split(
+                history, 1, user_fraction=params.validation_fraction, seed=self.seed
+            )
         if len(held) == 0:
             return sequences, None
         train_sequences = positive_sequences(train_log, params.purchase_weight)
         if _too_little(train_sequences) is not None:
             return sequences, None
         validation_type = _model().Validation
+        known = np.isin(held.user_ids, train_sequences.user_ids)
+        if not known.all():  # a random holdout can take all of a user's items
+            held = _held_users(held, known)
+        if len(held) == 0:
+            return sequences, None
         rows = np.searchsorted(train_sequences.user_ids, held.user_ids)
         inputs = user_inputs(
             train_sequences, held.user_ids, encoder, history.user_features, params.history_length
@@ -184,7 +192,12 @@ class TwoTowerStrategy(BaseStrategy):
             for row in rows.tolist()
         ]
         targets = [held.items_of(i) for i in range(len(held))]
-        return train_sequences, validation_type(inputs=inputs, targets=targets, seen=seen)
+        return train_sequences, validation_type(
+            inputs=inputs,
+            targets=targets,
+            seen=seen,
+            pair_weighted=params.validation_holdout == "random",
+        )
 
     def _fallback(
         self, history: InteractionLog, sequences: PositiveSequences, reason: str
@@ -426,6 +439,39 @@ def _popularity_query(model_dim: int) -> npt.NDArray[np.float32]:
     query = np.zeros(model_dim + 1, dtype=np.float32)
     query[-1] = 1.0
     return query
+
+
+def random_holdout(
+    history: InteractionLog, fraction: float, seed: int
+) -> tuple[InteractionLog, HoldoutSet]:
+    """Hold out a seeded random `fraction` of the distinct positive (user, item) pairs.
+
+    Every row of a held-out pair (any event type) leaves the training log, so a held-out
+    item is new to its user in training; users keep their other rows.
+    """
+    items = item_indices(history)
+    positive = np.isin(history.event_types, POSITIVE_EVENTS) & (items >= 0)
+    users, user_codes = np.unique(history.user_ids.astype(str), return_inverse=True)
+    width = max(len(history.catalog), 1)
+    keys = user_codes.astype(np.int64).reshape(-1) * width + np.maximum(items, 0)
+    pairs = np.unique(keys[positive])
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.permutation(pairs)[: round(fraction * pairs.size)])
+    held_rows = np.isin(keys, chosen) & (items >= 0)
+    owners = chosen // width
+    counts = np.bincount(owners, minlength=users.size)
+    has = counts > 0
+    indptr = np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int64)
+    holdout = HoldoutSet(users[has].astype(str), indptr, (chosen % width).astype(np.int64))
+    return subset_log(history, ~held_rows), holdout
+
+
+def _held_users(held: HoldoutSet, keep: npt.NDArray[np.bool_]) -> HoldoutSet:
+    """The held-out items of the users where `keep` is true."""
+    counts = np.diff(held.indptr)
+    rows = np.repeat(keep, counts)
+    indptr = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
+    return HoldoutSet(held.user_ids[keep], indptr, held.items[rows])
 
 
 def _too_little(sequences: PositiveSequences) -> str | None:

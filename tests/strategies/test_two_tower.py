@@ -507,10 +507,10 @@ def test_item_index_is_the_exact_top_k(n_items: int, dim: int) -> None:
     from strategies.two_tower.serving import ItemIndex, quantize
 
     rng = np.random.default_rng(n_items)
-    items = rng.normal(size=(n_items, dim))
-    items /= np.linalg.norm(items, axis=1, keepdims=True)
-    items[:, -1] = rng.random(n_items)  # a popularity-like axis
-    items = quantize(items)
+    raw = rng.normal(size=(n_items, dim))
+    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+    raw[:, -1] = rng.random(n_items)  # a popularity-like axis
+    items = quantize(raw)
     items[5] = items[7]  # exact ties, broken by the lower index
     items[11] = items[3]
     queries = rng.normal(size=(300, dim))
