@@ -78,8 +78,9 @@ TWO_TOWER_PARAMS: dict[str, Any] = {
 SPLIT_PARAMS: dict[str, dict[str, Any]] = {
     # Early stopping on a random 10% of the training pairs, as the test split is drawn.
     "random": {"validation_holdout": "random", "learning_rate": 0.001},
-    # Early stopping on users' last new items; softmax over the whole catalogue.
-    "time": {"validation_holdout": "last", "negatives": "full"},
+    # Early stopping on users' last new items; softmax over the whole catalogue; then a
+    # second fit on the whole training part for the chosen epoch count (round 3).
+    "time": {"validation_holdout": "last", "negatives": "full", "refit": True},
 }
 """Per split, chosen with `--validate` (a second split of the training part), not the test."""
 
@@ -291,14 +292,12 @@ def main() -> None:
                     round(e.get("val_recall@50", e.get("val_hit@50", 0.0)), 4)
                     for e in record.get("epochs", [])
                 ]
-                metric = (
-                    "hit@50"
-                    if SPLIT_PARAMS[kind]["validation_holdout"] == "random"
-                    else "recall@50"
-                )
+                metric = "hit@50" if strategy.params.validation_holdout != "last" else "recall@50"
+                refit = record.get("refit_epochs")
                 print(
                     f"two_tower: {record.get('epochs_run')} epochs, best "
                     f"{record.get('best_epoch')}, validation {metric} by epoch {curve}"
+                    + (f"; refit on the whole training part for {refit} epochs" if refit else "")
                 )
             for protocol, targets in protocols.items():
                 metrics, serve = score_strategy(

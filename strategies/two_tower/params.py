@@ -43,6 +43,9 @@ class TwoTowerParams(StrategyParams):
     validation_holdout
         ``last``: each chosen user's last new item (next-item prediction). ``random``: a
         seeded random share of the (user, item) pairs, as in a random offline split.
+        ``time``: the latest `validation_fraction` of the interactions by time (a global
+        cut, as in a temporal offline split), scored by the share of held-out pairs found;
+        users first seen after the cut are served from their profile alone.
     purchase_weight
         Loss weight of a purchased item's example (a click has weight 1).
     cold_start_dropout
@@ -57,6 +60,13 @@ class TwoTowerParams(StrategyParams):
         ``in_batch``: the softmax runs over the batch's positives, logQ-corrected (scales to
         any catalogue). ``full``: over the whole catalogue, every item embedded each step
         (exact, no sampling bias, so no logQ; for catalogues up to tens of thousands).
+    refit
+        After early stopping on a validation holdout, train again from the start on the
+        whole history (held-out part included) for the best epoch count; costs a second fit.
+    cold_popularity_weight
+        Weight of the popularity axis in the stored queries of users known only by their
+        profile (no clicks or purchases): their score is the model's plus this times the
+        item's popularity rank in (0, 1]. 0 serves them the model alone.
     user_id_dropout
         Probability that a training example hides its user id (out-of-vocabulary row), so the
         tower learns to serve unseen users from their history alone.
@@ -78,4 +88,6 @@ class TwoTowerParams(StrategyParams):
     item_bias: bool = False
     cold_start_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
     negatives: Literal["in_batch", "full"] = "in_batch"
-    validation_holdout: Literal["last", "random"] = "last"
+    validation_holdout: Literal["last", "random", "time"] = "last"
+    refit: bool = False
+    cold_popularity_weight: float = Field(default=0.0, ge=0.0, le=4.0, allow_inf_nan=False)

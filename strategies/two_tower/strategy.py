@@ -81,8 +81,10 @@ class TwoTowerStrategy(BaseStrategy):
         user's `history_length` steps before it, item), weighted 1 for a click and
         `purchase_weight` for a purchase; views and other events are not used. The last
         new item of `validation_fraction` of the users is held out (`time_split`) to stop
-        training early on recall@50; the stored user embeddings are then computed from each
-        user's latest items in the whole history.
+        training early on recall@50 (`validation_holdout` picks other holdouts; with `refit`
+        the towers are then trained again on everything for the best epoch count); the
+        stored user embeddings are then computed from each user's latest items in the whole
+        history.
 
         With fewer than `MIN_TRAINING_STEPS` click/purchase steps or fewer than two distinct
         items there is nothing for a retrieval model to learn: the strategy then falls back
@@ -104,6 +106,10 @@ class TwoTowerStrategy(BaseStrategy):
         vocabulary = sequences.user_ids.astype(str)
         known = np.union1d(vocabulary, np.array(sorted(history.user_features), dtype=str))
         train_sequences, validation = self._validation_split(history, sequences, encoder)
+        if params.validation_holdout == "time":
+            # Users first seen after the validation cut never train an id row: the
+            # out-of-vocabulary row (trained by id dropout) serves them, not a random one.
+            vocabulary = train_sequences.user_ids.astype(str)
         examples = training_examples(
             train_sequences,
             params.history_length,
@@ -118,6 +124,23 @@ class TwoTowerStrategy(BaseStrategy):
             self.seed,
             validation,
         )
+        chosen_on = towers
+        if params.refit and validation is not None and towers.best_epoch is not None:
+            # The epoch count was chosen on the holdout; the served model also learns from it.
+            examples = training_examples(
+                sequences,
+                params.history_length,
+                encoder.transform(sequences.user_ids.tolist(), history.user_features),
+            )
+            towers = _model().train_two_tower(
+                examples,
+                ItemFeatures.from_catalog(history.catalog),
+                sequences.user_ids.astype(str).tolist(),
+                [len(vocab) for _, vocab in encoder.categorical],
+                params.model_copy(update={"epochs": towers.best_epoch}),
+                self.seed,
+                None,
+            )
         self.towers = towers
         inputs = user_inputs(
             sequences, known.astype(str), encoder, history.user_features, params.history_length
@@ -136,16 +159,23 @@ class TwoTowerStrategy(BaseStrategy):
             "fallback": None,
             "examples": len(examples),
             "validation_users": 0 if validation is None else len(validation.targets),
-            "epochs_run": towers.epochs_run,
-            "best_epoch": towers.best_epoch,
-            "epochs": towers.epochs,
-            "seconds": round(towers.seconds, 3),
+            "epochs_run": chosen_on.epochs_run,
+            "best_epoch": chosen_on.best_epoch,
+            "epochs": chosen_on.epochs,
+            "refit_epochs": towers.epochs_run if towers is not chosen_on else None,
+            "seconds": round(
+                chosen_on.seconds + (towers.seconds if towers is not chosen_on else 0), 3
+            ),
         }
         self._artifact = TwoTowerArtifact(
             catalog=history.catalog,
             item_embeddings=quantize(np.column_stack([item_matrix, popularity])),
             user_ids=known.astype(str),
-            user_embeddings=quantize(_with_popularity(user_embeddings, 0.0)),
+            user_embeddings=quantize(
+                _with_popularity(user_embeddings, 0.0)
+                if params.cold_popularity_weight == 0
+                else _cold_blend(user_embeddings, known, sequences, params.cold_popularity_weight)
+            ),
             purchased_indptr=purchased_indptr,
             purchased_items=purchased_items,
             default_embedding=_popularity_query(item_matrix.shape[1]),
@@ -160,12 +190,14 @@ class TwoTowerStrategy(BaseStrategy):
         sequences: PositiveSequences,
         encoder: UserFeatureEncoder,
     ) -> tuple[PositiveSequences, Any]:
-        """Hold out the last new item of `validation_fraction` of the users, if enough remain."""
+        """The training sequences and the validation set of `validation_holdout`, if any."""
         params: TwoTowerParams = self.params
         if params.validation_fraction == 0 or params.epochs == 1:
             return sequences, None
         if params.validation_holdout == "random":
             train_log, held = random_holdout(history, params.validation_fraction, self.seed)
+        elif params.validation_holdout == "time":
+            train_log, held = time_holdout(history, params.validation_fraction)
         else:
             train_log, held = time_split(
                 history, 1, user_fraction=params.validation_fraction, seed=self.seed
@@ -177,26 +209,34 @@ class TwoTowerStrategy(BaseStrategy):
             return sequences, None
         validation_type = _model().Validation
         known = np.isin(held.user_ids, train_sequences.user_ids)
-        if not known.all():  # a random holdout can take all of a user's items
+        cold_users = params.validation_holdout == "time"
+        if not known.all() and not cold_users:  # a random holdout can take all of a user's items
             held = _held_users(held, known)
+            known = known[known]
         if len(held) == 0:
             return sequences, None
-        rows = np.searchsorted(train_sequences.user_ids, held.user_ids)
         inputs = user_inputs(
             train_sequences, held.user_ids, encoder, history.user_features, params.history_length
         )
+        if cold_users:
+            # Users first seen after the cut have no id row in training: the OOV row serves them.
+            inputs.user_ids[~known] = ""
+        rows = np.searchsorted(train_sequences.user_ids, held.user_ids)
+        nothing = np.zeros(0, dtype=np.int64)
         seen = [
             np.unique(
                 train_sequences.items[train_sequences.indptr[row] : train_sequences.indptr[row + 1]]
             )
-            for row in rows.tolist()
+            if is_known
+            else nothing
+            for row, is_known in zip(rows.tolist(), known.tolist(), strict=True)
         ]
         targets = [held.items_of(i) for i in range(len(held))]
         return train_sequences, validation_type(
             inputs=inputs,
             targets=targets,
             seen=seen,
-            pair_weighted=params.validation_holdout == "random",
+            pair_weighted=params.validation_holdout != "last",
         )
 
     def _fallback(
@@ -434,6 +474,18 @@ def _with_popularity(queries: npt.ArrayLike, weight: float) -> npt.NDArray[np.fl
     return np.column_stack([array, np.full(array.shape[0], weight)])
 
 
+def _cold_blend(
+    queries: npt.NDArray[np.float64],
+    users: npt.NDArray[np.str_],
+    sequences: PositiveSequences,
+    weight: float,
+) -> npt.NDArray[np.float64]:
+    """Queries with `weight` on the popularity axis for users without any sequence."""
+    blended = _with_popularity(queries, 0.0)
+    blended[~np.isin(users, sequences.user_ids), -1] = weight
+    return blended
+
+
 def _popularity_query(model_dim: int) -> npt.NDArray[np.float32]:
     """The default query: zero on the model's axes (and item-bias axis), one on popularity."""
     query = np.zeros(model_dim + 1, dtype=np.float32)
@@ -464,6 +516,33 @@ def random_holdout(
     indptr = np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int64)
     holdout = HoldoutSet(users[has].astype(str), indptr, (chosen % width).astype(np.int64))
     return subset_log(history, ~held_rows), holdout
+
+
+def time_holdout(history: InteractionLog, fraction: float) -> tuple[InteractionLog, HoldoutSet]:
+    """Hold out the latest `fraction` of the rows by time (all rows at or after the cut).
+
+    The held-out pairs are each user's positive items after the cut that the user has no
+    positive row for before it; users first seen after the cut are held out whole.
+    """
+    if len(history) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return history, HoldoutSet(np.zeros(0, dtype=str), np.zeros(1, dtype=np.int64), empty)
+    ordered = np.sort(history.timestamps)
+    n_held = max(round(fraction * len(ordered)), 1)
+    after = history.timestamps >= ordered[len(ordered) - n_held]
+    items = item_indices(history)
+    positive = np.isin(history.event_types, POSITIVE_EVENTS) & (items >= 0)
+    users, user_codes = np.unique(history.user_ids.astype(str), return_inverse=True)
+    width = max(len(history.catalog), 1)
+    keys = user_codes.astype(np.int64).reshape(-1) * width + np.maximum(items, 0)
+    before = np.unique(keys[positive & ~after])
+    pairs = np.setdiff1d(np.unique(keys[positive & after]), before)
+    owners = pairs // width
+    counts = np.bincount(owners, minlength=users.size)
+    has = counts > 0
+    indptr = np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int64)
+    holdout = HoldoutSet(users[has].astype(str), indptr, (pairs % width).astype(np.int64))
+    return subset_log(history, ~after), holdout
 
 
 def _held_users(held: HoldoutSet, keep: npt.NDArray[np.bool_]) -> HoldoutSet:
