@@ -10,7 +10,10 @@ temporary SQLite file and analyses it with `reports.analysis.analyze` (CUPED on,
 fixed horizon). For every metric it counts how often the 95% CI of the difference
 (treatment - control) and of the relative lift covers the simulator's true value
 (`ground_truth` in the analysis JSON), and reports the CUPED variance reduction.
-With S seeds a rate's standard error is about sqrt(0.95 * 0.05 / S).
+With S seeds a rate's standard error is about sqrt(0.95 * 0.05 / S). It also prints
+the mean and standard deviation of z = (diff - true diff) / SE over the seeds (SE from
+the CI's half-width): a biased centre shows in the mean, a wrong width in the sd.
+`--per-seed FILE` writes every seed's z-scores as CSV.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from abplatform.config.loader import load_experiment_text
 from abplatform.storage.db import open_database
@@ -40,6 +45,7 @@ metrics:
 simulation: {{users: {users}, days: 3, items: 400, slate_size: 8, seed: 1}}
 analysis: {{correction: none}}
 """
+Z95 = 1.959963984540054
 
 
 def main() -> None:
@@ -48,6 +54,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=4000)
     parser.add_argument("--first-seed", type=int, default=100)
     parser.add_argument("--no-cuped", action="store_true", help="analyse without CUPED")
+    parser.add_argument("--per-seed", type=Path, help="write seed,metric,z rows to this CSV")
     args = parser.parse_args()
     text = EXPERIMENT.format(users=args.users)
     if args.no_cuped:
@@ -57,6 +64,8 @@ def main() -> None:
     config = load_experiment_text(text)
     covered: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     reduction: dict[str, list[float]] = defaultdict(list)
+    z_scores: dict[str, list[float]] = defaultdict(list)
+    rows: list[str] = ["seed,metric,diff,true_diff,se,z"]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -71,6 +80,10 @@ def main() -> None:
                 true_lift = truth["treatment"] / truth["control"] - 1.0
                 lo, hi = cmp["diff_ci"]
                 covered[metric["metric"]]["diff"] += int(lo <= true_diff <= hi)
+                se = (hi - lo) / (2 * Z95)
+                z = (cmp["diff"] - true_diff) / se
+                z_scores[metric["metric"]].append(z)
+                rows.append(f"{seed},{metric['metric']},{cmp['diff']},{true_diff},{se},{z}")
                 lo, hi = cmp["rel_lift_ci"]
                 covered[metric["metric"]]["lift"] += int(lo <= true_lift <= hi)
                 covered[metric["metric"]]["significant"] += int(cmp["p_value"] < 0.05)
@@ -82,8 +95,11 @@ def main() -> None:
         f"{time.perf_counter() - started:.0f} s; "
         f"SE of a coverage rate at 95%: {se:.3f}"
     )
-    print("| metric | diff CI covers truth | lift CI covers truth | p < 0.05 | CUPED var. red. |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| metric | diff CI covers truth | lift CI covers truth | p < 0.05 | CUPED var. red. "
+        "| z mean | z sd |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     total = 0
     for name, counts in covered.items():
         total += counts["diff"]
@@ -91,7 +107,8 @@ def main() -> None:
         print(
             f"| {name} | {counts['diff']}/{seeds} ({counts['diff'] / seeds:.1%}) "
             f"| {counts['lift']}/{seeds} ({counts['lift'] / seeds:.1%}) "
-            f"| {counts['significant']}/{seeds} | {mean_red:.1%} |"
+            f"| {counts['significant']}/{seeds} | {mean_red:.1%} "
+            f"| {np.mean(z_scores[name]):+.2f} | {np.std(z_scores[name], ddof=1):.2f} |"
         )
     intervals = seeds * len(covered)
     print(
@@ -99,6 +116,12 @@ def main() -> None:
         f"(SE {math.sqrt(0.95 * 0.05 / intervals):.3f} if independent; each seed is its own world, "
         "but the metrics of one seed share its users, so they are correlated)"
     )
+    print(
+        f"z mean has SE {1 / math.sqrt(seeds):.2f}; "
+        f"z sd has SE about {1 / math.sqrt(2 * seeds):.2f}"
+    )
+    if args.per_seed is not None:
+        args.per_seed.write_text("\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
