@@ -250,20 +250,9 @@ _InteractionRow = tuple[str, str, str, float | None, int]
 
 def _open_profiles(path: Path, stack: ExitStack, problems: _Problems) -> _CsvLog:
     """Open users.csv: `user_id` is required and every other column is a profile feature."""
-    try:
-        handle = stack.enter_context(path.open(encoding="utf-8-sig", newline=""))
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise DataError(
-            f"cannot read {path}: {reason}",
-            [f"{path.name}: {reason}"],
-            hint="check the path of the users file",
-        ) from None
-    log = _CsvLog(path, handle)
-    header = log.header(problems)
-    if header is None:
+    log, names = _CsvLog.start(path, stack, problems, what="users")
+    if names is None:
         return log
-    names = [name.strip() for name in header]
     if "user_id" not in names:
         found = ", ".join(repr(name) for name in names)
         problems.add(
@@ -278,11 +267,7 @@ def _open_profiles(path: Path, stack: ExitStack, problems: _Problems) -> _CsvLog
                 log.header_line,
                 _bad("column name", f"longer than {MAX_LABEL_LENGTH}", name),
             )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        problems.add(log.name, log.header_line, f"repeated column {', '.join(map(repr, repeated))}")
-    log.columns = {name: i for i, name in enumerate(names)}
-    log.width = len(names)
+    log.set_columns(names, problems)
     return log
 
 

@@ -157,6 +157,34 @@ class _CsvLog:
         self._last_line = 0
 
     @classmethod
+    def start(
+        cls, path: Path, stack: ExitStack, problems: _Problems, what: str = "log"
+    ) -> tuple[_CsvLog, list[str] | None]:
+        """Open `path` and read its header: the log and the stripped names (None if empty)."""
+        try:
+            handle = stack.enter_context(path.open(encoding="utf-8-sig", newline=""))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise DataError(
+                f"cannot read {path}: {reason}",
+                [f"{path.name}: {reason}"],
+                hint=f"check the path of the {what} file",
+            ) from None
+        log = cls(path, handle)
+        header = log.header(problems)
+        return log, None if header is None else [name.strip() for name in header]
+
+    def set_columns(self, names: list[str], problems: _Problems) -> None:
+        """Index the columns by name; a repeated name is a problem."""
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            problems.add(
+                self.name, self.header_line, f"repeated column {', '.join(map(repr, repeated))}"
+            )
+        self.columns = {name: i for i, name in enumerate(names)}
+        self.width = len(names)
+
+    @classmethod
     def open(
         cls,
         path: Path,
@@ -165,20 +193,9 @@ class _CsvLog:
         stack: ExitStack,
         problems: _Problems,
     ) -> _CsvLog:
-        try:
-            handle = stack.enter_context(path.open(encoding="utf-8-sig", newline=""))
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise DataError(
-                f"cannot read {path}: {reason}",
-                [f"{path.name}: {reason}"],
-                hint="check the path of the log file",
-            ) from None
-        log = cls(path, handle)
-        header = log.header(problems)
-        if header is None:  # an empty file is an empty log
+        log, names = cls.start(path, stack, problems)
+        if names is None:  # an empty file is an empty log
             return log
-        names = [name.strip() for name in header]
         found = ", ".join(repr(name) for name in names)
         for column in required:
             if column not in names:
@@ -196,13 +213,7 @@ class _CsvLog:
                 f"{', '.join(repr(name) for name in unknown)} "
                 f"(required: {', '.join(required)}; optional: {', '.join(optional)})",
             )
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            problems.add(
-                log.name, log.header_line, f"repeated column {', '.join(map(repr, repeated))}"
-            )
-        log.columns = {name: i for i, name in enumerate(names)}
-        log.width = len(names)
+        log.set_columns(names, problems)
         return log
 
     def rows(self, problems: _Problems) -> Iterator[tuple[int, list[str]]]:

@@ -43,9 +43,8 @@ from abplatform.domain import SCENES
 from abplatform.errors import AbplatformError
 from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
-from simulator.behaviour import slate_probabilities
 from simulator.context import Contexts, draw_contexts, draw_scenes
-from simulator.rows import SessionBlock, write_sessions
+from simulator.rows import SessionBlock, sample_sessions, write_sessions
 from simulator.tally import VariantTally
 from simulator.truth import SessionExpectations, SlateSource, combine
 from simulator.world import World
@@ -302,20 +301,14 @@ def play_bandit(
         rows = session_order[bounds[b] : bounds[b + 1]]
         users = traffic.users[rows]
         session_arm = unit_arm[unit_of[rows]]
-        items = np.empty((rows.size, k), dtype=np.int64)
         contexts = Contexts(
             traffic.contexts.scene[rows],
             traffic.contexts.current[rows],
             traffic.contexts.cart[rows],
         )
-        for a, key_ in enumerate(keys):
-            sel = np.flatnonzero(session_arm == a)
-            if sel.size:
-                subset = Contexts(contexts.scene[sel], contexts.current[sel], contexts.cart[sel])
-                items[sel] = sources[key_](users[sel], subset)
-        outcome = slate_probabilities(world, users, items)
-        clicked = rng.random(items.shape) < outcome.click
-        bought = clicked & (rng.random(items.shape) < outcome.purchase_given_click)
+        items, clicked, bought = sample_sessions(
+            world, sources, keys, users, contexts, session_arm, k, rng
+        )
         revenue = (bought * world.item_price[items]).sum(axis=1)
 
         # Rewards of the batch's units, per context and arm.

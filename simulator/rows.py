@@ -12,7 +12,9 @@ from sqlalchemy import Connection
 
 from abplatform.domain import SCENES
 from abplatform.storage.bulk import bulk_insert, reserve_ids, seconds_to_sql
+from simulator.behaviour import slate_probabilities
 from simulator.context import Contexts
+from simulator.truth import SlateSource
 from simulator.world import World
 
 PURCHASE_DELAY_S = 600
@@ -33,6 +35,29 @@ class SessionBlock:
     clicked: npt.NDArray[np.bool_]
     bought: npt.NDArray[np.bool_]
     weight_version: npt.NDArray[np.int64] | None = None
+
+
+def sample_sessions(
+    world: World,
+    sources: dict[str, SlateSource],
+    keys: list[str],
+    users: npt.NDArray[np.int64],
+    contexts: Contexts,
+    arm: npt.NDArray[np.int64],
+    k: int,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Each session's slate from its arm's strategy, then sampled clicks and purchases."""
+    items = np.empty((users.size, k), dtype=np.int64)
+    for a, key in enumerate(keys):
+        rows = np.flatnonzero(arm == a)
+        if rows.size:
+            subset = Contexts(contexts.scene[rows], contexts.current[rows], contexts.cart[rows])
+            items[rows] = sources[key](users[rows], subset)
+    outcome = slate_probabilities(world, users, items)
+    clicked = rng.random(items.shape) < outcome.click
+    bought = clicked & (rng.random(items.shape) < outcome.purchase_given_click)
+    return items, clicked, bought
 
 
 def write_sessions(

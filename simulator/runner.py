@@ -35,10 +35,9 @@ from simulator.bandit import (
     draw_traffic,
     play_bandit,
 )
-from simulator.behaviour import slate_probabilities
 from simulator.context import HOME, Contexts, draw_contexts, draw_scenes
 from simulator.history import generate_history
-from simulator.rows import SessionBlock, write_sessions
+from simulator.rows import SessionBlock, sample_sessions, write_sessions
 from simulator.tally import VariantTally
 from simulator.truth import SlateSource, scene_expectations, truth_from_scenes
 from simulator.world import World, build_world
@@ -349,15 +348,9 @@ def _play(
         users, ts = users[order], ts[order]
         contexts = draw_contexts(world, users, draw_scenes(sim.scenes, users.size, rng), rng)
         user_arm = arm[users]
-        items = np.empty((users.size, k), dtype=np.int64)
-        for a, key in enumerate(keys):
-            rows = np.flatnonzero(user_arm == a)
-            if rows.size:
-                subset = Contexts(contexts.scene[rows], contexts.current[rows], contexts.cart[rows])
-                items[rows] = sources[key](users[rows], subset)
-        outcome = slate_probabilities(world, users, items)
-        clicked = rng.random(items.shape) < outcome.click
-        bought = clicked & (rng.random(items.shape) < outcome.purchase_given_click)
+        items, clicked, bought = sample_sessions(
+            world, sources, keys, users, contexts, user_arm, k, rng
+        )
 
         block = SessionBlock(
             users,
