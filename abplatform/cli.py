@@ -624,6 +624,23 @@ def list_experiments(db: DbOption = None) -> None:
         print(f"{item.key}\t{item.status}\t{variants}\t{item.config.description}")
 
 
+@app.command()
+def examples(
+    name: Annotated[
+        str | None, typer.Argument(help="Print this example's YAML instead of the list.")
+    ] = None,
+) -> None:
+    """List the bundled example experiments (name and file), or print one's YAML."""
+    from abplatform.examples import example_names, example_path
+
+    if name is None:
+        for each in example_names():
+            print(f"{each}\t{example_path(each)}")
+        return
+    path = _run(lambda: example_path(name))
+    print(path.read_text(encoding="utf-8"), end="")
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     db: DbOption = None,

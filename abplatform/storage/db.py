@@ -15,7 +15,14 @@ from abplatform.errors import AbplatformError
 
 DEFAULT_URL = "sqlite:///abplatform.db"
 URL_ENV = "ABPLATFORM_DATABASE_URL"
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
+_PACKAGE = Path(__file__).resolve().parents[1]
+# An installed wheel carries the migrations as `abplatform/_migrations`; a checkout has them
+# in the top-level `alembic/` folder (see setup.py).
+MIGRATIONS_DIR = (
+    _PACKAGE / "_migrations"
+    if (_PACKAGE / "_migrations" / "env.py").is_file()
+    else _PACKAGE.parent / "alembic"
+)
 
 
 def resolve_url(url: str | None = None) -> str:
