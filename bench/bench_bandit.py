@@ -19,6 +19,7 @@ from functools import partial
 
 import numpy as np
 import numpy.typing as npt
+from timing import best_time
 
 from abplatform.assignment.thompson import (
     BetaPosterior,
@@ -148,15 +149,6 @@ def simulate_thompson(
     return regret
 
 
-def _time_best(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the regret scenarios and the update-cost timings; print tables."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -257,8 +249,8 @@ def _print_update_costs(draws_default: int, contexts: int) -> None:
     ]
     for method, label in methods:
         policy = ThompsonPolicy(keys, draws=draws_default, seed=1, method=method)
-        single = _time_best(partial(policy.update, batch_stats), 5)
-        many = _time_best(partial(policy.update_many, many_stats), 5)
+        single = best_time(partial(policy.update, batch_stats), 5)
+        many = best_time(partial(policy.update_many, many_stats), 5)
         print(f"  {'ThompsonPolicy.update, 10 arms, ' + label:<62}{single * 1e3:>9.1f} ms")
         text = f"ThompsonPolicy.update_many, {contexts} x 10 arms, {label}"
         print(f"  {text:<62}{many * 1e3:>9.1f} ms   (target < 50 ms)")
@@ -273,13 +265,13 @@ def _print_update_costs(draws_default: int, contexts: int) -> None:
             return allocation_weights_many(rows, draws=d, rng=rng)
 
         label = f"allocation_weights_many, {contexts} x 10, MC draws={draws:,}"
-        print(f"  {label:<62}{_time_best(many_mc, 3) * 1e3:>9.1f} ms")
+        print(f"  {label:<62}{best_time(many_mc, 3) * 1e3:>9.1f} ms")
 
     def many_quad() -> object:
         return allocation_weights_many(rows, rng=rng, method="quadrature")
 
     label = f"allocation_weights_many, {contexts} x 10, quadrature"
-    print(f"  {label:<62}{_time_best(many_quad, 3) * 1e3:>9.1f} ms")
+    print(f"  {label:<62}{best_time(many_quad, 3) * 1e3:>9.1f} ms")
 
 
 if __name__ == "__main__":

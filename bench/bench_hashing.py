@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from functools import partial
 
 import numpy as np
+from timing import best_time
 
 from abplatform.assignment.hashing import bucket, bucket_batch
-
-
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Return the fastest wall-clock time, in seconds, of ``repeats`` calls of ``fn``."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _scalar_loop(seed: str, unit_ids: list[str], version: int) -> list[float | None]:
@@ -55,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for version in (1, 2):
         for label, data in (("list[str]", ids), ("np.ndarray[U]", ids_array)):
-            elapsed = _best_time(partial(bucket_batch, seed, data, version), args.repeats)
+            elapsed = best_time(partial(bucket_batch, seed, data, version), args.repeats)
             print(
                 f"bucket_batch v{version} ({label:13s}): {args.n / elapsed:>13,.0f} ids/s "
                 f"({elapsed:.3f} s for {args.n:,})"
@@ -63,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scalar_ids = ids[: args.scalar_n]
     for version in (1, 2):
-        elapsed = _best_time(partial(_scalar_loop, seed, scalar_ids, version), args.repeats)
+        elapsed = best_time(partial(_scalar_loop, seed, scalar_ids, version), args.repeats)
         print(
             f"scalar bucket loop v{version}     : {len(scalar_ids) / elapsed:>13,.0f} ids/s "
             f"({elapsed:.3f} s for {len(scalar_ids):,})"
