@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from abplatform.domain import InteractionLog, RecRequest, Slate
 from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
-from strategies.base import BaseStrategy, NotFittedError, check_k
+from strategies.base import ArtifactPlace, BaseStrategy, NotFittedError, check_k
 from strategies.evaluation import POSITIVE_EVENTS, HoldoutSet, item_indices, subset_log, time_split
 from strategies.two_tower.artifact import TwoTowerArtifact, export_artifact, load_artifact
 from strategies.two_tower.data import (
@@ -416,18 +416,10 @@ class TwoTowerStrategy(BaseStrategy):
 
     # -- artifacts ---------------------------------------------------------------------------
 
-    def export(
-        self,
-        root: str | Path,
-        *,
-        experiment: str,
-        variant: str,
-        metrics: dict[str, float] | None = None,
-    ) -> Path:
-        """Write the fitted artifact as a new version under ``root/experiment/variant``."""
-        return export_artifact(
-            self.artifact, root, experiment=experiment, variant=variant, metrics=metrics
-        )
+    def export(self, root: str | Path, **place: Unpack[ArtifactPlace]) -> Path:
+        """Write the fitted artifact as a new version under ``root/experiment/variant``
+        (`ArtifactPlace`: experiment, variant and the metrics to record)."""
+        return export_artifact(self.artifact, root, **place)
 
     @classmethod
     def from_artifact(cls, path: str | Path) -> TwoTowerStrategy:
