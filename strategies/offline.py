@@ -115,33 +115,19 @@ class HeldOut:
     parameters: dict[str, Any]
     """The split's kind and settings, as `SplitParts.parameters`."""
     description: str
+    """The same for people (`SplitParts.description`)."""
+    catalog_items: int
     train_interactions: int
     test_interactions: int
-    target_events: tuple[str, ...] | None  # None: every type
+    target_events: tuple[str, ...] | None
+    """Interaction types whose held-out rows are targets (None: every type)."""
     test_pairs: int
     test_users: int
     cold_users: int
+    """Test users without a training interaction (served by the unknown-user path)."""
     cold_pairs: int
     seen_pairs_dropped: int
-    catalog_items: int
-
-    @classmethod
-    def of(cls, parts: SplitParts, targets: Targets) -> HeldOut:
-        """The summary of a split and of its targets."""
-        test = targets.test
-        return cls(
-            parameters=parts.parameters,
-            description=parts.description,
-            train_interactions=len(parts.train),
-            test_interactions=len(parts.test),
-            target_events=targets.target_events,
-            test_pairs=len(test.items),
-            test_users=len(test),
-            cold_users=int(targets.cold.sum()),
-            cold_pairs=int(np.diff(test.indptr)[targets.cold].sum()),
-            seen_pairs_dropped=targets.seen_pairs_dropped,
-            catalog_items=len(parts.train.catalog),
-        )
+    """Held-out pairs dropped because the user met the item in training."""
 
     def to_dict(self) -> dict[str, Any]:
         """``{"kind", <the split's settings>, "train_interactions", "test_interactions",
@@ -159,6 +145,24 @@ class HeldOut:
             "seen_pairs_dropped": self.seen_pairs_dropped,
             "catalog_items": self.catalog_items,
         }
+
+
+def held_out(parts: SplitParts, targets: Targets) -> HeldOut:
+    """The summary of a split and of the targets it gives."""
+    test = targets.test
+    return HeldOut(
+        parameters=parts.parameters,
+        description=parts.description,
+        train_interactions=len(parts.train),
+        test_interactions=len(parts.test),
+        target_events=targets.target_events,
+        test_pairs=len(test.items),
+        test_users=len(test),
+        cold_users=int(targets.cold.sum()),
+        cold_pairs=int(np.diff(test.indptr)[targets.cold].sum()),
+        seen_pairs_dropped=targets.seen_pairs_dropped,
+        catalog_items=len(parts.train.catalog),
+    )
 
 
 @dataclass(frozen=True)
@@ -311,10 +315,10 @@ def evaluate_offline(
     targets = held_out_targets(
         parts.train, parts.test, include_seen, target_events, seen_events=parts.seen_events
     )
-    held_out = HeldOut.of(parts, targets)
+    summary = held_out(parts, targets)
     if len(targets.test) == 0:
         raise AbplatformError(
-            f"no held-out interaction to evaluate on ({held_out.to_dict()})",
+            f"no held-out interaction to evaluate on ({summary.to_dict()})",
             hint="use a larger --test-fraction, another split, or check --events",
         )
     plan = strategy_plan(config, baselines=baselines)
@@ -347,7 +351,7 @@ def evaluate_offline(
         experiment=config.key,
         catalog=chosen,
         data=HistorySummary.of(history),
-        split=held_out,
+        split=summary,
         ks=ks,
         include_seen=include_seen,
         results=results,
