@@ -159,14 +159,14 @@ def test_an_item_only_viewed_before_stays_a_new_item_target() -> None:
         brands=np.array([""] * 3),
         prices=np.ones(3),
     )
-    rows = [("u", "a", "view", 1), ("u", "b", "click", 2), ("u", "a", "click", 3)]
+    # u views a, clicks b, then clicks a.
     history = InteractionLog(
         catalog=catalog,
-        user_ids=np.array([r[0] for r in rows]),
-        item_ids=np.array([r[1] for r in rows]),
-        event_types=np.array([r[2] for r in rows]),
-        values=np.full(len(rows), np.nan),
-        timestamps=np.array([r[3] for r in rows], dtype=np.int64),
+        user_ids=np.array(["u", "u", "u"]),
+        item_ids=np.array(["a", "b", "a"]),
+        event_types=np.array(["view", "click", "click"]),
+        values=np.full(3, np.nan),
+        timestamps=np.array([1, 2, 3], dtype=np.int64),
     )
     config = validate_config(
         {"key": "k", "variants": [{"key": "p", "weight": 1.0, "strategy": {"kind": "popularity"}}]}
