@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,8 +95,10 @@ def train_experiment(
         if refit_on_full_history:  # the same kind and params: exportable as well
             refitted = fit_strategy(fitted.planned, history, chosen_seed).strategy
             exportable = cast(ExportableStrategy, refitted)
+        # A manifest is strict JSON: an undefined metric (e.g. diversity@1) is left out.
+        defined = {name: value for name, value in metrics.items() if math.isfinite(value)}
         return exportable.export(
-            root, experiment=config.key, variant=fitted.planned.name, metrics=metrics
+            root, experiment=config.key, variant=fitted.planned.name, metrics=defined
         )
 
     report = evaluate_offline(
