@@ -10,6 +10,7 @@ from numpy.testing import assert_allclose
 
 from abplatform.config import ExperimentConfig, validate_config
 from abplatform.domain import Catalog, InteractionLog, RecRequest
+from abplatform.errors import AbplatformError
 from abplatform.registry import build_strategy
 from strategies.evaluation import HoldoutSet, RankingTally, evaluate, ranking_metrics, time_split
 from strategies.fitting import (
@@ -175,3 +176,10 @@ def test_an_item_only_viewed_before_stays_a_new_item_target() -> None:
     # The click of a is held out; the earlier view does not make a seen (it is new to u).
     assert (report.split.test_pairs, report.split.seen_pairs_dropped) == (1, 0)
     assert report.split.train_interactions == 2 and report.split.test_interactions == 1
+
+
+def test_new_items_split_says_when_no_user_can_hold_out() -> None:
+    history = make_history(n_events=600)
+    with pytest.raises(AbplatformError, match="has enough history to hold out 500 item") as e:
+        split_history(history, NewItemsSplit(500), "shop")
+    assert e.value.hint is not None and "--holdout" in e.value.hint
