@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Engine
 
+    from strategies.offline import OfflineReport
+
 app = typer.Typer(
     name="abplatform",
     help="Experiments for recommendation strategies: define, simulate, analyse, report.",
@@ -195,15 +197,13 @@ def train(
 ) -> None:
     """Fit every variant's strategy on the SQL history, print offline metrics, export artifacts."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from abplatform.config.loader import load_experiment
-    from strategies.training import format_table, train_experiment
+    from strategies.training import train_experiment
 
     config = _run(lambda: load_experiment(file))
     engine = _open(db)
     chosen = _history_catalog(config, catalog)
-    run_seed = seed if seed is not None else (config.simulation.seed if config.simulation else 0)
     with Progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
@@ -225,20 +225,14 @@ def train(
                 chosen,
                 artifacts_dir=artifacts,
                 progress=progress,
-                seed=run_seed,
+                seed=seed,
                 holdout_per_user=holdout,
             )
         )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
         return
-    header, *rows = format_table(report)
-    table = Table(title=f"Offline metrics on held-out history ({chosen})")
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i < 2 else "right")
-    for row in rows:
-        table.add_row(*row)
-    _console().print(table)
+    _print_offline(report)
     _console(stderr=True).print(f"artifacts in {artifacts}", markup=False)
 
 
@@ -308,7 +302,8 @@ def evaluate(
     from abplatform.catalog_ingest import INTERACTION_TYPES
     from abplatform.config.loader import load_experiment
     from abplatform.errors import AbplatformError, DataError
-    from strategies.offline import RandomSplit, TestFile, TimeSplit, evaluate_offline
+    from strategies.offline import evaluate_offline
+    from strategies.splits import RandomSplit, TestFile, TimeSplit
 
     ks = _cutoffs(k)
     if not 0.0 < test_fraction < 1.0:
@@ -367,7 +362,8 @@ def evaluate(
     _print_offline(report)
 
 
-def _print_offline(report: Any) -> None:
+def _print_offline(report: OfflineReport) -> None:
+    """The metrics table of `train` and `evaluate`, then what the split held out."""
     from rich.table import Table
 
     seen = "seen items kept" if report.include_seen else "seen items excluded"
@@ -377,26 +373,17 @@ def _print_offline(report: Any) -> None:
         table.add_column(f"{result.name}\n({result.kind})", justify="right")
     for name in report.metric_names():
         table.add_row(name, *[_fmt4(r.metrics.get(name)) for r in report.results])
-    table.add_row("train seconds", *[f"{r.train_seconds:.2f}" for r in report.results])
+    table.add_row("fit seconds", *[f"{r.fit_seconds:.2f}" for r in report.results])
     table.add_row("serve seconds", *[f"{r.serve_seconds:.2f}" for r in report.results])
-    table.add_row(
-        "serve ms/user", *[f"{r.metrics['serve_ms_per_user']:.3f}" for r in report.results]
-    )
+    table.add_row("serve ms/user", *[f"{r.serve_ms_per_user:.3f}" for r in report.results])
     console = _console()
     console.print(table)
     split = report.split
-    how = {
-        "random": f"random {split.get('test_fraction')} of user-item pairs "
-        f"(seed {split.get('seed')})",
-        "time": f"interactions from {split.get('cutoff')} on",
-        "file": f"held-out file {split.get('test_file')}",
-        "log": f"held-out log {split.get('test_log')}",
-    }[split["kind"]]
     console.print(
-        f"split: {how}; {split['train_interactions']:,} training and "
-        f"{split['test_interactions']:,} held-out interactions; {split['test_pairs']:,} held-out "
-        f"user-item pairs of {split['test_users']:,} users ({split['cold_users']:,} cold, served "
-        f"by each strategy's cold-start path); {split['seen_pairs_dropped']:,} pairs already "
+        f"split: {split.description}; {split.train_interactions:,} training and "
+        f"{split.test_interactions:,} held-out interactions; {split.test_pairs:,} held-out "
+        f"user-item pairs of {split.test_users:,} users ({split.cold_users:,} cold, served "
+        f"by each strategy's cold-start path); {split.seen_pairs_dropped:,} pairs already "
         "met in training dropped",
         markup=False,
     )

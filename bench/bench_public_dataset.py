@@ -41,15 +41,10 @@ from abplatform.catalog_ingest import ingest_catalog
 from abplatform.domain import InteractionLog
 from abplatform.storage.db import open_database
 from abplatform.storage.history import load_history
-from strategies.offline import (
-    RandomSplit,
-    TimeSplit,
-    held_out_targets,
-    score_strategy,
-    split_history,
-)
+from strategies.offline import held_out, held_out_targets, score_strategy
 from strategies.popularity import PopularityStrategy
 from strategies.random_items import RandomStrategy
+from strategies.splits import RandomSplit, TimeSplit, split_history
 from strategies.two_tower import TwoTowerStrategy
 
 PACKAGE = "recbole"
@@ -219,12 +214,10 @@ def print_table(title: str, rows: dict[str, dict[str, float]], ks: Sequence[int]
     ]
     print(f"\n{title}")
     header = f"{'variant':<12}" + "".join(f"{c:>13}" for c in columns)
-    print(header + f"{'train s':>10}{'serve s':>10}")
+    print(header + f"{'fit s':>10}{'serve s':>10}")
     for name, metrics in rows.items():
         cells = "".join(f"{metrics[c]:>13.4f}" for c in columns)
-        print(
-            f"{name:<12}{cells}{metrics['train_seconds']:>10.1f}{metrics['serve_seconds']:>10.2f}"
-        )
+        print(f"{name:<12}{cells}{metrics['fit_seconds']:>10.1f}{metrics['serve_seconds']:>10.2f}")
 
 
 def main() -> None:
@@ -266,16 +259,18 @@ def main() -> None:
             if kind == "random"
             else TimeSplit(args.test_fraction)
         )
-        train, held, details = split_history(log, split, CATALOG)
+        parts = split_history(log, split, CATALOG)
         if args.validate:
             # Parameters are chosen here: a split of the training data only.
-            train, held, details = split_history(train, split, CATALOG)
-            details["validation"] = True
+            parts = split_history(parts.train, split, CATALOG)
+        train, held = parts.train, parts.test
         protocols = {
             "exclude seen": held_out_targets(train, held, include_seen=False),
             "include seen": held_out_targets(train, held, include_seen=True),
         }
-        details.update(protocols["exclude seen"].details)
+        details = held_out(parts, protocols["exclude seen"]).to_dict()
+        if args.validate:
+            details["validation"] = True
         print(f"\nsplit: {json.dumps(details)}")
         tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in protocols}
         variants = strategies_to_compare(args.quick, args.seed, json.loads(args.params), kind)
@@ -285,7 +280,7 @@ def main() -> None:
             strategy = build()
             clock = time.perf_counter()
             strategy.fit(train)
-            train_seconds = time.perf_counter() - clock
+            fit_seconds = time.perf_counter() - clock
             if name == "two_tower":
                 record = strategy.artifact.manifest["training"]
                 curve = [
@@ -303,7 +298,7 @@ def main() -> None:
                 metrics, serve = score_strategy(
                     strategy, train, targets, ks, include_seen=protocol == "include seen"
                 )
-                metrics.update(train_seconds=train_seconds, serve_seconds=serve)
+                metrics.update(fit_seconds=fit_seconds, serve_seconds=serve)
                 tables[protocol][name] = metrics
         for protocol, rows in tables.items():
             print_table(f"[{kind} split, {protocol}]", rows, ks)

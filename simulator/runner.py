@@ -17,10 +17,8 @@ from abplatform.assignment.engine import build_policy
 from abplatform.config.models import ExperimentConfig, SimulationConfig
 from abplatform.domain import RecRequest
 from abplatform.errors import AbplatformError
-from abplatform.registry import build_strategy
 from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
-from abplatform.storage.history import load_history
 from abplatform.storage.repository import (
     clear_catalog,
     clear_experiment_data,
@@ -41,6 +39,7 @@ from simulator.rows import SessionBlock, sample_sessions, write_sessions
 from simulator.tally import VariantTally
 from simulator.truth import SlateSource, scene_expectations, truth_from_scenes
 from simulator.world import World, build_world
+from strategies.fitting import fit_variants, strategy_plan
 
 EXPERIMENT_START = int(np.datetime64("2026-03-02T00:00:00", "s").astype(np.int64))
 SECONDS_PER_DAY = 86_400
@@ -198,6 +197,11 @@ def simulate(
         seconds[phase] = seconds.get(phase, 0.0) + now - clock
         clock = now
 
+    missing = strategy_plan(config).skipped
+    if missing:
+        raise AbplatformError(
+            f"variant {missing[0]!r} has no strategy; the simulator needs one per variant"
+        )
     bandit = bandit_settings(config)
     world = build_world(sim, users=users, seed=run_seed)
     with engine.begin() as conn:
@@ -221,20 +225,13 @@ def simulate(
         progress("world", 1, 1)
         lap("world and history")
 
-        log = load_history(conn, catalog)
-        index = log.catalog.index()
-        sources: dict[str, SlateSource] = {}
-        for i, variant in enumerate(config.variants):
-            progress("fit", i, len(config.variants))
-            spec = variant.strategy
-            if spec is None:
-                raise AbplatformError(
-                    f"variant {variant.key!r} has no strategy; the simulator needs one per variant"
-                )
-            strategy = build_strategy(spec.kind, spec.params, seed=run_seed)
-            strategy.fit(log)
-            sources[variant.key] = _slate_source(strategy, world, index, k)
-        progress("fit", len(config.variants), len(config.variants))
+        fitted = fit_variants(conn, config, catalog, seed=run_seed, progress=progress)
+        index = fitted.history.catalog.index()
+        sources: dict[str, SlateSource] = {
+            key: _slate_source(strategy, world, index, k)
+            for key, strategy in fitted.strategies.items()
+            if strategy is not None
+        }
         lap("fit")
 
         daily_rate = sim.sessions_per_user_per_day * world.user_activity

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Required, TypedDict, Unpack, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -11,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from abplatform.domain import Catalog, InteractionLog, RecRequest, Slate
 from abplatform.errors import AbplatformError
+from abplatform.strategy import Strategy
+from strategies.features import feature_vectors, normalise
 
 
 class StrategyParams(BaseModel):
@@ -75,14 +78,15 @@ def check_k(k: int) -> None:
         raise ValueError(f"k must be a positive integer (got {k!r})")
 
 
-class StrategySpec(StrategyParams):
-    """A nested strategy inside another one's params: its kind and its own params."""
+class NestedStrategy(StrategyParams):
+    """A strategy inside another one's params (e.g. a scene router's routes): its kind and
+    its own params, validated against the registry."""
 
     kind: str
     params: dict[str, Any] = {}
 
     @model_validator(mode="after")
-    def _known_kind_and_valid_params(self) -> StrategySpec:
+    def _known_kind_and_valid_params(self) -> NestedStrategy:
         from abplatform.registry import strategies
 
         factory = strategies.get_or_none(self.kind)
@@ -100,11 +104,43 @@ class StrategySpec(StrategyParams):
             raise ValueError(f"invalid params for {self.kind!r}: {details}") from None
         return self
 
-    def build(self, seed: int) -> Any:
+    def build(self, seed: int) -> Strategy:
         """Instantiate the nested strategy."""
         from abplatform.registry import build_strategy
 
         return build_strategy(self.kind, self.params, seed=seed)
+
+
+class ArtifactPlace(TypedDict, total=False):
+    """Where `ExportableStrategy.export` writes an artifact, and what it records with it."""
+
+    experiment: Required[str]
+    variant: Required[str]
+    metrics: Mapping[str, float] | None
+
+
+@runtime_checkable
+class ExportableStrategy(Protocol):
+    """A strategy that can write what it learned as a versioned artifact."""
+
+    def export(self, root: str | Path, **place: Unpack[ArtifactPlace]) -> Path:
+        """Write a new artifact version under ``root/experiment/variant``; return its path."""
+        ...
+
+
+class VectorStrategy(BaseStrategy):
+    """A strategy that ranks by unit-norm item vectors and offers them to others."""
+
+    _vectors: npt.NDArray[np.float64]
+
+    def item_vectors(self) -> npt.NDArray[np.float64]:
+        """Unit-norm item vectors, rows aligned with the catalogue."""
+        _ = self.catalog
+        return self._vectors
+
+    def _use_vectors(self, learned: npt.NDArray[np.float64] | None) -> None:
+        """Normalised `learned` vectors (e.g. two-tower embeddings), else catalogue features."""
+        self._vectors = normalise(learned) if learned is not None else feature_vectors(self.catalog)
 
 
 def item_vectors_of(strategy: Any) -> npt.NDArray[np.float64] | None:

@@ -11,8 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from abplatform.domain import InteractionLog, RecRequest, Slate
 from abplatform.registry import strategies
-from strategies.base import BaseStrategy, StrategyParams, StrategySpec, check_k, item_vectors_of
-from strategies.features import feature_vectors, normalise
+from strategies.base import NestedStrategy, StrategyParams, VectorStrategy, check_k, item_vectors_of
 
 CACHE_SIZE = 100_000  # re-ranked slates kept per (k, candidate slate)
 
@@ -22,7 +21,7 @@ class DiversityParams(StrategyParams):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    base: StrategySpec
+    base: NestedStrategy
     candidates: int = Field(default=50, ge=1, le=2000)
     diversity: float = Field(default=0.3, ge=0.0, le=1.0, alias="lambda")
     max_per_category: int | None = Field(default=None, ge=1)
@@ -30,7 +29,7 @@ class DiversityParams(StrategyParams):
 
 
 @strategies.register("diversity_rerank")
-class DiversityRerankStrategy(BaseStrategy):
+class DiversityRerankStrategy(VectorStrategy):
     """Re-rank the base strategy's top `candidates` by maximal marginal relevance.
 
     score = (1 - lambda) * relevance - lambda * max similarity to the items already chosen,
@@ -51,16 +50,11 @@ class DiversityRerankStrategy(BaseStrategy):
         self.base = params.base.build(self.seed)
         self.base.fit(history)
         learned = item_vectors_of(self.base) if params.similarity == "auto" else None
-        self._vectors = normalise(learned) if learned is not None else feature_vectors(self.catalog)
+        self._use_vectors(learned)
         self._index = self.catalog.index()
         _, codes = np.unique(self.catalog.categories.astype(str), return_inverse=True)
         self._category = codes.astype(np.int64)
         self._cache: dict[tuple[int, Slate], Slate] = {}
-
-    def item_vectors(self) -> npt.NDArray[np.float64]:
-        """The item vectors used for similarity."""
-        _ = self.catalog
-        return self._vectors
 
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
         """Base candidates per request, re-ranked by MMR for all requests at once."""

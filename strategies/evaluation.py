@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,18 +105,38 @@ def time_split(
     Other users' rows are not cut in time (this is leave-last-out per user, not a global
     temporal split).
     """
+    keep, held_rows = new_item_rows(log, holdout_per_user, user_fraction=user_fraction, seed=seed)
+    if held_rows.size == 0:
+        empty = HoldoutSet(
+            np.zeros(0, dtype=str), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        )
+        return log, empty
+    users, codes = np.unique(log.user_ids[held_rows].astype(str), return_inverse=True)
+    order = np.argsort(codes.reshape(-1), kind="stable")
+    per_user = np.bincount(codes.reshape(-1), minlength=len(users))
+    test = HoldoutSet(
+        user_ids=users,
+        indptr=np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64),
+        items=item_indices(log)[held_rows[order]],
+    )
+    return subset_log(log, keep), test
+
+
+def new_item_rows(
+    log: InteractionLog, holdout_per_user: int = 1, *, user_fraction: float = 1.0, seed: int = 0
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """The rows `time_split` keeps for training (a mask) and the first row of every
+    held-out (user, item) pair (indices, grouped by user in time order)."""
     if not isinstance(holdout_per_user, int) or holdout_per_user < 1:
         raise ValueError(f"holdout_per_user must be a positive integer (got {holdout_per_user!r})")
     if not 0.0 < user_fraction <= 1.0:
         raise ValueError(f"user_fraction must be in (0, 1] (got {user_fraction!r})")
     n_items = len(log.catalog)
-    empty = HoldoutSet(
-        np.zeros(0, dtype=str), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    )
+    nothing = (np.ones(len(log), dtype=bool), np.zeros(0, dtype=np.int64))
     items = item_indices(log)
     positive = np.isin(log.event_types, POSITIVE_EVENTS) & (items >= 0)
     if not positive.any():
-        return log, empty
+        return nothing
     users, user_codes = np.unique(log.user_ids.astype(str), return_inverse=True)
     rows = np.flatnonzero(positive)
     # First positive interaction of every (user, item) pair, in time order (row order on ties).
@@ -144,18 +164,10 @@ def time_split(
         eligible = np.zeros(len(users), dtype=bool)
         eligible[chosen] = True
     if not eligible.any():
-        return log, empty
+        return nothing
     test_pairs = eligible[pair_user] & (pair_ts >= cutoff[pair_user])
-    keep = ~(eligible[user_codes] & (log.timestamps >= cutoff[user_codes]))
-    test_users = pair_user[test_pairs]
-    test_items = items[pair_rows[test_pairs]]
-    test_codes, per_user = np.unique(test_users, return_counts=True)
-    test = HoldoutSet(
-        user_ids=users[test_codes],
-        indptr=np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64),
-        items=test_items.astype(np.int64),
-    )
-    return subset_log(log, keep), test
+    keep: npt.NDArray[np.bool_] = ~(eligible[user_codes] & (log.timestamps >= cutoff[user_codes]))
+    return keep, pair_rows[test_pairs].astype(np.int64)
 
 
 def seen_items(
@@ -235,6 +247,88 @@ def _strategy_catalog(strategy: Strategy) -> Any:
     return catalog
 
 
+class RankingTally:
+    """Sums behind the top-K metrics, added one block of test users at a time.
+
+    With P the held-out (user, item) pairs, R_u user u's held-out items and top_u(K) the
+    first K entries of u's ranked list (-1 entries are empty positions):
+
+    - hit@K = |{(u, i) in P : i in top_u(K)}| / |P|; cold_hit@K the same over cold users'
+      pairs; user_hit@K = share of users with a held-out item in top_u(K)
+    - recall@K = mean_u |R_u ∩ top_u(K)| / |R_u|
+    - ndcg@K = mean_u DCG_u / IDCG_u, DCG_u = sum over hit ranks r (1-based) of
+      1 / log2(r + 1), IDCG_u = sum_{r=1}^{min(K, |R_u|)} 1 / log2(r + 1)
+    - coverage@K = |union_u top_u(K)| / n_items
+    """
+
+    def __init__(self, ks: Sequence[int], n_items: int) -> None:
+        self.ks = tuple(ks)
+        self.n_items = n_items
+        self.users = self.pairs = self.cold_pairs = 0
+        self.pair_hits = dict.fromkeys(self.ks, 0)
+        self.cold_hits = dict.fromkeys(self.ks, 0)
+        self.user_hits = dict.fromkeys(self.ks, 0)
+        self.recall = dict.fromkeys(self.ks, 0.0)
+        self.ndcg = dict.fromkeys(self.ks, 0.0)
+        self.shown = {k: np.zeros(n_items, dtype=bool) for k in self.ks}
+        self._discount = 1.0 / np.log2(np.arange(2, max(self.ks) + 2, dtype=np.float64))
+        self._ideal = np.cumsum(self._discount)
+
+    def add(
+        self,
+        ranked: npt.NDArray[np.int64],
+        test: HoldoutSet,
+        cold: npt.NDArray[np.bool_] | None = None,
+    ) -> None:
+        """Count the ranked lists of `test`'s users (row i is test user i; `cold` marks
+        the users without training history)."""
+        n_users = len(test)
+        if ranked.shape[0] != n_users:
+            raise ValueError(f"ranked has {ranked.shape[0]} rows for {n_users} test users")
+        width = ranked.shape[1]
+        relevant = np.diff(test.indptr)
+        owner = np.repeat(np.arange(n_users, dtype=np.int64), relevant)
+        test_keys = owner * self.n_items + test.items
+        ranked_keys = np.arange(n_users, dtype=np.int64)[:, None] * self.n_items + ranked
+        hits = np.isin(ranked_keys, test_keys) & (ranked >= 0)
+        cold = np.zeros(n_users, dtype=bool) if cold is None else cold
+        self.users += n_users
+        self.pairs += int(relevant.sum())
+        self.cold_pairs += int(relevant[cold].sum())
+        for k in self.ks:
+            if k > width:
+                raise ValueError(f"cut-off {k} exceeds the ranked lists' length {width}")
+            top = hits[:, :k]
+            per_user = top.sum(axis=1)
+            self.pair_hits[k] += int(per_user.sum())
+            self.cold_hits[k] += int(per_user[cold].sum())
+            self.user_hits[k] += int((per_user > 0).sum())
+            self.recall[k] += float((per_user / relevant).sum())
+            dcg = (top * self._discount[:k]).sum(axis=1)
+            self.ndcg[k] += float((dcg / self._ideal[np.minimum(relevant, k) - 1]).sum())
+            listed = ranked[:, :k]
+            self.shown[k][listed[listed >= 0]] = True
+
+    def metrics(self, names: Sequence[str]) -> dict[str, float]:
+        """The metrics `names` (of hit, cold_hit, user_hit, recall, ndcg, coverage) at every
+        K, grouped by K; cold_hit@K only when there are cold users' pairs."""
+        sums: dict[str, tuple[Mapping[int, float], int]] = {
+            "hit": (self.pair_hits, self.pairs),
+            "cold_hit": (self.cold_hits, self.cold_pairs),
+            "user_hit": (self.user_hits, self.users),
+            "recall": (self.recall, self.users),
+            "ndcg": (self.ndcg, self.users),
+        }
+        out: dict[str, float] = {}
+        for k in self.ks:
+            for name in names:
+                if name == "coverage":
+                    out[f"coverage@{k}"] = float(self.shown[k].sum()) / self.n_items
+                elif sums[name][1]:
+                    out[f"{name}@{k}"] = sums[name][0][k] / sums[name][1]
+        return out
+
+
 def ranking_metrics(
     ranked: npt.NDArray[np.int64],
     test: HoldoutSet,
@@ -279,25 +373,9 @@ def ranking_metrics(
             out[f"recall@{k}"] = out[f"ndcg@{k}"] = out[f"coverage@{k}"] = float("nan")
             out[f"user_hit@{k}"] = float("nan")
         return out
-    relevant = np.diff(test.indptr)
-    owner = np.repeat(np.arange(n_users, dtype=np.int64), relevant)
-    test_keys = owner * n_items + test.items
-    width = ranked.shape[1]
-    ranked_keys = np.arange(n_users, dtype=np.int64)[:, None] * n_items + ranked
-    hits = np.isin(ranked_keys, test_keys) & (ranked >= 0)
-    discount = 1.0 / np.log2(np.arange(2, width + 2, dtype=np.float64))
-    ideal = np.cumsum(discount)
-    for k in ks:
-        if k > width:
-            raise ValueError(f"cut-off {k} exceeds the ranked lists' length {width}")
-        top = hits[:, :k]
-        out[f"recall@{k}"] = float(np.mean(top.sum(axis=1) / relevant))
-        dcg = (top * discount[:k]).sum(axis=1)
-        idcg = ideal[np.minimum(relevant, k) - 1]
-        out[f"ndcg@{k}"] = float(np.mean(dcg / idcg))
-        shown = ranked[:, :k]
-        out[f"coverage@{k}"] = float(np.unique(shown[shown >= 0]).size / n_items)
-        out[f"user_hit@{k}"] = float(np.mean(top.any(axis=1)))
+    tally = RankingTally(ks, n_items)
+    tally.add(ranked, test)
+    out.update(tally.metrics(("recall", "ndcg", "coverage", "user_hit")))
     return out
 
 
@@ -363,32 +441,58 @@ def evaluate(
 DIVERSITY_SAMPLE = 2_000  # users whose top-K lists are used for intra-list diversity
 
 
-def slate_quality(
-    ranked: npt.NDArray[np.int64], train_log: InteractionLog, k: int
-) -> dict[str, float]:
-    """Intra-list diversity@K and novelty@K of the ranked lists (as in `reports.ranking`).
+class SlateQuality:
+    """Intra-list diversity@K and novelty@K (as in `reports.ranking`), added in blocks.
 
     Diversity: mean pairwise (1 - cosine) of catalogue-feature vectors within a list, over
     the first `DIVERSITY_SAMPLE` lists. Novelty: mean -log2 of a listed item's add-one
     smoothed share of the training interactions.
     """
-    from strategies.features import feature_vectors
 
-    n_items = len(train_log.catalog)
-    shown = ranked[ranked >= 0]
-    known = item_indices(train_log)
-    counts = np.bincount(known[known >= 0], minlength=n_items)
-    share = (counts + 1.0) / (counts.sum() + n_items)
-    novelty = float(np.mean(-np.log2(share[shown]))) if shown.size else float("nan")
-    vectors = feature_vectors(train_log.catalog)
-    values = []
-    for row in ranked[:DIVERSITY_SAMPLE]:
-        items = row[row >= 0]
-        if items.size < 2:
-            continue
-        v = vectors[items]
-        similarity = v @ v.T
-        n = items.size
-        values.append(1.0 - (similarity.sum() - np.trace(similarity)) / (n * (n - 1)))
-    diversity = float(np.mean(values)) if values else float("nan")
-    return {f"diversity@{k}": diversity, f"novelty@{k}": novelty}
+    def __init__(self, train_log: InteractionLog, k: int) -> None:
+        from strategies.features import feature_vectors
+
+        n_items = len(train_log.catalog)
+        known = item_indices(train_log)
+        counts = np.bincount(known[known >= 0], minlength=n_items)
+        self.k = k
+        self._surprise = -np.log2((counts + 1.0) / (counts.sum() + n_items))
+        self._vectors = feature_vectors(train_log.catalog)
+        self._novelty = 0.0
+        self._listed = 0
+        self._lists = 0
+        self._diversity: list[float] = []
+
+    def add(self, ranked: npt.NDArray[np.int64]) -> None:
+        """Count ranked lists (their first `k` entries; -1 entries are empty positions)."""
+        top = ranked[:, : self.k]
+        shown = top[top >= 0]
+        self._novelty += float(self._surprise[shown].sum())
+        self._listed += int(shown.size)
+        for row in top[: max(DIVERSITY_SAMPLE - self._lists, 0)]:
+            items = row[row >= 0]
+            if items.size < 2:
+                continue
+            v = self._vectors[items]
+            similarity = v @ v.T
+            n = items.size
+            self._diversity.append(1.0 - (similarity.sum() - np.trace(similarity)) / (n * (n - 1)))
+        self._lists += top.shape[0]
+
+    def metrics(self) -> dict[str, float]:
+        """``diversity@k`` and ``novelty@k`` (NaN without a list of two items / any item)."""
+        diversity = float(np.mean(self._diversity)) if self._diversity else float("nan")
+        novelty = self._novelty / self._listed if self._listed else float("nan")
+        return {f"diversity@{self.k}": diversity, f"novelty@{self.k}": novelty}
+
+
+def slate_quality(
+    ranked: npt.NDArray[np.int64], train_log: InteractionLog, k: int
+) -> dict[str, float]:
+    """Intra-list diversity@K and novelty@K of the ranked lists (as in `reports.ranking`).
+
+    See `SlateQuality`.
+    """
+    quality = SlateQuality(train_log, k)
+    quality.add(ranked)
+    return quality.metrics()

@@ -9,13 +9,13 @@ from pydantic import BaseModel, Field, model_validator
 
 from abplatform.domain import SCENES, InteractionLog, RecRequest, Slate
 from abplatform.registry import strategies
-from strategies.base import BaseStrategy, StrategyParams, StrategySpec, check_k
+from strategies.base import BaseStrategy, NestedStrategy, StrategyParams, check_k
 
 
 class SceneRouterParams(StrategyParams):
     """Named strategies (declared and built once) and the scene -> name routes."""
 
-    strategies: dict[str, StrategySpec] = Field(min_length=1)
+    strategies: dict[str, NestedStrategy] = Field(min_length=1)
     routes: dict[str, str] = Field(default_factory=dict)
     default: str | None = None
 

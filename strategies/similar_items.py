@@ -11,8 +11,7 @@ from pydantic import BaseModel, Field
 
 from abplatform.domain import InteractionLog, RecRequest, Slate
 from abplatform.registry import strategies
-from strategies.base import BaseStrategy, StrategyParams, check_k, item_vectors_of
-from strategies.features import feature_vectors, normalise
+from strategies.base import StrategyParams, VectorStrategy, check_k, item_vectors_of
 from strategies.popularity import PopularityStrategy
 
 BATCH = 512  # requests scored at once: a dense (batch x items) matrix
@@ -30,7 +29,7 @@ class SimilarItemsParams(StrategyParams):
 
 
 @strategies.register("similar_items")
-class SimilarItemsStrategy(BaseStrategy):
+class SimilarItemsStrategy(VectorStrategy):
     """Cosine nearest neighbours of the request's current item (else of its cart's mean).
 
     Items are represented by two-tower item embeddings when `representation: two_tower`
@@ -52,18 +51,13 @@ class SimilarItemsStrategy(BaseStrategy):
             tower = build_strategy("two_tower", params.two_tower, seed=self.seed)
             tower.fit(history)
             vectors = item_vectors_of(tower)
-        self._vectors = normalise(vectors) if vectors is not None else feature_vectors(self.catalog)
+        self._use_vectors(vectors)
         self._index = self.catalog.index()
         self._fallback = PopularityStrategy(
             {"window_days": params.fallback_window_days}, seed=self.seed
         )
         self._fallback.fit(history)
         self._cache: dict[tuple[int, ...], Slate] = {}
-
-    def item_vectors(self) -> npt.NDArray[np.float64]:
-        """Unit-norm item vectors, rows aligned with the catalogue."""
-        _ = self.catalog
-        return self._vectors
 
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
         """Nearest neighbours per request; the anchors themselves are never recommended."""

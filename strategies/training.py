@@ -1,133 +1,33 @@
-"""The `train` verb: fit every variant's strategy on the SQL history, evaluate it, export it."""
+"""The `train` verb: evaluate every variant's strategy on the SQL history, then export it."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import cast
 
-import numpy as np
 from sqlalchemy import Engine
 
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import InteractionLog
-from abplatform.errors import AbplatformError
-from abplatform.registry import build_strategy
-from abplatform.storage.history import load_history
-from strategies.evaluation import POSITIVE_EVENTS, evaluate, time_split
-
-Progress = Callable[[str, int, int], None]
-"""progress(stage, done, total): called as training advances (stages: load, fit, export)."""
-
-BASELINES: tuple[tuple[str, str], ...] = (
-    ("baseline:popularity", "popularity"),
-    ("baseline:random", "random"),
-)
-"""(name, kind) of the strategies every report shows next to the variants, default params."""
+from strategies.base import ExportableStrategy
+from strategies.fitting import FittedStrategy, Progress, fit_strategy, strategy_seed
+from strategies.offline import DEFAULT_KS, OfflineReport, evaluate_offline
+from strategies.splits import NewItemsSplit
 
 REPORT_FILE = "train_report.json"
-
-
-@runtime_checkable
-class ExportableStrategy(Protocol):
-    """A strategy that can write what it learned as a versioned artifact."""
-
-    def export(
-        self,
-        root: str | Path,
-        *,
-        experiment: str,
-        variant: str,
-        metrics: dict[str, float] | None = None,
-    ) -> Path:
-        """Write a new artifact version under ``root/experiment/variant``; return its path."""
-        ...
-
-
-@dataclass(frozen=True)
-class StrategyResult:
-    """One evaluated strategy: a variant of the experiment or a baseline."""
-
-    name: str
-    role: Literal["variant", "baseline"]
-    kind: str
-    params: dict[str, Any]
-    metrics: dict[str, float]
-    fit_seconds: float
-    artifact: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able description (NaN metrics become None)."""
-        return {
-            "name": self.name,
-            "role": self.role,
-            "kind": self.kind,
-            "params": self.params,
-            "metrics": {k: (None if math.isnan(v) else v) for k, v in self.metrics.items()},
-            "fit_seconds": round(self.fit_seconds, 3),
-            "artifact": str(self.artifact) if self.artifact is not None else None,
-        }
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    """What `train_experiment` did: the data, the split and every strategy's offline metrics."""
-
-    experiment: str
-    catalog: str
-    interactions: int
-    users: int
-    items: int
-    start: int  # Unix seconds of the first and last interaction
-    end: int
-    holdout_per_user: int
-    test_users: int
-    ks: tuple[int, ...]
-    results: list[StrategyResult]
-    skipped: list[str] = field(default_factory=list)
-    report_path: Path | None = None
-
-    def result(self, name: str) -> StrategyResult:
-        """The result of a variant key or baseline name."""
-        for result in self.results:
-            if result.name == name:
-                return result
-        raise KeyError(name)
-
-    def metric_names(self) -> list[str]:
-        """recall@K for every K, then NDCG and coverage at the smallest K."""
-        first = min(self.ks)
-        return [f"recall@{k}" for k in self.ks] + [f"ndcg@{first}", f"coverage@{first}"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able description."""
-        return {
-            "experiment": self.experiment,
-            "catalog": self.catalog,
-            "data": {
-                "interactions": self.interactions,
-                "users": self.users,
-                "items": self.items,
-                "start": _iso(self.start),
-                "end": _iso(self.end),
-            },
-            "split": {"holdout_per_user": self.holdout_per_user, "test_users": self.test_users},
-            "ks": list(self.ks),
-            "results": [r.to_dict() for r in self.results],
-            "skipped": self.skipped,
-        }
 
 
 def _noop(stage: str, done: int, total: int) -> None:
     return None
 
 
-def _iso(seconds: int) -> str:
-    return str(np.datetime64(seconds, "s")) + "Z"
+def report_path(artifacts_dir: str | Path, experiment: str) -> Path:
+    """Where `train_experiment` writes the report of an experiment."""
+    return Path(artifacts_dir) / experiment / REPORT_FILE
 
 
 def train_experiment(
@@ -137,11 +37,11 @@ def train_experiment(
     *,
     artifacts_dir: str | Path,
     progress: Progress = _noop,
-    seed: int = 0,
+    seed: int | None = None,
     holdout_per_user: int = 1,
-    ks: Sequence[int] = (10, 50, 100),
+    ks: Sequence[int] = DEFAULT_KS,
     refit_on_full_history: bool = True,
-) -> TrainReport:
+) -> OfflineReport:
     """Fit, evaluate and export every variant's strategy from the catalogue's SQL history.
 
     Parameters
@@ -150,18 +50,19 @@ def train_experiment(
         The database holding the catalogue and its interactions.
     config
         The experiment; each variant with a strategy is trained (variants without one are
-        listed in `TrainReport.skipped`).
+        listed in `OfflineReport.skipped`).
     catalog
         The catalogue whose history to train on (a simulated run writes ``sim:<key>``).
     artifacts_dir
         Root of the artifacts: ``<artifacts_dir>/<experiment>/<variant>/<version>/``, and
-        ``<artifacts_dir>/<experiment>/train_report.json`` with every strategy's metrics.
+        ``<artifacts_dir>/<experiment>/train_report.json``: the report's JSON (plus the
+        ``seconds`` the whole run took).
     progress
-        Called as ``progress(stage, done, total)``.
+        Called as ``progress(stage, done, total)`` (see `evaluate_offline`).
     seed
-        Seed of every strategy (as the simulator passes its run seed).
+        Seed of every strategy; None applies `strategy_seed` (the simulation's seed, else 0).
     holdout_per_user
-        Items held out per user by `time_split`.
+        New items held out per user (`NewItemsSplit`).
     ks
         Cut-offs of the offline metrics.
     refit_on_full_history
@@ -170,144 +71,48 @@ def train_experiment(
 
     Returns
     -------
-    TrainReport
-        The variants' and the baselines' (popularity, random) metrics on the same split.
+    OfflineReport
+        The variants' and the baselines' (popularity, random) metrics on the same split,
+        with the artifact of every exported variant.
 
     Notes
     -----
-    Every strategy is fitted on the training part of one `time_split` of the history and
-    evaluated on its held-out items with `exclude_seen=True`. Strategies that implement
-    `ExportableStrategy` are exported with the metrics written into their manifest; the
-    metrics describe the same configuration fitted without the held-out interactions.
+    This is `evaluate_offline` with ``NewItemsSplit(holdout_per_user)``, seen items
+    excluded and every target type. Strategies that implement `ExportableStrategy` are
+    exported with their metrics written into the manifest; the metrics describe the same
+    configuration fitted without the held-out interactions.
     """
     started = time.perf_counter()
-    progress("load", 0, 1)
-    with engine.connect() as conn:
-        history = load_history(conn, catalog)
-    progress("load", 1, 1)
-    if len(history) == 0:
-        raise AbplatformError(
-            f"catalogue {catalog!r} has no interaction history to train on",
-            hint="simulate the experiment or ingest interactions first",
-        )
-    train_log, test = time_split(history, holdout_per_user)
-    if len(test) == 0 and not np.isin(history.event_types, POSITIVE_EVENTS).any():
-        found = ", ".join(sorted(set(history.event_types.tolist())))
-        raise AbplatformError(
-            f"catalogue {catalog!r} has no {' or '.join(POSITIVE_EVENTS)} interactions to "
-            f"train on (its history has only: {found})",
-            hint="the strategies learn from clicks and purchases: ingest the interactions "
-            "that mean interest (e.g. ratings of 4 and more) with type click",
-        )
-    if len(test) == 0:
-        raise AbplatformError(
-            f"no user of catalogue {catalog!r} has enough history to hold out "
-            f"{holdout_per_user} item(s) and keep one for training",
-            hint="train on a longer history or lower holdout_per_user",
-        )
-    plan, skipped = strategy_plan(config)
-    results = []
+    chosen_seed = strategy_seed(config, seed)
     root = Path(artifacts_dir)
-    for i, (name, role, kind, params) in enumerate(plan):
-        progress("fit", i, len(plan))
-        results.append(
-            _train_one(
-                name,
-                role,
-                kind,
-                params,
-                history,
-                train_log,
-                test,
-                seed,
-                ks,
-                root,
-                config.key,
-                refit_on_full_history,
-            )
+
+    def export(
+        fitted: FittedStrategy, metrics: dict[str, float], history: InteractionLog
+    ) -> Path | None:
+        if fitted.planned.role != "variant" or not isinstance(fitted.strategy, ExportableStrategy):
+            return None
+        exportable: ExportableStrategy = fitted.strategy
+        if refit_on_full_history:  # the same kind and params: exportable as well
+            refitted = fit_strategy(fitted.planned, history, chosen_seed).strategy
+            exportable = cast(ExportableStrategy, refitted)
+        # A manifest is strict JSON: an undefined metric (e.g. diversity@1) is left out.
+        defined = {name: value for name, value in metrics.items() if math.isfinite(value)}
+        return exportable.export(
+            root, experiment=config.key, variant=fitted.planned.name, metrics=defined
         )
-    progress("fit", len(plan), len(plan))
-    report = TrainReport(
-        experiment=config.key,
+
+    report = evaluate_offline(
+        config,
+        engine,
+        split=NewItemsSplit(holdout_per_user),
         catalog=catalog,
-        interactions=len(history),
-        users=int(np.unique(history.user_ids).size),
-        items=len(history.catalog),
-        start=int(history.timestamps.min()),
-        end=int(history.timestamps.max()),
-        holdout_per_user=holdout_per_user,
-        test_users=len(test),
-        ks=tuple(ks),
-        results=results,
-        skipped=skipped,
+        ks=ks,
+        seed=chosen_seed,
+        progress=progress,
+        export=export,
     )
-    path = root / config.key / REPORT_FILE
+    path = report_path(root, config.key)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**report.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
     path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return replace(report, report_path=path)
-
-
-PlannedStrategy = tuple[str, Literal["variant", "baseline"], str, dict[str, Any]]
-"""(name, role, kind, params) of one strategy to fit."""
-
-
-def strategy_plan(
-    config: ExperimentConfig, *, baselines: bool = True
-) -> tuple[list[PlannedStrategy], list[str]]:
-    """The strategies `train` and `evaluate` fit: every variant's, then the baselines.
-
-    Returns the plan and the keys of the variants without a strategy (skipped).
-    """
-    plan: list[PlannedStrategy] = []
-    skipped = []
-    for variant in config.variants:
-        if variant.strategy is None:
-            skipped.append(variant.key)
-        else:
-            plan.append(
-                (variant.key, "variant", variant.strategy.kind, dict(variant.strategy.params))
-            )
-    if baselines:
-        plan.extend((name, "baseline", kind, {}) for name, kind in BASELINES)
-    return plan, skipped
-
-
-def _train_one(
-    name: str,
-    role: Literal["variant", "baseline"],
-    kind: str,
-    params: Mapping[str, Any],
-    history: InteractionLog,
-    train_log: InteractionLog,
-    test: Any,
-    seed: int,
-    ks: Sequence[int],
-    root: Path,
-    experiment: str,
-    refit: bool,
-) -> StrategyResult:
-    """Evaluate one strategy on the split, then export it if it can be exported."""
-    strategy = build_strategy(kind, params, seed=seed)
-    clock = time.perf_counter()
-    metrics = evaluate(strategy, train_log, test, ks=ks, exclude_seen=True)
-    seconds = time.perf_counter() - clock
-    artifact = None
-    if role == "variant" and isinstance(strategy, ExportableStrategy):
-        if refit:
-            strategy = build_strategy(kind, params, seed=seed)
-            strategy.fit(history)
-        exportable: Any = strategy
-        artifact = exportable.export(root, experiment=experiment, variant=name, metrics=metrics)
-    validated = strategy.Params.model_validate(dict(params)).model_dump(mode="json")
-    return StrategyResult(name, role, kind, validated, metrics, seconds, artifact)
-
-
-def format_table(report: TrainReport) -> list[list[str]]:
-    """Rows of a plain-text metrics table: header, then one row per strategy."""
-    names = report.metric_names()
-    rows = [["strategy", "kind", *names]]
-    for result in report.results:
-        values = [f"{result.metrics.get(n, float('nan')):.4f}" for n in names]
-        rows.append([result.name, result.kind, *values])
-    return rows
+    return report

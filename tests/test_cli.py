@@ -157,6 +157,6 @@ def test_train_prints_offline_metrics_and_writes_a_report(tmp_path: Path) -> Non
     out = cli("train", str(experiment), "--db", url, "--artifacts", str(tmp_path / "art"), "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    names = {result["name"] for result in report["results"]}
+    names = set(report["variants"])
     assert {"a", "b", "baseline:popularity", "baseline:random"} <= names
     assert (tmp_path / "art" / "train_small" / "train_report.json").exists()

@@ -17,13 +17,8 @@ from numpy.testing import assert_allclose
 from abplatform.config import ExperimentConfig, validate_config
 from abplatform.domain import Catalog, InteractionLog
 from abplatform.errors import AbplatformError
-from strategies.offline import (
-    HeldOutLog,
-    RandomSplit,
-    TimeSplit,
-    evaluate_offline,
-    split_history,
-)
+from strategies.offline import evaluate_offline
+from strategies.splits import HeldOutLog, RandomSplit, TimeSplit, split_history
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "catalog"
@@ -158,7 +153,7 @@ def test_report_json_shape() -> None:
         for k in (2, 10):
             for metric in ("hit", "recall", "ndcg", "coverage"):
                 assert 0.0 <= values[f"{metric}@{k}"] <= 1.0
-        assert values["train_seconds"] >= 0 and values["serve_seconds"] >= 0
+        assert values["fit_seconds"] >= 0 and values["serve_seconds"] >= 0
     assert doc["variants"]["rand"]["kind"] == "random"
     assert doc["variants"]["baseline:random"]["role"] == "baseline"
     assert doc["split"]["kind"] == "log"
@@ -193,29 +188,31 @@ def _random_history(seed: int = 3, users: int = 200, items: int = 50) -> Interac
 
 def test_random_split_holds_out_whole_pairs_reproducibly() -> None:
     history = _random_history()
-    train, test, details = split_history(history, RandomSplit(0.2, seed=7))
+    parts = split_history(history, RandomSplit(0.2, seed=7))
+    train, test = parts.train, parts.test
     pairs = set(zip(history.user_ids.tolist(), history.item_ids.tolist(), strict=True))
     test_pairs = set(zip(test.user_ids.tolist(), test.item_ids.tolist(), strict=True))
     train_pairs = set(zip(train.user_ids.tolist(), train.item_ids.tolist(), strict=True))
     assert not test_pairs & train_pairs
     assert len(test_pairs) == round(0.2 * len(pairs))
     assert len(train) + len(test) == len(history)
-    assert details == {
+    assert parts.to_dict() == {
         "kind": "random",
         "test_fraction": 0.2,
         "seed": 7,
         "train_interactions": len(train),
         "test_interactions": len(test),
     }
-    again = split_history(history, RandomSplit(0.2, seed=7))[1]
+    again = split_history(history, RandomSplit(0.2, seed=7)).test
     assert again.user_ids.tolist() == test.user_ids.tolist()
-    other = split_history(history, RandomSplit(0.2, seed=8))[1]
+    other = split_history(history, RandomSplit(0.2, seed=8)).test
     assert other.user_ids.tolist() != test.user_ids.tolist()
 
 
 def test_time_split_holds_out_everything_from_the_cutoff_and_counts_cold_users() -> None:
     history = _random_history()
-    train, test, _ = split_history(history, TimeSplit(0.25))
+    parts = split_history(history, TimeSplit(0.25))
+    train, test = parts.train, parts.test
     assert train.timestamps.max() < test.timestamps.min()
     assert len(test) == round(0.25 * len(history))  # distinct-enough timestamps: no ties
     report = evaluate_offline(
@@ -345,7 +342,7 @@ def test_evaluate_fits_a_two_tower_variant(tmp_path: Path) -> None:
     out = cli("evaluate", str(config), "--db", db, "--json", "--k", "10", "--no-baselines")
     assert out.returncode == 0, out.stderr
     two_tower = json.loads(out.stdout)["variants"]["two_tower"]
-    assert two_tower["kind"] == "two_tower" and two_tower["train_seconds"] > 0
+    assert two_tower["kind"] == "two_tower" and two_tower["fit_seconds"] > 0
     assert 0.0 <= two_tower["hit@10"] <= 1.0 and 0.0 < two_tower["coverage@10"] <= 1.0
 
 

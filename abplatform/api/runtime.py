@@ -16,13 +16,12 @@ from abplatform.assignment.engine import AssignmentPolicy, build_policy
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import RecRequest, Slate
 from abplatform.errors import NotFoundError
-from abplatform.registry import build_strategy
 from abplatform.storage import models as m
 from abplatform.storage.bandit import BanditFeedback, PersistentThompsonPolicy
 from abplatform.storage.db import transaction
-from abplatform.storage.history import load_history
 from abplatform.storage.repository import get_experiment
 from abplatform.strategy import Strategy
+from strategies.fitting import fit_variants
 
 DEFAULT_K = 10
 
@@ -136,21 +135,14 @@ def _fit(engine: Engine, runtime: ExperimentRuntime, coalesce: bool) -> None:
         stored_catalog = conn.execute(
             select(m.Experiment.catalog).where(m.Experiment.id == runtime.id)
         ).scalar_one()
-        history = load_history(conn, stored_catalog)
-    seed = runtime.config.simulation.seed if runtime.config.simulation else 0
-    fitted: dict[str, Strategy | None] = {}
-    for variant in runtime.config.variants:
-        if variant.strategy is None:
-            fitted[variant.key] = None
-            continue
-        strategy = build_strategy(variant.strategy.kind, variant.strategy.params, seed=seed)
-        strategy.fit(history)
-        fitted[variant.key] = strategy
-        size = min(DEFAULT_K, len(history.catalog))
-        if coalesce and size and batching_pays(strategy, size):
-            runtime.coalescers[variant.key] = Coalescer(strategy)
-    runtime.strategies = fitted
-    runtime.n_items = len(history.catalog)
+    fitted = fit_variants(engine, runtime.config, stored_catalog)
+    n_items = len(fitted.history.catalog)
+    size = min(DEFAULT_K, n_items)
+    for key, strategy in fitted.strategies.items():
+        if strategy is not None and coalesce and size and batching_pays(strategy, size):
+            runtime.coalescers[key] = Coalescer(strategy)
+    runtime.strategies = fitted.strategies
+    runtime.n_items = n_items
 
 
 class ExperimentCache:

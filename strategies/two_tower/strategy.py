@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from abplatform.domain import InteractionLog, RecRequest, Slate
 from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
-from strategies.base import BaseStrategy, NotFittedError, check_k
+from strategies.base import ArtifactPlace, BaseStrategy, NotFittedError, check_k
 from strategies.evaluation import POSITIVE_EVENTS, HoldoutSet, item_indices, subset_log, time_split
 from strategies.two_tower.artifact import TwoTowerArtifact, export_artifact, load_artifact
 from strategies.two_tower.data import (
@@ -27,6 +27,10 @@ from strategies.two_tower.data import (
 )
 from strategies.two_tower.params import TwoTowerParams
 from strategies.two_tower.serving import ItemIndex, quantize, served_offsets
+
+if TYPE_CHECKING:
+    from strategies.two_tower.data import TrainingExamples
+    from strategies.two_tower.model import TrainedTowers, Validation
 
 log = logging.getLogger(__name__)
 
@@ -110,35 +114,18 @@ class TwoTowerStrategy(BaseStrategy):
             # Users first seen after the validation cut never train an id row: the
             # out-of-vocabulary row (trained by id dropout) serves them, not a random one.
             vocabulary = train_sequences.user_ids.astype(str)
-        examples = training_examples(
-            train_sequences,
-            params.history_length,
-            encoder.transform(train_sequences.user_ids.tolist(), history.user_features),
-        )
-        towers = _model().train_two_tower(
-            examples,
-            ItemFeatures.from_catalog(history.catalog),
-            vocabulary.tolist(),
-            [len(vocab) for _, vocab in encoder.categorical],
-            params,
-            self.seed,
-            validation,
+        examples, towers = self._train(
+            history, train_sequences, vocabulary.tolist(), encoder, params, validation
         )
         chosen_on = towers
         if params.refit and validation is not None and towers.best_epoch is not None:
             # The epoch count was chosen on the holdout; the served model also learns from it.
-            examples = training_examples(
+            examples, towers = self._train(
+                history,
                 sequences,
-                params.history_length,
-                encoder.transform(sequences.user_ids.tolist(), history.user_features),
-            )
-            towers = _model().train_two_tower(
-                examples,
-                ItemFeatures.from_catalog(history.catalog),
                 sequences.user_ids.astype(str).tolist(),
-                [len(vocab) for _, vocab in encoder.categorical],
+                encoder,
                 params.model_copy(update={"epochs": towers.best_epoch}),
-                self.seed,
                 None,
             )
         self.towers = towers
@@ -183,6 +170,32 @@ class TwoTowerStrategy(BaseStrategy):
             feature_encoder=encoder,
             manifest=self._manifest(history, sequences, encoder, training),
         )
+
+    def _train(
+        self,
+        history: InteractionLog,
+        sequences: PositiveSequences,
+        vocabulary: list[str],
+        encoder: UserFeatureEncoder,
+        params: TwoTowerParams,
+        validation: Validation | None,
+    ) -> tuple[TrainingExamples, TrainedTowers]:
+        """The examples of `sequences` and the towers trained on them (TensorFlow)."""
+        examples = training_examples(
+            sequences,
+            params.history_length,
+            encoder.transform(sequences.user_ids.tolist(), history.user_features),
+        )
+        towers: TrainedTowers = _model().train_two_tower(
+            examples,
+            ItemFeatures.from_catalog(history.catalog),
+            vocabulary,
+            [len(vocab) for _, vocab in encoder.categorical],
+            params,
+            self.seed,
+            validation,
+        )
+        return examples, towers
 
     def _validation_split(
         self,
@@ -416,18 +429,10 @@ class TwoTowerStrategy(BaseStrategy):
 
     # -- artifacts ---------------------------------------------------------------------------
 
-    def export(
-        self,
-        root: str | Path,
-        *,
-        experiment: str,
-        variant: str,
-        metrics: dict[str, float] | None = None,
-    ) -> Path:
-        """Write the fitted artifact as a new version under ``root/experiment/variant``."""
-        return export_artifact(
-            self.artifact, root, experiment=experiment, variant=variant, metrics=metrics
-        )
+    def export(self, root: str | Path, **place: Unpack[ArtifactPlace]) -> Path:
+        """Write the fitted artifact as a new version under ``root/experiment/variant``
+        (`ArtifactPlace`: experiment, variant and the metrics to record)."""
+        return export_artifact(self.artifact, root, **place)
 
     @classmethod
     def from_artifact(cls, path: str | Path) -> TwoTowerStrategy:
@@ -510,12 +515,7 @@ def random_holdout(
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.permutation(pairs)[: round(fraction * pairs.size)])
     held_rows = np.isin(keys, chosen) & (items >= 0)
-    owners = chosen // width
-    counts = np.bincount(owners, minlength=users.size)
-    has = counts > 0
-    indptr = np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int64)
-    holdout = HoldoutSet(users[has].astype(str), indptr, (chosen % width).astype(np.int64))
-    return subset_log(history, ~held_rows), holdout
+    return subset_log(history, ~held_rows), _pairs_holdout(chosen, users, width)
 
 
 def time_holdout(history: InteractionLog, fraction: float) -> tuple[InteractionLog, HoldoutSet]:
@@ -537,12 +537,17 @@ def time_holdout(history: InteractionLog, fraction: float) -> tuple[InteractionL
     keys = user_codes.astype(np.int64).reshape(-1) * width + np.maximum(items, 0)
     before = np.unique(keys[positive & ~after])
     pairs = np.setdiff1d(np.unique(keys[positive & after]), before)
-    owners = pairs // width
-    counts = np.bincount(owners, minlength=users.size)
+    return subset_log(history, ~after), _pairs_holdout(pairs, users, width)
+
+
+def _pairs_holdout(
+    pairs: npt.NDArray[np.int64], users: npt.NDArray[np.str_], width: int
+) -> HoldoutSet:
+    """Sorted (user code * width + item index) pair keys as the held-out items of `users`."""
+    counts = np.bincount(pairs // width, minlength=users.size)
     has = counts > 0
     indptr = np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int64)
-    holdout = HoldoutSet(users[has].astype(str), indptr, (pairs % width).astype(np.int64))
-    return subset_log(history, ~after), holdout
+    return HoldoutSet(users[has].astype(str), indptr, (pairs % width).astype(np.int64))
 
 
 def _held_users(held: HoldoutSet, keep: npt.NDArray[np.bool_]) -> HoldoutSet:

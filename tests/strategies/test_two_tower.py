@@ -454,7 +454,7 @@ def test_train_experiment_evaluates_exports_and_reports(sqlite_url: str, tmp_pat
         "baseline:random",
     ]
     assert {"load", "fit"} <= set(stages)
-    assert report.test_users > 0 and report.items == 120
+    assert report.split.test_users > 0 and report.data.items == 120
     control = report.result("control")
     assert control.artifact is None  # popularity has nothing to export
     assert control.metrics == report.result("baseline:popularity").metrics
@@ -464,7 +464,7 @@ def test_train_experiment_evaluates_exports_and_reports(sqlite_url: str, tmp_pat
     assert manifest["metrics"] == treatment.metrics
     assert manifest["experiment"] == "tt_small" and manifest["variant"] == "treatment"
     stored = json.loads((tmp_path / "tt_small" / "train_report.json").read_text())
-    assert [r["name"] for r in stored["results"]] == [r.name for r in report.results]
+    assert list(stored["variants"]) == [r.name for r in report.results]
     served = TwoTowerStrategy.from_artifact(tmp_path / "tt_small" / "treatment")
     assert len(served.recommend(RecRequest("u000001"), 5).items) == 5
     engine.dispose()
