@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import InteractionLog
 from abplatform.errors import AbplatformError
+from abplatform.progress import Progress, no_progress
 from abplatform.registry import build_strategy
 from abplatform.storage.history import load_history
 from abplatform.strategy import Strategy
@@ -35,8 +36,7 @@ from strategies.base import check_k
 from strategies.evaluation import HoldoutSet, item_indices, rank_items, seen_items, subset_log
 from strategies.training import strategy_plan
 
-Progress = Callable[[str, int, int], None]
-"""progress(stage, done, total); stages: "load", "<strategy>: fit", "<strategy>: rank"."""
+# Progress stages: "load", "<strategy>: fit", "<strategy>: rank".
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100)
 USER_CHUNK = 4096  # test users ranked at a time: bounds memory at USER_CHUNK x max(K) indices
@@ -145,10 +145,6 @@ class OfflineReport:
         }
 
 
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
-
-
 def evaluate_offline(
     config: ExperimentConfig,
     source: Engine | Connection | InteractionLog,
@@ -160,7 +156,7 @@ def evaluate_offline(
     baselines: bool = True,
     seed: int = 42,
     target_events: Sequence[str] | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> OfflineReport:
     """Fit every variant's strategy on the training part and score it on held-out interactions.
 

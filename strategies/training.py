@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -16,11 +16,11 @@ from sqlalchemy import Engine
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import InteractionLog
 from abplatform.errors import AbplatformError
+from abplatform.progress import Progress, no_progress
 from abplatform.registry import build_strategy
 from abplatform.storage.history import load_history
 from strategies.evaluation import POSITIVE_EVENTS, evaluate, time_split
 
-Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as training advances (stages: load, fit, export)."""
 
 BASELINES: tuple[tuple[str, str], ...] = (
@@ -122,10 +122,6 @@ class TrainReport:
         }
 
 
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
-
-
 def _iso(seconds: int) -> str:
     return str(np.datetime64(seconds, "s")) + "Z"
 
@@ -136,7 +132,7 @@ def train_experiment(
     catalog: str,
     *,
     artifacts_dir: str | Path,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     seed: int = 0,
     holdout_per_user: int = 1,
     ks: Sequence[int] = (10, 50, 100),

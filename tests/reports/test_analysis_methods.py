@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.multitest import multipletests
 
-from abplatform.config.loader import ConfigError, load_experiment_text
+from abplatform.config import ConfigError, load_experiment_text
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import open_database
 from reports.analysis import analyze
@@ -258,7 +258,7 @@ def test_unknown_guardrail_is_a_config_problem() -> None:
     text = YAML.format(key="g", analysis="  guardrails: [ctr, bounce_rate]")
     with pytest.raises(ConfigError) as info:
         load_experiment_text(text)
-    lines = "\n".join(info.value.lines())
+    lines = "\n".join(info.value.problems)
     assert "analysis.guardrails.1" in lines
     assert "not a metric name; metrics: clicks_per_user, conversion, ctr, revenue_per_user" in lines
     assert "bounce_rate" in lines
@@ -271,7 +271,7 @@ def test_analysis_block_defaults_and_validation() -> None:
     assert config.analysis.correction == "holm" and config.analysis.guardrails == []
     with pytest.raises(ConfigError) as info:
         load_experiment_text(YAML.format(key="d", analysis="  correction: bonferroni"))
-    assert "analysis.correction" in "\n".join(info.value.lines())
+    assert "analysis.correction" in "\n".join(info.value.problems)
 
 
 def test_degenerate_single_units(engine: Engine) -> None:

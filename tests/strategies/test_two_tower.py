@@ -132,13 +132,13 @@ class TestParams:
             build_strategy("two_tower", {"embeding_dim": 8})
 
     def test_config_error_points_at_the_variant(self) -> None:
-        from abplatform.config.loader import ConfigError, load_experiment_text
+        from abplatform.config import ConfigError, load_experiment_text
 
         text = (ROOT / "examples" / "homepage_two_tower.yaml").read_text()
         text = text.replace("temperature: 0.1", "temperature: -1")
         with pytest.raises(ConfigError) as info:
             load_experiment_text(text)
-        assert info.value.lines() == [
+        assert info.value.problems == [
             "variants.1.strategy.params.temperature: input should be greater than 0 (got -1)"
         ]
 

@@ -14,8 +14,9 @@ from abplatform.api.deps import AdminScope, ReadScope, ServicesDep, SessionDep
 from abplatform.api.errors import error_responses
 from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import ExperimentList, ExperimentOut
-from abplatform.config.loader import ConfigError, Problem, load_experiment_text, validate_config
+from abplatform.config.loader import load_experiment_text, validate_config
 from abplatform.config.models import ExperimentConfig
+from abplatform.errors import ConfigError, ConfigProblem
 from abplatform.storage import models as m
 from abplatform.storage.repository import (
     StoredExperiment,
@@ -78,12 +79,16 @@ def _parse(body: bytes, content_type: str) -> ExperimentConfig:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise ConfigError([Problem("json", f"malformed JSON: {exc}", has_got=False)]) from None
+            raise ConfigError(
+                [ConfigProblem("json", f"malformed JSON: {exc}", has_got=False)]
+            ) from None
         return validate_config(data)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError([Problem("yaml", "the body is not UTF-8 text", has_got=False)]) from None
+        raise ConfigError(
+            [ConfigProblem("yaml", "the body is not UTF-8 text", has_got=False)]
+        ) from None
     return load_experiment_text(text)
 
 
