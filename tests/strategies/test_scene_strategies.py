@@ -8,7 +8,7 @@ import pytest
 from abplatform.config import ConfigError, load_experiment_text
 from abplatform.domain import Catalog, InteractionLog, RecRequest
 from abplatform.registry import build_strategy
-from tests.strategies.conftest import make_history
+from tests.factories import make_history
 
 REQUESTS = [RecRequest(f"user-{u}", scene="home_page") for u in range(30)] + [
     RecRequest("stranger", scene="product_detail", current_item="item-005"),

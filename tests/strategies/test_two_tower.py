@@ -22,7 +22,7 @@ from strategies.evaluation import evaluate, time_split
 from strategies.two_tower import TwoTowerStrategy
 from strategies.two_tower.artifact import ArtifactError, load_artifact
 from strategies.two_tower.data import UserFeatureEncoder, positive_sequences, user_inputs
-from tests.strategies.conftest import make_history
+from tests.factories import make_history
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS: dict[str, Any] = {
@@ -266,7 +266,7 @@ class TestFallback:
             import json, sys
             from abplatform.domain import InteractionLog, RecRequest
             from abplatform.registry import build_strategy
-            from tests.strategies.conftest import make_history
+            from tests.factories import make_history
 
             full = make_history()
             empty = InteractionLog(full.catalog, full.user_ids[:0], full.item_ids[:0],
