@@ -69,6 +69,7 @@ def _exit_with(error: AbplatformError, note: str | None = None) -> NoReturn:
 
 
 def _fail(message: str, hint: str | None = None) -> NoReturn:
+    """Exit on a usage mistake the CLI itself finds (a bad option value)."""
     _exit_with(AbplatformError(message, hint))
 
 
@@ -97,8 +98,7 @@ def _run_with_progress(
 def _open(db: str | None) -> Engine:
     from abplatform.storage.db import open_database
 
-    engine: Engine = _run(lambda: open_database(db))
-    return engine
+    return _run(lambda: open_database(db))
 
 
 @app.command()
