@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import BigInteger, Connection, Engine, Integer, bindparam, func, select, update
 
-from abplatform.domain import EVENT_TYPES
+from abplatform.domain import FEEDBACK_TYPES
 from abplatform.errors import DataError
 from abplatform.ingest import (
     CHUNK_ROWS,
@@ -46,6 +46,7 @@ from abplatform.ingest import (
     _sqlite_cache,
     _timestamp_problems,
 )
+from abplatform.progress import Progress, no_progress
 from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import transaction
@@ -56,18 +57,13 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 INTERACTION_OPTIONAL_COLUMNS = ("type", "value")
 USER_COLUMNS = ("user_id",)
 
-INTERACTION_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "impression")
+INTERACTION_TYPES: tuple[str, ...] = FEEDBACK_TYPES
 """Types an interaction may have (an empty or missing `type` means click)."""
 DEFAULT_INTERACTION_TYPE = "click"
 MAX_LABEL_LENGTH = 128  # category, brand and feature names: String(128) columns
 TAG_SEPARATOR = "|"
 
-Progress = Callable[[str, int, int], None]
-"""progress(stage, done, total): stage is "interactions", counted in lines of the file."""
-
-
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
+# progress(stage, done, total): stage is "interactions", counted in lines of the file.
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ def ingest_catalog(
     items: Path | None = None,
     interactions: Path | None = None,
     users: Path | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> CatalogIngestSummary:
     """Load the given CSV files into `catalog` in one transaction; see `load_catalog_files`."""
     with _gc_paused(), transaction(engine) as session:
@@ -134,7 +130,7 @@ def load_catalog_files(
     items: Path | None = None,
     interactions: Path | None = None,
     users: Path | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> CatalogIngestSummary:
     """Check and write the files inside the caller's open transaction.
 

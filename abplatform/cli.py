@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
+from abplatform.errors import AbplatformError
+
 if TYPE_CHECKING:
     from rich.console import Console
-    from sqlalchemy import Engine
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
+    from sqlalchemy import Connection, Engine
 
+    from abplatform.config.models import ExperimentConfig
+    from abplatform.progress import Progress
+    from simulator.runner import SimulationResult
     from strategies.offline import OfflineReport
+
 
 app = typer.Typer(
     name="abplatform",
@@ -34,6 +43,7 @@ DbOption = Annotated[
     ),
 ]
 USAGE_ERROR = 2
+T = TypeVar("T")
 
 
 def _console(stderr: bool = False) -> Console:
@@ -45,36 +55,51 @@ def _console(stderr: bool = False) -> Console:
     return console
 
 
-def _fail(message: str, hint: str | None = None, code: int = USAGE_ERROR) -> NoReturn:
-    err = _console(stderr=True)
-    err.print(f"[bold red]error:[/] {message}", markup=True)
-    if hint:
-        err.print(f"hint: {hint}", markup=False)
-    raise typer.Exit(code)
+def _exit_with(error: AbplatformError, note: str | None = None) -> NoReturn:
+    """Print `error: message`, one line per problem, the hint and a closing note; exit 2."""
+    from rich.text import Text
+
+    _console(stderr=True).print(Text.assemble(("error:", "bold red"), f" {error.message}"))
+    for line in error.problems:
+        print(line, file=sys.stderr)
+    if error.hint:
+        print(f"hint: {error.hint}", file=sys.stderr)
+    if note:
+        print(note, file=sys.stderr)
+    raise typer.Exit(USAGE_ERROR)
 
 
-def _run(action: Any) -> Any:
-    """Run a verb, turning the platform's errors into messages without tracebacks."""
-    from abplatform.config.loader import ConfigError
-    from abplatform.errors import AbplatformError
+def _fail(message: str, hint: str | None = None) -> NoReturn:
+    """Exit on a usage mistake the CLI itself finds (a bad option value)."""
+    _exit_with(AbplatformError(message, hint))
 
+
+def _run(action: Callable[[], T], note: str | None = None) -> T:
+    """Run a verb, turning the platform's errors into messages (plus `note`), no tracebacks."""
     try:
         return action()
-    except ConfigError as exc:
-        err = _console(stderr=True)
-        err.print(f"[bold red]error:[/] {exc.message}", markup=True)
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        raise typer.Exit(USAGE_ERROR) from None
     except AbplatformError as exc:
-        _fail(exc.message, exc.hint)
+        _exit_with(exc, note)
+
+
+def _run_with_progress(
+    action: Callable[[Progress], T],
+    labels: Mapping[str, str] | None = None,
+    note: str | None = None,
+) -> T:
+    """`_run` with a progress bar on the terminal, taken down before any error is printed."""
+
+    def tracked() -> T:
+        with _ProgressBar(labels) as bar:
+            return action(bar)
+
+    return _run(tracked, note)
 
 
 def _open(db: str | None) -> Engine:
     from abplatform.storage.db import open_database
 
-    engine: Engine = _run(lambda: open_database(db))
-    return engine
+    return _run(lambda: open_database(db))
 
 
 @app.command()
@@ -97,8 +122,6 @@ def simulate(
     ] = None,
 ) -> None:
     """Play the experiment in a synthetic shop and write everything to the database."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from abplatform.config.loader import load_experiment
     from simulator.runner import simulate as run_simulation
 
@@ -109,30 +132,16 @@ def simulate(
         "fit": "fitting strategies",
         "traffic": "experiment traffic (days)",
     }
-    with Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=_console(stderr=True),
-        transient=False,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        result = _run(
-            lambda: run_simulation(engine, config, users=users, seed=seed, progress=progress)
-        )
+    result = _run_with_progress(
+        lambda progress: run_simulation(engine, config, users=users, seed=seed, progress=progress),
+        labels,
+    )
     _print_simulation(result)
     if report is not None:
         _write_report(engine, config.key, report)
 
 
-def _print_simulation(result: Any) -> None:
+def _print_simulation(result: SimulationResult) -> None:
     from rich.table import Table
 
     table = Table(title=f"Simulated {result.experiment} (run {result.run_id}, seed {result.seed})")
@@ -170,7 +179,7 @@ def _print_simulation(result: Any) -> None:
         f"{result.users:,} users, {result.items:,} items, "
         f"{result.history_interactions:,} history interactions"
     )
-    for line in getattr(result, "notes", ()):
+    for line in result.notes:
         console.print(line)
 
 
@@ -196,39 +205,23 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Fit every variant's strategy on the SQL history, print offline metrics, export artifacts."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from abplatform.config.loader import load_experiment
     from strategies.training import train_experiment
 
     config = _run(lambda: load_experiment(file))
     engine = _open(db)
     chosen = _history_catalog(config, catalog)
-    with Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=_console(stderr=True),
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        report = _run(
-            lambda: train_experiment(
-                engine,
-                config,
-                chosen,
-                artifacts_dir=artifacts,
-                progress=progress,
-                seed=seed,
-                holdout_per_user=holdout,
-            )
+    report = _run_with_progress(
+        lambda progress: train_experiment(
+            engine,
+            config,
+            chosen,
+            artifacts_dir=artifacts,
+            progress=progress,
+            seed=seed,
+            holdout_per_user=holdout,
         )
+    )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
         return
@@ -236,7 +229,7 @@ def train(
     _console(stderr=True).print(f"artifacts in {artifacts}", markup=False)
 
 
-def _history_catalog(config: Any, catalog: str | None) -> str:
+def _history_catalog(config: ExperimentConfig, catalog: str | None) -> str:
     """The catalogue whose history `train` and `evaluate` use: --catalog, else the simulated
     one if the file has a `simulation:` block, else the file's `catalog:` (or "default")."""
     from simulator.runner import simulation_catalog
@@ -299,9 +292,8 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Compare every variant's strategy offline: hit, recall, NDCG, coverage @K on held-out data."""
-    from abplatform.catalog_ingest import INTERACTION_TYPES
     from abplatform.config.loader import load_experiment
-    from abplatform.errors import AbplatformError, DataError
+    from abplatform.domain import FEEDBACK_TYPES
     from strategies.offline import evaluate_offline
     from strategies.splits import RandomSplit, TestFile, TimeSplit
 
@@ -315,11 +307,11 @@ def evaluate(
     targets = None
     if events is not None:
         targets = [e.strip() for e in events.split(",") if e.strip()]
-        unknown = [e for e in targets if e not in INTERACTION_TYPES]
+        unknown = [e for e in targets if e not in FEEDBACK_TYPES]
         if unknown or not targets:
             _fail(
                 f"unknown --events {', '.join(unknown) or events!r}",
-                hint=f"use some of: {', '.join(INTERACTION_TYPES)}",
+                hint=f"use some of: {', '.join(FEEDBACK_TYPES)}",
             )
     chosen_split = (
         TestFile(test)
@@ -331,31 +323,20 @@ def evaluate(
     config = _run(lambda: load_experiment(file))
     engine = _open(db)
     chosen = _history_catalog(config, catalog)
-    with _progress_bar() as progress:
-        try:
-            report = evaluate_offline(
-                config,
-                engine,
-                split=chosen_split,
-                catalog=chosen,
-                ks=ks,
-                include_seen=include_seen,
-                baselines=baselines,
-                seed=seed,
-                target_events=targets,
-                progress=progress,
-            )
-        except DataError as exc:  # a bad --test file
-            progress.stop()
-            _console(stderr=True).print(f"[bold red]error:[/] {exc.message}", markup=True)
-            for line in exc.problems:
-                print(line, file=sys.stderr)
-            if exc.hint:
-                print(f"hint: {exc.hint}", file=sys.stderr)
-            raise typer.Exit(USAGE_ERROR) from None
-        except AbplatformError as exc:
-            progress.stop()
-            _fail(exc.message, exc.hint)
+    report = _run_with_progress(
+        lambda progress: evaluate_offline(
+            config,
+            engine,
+            split=chosen_split,
+            catalog=chosen,
+            ks=ks,
+            include_seen=include_seen,
+            baselines=baselines,
+            seed=seed,
+            target_events=targets,
+            progress=progress,
+        )
+    )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
         return
@@ -473,8 +454,7 @@ def ingest(
     """Load real logs, catalogue, users and history (all files or nothing)."""
     from abplatform.catalog_ingest import CatalogIngestSummary, ingest_catalog, load_catalog_files
     from abplatform.config.loader import load_experiment
-    from abplatform.errors import DataError
-    from abplatform.ingest import ingest_logs
+    from abplatform.ingest import IngestSummary, ingest_logs
 
     logs = exposures is not None or events is not None
     shop = items is not None or interactions is not None or users is not None
@@ -488,9 +468,9 @@ def ingest(
     engine = _open(db)
     target = catalog or config.catalog_name
     loaded: list[CatalogIngestSummary] = []
-    with _progress_bar() as progress:
 
-        def load_shop(conn: Any) -> None:
+    def load(progress: Progress) -> IngestSummary | None:
+        def load_shop(conn: Connection) -> None:
             loaded.append(
                 load_catalog_files(
                     conn,
@@ -502,38 +482,22 @@ def ingest(
                 )
             )
 
-        try:
-            if logs:
-                summary = ingest_logs(
-                    engine, config, exposures, events, also=load_shop if shop else None
-                )
-            else:
-                loaded.append(
-                    ingest_catalog(
-                        engine,
-                        target,
-                        items=items,
-                        interactions=interactions,
-                        users=users,
-                        progress=progress,
-                    )
-                )
-        except DataError as exc:
-            progress.stop()
-            err = _console(stderr=True)
-            err.print(f"[bold red]error:[/] {exc.message}", markup=True)
-            for line in exc.problems:
-                print(line, file=sys.stderr)
-            print("nothing was written", file=sys.stderr)
-            raise typer.Exit(USAGE_ERROR) from None
-        except Exception as exc:
-            from abplatform.errors import AbplatformError
+        if logs:
+            return ingest_logs(engine, config, exposures, events, also=load_shop if shop else None)
+        loaded.append(
+            ingest_catalog(
+                engine,
+                target,
+                items=items,
+                interactions=interactions,
+                users=users,
+                progress=progress,
+            )
+        )
+        return None
 
-            if isinstance(exc, AbplatformError):
-                progress.stop()
-                _fail(exc.message, exc.hint)
-            raise
-    if logs:
+    summary = _run_with_progress(load, note="nothing was written")
+    if summary is not None:
         print(
             f"{config.key}: {summary.exposures:,} exposures, {summary.events:,} new events "
             f"({summary.duplicate_events:,} duplicates skipped), {summary.units:,} units"
@@ -547,14 +511,15 @@ def ingest(
         print(shop_summary.describe())
 
 
-class _Bar:
-    """A rich progress bar fed by `progress(stage, done, total)`; shown only on a terminal."""
+class _ProgressBar:
+    """A rich progress bar fed as a `Progress` callback; shown on a terminal (stderr) only."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: Mapping[str, str] | None = None) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         console = _console(stderr=True)
-        self.bar = (
+        self.labels = labels or {}
+        self.bar: RichProgress | None = (
             Progress(
                 TextColumn("{task.description:<28}"),
                 BarColumn(),
@@ -566,7 +531,7 @@ class _Bar:
             if console.is_terminal
             else None
         )
-        self.tasks: dict[str, Any] = {}
+        self.tasks: dict[str, TaskID] = {}
         self.started = False
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -576,23 +541,20 @@ class _Bar:
             self.bar.start()
             self.started = True
         if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total)
+            self.tasks[stage] = self.bar.add_task(self.labels.get(stage, stage), total=total)
         self.bar.update(self.tasks[stage], completed=done, total=total)
 
     def stop(self) -> None:
+        """Take the bar off the terminal (before an error message is printed)."""
         if self.bar is not None and self.started:
             self.bar.stop()
             self.started = False
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self) -> _ProgressBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _progress_bar() -> _Bar:
-    return _Bar()
 
 
 @app.command("list")

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
-EVENT_TYPES: tuple[str, ...] = (
-    "impression",
-    "view",
-    "click",
-    "add_to_cart",
-    "purchase",
-    "rating",
-)
+FeedbackType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
+"""Event types a client sends back (and history interactions have)."""
+EventType = Literal["impression", FeedbackType]
 """Event types the platform knows; `impression` is recorded by the platform itself."""
+FEEDBACK_TYPES: tuple[FeedbackType, ...] = get_args(FeedbackType)
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 SCENES: tuple[str, ...] = ("home_page", "product_detail", "cart_page")
 """Scenes (page types) a recommendation request may come from."""

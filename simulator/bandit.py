@@ -22,7 +22,6 @@ expected regret of a fixed equal split over the same units.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +40,7 @@ from abplatform.config.models import (
 )
 from abplatform.domain import SCENES
 from abplatform.errors import AbplatformError
+from abplatform.progress import Progress
 from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from simulator.context import Contexts, draw_contexts, draw_scenes
@@ -56,7 +56,6 @@ NO_CONTEXT = ""
 """The stored context of a bandit without contexts."""
 
 RewardMetric = ProportionMetric | MeanMetric
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from abplatform.assignment.engine import build_policy
 from abplatform.config.models import ExperimentConfig, SimulationConfig
 from abplatform.domain import RecRequest
 from abplatform.errors import AbplatformError
+from abplatform.progress import Progress, no_progress
 from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.repository import (
@@ -46,7 +47,6 @@ SECONDS_PER_DAY = 86_400
 HOME_PAGE = "home_page"
 RECOMMEND_BATCH = 10_000
 
-Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as the run advances."""
 
 
@@ -75,10 +75,6 @@ class SimulationResult:
 def simulation_catalog(config: ExperimentConfig) -> str:
     """The catalogue a simulated run writes its world into."""
     return config.catalog if config.catalog is not None else f"sim:{config.key}"
-
-
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
 
 
 def _write_world(conn: Connection, world: World, catalog: str) -> None:
@@ -173,7 +169,7 @@ def simulate(
     *,
     users: int | None = None,
     seed: int | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> SimulationResult:
     """Simulate the experiment into the database in one transaction (all or nothing).
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,14 +11,13 @@ from sqlalchemy import Connection, Engine
 
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import InteractionLog
+from abplatform.progress import Progress, no_progress
 from abplatform.registry import build_strategy
 from abplatform.storage.history import load_history
 from abplatform.strategy import Strategy
 
-Progress = Callable[[str, int, int], None]
-"""progress(stage, done, total); the stage of fitting is "fit", counted in strategies."""
-
 FIT_STAGE = "fit"
+"""The progress stage of fitting, counted in strategies."""
 
 BASELINES: tuple[tuple[str, str], ...] = (
     ("baseline:popularity", "popularity"),
@@ -28,10 +27,6 @@ BASELINES: tuple[tuple[str, str], ...] = (
 
 HistorySource = Engine | Connection | InteractionLog
 """Where history comes from: a database (read with `load_history`) or a log in memory."""
-
-
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
 
 
 def strategy_seed(config: ExperimentConfig, seed: int | None = None) -> int:
@@ -98,7 +93,7 @@ def fit_strategy(planned: PlannedStrategy, history: InteractionLog, seed: int) -
 
 
 def fit_each(
-    plan: StrategyPlan, history: InteractionLog, *, seed: int, progress: Progress = _noop
+    plan: StrategyPlan, history: InteractionLog, *, seed: int, progress: Progress = no_progress
 ) -> Iterator[FittedStrategy]:
     """Fit the plan's strategies one at a time, in order (a caller may score or export each
     before the next is fitted); progress is ``("fit", fitted so far, len(plan))``."""
@@ -133,7 +128,7 @@ def fit_variants(
     catalog: str,
     *,
     seed: int | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> FittedVariants:
     """Fit every variant's strategy of `config` on the catalogue's whole history.
 

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import InteractionLog
 from abplatform.errors import AbplatformError
+from abplatform.progress import Progress, no_progress
 from abplatform.strategy import Strategy
 from strategies.base import check_k
 from strategies.evaluation import (
@@ -41,7 +42,6 @@ from strategies.evaluation import (
 from strategies.fitting import (
     FittedStrategy,
     HistorySource,
-    Progress,
     fit_each,
     read_history,
     strategy_plan,
@@ -54,10 +54,6 @@ USER_CHUNK = 4096  # test users ranked at a time: bounds memory at USER_CHUNK x 
 Exporter = Callable[[FittedStrategy, dict[str, float], InteractionLog], Path | None]
 """export(fitted, metrics, whole history): called after each strategy is scored; returns the
 artifact it wrote, if any (how `train` exports)."""
-
-
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -245,7 +241,7 @@ def evaluate_offline(
     baselines: bool = True,
     seed: int = 42,
     target_events: Sequence[str] | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     export: Exporter | None = None,
 ) -> OfflineReport:
     """Fit every variant's strategy on the training part and score it on held-out interactions.

@@ -13,16 +13,13 @@ from sqlalchemy import Engine
 
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import InteractionLog
+from abplatform.progress import Progress, no_progress
 from strategies.base import ExportableStrategy
-from strategies.fitting import FittedStrategy, Progress, fit_strategy, strategy_seed
+from strategies.fitting import FittedStrategy, fit_strategy, strategy_seed
 from strategies.offline import DEFAULT_KS, OfflineReport, evaluate_offline
 from strategies.splits import NewItemsSplit
 
 REPORT_FILE = "train_report.json"
-
-
-def _noop(stage: str, done: int, total: int) -> None:
-    return None
 
 
 def report_path(artifacts_dir: str | Path, experiment: str) -> Path:
@@ -36,7 +33,7 @@ def train_experiment(
     catalog: str,
     *,
     artifacts_dir: str | Path,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     seed: int | None = None,
     holdout_per_user: int = 1,
     ks: Sequence[int] = DEFAULT_KS,

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from abplatform.registry import strategies
 from abplatform.storage.db import head_revision
+from tests.factories import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "homepage_popularity.yaml"
-
-
-def cli(*args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "ABPLATFORM_DATABASE_URL"}
-    if db is not None:
-        env["ABPLATFORM_DATABASE_URL"] = db
-    return subprocess.run(
-        [sys.executable, "-m", "abplatform.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
 
 
 def test_import_is_light() -> None:

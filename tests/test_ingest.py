@@ -58,7 +58,6 @@ def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
 def _counts(engine: Engine) -> dict[str, int]:
     tables = {
         "experiments": m.Experiment,
-        "variants": m.Variant,
         "exposures": m.Exposure,
         "events": m.Event,
     }
@@ -69,7 +68,7 @@ def _counts(engine: Engine) -> dict[str, int]:
         }
 
 
-EMPTY = {"experiments": 0, "variants": 0, "exposures": 0, "events": 0}
+EMPTY = {"experiments": 0, "exposures": 0, "events": 0}
 
 
 def _fails(
@@ -93,7 +92,7 @@ def test_happy_path_stores_rows_with_utc_times_and_default_propensity(engine: En
     summary = ingest_logs(engine, _config(), DATA / "exposures.csv", DATA / "events.csv")
 
     assert summary == IngestSummary(exposures=4, events=4, duplicate_events=0, units=4)
-    assert _counts(engine) == {"experiments": 1, "variants": 2, "exposures": 4, "events": 4}
+    assert _counts(engine) == {"experiments": 1, "exposures": 4, "events": 4}
     with engine.connect() as conn:
         experiment = conn.execute(select(m.Experiment.id, m.Experiment.catalog)).one()
         exposures = {
@@ -227,7 +226,7 @@ def test_empty_and_header_only_files_load_nothing_but_save_the_experiment(
     summary = ingest_logs(engine, _config(), empty, header_only)
 
     assert summary == IngestSummary(exposures=0, events=0, duplicate_events=0, units=0)
-    assert _counts(engine) == {"experiments": 1, "variants": 2, "exposures": 0, "events": 0}
+    assert _counts(engine) == {"experiments": 1, "exposures": 0, "events": 0}
 
 
 def test_bom_crlf_blank_lines_quotes_and_spaces_are_read(engine: Engine, tmp_path: Path) -> None:

@@ -10,8 +10,7 @@ from fastapi.exceptions import RequestValidationError
 
 from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import Problem, ValidationProblem
-from abplatform.config.loader import ConfigError
-from abplatform.errors import AbplatformError, NotFoundError
+from abplatform.errors import AbplatformError, ConfigError, NotFoundError
 from abplatform.writer import WriteFailed, WriterClosed, WriterFull
 
 RETRY_AFTER_SECONDS = "1"
@@ -54,7 +53,7 @@ def _problem(status: int, exc: AbplatformError, **extra: Any) -> FastJSON:
 
 def _config_error(exc: Exception) -> FastJSON:
     assert isinstance(exc, ConfigError)
-    return _problem(422, exc, problems=exc.lines())
+    return _problem(422, exc, problems=exc.problems)
 
 
 def _not_found(exc: Exception) -> FastJSON:

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from abplatform.domain import FeedbackType
+
 MAX_BATCH = 1_000
 MAX_SLATE = 100
 MAX_CART = 100
@@ -43,7 +45,6 @@ Timestamp = Annotated[
     Field(description="ISO 8601 (naive means UTC) or Unix seconds, within 1970..2100"),
     AfterValidator(_utc_naive),
 ]
-EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
 
 
 class _Body(BaseModel):
@@ -102,7 +103,7 @@ class EventIn(_Body):
 
     event_id: Id
     unit_id: Id
-    type: EventType
+    type: FeedbackType
     experiment: Id | None = None
     exposure_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
     item_id: Id | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,55 +11,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from abplatform.config.models import ExperimentConfig, RatioMetric, ThompsonAssignmentConfig
-from abplatform.errors import AbplatformError, UnknownNameError
+from abplatform.errors import AbplatformError, ConfigError, ConfigProblem, UnknownNameError
 from abplatform.registry import strategies
 
 WEIGHT_TOLERANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a config: where, what, and the offending value."""
-
-    path: str
-    message: str
-    got: Any = None
-    has_got: bool = True
-
-    def __str__(self) -> str:
-        where = self.path or "(top level)"
-        if not self.has_got:
-            return f"{where}: {self.message}"
-        return f"{where}: {self.message} (got {_show(self.got)})"
-
-
-class ConfigError(AbplatformError):
-    """An experiment config with one or more problems."""
-
-    def __init__(self, problems: list[Problem], source: str | None = None) -> None:
-        self.problems = problems
-        self.source = source
-        head = f"{source}: " if source else ""
-        plural = "s" if len(problems) != 1 else ""
-        super().__init__(f"{head}{len(problems)} problem{plural} in the experiment config")
-
-    def lines(self) -> list[str]:
-        """One line per problem."""
-        return [str(problem) for problem in self.problems]
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    if isinstance(value, dict | list):
-        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _join(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
+def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[ConfigProblem]:
     problems = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -72,23 +33,25 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
         path = ".".join(p for p in (prefix, _join(loc)) if p)
         kind = err["type"]
         if kind == "extra_forbidden":
-            problems.append(Problem(path, "unknown field", err["input"]))
+            problems.append(ConfigProblem(path, "unknown field", err["input"]))
         elif kind == "missing":
-            problems.append(Problem(path, "field required", has_got=False))
+            problems.append(ConfigProblem(path, "field required", has_got=False))
         elif kind == "union_tag_invalid":
             ctx = err.get("ctx", {})
             problems.append(
-                Problem(f"{path}.type", f"unknown metric type; known: {_tags(ctx)}", ctx.get("tag"))
+                ConfigProblem(
+                    f"{path}.type", f"unknown metric type; known: {_tags(ctx)}", ctx.get("tag")
+                )
             )
         elif kind == "unknown_assignment_type":
             got = err["input"].get("type") if isinstance(err["input"], dict) else err["input"]
-            problems.append(Problem(f"{path}.type", err["msg"], got))
+            problems.append(ConfigProblem(f"{path}.type", err["msg"], got))
         elif kind == "union_tag_not_found":
-            problems.append(Problem(f"{path}.type", "field required", has_got=False))
+            problems.append(ConfigProblem(f"{path}.type", "field required", has_got=False))
         else:
             message = err["msg"].removeprefix("Value error, ")
             message = message[:1].lower() + message[1:]
-            problems.append(Problem(path, message, err.get("input")))
+            problems.append(ConfigProblem(path, message, err.get("input")))
     return problems
 
 
@@ -96,21 +59,23 @@ def _tags(ctx: Mapping[str, Any]) -> str:
     return ", ".join(t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(","))
 
 
-def _semantic_problems(config: ExperimentConfig) -> list[Problem]:
-    problems: list[Problem] = []
+def _semantic_problems(config: ExperimentConfig) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
     if not config.variants:
-        problems.append(Problem("variants", "at least one variant is required", []))
+        problems.append(ConfigProblem("variants", "at least one variant is required", []))
         return problems
     total = math.fsum(variant.weight for variant in config.variants)
     if abs(total - 1.0) > WEIGHT_TOLERANCE:
         weights = [variant.weight for variant in config.variants]
         problems.append(
-            Problem("variants", f"weights must sum to 1 (they sum to {total:.6g})", weights)
+            ConfigProblem("variants", f"weights must sum to 1 (they sum to {total:.6g})", weights)
         )
     seen: set[str] = set()
     for i, variant in enumerate(config.variants):
         if variant.key in seen:
-            problems.append(Problem(f"variants.{i}.key", "duplicate variant key", variant.key))
+            problems.append(
+                ConfigProblem(f"variants.{i}.key", "duplicate variant key", variant.key)
+            )
         seen.add(variant.key)
         if variant.strategy is not None:
             problems.extend(
@@ -120,34 +85,40 @@ def _semantic_problems(config: ExperimentConfig) -> list[Problem]:
             )
     if config.control is not None and config.control not in seen:
         problems.append(
-            Problem(
+            ConfigProblem(
                 "control", f"not a variant key; variants: {', '.join(sorted(seen))}", config.control
             )
         )
     names: set[str] = set()
     for i, metric in enumerate(config.metrics):
         if metric.name in names:
-            problems.append(Problem(f"metrics.{i}.name", "duplicate metric name", metric.name))
+            problems.append(
+                ConfigProblem(f"metrics.{i}.name", "duplicate metric name", metric.name)
+            )
         names.add(metric.name)
     for i, guardrail in enumerate(config.analysis.guardrails):
         if guardrail not in names:
             known = ", ".join(sorted(names)) or "none"
             message = f"not a metric name; metrics: {known}"
-            problems.append(Problem(f"analysis.guardrails.{i}", message, guardrail))
+            problems.append(ConfigProblem(f"analysis.guardrails.{i}", message, guardrail))
     if isinstance(config.assignment, ThompsonAssignmentConfig):
         problems.extend(_bandit_problems(config, config.assignment))
     return problems
 
 
-def _bandit_problems(config: ExperimentConfig, bandit: ThompsonAssignmentConfig) -> list[Problem]:
+def _bandit_problems(
+    config: ExperimentConfig, bandit: ThompsonAssignmentConfig
+) -> list[ConfigProblem]:
     """A Thompson bandit needs a per-unit reward metric and a floor that fits its arms."""
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
     arms = len(config.variants)
     if arms < 2:
-        problems.append(Problem("variants", "a thompson bandit needs at least two variants", arms))
+        problems.append(
+            ConfigProblem("variants", "a thompson bandit needs at least two variants", arms)
+        )
     if bandit.min_weight * arms > 1:
         problems.append(
-            Problem(
+            ConfigProblem(
                 "assignment.min_weight",
                 f"min_weight * arms must be <= 1 ({bandit.min_weight:g} * {arms} arms = "
                 f"{bandit.min_weight * arms:g}); lower it to at most {1 / arms:g}",
@@ -158,7 +129,7 @@ def _bandit_problems(config: ExperimentConfig, bandit: ThompsonAssignmentConfig)
     if metric is None:
         known = ", ".join(m.name for m in config.metrics) or "none (add one under metrics:)"
         problems.append(
-            Problem(
+            ConfigProblem(
                 "assignment.reward_metric",
                 f"not a metric name; metrics: {known}",
                 bandit.reward_metric,
@@ -166,7 +137,7 @@ def _bandit_problems(config: ExperimentConfig, bandit: ThompsonAssignmentConfig)
         )
     elif isinstance(metric, RatioMetric):
         problems.append(
-            Problem(
+            ConfigProblem(
                 "assignment.reward_metric",
                 "ratio metrics are not supported as a bandit reward (it needs one reward per "
                 "unit); use a proportion metric (binary reward) or a mean metric (continuous)",
@@ -176,12 +147,12 @@ def _bandit_problems(config: ExperimentConfig, bandit: ThompsonAssignmentConfig)
     return problems
 
 
-def _strategy_problems(path: str, kind: str, params: Mapping[str, Any]) -> list[Problem]:
+def _strategy_problems(path: str, kind: str, params: Mapping[str, Any]) -> list[ConfigProblem]:
     try:
         factory = strategies.get(kind)
     except UnknownNameError:
         known = ", ".join(strategies.names())
-        return [Problem(f"{path}.kind", f"unknown strategy kind; known: {known}", kind)]
+        return [ConfigProblem(f"{path}.kind", f"unknown strategy kind; known: {known}", kind)]
     try:
         factory.Params.model_validate(dict(params))
     except ValidationError as exc:
@@ -193,7 +164,7 @@ def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
     """Validate a parsed YAML/JSON document; raise ConfigError listing every problem."""
     if not isinstance(data, Mapping):
         raise ConfigError(
-            [Problem("", "the experiment must be a mapping of fields", type(data).__name__)],
+            [ConfigProblem("", "the experiment must be a mapping of fields", type(data).__name__)],
             source,
         )
     try:
@@ -207,7 +178,7 @@ def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
 
 
 def parse_yaml(text: str, source: str | None = None) -> Any:
-    """Parse YAML text; syntax errors become a Problem with line and column."""
+    """Parse YAML text; syntax errors become a ConfigProblem with line and column."""
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -215,11 +186,11 @@ def parse_yaml(text: str, source: str | None = None) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         what = exc.problem or exc.context or "malformed YAML"
         raise ConfigError(
-            [Problem("yaml", f"malformed YAML at {where}: {what}", has_got=False)], source
+            [ConfigProblem("yaml", f"malformed YAML at {where}: {what}", has_got=False)], source
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(
-            [Problem("yaml", f"malformed YAML: {exc}", has_got=False)], source
+            [ConfigProblem("yaml", f"malformed YAML: {exc}", has_got=False)], source
         ) from None
 
 

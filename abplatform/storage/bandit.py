@@ -47,7 +47,7 @@ from abplatform.assignment.thompson import (
     ThompsonDecision,
     ThompsonPolicy,
 )
-from abplatform.config.loader import ConfigError, validate_config
+from abplatform.config.loader import validate_config
 from abplatform.config.models import (
     ExperimentConfig,
     MeanMetric,
@@ -55,6 +55,7 @@ from abplatform.config.models import (
     ThompsonAssignmentConfig,
 )
 from abplatform.domain import SCENES
+from abplatform.errors import ConfigError
 from abplatform.storage import models as m
 from abplatform.storage.repository import utcnow
 

@@ -94,6 +94,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     command.upgrade(_alembic_config(engine), revision)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Run the Alembic migrations down to `revision`."""
+    from alembic import command
+
+    command.downgrade(_alembic_config(engine), revision)
+
+
 def head_revision() -> str | None:
     """The newest migration revision shipped with the package."""
     from alembic.script import ScriptDirectory

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -43,24 +42,6 @@ class Experiment(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-class Variant(Base):
-    """One arm of an experiment with its strategy and traffic weight."""
-
-    __tablename__ = "variants"
-    __table_args__ = (UniqueConstraint("experiment_id", "key", name="uq_variants_experiment_key"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
-    )
-    key: Mapped[str] = mapped_column(String(128))
-    position: Mapped[int] = mapped_column(Integer)
-    weight: Mapped[float] = mapped_column(Float)
-    is_control: Mapped[bool] = mapped_column(Boolean, default=False)
-    strategy_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    strategy_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class SimulationRun(Base):

@@ -32,7 +32,7 @@ class StoredExperiment:
 
 
 def save_experiment(session: Session, config: ExperimentConfig, catalog: str) -> StoredExperiment:
-    """Insert or update an experiment and its variants; returns the stored experiment."""
+    """Insert or update an experiment (its config holds the variants); returns the stored one."""
     now = utcnow()
     row = session.scalars(select(m.Experiment).where(m.Experiment.key == config.key)).one_or_none()
     document = config.model_dump(mode="json")
@@ -55,20 +55,6 @@ def save_experiment(session: Session, config: ExperimentConfig, catalog: str) ->
         row.catalog = catalog
         row.config = document
         row.updated_at = now
-        _bulk_delete(session, delete(m.Variant).where(m.Variant.experiment_id == row.id))
-    control = config.control_key
-    for position, variant in enumerate(config.variants):
-        session.add(
-            m.Variant(
-                experiment_id=row.id,
-                key=variant.key,
-                position=position,
-                weight=variant.weight,
-                is_control=variant.key == control,
-                strategy_kind=variant.strategy.kind if variant.strategy else None,
-                strategy_params=dict(variant.strategy.params) if variant.strategy else {},
-            )
-        )
     session.flush()
     return StoredExperiment(row.id, row.key, row.catalog, row.status, config)
 

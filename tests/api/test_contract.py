@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from abplatform.assignment.engine import build_policy
-from abplatform.config.loader import ConfigError, load_experiment_text
+from abplatform.config import ConfigError, load_experiment_text
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
 from reports.analysis import analyze
@@ -238,7 +238,7 @@ async def test_create_validates_like_the_cli(client: httpx.AsyncClient) -> None:
     assert response.status_code == 422
     with pytest.raises(ConfigError) as expected:
         load_experiment_text(bad)
-    assert response.json()["problems"] == expected.value.lines()
+    assert response.json()["problems"] == expected.value.problems
     assert response.json()["detail"] == "3 problems in the experiment config"
     as_json = load_experiment_text(EXAMPLE.read_text()).model_dump(mode="json") | {
         "key": "from_json"

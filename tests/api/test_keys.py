@@ -9,7 +9,7 @@ from sqlalchemy import select
 from abplatform.keys import create_key, hash_secret, split_key, verify_key
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database, transaction
-from tests.test_cli import cli
+from tests.factories import cli
 
 
 def test_keys_create_prints_the_key_once_and_stores_a_salted_hash(sqlite_url: str) -> None:

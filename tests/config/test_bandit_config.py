@@ -23,7 +23,7 @@ def bandit(assignment: str, variants: str = VARIANTS) -> str:
 def problems(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_experiment_text(text, "exp.yaml")
-    return info.value.lines()
+    return info.value.problems
 
 
 def test_thompson_defaults() -> None:

@@ -16,7 +16,7 @@ EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 def problems(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_experiment_text(text, "exp.yaml")
-    return info.value.lines()
+    return info.value.problems
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,15 +17,19 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from abplatform.config.loader import load_experiment_text
 from abplatform.errors import AbplatformError, NotFoundError
-from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, seconds_to_sql
-from abplatform.storage.db import open_database, transaction
-from abplatform.storage.repository import save_experiment, utcnow
 from reports.analysis import AnalysisResult, MetricResult, aggregate_experiment, analyze
 from reports.stats import MeanStats, RatioStats
+from tests.factories import (
+    Event,
+    Exposure,
+    add_run,
+    create_experiment,
+    seed_events,
+    seed_exposures,
+    seed_random_experiment,
+)
 
 RTOL = 1e-9
-T0 = 1_700_000_000  # unix seconds; every timestamp below is T0 + offset
 
 TINY_YAML = """
 key: {key}
@@ -50,96 +53,8 @@ metrics:
 
 
 # ---------------------------------------------------------------------------
-# Seeding helpers
+# Helpers (the seeding builders are in tests/factories.py)
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Exposure:
-    """One exposure row to seed: (unit, variant, offset seconds, slate size)."""
-
-    unit: str
-    variant: str
-    t: int
-    slate: int
-
-
-@dataclass(frozen=True)
-class Event:
-    """One event row to seed; `experiment_id` None means the event's own experiment."""
-
-    unit: str
-    type: str
-    t: int
-    value: float | None = None
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """An engine on the test's database (SQLite file or PostgreSQL), schema at head."""
-    eng = open_database(db_url)
-    yield eng
-    eng.dispose()
-
-
-def create_experiment(engine: Engine, yaml_text: str) -> int:
-    """Save an experiment from YAML; return its id."""
-    with transaction(engine) as session:
-        return save_experiment(session, load_experiment_text(yaml_text), "shop").id
-
-
-def seed_exposures(engine: Engine, experiment_id: int, rows: Sequence[Exposure]) -> None:
-    """Bulk-insert exposures of one experiment."""
-    with engine.begin() as conn:
-        bulk_insert(
-            conn,
-            "exposures",
-            {
-                "experiment_id": [experiment_id] * len(rows),
-                "variant": [r.variant for r in rows],
-                "unit_id": [r.unit for r in rows],
-                "ts": seconds_to_sql([T0 + r.t for r in rows]),
-                "propensity": [0.5] * len(rows),
-                "slate_size": [r.slate for r in rows],
-            },
-        )
-
-
-def seed_events(
-    engine: Engine, experiment_id: int | None, rows: Sequence[Event], prefix: str
-) -> None:
-    """Bulk-insert events of one experiment (or of none when `experiment_id` is None)."""
-    with engine.begin() as conn:
-        bulk_insert(
-            conn,
-            "events",
-            {
-                "event_id": [f"{prefix}-{i}" for i in range(len(rows))],
-                "experiment_id": [experiment_id] * len(rows),
-                "unit_id": [r.unit for r in rows],
-                "type": [r.type for r in rows],
-                "value": [r.value for r in rows],
-                "ts": seconds_to_sql([T0 + r.t for r in rows]),
-            },
-        )
-
-
-def add_run(
-    engine: Engine, experiment_id: int, status: str, ground_truth: dict[str, Any] | None
-) -> int:
-    """Record a simulation run; return its id."""
-    with transaction(engine) as session:
-        run = m.SimulationRun(
-            experiment_id=experiment_id,
-            seed=1234,
-            status=status,
-            config={},
-            ground_truth=ground_truth,
-            started_at=utcnow(),
-        )
-        session.add(run)
-        session.flush()
-        return run.id
 
 
 def metric(result: AnalysisResult, name: str) -> MetricResult:
@@ -445,114 +360,6 @@ metrics:
 # ---------------------------------------------------------------------------
 # A larger random experiment against scipy / statsmodels
 # ---------------------------------------------------------------------------
-
-RANDOM_YAML = """
-key: {key}
-description: random experiment
-variants:
-  - {{key: control, weight: 0.5}}
-  - {{key: treatment, weight: 0.3}}
-  - {{key: other, weight: 0.2}}
-metrics:
-  - {{name: conversion, type: proportion, event: purchase}}
-  - {{name: clicks_per_user, type: mean, event: click}}
-  - {{name: revenue_per_user, type: mean, event: purchase, value: sum}}
-  - name: ctr
-    type: ratio
-    numerator: {{event: click}}
-    denominator: {{event: impression}}
-"""
-
-
-@dataclass(frozen=True)
-class RandomTruth:
-    """Per-unit arrays of a seeded random experiment, computed in numpy."""
-
-    variant: NDArray[np.str_]
-    clicks: NDArray[np.float64]
-    purchases: NDArray[np.float64]
-    revenue: NDArray[np.float64]
-    impressions: NDArray[np.float64]
-
-    def values(self, name: str, variant: str) -> NDArray[np.float64]:
-        """Per-unit values of a mean/proportion metric in one variant."""
-        keep = self.variant == variant
-        arrays: dict[str, NDArray[np.float64]] = {
-            "conversion": (self.purchases > 0).astype(np.float64),
-            "clicks_per_user": self.clicks,
-            "revenue_per_user": self.revenue,
-        }
-        return np.asarray(arrays[name][keep], dtype=np.float64)
-
-
-def seed_random_experiment(
-    engine: Engine, key: str = "random", n_units: int = 2_000, seed: int = 20240601
-) -> RandomTruth:
-    """Seed a random experiment with a known per-unit truth (see `RandomTruth`)."""
-    rng = np.random.default_rng(seed)
-    experiment_id = create_experiment(engine, RANDOM_YAML.format(key=key))
-    units = np.array([f"u{i:05d}" for i in range(n_units)])
-    variant = rng.choice(
-        np.array(["control", "treatment", "other"]), size=n_units, p=[0.5, 0.3, 0.2]
-    )
-    n_exposures = rng.integers(1, 4, size=n_units)
-    owner = np.repeat(np.arange(n_units), n_exposures)
-    slate = rng.integers(0, 11, size=owner.size)  # 0 is allowed: an empty slate
-    exposure_t = rng.integers(1_000, 100_000, size=owner.size)
-    first_t = np.full(n_units, np.iinfo(np.int64).max)
-    np.minimum.at(first_t, owner, exposure_t)
-    impressions = np.bincount(owner, weights=slate, minlength=n_units)
-
-    lift = np.where(variant == "treatment", 1.15, np.where(variant == "other", 0.95, 1.0))
-    clicks = rng.poisson(0.08 * impressions * lift)
-    purchases = rng.binomial(clicks, 0.3)
-    values = rng.lognormal(3.0, 1.0, size=int(purchases.sum())).round(2)
-    has_value = rng.random(values.size) < 0.9  # 10% of purchases carry no value (NULL)
-    buyer = np.repeat(np.arange(n_units), purchases)
-    revenue = np.bincount(buyer[has_value], weights=values[has_value], minlength=n_units)
-    early = rng.random(n_units) < 0.2  # clicks before the first exposure: ignored
-
-    click_owner = np.repeat(np.arange(n_units), clicks)
-    events_owner = np.concatenate([click_owner, buyer, np.flatnonzero(early)])
-    events_type = (
-        ["click"] * click_owner.size + ["purchase"] * buyer.size + ["click"] * int(early.sum())
-    )
-    events_t = np.concatenate(
-        [
-            first_t[click_owner] + rng.integers(0, 5_000, size=click_owner.size),
-            first_t[buyer] + rng.integers(0, 5_000, size=buyer.size),
-            first_t[early] - rng.integers(1, 500, size=int(early.sum())),
-        ]
-    )
-    events_value: list[float | None] = (
-        [None] * click_owner.size
-        + [float(v) if ok else None for v, ok in zip(values, has_value, strict=True)]
-        + [None] * int(early.sum())
-    )
-    seed_exposures(
-        engine,
-        experiment_id,
-        [
-            Exposure(str(units[o]), str(variant[o]), int(t), int(s))
-            for o, t, s in zip(owner, exposure_t, slate, strict=True)
-        ],
-    )
-    seed_events(
-        engine,
-        experiment_id,
-        [
-            Event(str(units[o]), kind, int(t), v)
-            for o, kind, t, v in zip(events_owner, events_type, events_t, events_value, strict=True)
-        ],
-        prefix=f"{key}-ev",
-    )
-    return RandomTruth(
-        variant=variant,
-        clicks=clicks.astype(float),
-        purchases=purchases.astype(float),
-        revenue=revenue.astype(np.float64),
-        impressions=impressions.astype(np.float64),
-    )
 
 
 def _delta_ratio(x: NDArray[np.float64], y: NDArray[np.float64]) -> tuple[float, float]:

@@ -8,7 +8,6 @@ adjusted values (scipy), the corrections against ``multipletests``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,116 +17,18 @@ from sqlalchemy import Engine
 from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.multitest import multipletests
 
-from abplatform.config.loader import ConfigError, load_experiment_text
-from abplatform.storage.bulk import bulk_insert, seconds_to_sql
-from abplatform.storage.db import open_database
+from abplatform.config import ConfigError, load_experiment_text
 from reports.analysis import analyze
-from tests.reports.test_analysis import (
-    T0,
+from tests.factories import (
+    CUPED_VARIANTS,
+    CUPED_YAML,
     Event,
     Exposure,
     create_experiment,
     seed_events,
     seed_exposures,
+    seed_world,
 )
-
-YAML = """
-key: {key}
-variants:
-  - {{key: control, weight: 0.34}}
-  - {{key: treatment, weight: 0.33}}
-  - {{key: other, weight: 0.33}}
-metrics:
-  - {{name: conversion, type: proportion, event: purchase}}
-  - {{name: clicks_per_user, type: mean, event: click}}
-  - {{name: revenue_per_user, type: mean, event: purchase, value: sum}}
-  - name: ctr
-    type: ratio
-    numerator: {{event: click}}
-    denominator: {{event: impression}}
-analysis:
-{analysis}
-"""
-VARIANTS = ("control", "treatment", "other")
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = open_database(db_url)
-    yield eng
-    eng.dispose()
-
-
-def seed_interactions(engine: Engine, rows: list[tuple[str, str, str, int, float | None]]) -> None:
-    """History rows (catalog, user, type, offset seconds, value)."""
-    with engine.begin() as conn:
-        bulk_insert(
-            conn,
-            "interactions",
-            {
-                "catalog": [r[0] for r in rows],
-                "user_id": [r[1] for r in rows],
-                "item_id": ["i"] * len(rows),
-                "type": [r[2] for r in rows],
-                "value": [r[4] for r in rows],
-                "ts": seconds_to_sql([T0 + r[3] for r in rows]),
-            },
-        )
-
-
-def seed_world(engine: Engine, key: str, analysis: str) -> dict[str, dict[str, np.ndarray]]:
-    """A 3-variant experiment whose outcomes correlate with each unit's history.
-
-    Returns the per-unit arrays (y: clicks, revenue, converted; x: the same before exposure)
-    per variant, as the oracle sees them.
-    """
-    rng = np.random.default_rng(21)
-    experiment_id = create_experiment(engine, YAML.format(key=key, analysis=analysis))
-    exposures, events, history = [], [], []
-    truth: dict[str, dict[str, list[float]]] = {
-        v: {k: [] for k in ("clicks", "revenue", "conv", "x_clicks", "x_revenue", "x_conv")}
-        for v in VARIANTS
-    }
-    for i in range(150):
-        variant = VARIANTS[i % 3]
-        unit = f"u{i}"
-        start = 10_000 + int(rng.integers(0, 500))
-        exposures.append(Exposure(unit, variant, start, 4))
-        activity = rng.gamma(1.5)
-        # History: before the first exposure counts; after it, or in another catalog, not.
-        n_pre = int(rng.poisson(3 * activity))
-        pre_rev = 0.0
-        for _ in range(n_pre):
-            history.append(("shop", unit, "click", start - int(rng.integers(1, 5000)), None))
-        n_pre_buy = int(rng.poisson(activity))
-        for _ in range(n_pre_buy):
-            price = float(rng.uniform(5, 50))
-            pre_rev += price
-            history.append(("shop", unit, "purchase", start - int(rng.integers(1, 5000)), price))
-        history.append(("shop", unit, "click", start + 5, None))  # after exposure: ignored
-        history.append(("elsewhere", unit, "purchase", start - 10, 1000.0))  # other catalog
-        lift = 1.3 if variant == "treatment" else 1.0
-        n_clicks = int(rng.poisson(2 * activity * lift))
-        n_buys = int(rng.poisson(0.5 * activity * lift))
-        revenue = 0.0
-        for _ in range(n_clicks):
-            events.append(Event(unit, "click", start + int(rng.integers(0, 900))))
-        for _ in range(n_buys):
-            price = float(rng.uniform(5, 50))
-            revenue += price
-            events.append(Event(unit, "purchase", start + int(rng.integers(0, 900)), price))
-        row = truth[variant]
-        row["clicks"].append(n_clicks)
-        row["revenue"].append(revenue)
-        row["conv"].append(float(n_buys > 0))
-        row["x_clicks"].append(n_pre)
-        row["x_revenue"].append(pre_rev)
-        row["x_conv"].append(float(n_pre_buy > 0))
-    seed_exposures(engine, experiment_id, exposures)
-    seed_events(engine, experiment_id, events, prefix=key)
-    seed_interactions(engine, history)
-    return {v: {k: np.asarray(a, dtype=float) for k, a in d.items()} for v, d in truth.items()}
-
 
 METRIC_COLUMNS = {
     "conversion": ("conv", "x_conv"),
@@ -147,23 +48,23 @@ def test_cuped_in_sql_matches_regression(engine: Engine) -> None:
             assert metric["cuped"]["note"] == "not applied: ratio metric"
             continue
         y_name, x_name = METRIC_COLUMNS[metric["metric"]]
-        y = {v: truth[v][y_name] for v in VARIANTS}
-        x = {v: truth[v][x_name] for v in VARIANTS}
+        y = {v: truth[v][y_name] for v in CUPED_VARIANTS}
+        x = {v: truth[v][x_name] for v in CUPED_VARIANTS}
         design = np.column_stack(
             [
                 np.ones(150),
                 np.repeat([0.0, 1.0, 0.0], 50),
                 np.repeat([0.0, 0.0, 1.0], 50),
-                np.concatenate([x[v] for v in VARIANTS]),
+                np.concatenate([x[v] for v in CUPED_VARIANTS]),
             ]
         )
-        fit = OLS(np.concatenate([y[v] for v in VARIANTS]), design).fit()
+        fit = OLS(np.concatenate([y[v] for v in CUPED_VARIANTS]), design).fit()
         assert metric["cuped"]["applied"] is True
         # Pooled over variants, least squares can only remove within-variant variance.
         assert metric["cuped"]["variance_reduction"] > 0
         assert_allclose(metric["cuped"]["theta"], fit.params[3], rtol=1e-9)
         x_bar = np.concatenate(list(x.values())).mean()
-        adj = {v: y[v] - fit.params[3] * (x[v] - x_bar) for v in VARIANTS}
+        adj = {v: y[v] - fit.params[3] * (x[v] - x_bar) for v in CUPED_VARIANTS}
         for cmp, column in zip(metric["comparisons"], (1, 2), strict=True):
             assert_allclose(cmp["diff"], fit.params[column], rtol=1e-9)
             welch = sps.ttest_ind(adj[cmp["variant"]], adj["control"], equal_var=False)
@@ -255,28 +156,28 @@ def test_proportion_chance_to_beat_is_beta_binomial(engine: Engine) -> None:
 
 
 def test_unknown_guardrail_is_a_config_problem() -> None:
-    text = YAML.format(key="g", analysis="  guardrails: [ctr, bounce_rate]")
+    text = CUPED_YAML.format(key="g", analysis="  guardrails: [ctr, bounce_rate]")
     with pytest.raises(ConfigError) as info:
         load_experiment_text(text)
-    lines = "\n".join(info.value.lines())
+    lines = "\n".join(info.value.problems)
     assert "analysis.guardrails.1" in lines
     assert "not a metric name; metrics: clicks_per_user, conversion, ctr, revenue_per_user" in lines
     assert "bounce_rate" in lines
 
 
 def test_analysis_block_defaults_and_validation() -> None:
-    config = load_experiment_text(YAML.format(key="d", analysis="  alpha: 0.1"))
+    config = load_experiment_text(CUPED_YAML.format(key="d", analysis="  alpha: 0.1"))
     assert config.analysis.alpha == 0.1
     assert config.analysis.cuped is True and config.analysis.sequential is False
     assert config.analysis.correction == "holm" and config.analysis.guardrails == []
     with pytest.raises(ConfigError) as info:
-        load_experiment_text(YAML.format(key="d", analysis="  correction: bonferroni"))
-    assert "analysis.correction" in "\n".join(info.value.lines())
+        load_experiment_text(CUPED_YAML.format(key="d", analysis="  correction: bonferroni"))
+    assert "analysis.correction" in "\n".join(info.value.problems)
 
 
 def test_degenerate_single_units(engine: Engine) -> None:
     experiment_id = create_experiment(
-        engine, YAML.format(key="tiny", analysis="  sequential: true")
+        engine, CUPED_YAML.format(key="tiny", analysis="  sequential: true")
     )
     seed_exposures(
         engine,

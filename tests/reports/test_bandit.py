@@ -22,8 +22,7 @@ from abplatform.storage.repository import save_experiment
 from reports.analysis import analyze
 from reports.bandit import ArmSums, allocation_check, arm_sums, hajek, horvitz_thompson
 from simulator.runner import simulate
-from tests.reports.test_report import TagChecker
-from tests.simulator.test_bandit_sim import bandit_config
+from tests.factories import TagChecker, bandit_config
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_780_000_000

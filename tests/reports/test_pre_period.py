@@ -62,7 +62,7 @@ def test_pre_period_must_be_ordered() -> None:
         load_experiment_text(
             CONFIG.format(window=", pre_period: {start: '2024-05-01', end: '2024-04-01'}")
         )
-    assert info.value.lines() == [
+    assert info.value.problems == [
         "analysis.pre_period: pre_period.start must be before pre_period.end "
         "(got {end: '2024-04-01', start: '2024-05-01'})"
     ]

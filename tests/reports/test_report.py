@@ -6,7 +6,6 @@ import dataclasses
 import io
 import re
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ from reports.render import (
     render_report,
 )
 from reports.table import print_table
-from tests.reports.test_analysis import add_run, seed_random_experiment
+from tests.factories import TagChecker, add_run, seed_random_experiment
 
 GROUND_TRUTH = {
     "metrics": {
@@ -41,32 +40,6 @@ GROUND_TRUTH = {
         "clicks_per_user": {"control": 0.8, "treatment": 0.92, "other": 0.76},
     }
 }
-
-VOID_ELEMENTS = {"meta", "br", "hr", "img", "input", "link", "col", "wbr", "source"}
-
-
-class TagChecker(HTMLParser):
-    """Tracks open elements and records every problem that makes the page ill-formed."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.stack: list[str] = []
-        self.problems: list[str] = []
-        self.start_tags: list[tuple[str, dict[str, str | None]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.start_tags.append((tag, dict(attrs)))
-        if tag not in VOID_ELEMENTS:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.start_tags.append((tag, dict(attrs)))
-
-    def handle_endtag(self, tag: str) -> None:
-        if not self.stack or self.stack[-1] != tag:
-            self.problems.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
-            return
-        self.stack.pop()
 
 
 def parse(page: str) -> TagChecker:

@@ -11,10 +11,10 @@ from sqlalchemy import Engine
 from reports.analysis import analyze
 from reports.render import render_report
 from reports.table import print_table
-from tests.reports.test_analysis_methods import engine, seed_world  # noqa: F401
+from tests.factories import seed_world
 
 
-def test_report_shows_decisions_cuped_and_sequential(engine: Engine) -> None:  # noqa: F811
+def test_report_shows_decisions_cuped_and_sequential(engine: Engine) -> None:
     seed_world(engine, "page", "  sequential: true\n  guardrails: [ctr]")
     result = analyze(engine, "page")
     page = render_report(result)

@@ -10,7 +10,7 @@ from numpy.testing import assert_allclose
 
 from reports.selfcheck import ratio_arrays, run_selfcheck, welch_arrays
 from reports.stats import compare, mean_stats_from_values, ratio_stats_from_values
-from tests.test_cli import cli
+from tests.factories import cli
 
 
 def test_vectorised_welch_and_delta_match_compare() -> None:

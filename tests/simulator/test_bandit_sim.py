@@ -8,50 +8,10 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
 
-from abplatform.config import ExperimentConfig, load_experiment_text
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database, transaction
 from simulator.runner import simulate
-
-# Random slates sell far less than popular ones: a clear-cut world with one bad arm.
-BANDIT = """
-key: sim_bandit
-assignment:
-  type: thompson
-  reward_metric: purchase_rate
-  update_every: 150
-  burn_in_units: 30
-  min_weight: MIN_WEIGHT
-  sticky: STICKY
-  context: CONTEXT
-  draws: 2000
-  seed: 5
-variants:
-  - {key: pop, strategy: {kind: popularity}}
-  - {key: rnd, strategy: {kind: random}}
-  - {key: pop_cat, strategy: {kind: popularity, params: {per_category: true}}}
-metrics:
-  - {name: purchase_rate, type: proportion, event: purchase}
-  - {name: revenue, type: mean, event: purchase, value: sum}
-simulation:
-  users: 1500
-  days: 3
-  items: 200
-  slate_size: 5
-  seed: 11
-  scenes: {home_page: 0.7, product_detail: 0.3}
-"""
-
-
-def bandit_config(
-    *, sticky: bool = True, context: str | None = None, min_weight: float = 0.0
-) -> ExperimentConfig:
-    text = (
-        BANDIT.replace("STICKY", "true" if sticky else "false")
-        .replace("CONTEXT", context or "null")
-        .replace("MIN_WEIGHT", str(min_weight))
-    )
-    return load_experiment_text(text)
+from tests.factories import bandit_config, small_config
 
 
 def bandit_rows(engine: Engine) -> dict[str, Any]:
@@ -205,8 +165,6 @@ def test_per_request_bandit_draws_every_session(sqlite_url: str) -> None:
 
 
 def test_hashed_runs_write_no_bandit_rows(sqlite_url: str) -> None:
-    from tests.simulator.test_runner import small_config
-
     engine = open_database(sqlite_url)
     simulate(engine, small_config())
     with transaction(engine) as session:

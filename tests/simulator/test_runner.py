@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from abplatform.config import ExperimentConfig, load_experiment_text
 from abplatform.domain import InteractionLog
 from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
@@ -15,22 +14,7 @@ from abplatform.storage import models as m
 from abplatform.storage.db import open_database, transaction
 from simulator.runner import simulate
 from strategies.random_items import RandomStrategy
-
-SMALL = """
-key: sim_small
-variants:
-  - {key: control, weight: 0.5, strategy: {kind: popularity}}
-  - {key: treatment, weight: 0.5, strategy: {kind: random}}
-metrics:
-  - {name: purchase_rate, type: proportion, event: purchase}
-  - {name: revenue, type: mean, event: purchase, value: sum}
-  - {name: ctr, type: ratio, numerator: {event: click}, denominator: {event: impression}}
-simulation: {users: 400, days: 2, items: 150, slate_size: 5, seed: 3}
-"""
-
-
-def small_config(text: str = SMALL) -> ExperimentConfig:
-    return load_experiment_text(text)
+from tests.factories import SMALL_YAML, small_config
 
 
 def counts(url: str) -> dict[str, int]:
@@ -126,7 +110,7 @@ def test_failed_run_leaves_the_previous_run_intact(db_url: str, failing_kind: st
     engine = open_database(db_url)
     simulate(engine, small_config())
     before = counts(db_url)
-    broken = small_config(SMALL.replace("{kind: random}", f"{{kind: {failing_kind}}}"))
+    broken = small_config(SMALL_YAML.replace("{kind: random}", f"{{kind: {failing_kind}}}"))
     with pytest.raises(AbplatformError, match="fit failed on purpose"):
         simulate(engine, broken)
     assert counts(db_url) == before
@@ -134,12 +118,12 @@ def test_failed_run_leaves_the_previous_run_intact(db_url: str, failing_kind: st
 
 
 def test_slate_larger_than_catalogue_is_a_clear_error(sqlite_url: str) -> None:
-    config = small_config(SMALL.replace("slate_size: 5", "slate_size: 200"))
+    config = small_config(SMALL_YAML.replace("slate_size: 5", "slate_size: 200"))
     with pytest.raises(AbplatformError, match=r"slate_size \(200\) exceeds simulation.items"):
         simulate(open_database(sqlite_url), config)
 
 
 def test_variant_without_strategy_is_a_clear_error(sqlite_url: str) -> None:
-    config = small_config(SMALL.replace(", strategy: {kind: random}", ""))
+    config = small_config(SMALL_YAML.replace(", strategy: {kind: random}", ""))
     with pytest.raises(AbplatformError, match="variant 'treatment' has no strategy"):
         simulate(open_database(sqlite_url), config)

@@ -8,6 +8,7 @@ from sqlalchemy import inspect
 
 from abplatform.storage.db import (
     current_revision,
+    downgrade,
     ensure_schema,
     head_revision,
     make_engine,
@@ -30,8 +31,18 @@ def test_sqlite_upgrades_itself(sqlite_url: str) -> None:
     engine = open_database(sqlite_url)
     assert current_revision(engine) == head_revision()
     names = set(inspect(engine).get_table_names())
-    assert {"experiments", "variants", "exposures", "impressions", "events"} <= names
+    assert {"experiments", "exposures", "impressions", "events"} <= names
+    assert "variants" not in names  # dropped by 0005: the config holds the variants
     ensure_schema(engine)  # idempotent at head
+
+
+def test_dropping_variants_downgrades(sqlite_url: str) -> None:
+    engine = open_database(sqlite_url)
+    downgrade(engine, "0004")
+    assert "variants" in inspect(engine).get_table_names()
+    upgrade(engine)
+    assert "variants" not in inspect(engine).get_table_names()
+    assert current_revision(engine) == head_revision()
 
 
 def test_empty_postgres_is_not_migrated_silently(pg_engine: object) -> None:

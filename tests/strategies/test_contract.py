@@ -9,7 +9,7 @@ import pytest
 
 from abplatform.domain import InteractionLog, RecRequest
 from abplatform.registry import build_strategy, strategies
-from tests.strategies.conftest import make_history
+from tests.factories import make_history
 
 # Parameters that make each kind exercise its interesting path on the small history.
 CASES: dict[str, list[dict[str, Any]]] = {

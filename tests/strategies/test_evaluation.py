@@ -21,7 +21,7 @@ from strategies.evaluation import (
     seen_items,
     time_split,
 )
-from tests.strategies.conftest import make_history
+from tests.factories import make_history
 
 ITEMS = ["a", "b", "c", "d", "e"]  # dense indices 0..4
 

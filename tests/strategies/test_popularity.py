@@ -73,7 +73,7 @@ def test_per_category_uses_favourite_category() -> None:
 
 
 def test_per_category_tops_up_from_the_global_ranking() -> None:
-    from tests.strategies.conftest import make_history
+    from tests.factories import make_history
 
     log = make_history(n_items=60)  # 4 categories of 15 items
     strategy = build_strategy("popularity", {"per_category": True})

@@ -8,7 +8,7 @@ import pytest
 from abplatform.config import ConfigError, load_experiment_text
 from abplatform.domain import Catalog, InteractionLog, RecRequest
 from abplatform.registry import build_strategy
-from tests.strategies.conftest import make_history
+from tests.factories import make_history
 
 REQUESTS = [RecRequest(f"user-{u}", scene="home_page") for u in range(30)] + [
     RecRequest("stranger", scene="product_detail", current_item="item-005"),
@@ -177,7 +177,7 @@ variants:
 def test_bad_router_configs_fail_at_validation(params: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_experiment_text(ROUTER.format(params=params))
-    (line,) = info.value.lines()
+    (line,) = info.value.problems
     assert line.startswith(f"variants.0.strategy.params: {expected}")
 
 
@@ -187,7 +187,7 @@ def test_lambda_outside_unit_interval_is_rejected() -> None:
             "key: x\nvariants: [{key: a, weight: 1, strategy: {kind: diversity_rerank, "
             "params: {base: {kind: popularity}, lambda: 1.5}}}]\n"
         )
-    assert info.value.lines() == [
+    assert info.value.problems == [
         "variants.0.strategy.params.lambda: input should be less than or equal to 1 (got 1.5)"
     ]
 

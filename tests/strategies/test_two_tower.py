@@ -22,7 +22,7 @@ from strategies.evaluation import evaluate, time_split
 from strategies.two_tower import TwoTowerStrategy
 from strategies.two_tower.artifact import ArtifactError, load_artifact
 from strategies.two_tower.data import UserFeatureEncoder, positive_sequences, user_inputs
-from tests.strategies.conftest import make_history
+from tests.factories import make_history
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS: dict[str, Any] = {
@@ -132,13 +132,13 @@ class TestParams:
             build_strategy("two_tower", {"embeding_dim": 8})
 
     def test_config_error_points_at_the_variant(self) -> None:
-        from abplatform.config.loader import ConfigError, load_experiment_text
+        from abplatform.config import ConfigError, load_experiment_text
 
         text = (ROOT / "examples" / "homepage_two_tower.yaml").read_text()
         text = text.replace("temperature: 0.1", "temperature: -1")
         with pytest.raises(ConfigError) as info:
             load_experiment_text(text)
-        assert info.value.lines() == [
+        assert info.value.problems == [
             "variants.1.strategy.params.temperature: input should be greater than 0 (got -1)"
         ]
 
@@ -266,7 +266,7 @@ class TestFallback:
             import json, sys
             from abplatform.domain import InteractionLog, RecRequest
             from abplatform.registry import build_strategy
-            from tests.strategies.conftest import make_history
+            from tests.factories import make_history
 
             full = make_history()
             empty = InteractionLog(full.catalog, full.user_ids[:0], full.item_ids[:0],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,57 +16,7 @@ from abplatform.storage.db import open_database
 from abplatform.storage.history import load_history
 from strategies.two_tower import TwoTowerStrategy
 from strategies.two_tower.data import ItemFeatures, UserInputs, split_tags
-
-END = 1_770_000_000
-PARAMS: dict[str, Any] = {
-    "embedding_dim": 8,
-    "hidden_units": [16],
-    "epochs": 6,
-    "batch_size": 64,
-    "history_length": 5,
-    "learning_rate": 0.01,
-    "validation_fraction": 0.0,
-    "exclude_purchased": False,
-}
-
-
-def genre_world(seed: int = 0, cold_items: int = 4) -> InteractionLog:
-    """40 movies, half tagged `drama`, half `comedy`; each of 60 users clicks one genre only.
-
-    The last `cold_items` movies of each genre are never clicked: only their tags say
-    who would like them. Users' profiles name their taste (`taste: drama|comedy`).
-    """
-    rng = np.random.default_rng(seed)
-    n_items = 40
-    genre = np.array(["drama" if i % 2 == 0 else "comedy" for i in range(n_items)])
-    extra = np.array(["" if i % 3 else "|classic" for i in range(n_items)])
-    catalog = Catalog(
-        item_ids=np.array([f"movie-{i:02d}" for i in range(n_items)]),
-        categories=np.full(n_items, ""),
-        brands=np.full(n_items, ""),
-        prices=np.full(n_items, np.nan),
-        tags=np.char.add(genre, extra),
-    )
-    warm = np.arange(n_items - 2 * cold_items)
-    users, items = [], []
-    for u in range(60):
-        taste = "drama" if u % 2 == 0 else "comedy"
-        mine = warm[genre[warm] == taste]
-        for item in rng.choice(mine, size=8, replace=False):
-            users.append(f"user-{u:02d}")
-            items.append(int(item))
-    n = len(users)
-    return InteractionLog(
-        catalog=catalog,
-        user_ids=np.array(users),
-        item_ids=catalog.item_ids[np.array(items)],
-        event_types=np.full(n, "click"),
-        values=np.full(n, np.nan),
-        timestamps=END - np.arange(n, 0, -1, dtype=np.int64) * 60,
-        user_features={
-            f"user-{u:02d}": {"taste": "drama" if u % 2 == 0 else "comedy"} for u in range(60)
-        },
-    )
+from tests.factories import GENRE_END, GENRE_PARAMS, genre_world
 
 
 def scores(strategy: TwoTowerStrategy) -> np.ndarray:
@@ -114,7 +63,7 @@ def log() -> InteractionLog:
 
 @pytest.fixture(scope="module")
 def fitted(log: InteractionLog) -> TwoTowerStrategy:
-    strategy = TwoTowerStrategy(PARAMS, seed=3)
+    strategy = TwoTowerStrategy(GENRE_PARAMS, seed=3)
     strategy.fit(log)
     return strategy
 
@@ -140,7 +89,7 @@ class TestTagsAndProfiles:
             "new-drama-fan": {"taste": "drama"},
             "new-comedy-fan": {"taste": "comedy"},
         }
-        strategy = TwoTowerStrategy({**PARAMS, "cold_start_dropout": 0.3}, seed=3)
+        strategy = TwoTowerStrategy({**GENRE_PARAMS, "cold_start_dropout": 0.3}, seed=3)
         strategy.fit(replace(log, user_features=profiles))
         drama = strategy.recommend(RecRequest("new-drama-fan"), 10).items
         comedy = strategy.recommend(RecRequest("new-comedy-fan"), 10).items
@@ -153,7 +102,7 @@ class TestTagsAndProfiles:
     def test_numpy_tower_equals_tf_tower_with_tags(self, fitted: TwoTowerStrategy) -> None:
         history = ["movie-04", "movie-36", "movie-10"]
         index = fitted.catalog.index()
-        tokens = np.zeros((1, PARAMS["history_length"]), dtype=np.int32)
+        tokens = np.zeros((1, GENRE_PARAMS["history_length"]), dtype=np.int32)
         tokens[0, :3] = [index[i] + 1 for i in history]
         encoder = fitted.artifact.feature_encoder
         codes, numbers = encoder.transform(["x"], {"x": {"taste": "drama"}})
@@ -186,7 +135,7 @@ def test_an_ids_only_catalogue_trains_and_serves(tmp_path: Path) -> None:
         brands=np.full(n, ""),
         prices=np.full(n, np.nan),
     )
-    strategy = TwoTowerStrategy(PARAMS, seed=5)
+    strategy = TwoTowerStrategy(GENRE_PARAMS, seed=5)
     strategy.fit(replace(log, catalog=bare, user_features={}))
     assert strategy.fallback_reason is None
     slate = strategy.recommend(RecRequest("user-00"), 10)
@@ -227,7 +176,7 @@ def test_tags_and_profiles_are_read_from_sql(db_url: str) -> None:
                 "item_id": ["a", "b"],
                 "type": ["click", "click"],
                 "value": [None, None],
-                "ts": seconds_to_sql([END, END + 1]),
+                "ts": seconds_to_sql([GENRE_END, GENRE_END + 1]),
             },
         )
     with engine.connect() as conn:
@@ -241,10 +190,10 @@ def test_tags_and_profiles_are_read_from_sql(db_url: str) -> None:
 
 
 def test_item_bias_is_served_as_one_more_axis(log: InteractionLog, tmp_path: Path) -> None:
-    strategy = TwoTowerStrategy({**PARAMS, "item_bias": True}, seed=3)
+    strategy = TwoTowerStrategy({**GENRE_PARAMS, "item_bias": True}, seed=3)
     strategy.fit(log)
     artifact = strategy.artifact
-    dim = PARAMS["embedding_dim"]
+    dim = GENRE_PARAMS["embedding_dim"]
     assert artifact.dim == dim + 2  # model axes, item bias, popularity
     assert_array_equal(artifact.user_embeddings[:, dim:], np.tile([1.0, 0.0], (60, 1)))
     assert_array_equal(artifact.default_embedding, [0.0] * (dim + 1) + [1.0])

@@ -14,9 +14,9 @@ from abplatform.domain import InteractionLog, RecRequest
 from strategies.two_tower import TwoTowerStrategy
 from strategies.two_tower.data import ItemFeatures, training_examples
 from strategies.two_tower.params import TwoTowerParams
-from tests.strategies.test_two_tower_features import PARAMS, genre_world
+from tests.factories import GENRE_PARAMS, genre_world
 
-FULL: dict[str, Any] = {**PARAMS, "negatives": "full", "item_bias": True}
+FULL: dict[str, Any] = {**GENRE_PARAMS, "negatives": "full", "item_bias": True}
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from abplatform.domain import Catalog, InteractionLog
 from strategies.two_tower import TwoTowerStrategy
 from strategies.two_tower.params import TwoTowerParams
 from strategies.two_tower.strategy import time_holdout
-from tests.strategies.test_two_tower_features import PARAMS, genre_world
+from tests.factories import GENRE_PARAMS, genre_world
 
 TIMED: dict[str, Any] = {
-    **PARAMS,
+    **GENRE_PARAMS,
     "negatives": "full",
     "item_bias": True,
     "validation_fraction": 0.2,
@@ -94,7 +94,7 @@ def test_refit_trains_again_on_everything_for_the_best_epoch_count() -> None:
 
 def test_refit_is_off_by_default_and_needs_a_validation_holdout() -> None:
     assert TwoTowerParams().refit is False
-    strategy = TwoTowerStrategy({**PARAMS, "refit": True, "epochs": 2}, seed=3)
+    strategy = TwoTowerStrategy({**GENRE_PARAMS, "refit": True, "epochs": 2}, seed=3)
     strategy.fit(genre_world())  # validation_fraction 0: nothing to choose the epochs on
     assert strategy.artifact.manifest["training"]["refit_epochs"] is None
 
@@ -110,7 +110,9 @@ def test_cold_popularity_weight_lifts_only_profile_only_users_queries() -> None:
         timestamps=log.timestamps,
         user_features={**log.user_features, "newcomer": {"taste": "drama"}},
     )
-    strategy = TwoTowerStrategy({**PARAMS, "epochs": 1, "cold_popularity_weight": 0.5}, seed=3)
+    strategy = TwoTowerStrategy(
+        {**GENRE_PARAMS, "epochs": 1, "cold_popularity_weight": 0.5}, seed=3
+    )
     strategy.fit(log)
     artifact = strategy.artifact
     popularity_axis = artifact.user_embeddings[:, -1]

@@ -14,8 +14,9 @@ from abplatform.api.deps import AdminScope, ReadScope, ServicesDep, SessionDep
 from abplatform.api.errors import error_responses
 from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import ExperimentList, ExperimentOut
-from abplatform.config.loader import ConfigError, Problem, load_experiment_text, validate_config
+from abplatform.config.loader import load_experiment_text, validate_config
 from abplatform.config.models import ExperimentConfig
+from abplatform.errors import ConfigError, ConfigProblem
 from abplatform.storage import models as m
 from abplatform.storage.repository import (
     StoredExperiment,
@@ -78,12 +79,16 @@ def _parse(body: bytes, content_type: str) -> ExperimentConfig:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise ConfigError([Problem("json", f"malformed JSON: {exc}", has_got=False)]) from None
+            raise ConfigError(
+                [ConfigProblem("json", f"malformed JSON: {exc}", has_got=False)]
+            ) from None
         return validate_config(data)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError([Problem("yaml", "the body is not UTF-8 text", has_got=False)]) from None
+        raise ConfigError(
+            [ConfigProblem("yaml", "the body is not UTF-8 text", has_got=False)]
+        ) from None
     return load_experiment_text(text)
 
 
@@ -114,39 +119,32 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
     return JSONResponse(out, status_code=201)
 
 
-def _set_status(session: SessionDep, key: str, status: str) -> dict[str, Any]:
-    get_experiment(session, key)  # 404 listing the known keys
-    row = session.scalars(select(m.Experiment).where(m.Experiment.key == key)).one()
-    row.status = status
-    row.updated_at = utcnow()
-    session.flush()
-    return _out(get_experiment(session, key))
+def _status_route(verb: str, status: str, summary: str) -> None:
+    """Register `POST /{key}/<verb>`, which sets the experiment's status."""
+
+    def change(key: str, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
+        get_experiment(session, key)  # 404 listing the known keys
+        row = session.scalars(select(m.Experiment).where(m.Experiment.key == key)).one()
+        row.status = status
+        row.updated_at = utcnow()
+        session.flush()
+        services.experiments.invalidate(key)
+        return _out(get_experiment(session, key))
+
+    change.__name__ = change.__qualname__ = verb
+    change.__doc__ = summary
+    router.post(
+        f"/{{key}}/{verb}",
+        response_model=ExperimentOut,
+        dependencies=[AdminScope],
+        responses=error_responses(404),
+    )(change)
 
 
-@router.post(
-    "/{key}/start",
-    response_model=ExperimentOut,
-    dependencies=[AdminScope],
-    responses=error_responses(404),
+_status_route(
+    "start", "running", "Start assigning (strategies are refitted on the next assignment)."
 )
-def start(key: str, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
-    """Start assigning (strategies are refitted on the next assignment)."""
-    out = _set_status(session, key, "running")
-    services.experiments.invalidate(key)
-    return out
-
-
-@router.post(
-    "/{key}/stop",
-    response_model=ExperimentOut,
-    dependencies=[AdminScope],
-    responses=error_responses(404),
-)
-def stop(key: str, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
-    """Stop assigning: further assignments answer 409."""
-    out = _set_status(session, key, "stopped")
-    services.experiments.invalidate(key)
-    return out
+_status_route("stop", "stopped", "Stop assigning: further assignments answer 409.")
 
 
 @router.get(
