@@ -10,7 +10,16 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from reports.analysis import AnalysisResult, ComparisonResult, MetricResult, VariantEstimate
+from reports.results import (
+    AnalysisResult,
+    BanditResult,
+    ComparisonResult,
+    MetricResult,
+    RankingQuality,
+    VariantEstimate,
+    clean_float,
+    clean_pair,
+)
 
 __all__ = [
     "DASH",
@@ -26,6 +35,7 @@ __all__ = [
     "lift_chart",
     "line_chart",
     "p_text",
+    "ranking_cells",
     "render_report",
 ]
 
@@ -329,47 +339,45 @@ ARM_TONES = 8
 """Distinct arm colours in the stylesheet (arm0 ... arm7); more arms reuse them."""
 
 
-def _bandit_view(bandit: Mapping[str, Any], confidence: str) -> dict[str, Any]:
+def _bandit_view(bandit: BanditResult, confidence: str) -> dict[str, Any]:
     """The bandit section: per-context arm tables and allocation charts, and regret."""
-    metric_type = "proportion" if bandit["reward"] == "binary" else "mean"
+    metric_type = "proportion" if bandit.reward == "binary" else "mean"
 
     def value(v: float | None) -> str:
         return format_value(metric_type, v)
 
-    def interval(pair: list[float] | None) -> str:
-        return "" if pair is None else format_interval((pair[0], pair[1]), value)
+    def interval(pair: tuple[float, float] | None) -> str:
+        kept = clean_pair(pair)
+        return "" if kept is None else format_interval((kept[0], kept[1]), value)
 
-    arm_order: list[str] = []
-    for row in bandit["arms"]:
-        if row["arm"] not in arm_order:
-            arm_order.append(row["arm"])
+    arm_order = list(dict.fromkeys(row.arm for row in bandit.arms))
     tone = {arm: f"arm{i % ARM_TONES}" for i, arm in enumerate(arm_order)}
     contexts: dict[str, dict[str, Any]] = {}
-    for row in bandit["arms"]:
-        label = row["context"] or "all units"
-        view = contexts.setdefault(row["context"], {"label": label, "rows": []})
+    for row in bandit.arms:
+        truth = clean_float(row.truth)
+        view = contexts.setdefault(row.context, {"label": row.context or "all units", "rows": []})
         view["rows"].append(
             {
-                "arm": row["arm"],
-                "tone": tone[row["arm"]],
-                "units": f"{row['units']:,}",
-                "weight": format_percent(row["weight"], 1),
-                "p_best": format_percent(row["p_best"], 1),
-                "naive": value(row["naive_mean"]),
-                "naive_ci": interval(row["naive_ci"]),
-                "ipw": value(row["ipw_mean"]),
-                "ipw_ci": interval(row["ipw_ci"]),
-                "ht": value(row["ht_mean"]),
-                "ht_ci": interval(row["ht_ci"]),
-                "truth": None if row["truth"] is None else value(row["truth"]),
-                "note": row["note"],
+                "arm": row.arm,
+                "tone": tone[row.arm],
+                "units": f"{row.units:,}",
+                "weight": format_percent(row.weight, 1),
+                "p_best": format_percent(row.p_best, 1),
+                "naive": value(row.naive_mean),
+                "naive_ci": interval(row.naive_ci),
+                "ipw": value(row.ipw_mean),
+                "ipw_ci": interval(row.ipw_ci),
+                "ht": value(row.ht_mean),
+                "ht_ci": interval(row.ht_ci),
+                "truth": None if truth is None else value(truth),
+                "note": row.note,
             }
         )
     for context, view in contexts.items():
-        points = [p for p in bandit["allocation"] if p["context"] == context]
-        versions = [float(p["version"]) for p in points]
+        points = [p for p in bandit.allocation if p.context == context]
+        versions = [float(p.version) for p in points]
         series = [
-            (arm, versions, [float(p["weights"].get(arm, math.nan)) for p in points], tone[arm])
+            (arm, versions, [float(p.weights.get(arm, math.nan)) for p in points], tone[arm])
             for arm in arm_order
         ]
         where = "" if not context else f" ({context})"
@@ -381,45 +389,45 @@ def _bandit_view(bandit: Mapping[str, Any], confidence: str) -> dict[str, Any]:
             y_max=1.0,
         )
     regret_view = None
-    regret = bandit.get("regret")
-    if regret:
+    regret = bandit.regret
+    if regret is not None:
         # Both curves start at no units, no regret.
-        units = [0.0] + [float(u) for u in regret["units"]]
+        units = [0.0] + [float(u) for u in regret.units]
         chart = line_chart(
             [
-                ("Thompson sampling", units, [0.0, *regret["bandit"]], "regret-bandit"),
-                ("fixed equal split", units, [0.0, *regret["fixed"]], "regret-fixed"),
+                ("Thompson sampling", units, [0.0, *regret.bandit], "regret-bandit"),
+                ("fixed equal split", units, [0.0, *regret.fixed], "regret-fixed"),
             ],
             title="Cumulative regret against the best arm: Thompson sampling and a fixed "
             "equal split",
             x_label="bandit units",
             y_format=lambda y: format_number(y, 3),
         )
-        fixed = regret["fixed_total"]
-        saving = 1.0 - regret["total"] / fixed if fixed else None
+        fixed = regret.fixed_total
+        saving = 1.0 - regret.total / fixed if fixed else None
         regret_view = {
             "chart": chart,
-            "total": format_number(regret["total"]),
+            "total": format_number(regret.total),
             "fixed_total": format_number(fixed),
             "saving": format_percent(saving, 0),
-            "units": f"{regret['total_units']:,}",
+            "units": f"{regret.total_units:,}",
             "best": ", ".join(
                 f"{arm}" if not context else f"{context}: {arm}"
-                for context, arm in regret["best_arm"].items()
+                for context, arm in regret.best_arm.items()
             ),
         }
-    check = bandit.get("allocation_check")
+    check = bandit.allocation_check
     check_view = None
-    if check and check["units_checked"]:
-        check_view = {"mismatch": check["mismatch"], "p_text": p_text(check["p_value"])}
+    if check.units_checked:
+        check_view = {"mismatch": check.mismatch, "p_text": p_text(clean_float(check.p_value))}
     return {
         "check": check_view,
-        "reward_metric": bandit["reward_metric"],
-        "unit": bandit["unit"],
-        "versions": bandit["versions"],
-        "update_every": f"{bandit['update_every']:,}",
+        "reward_metric": bandit.reward_metric,
+        "unit": bandit.unit,
+        "versions": bandit.versions,
+        "update_every": f"{bandit.update_every:,}",
         "contexts": list(contexts.values()),
-        "has_truth": any(row["truth"] is not None for row in bandit["arms"]),
+        "has_truth": any(clean_float(row.truth) is not None for row in bandit.arms),
         "regret": regret_view,
         "confidence": confidence,
     }
@@ -517,16 +525,16 @@ def _details(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> list[s
     lines = []
     if cmp.sequential is not None:
         seq = cmp.sequential
-        ci = seq.get("diff_ci")
-        lift_ci = seq.get("rel_lift_ci")
+        ci = seq.diff_ci
+        lift_ci = seq.rel_lift_ci
         text = f"Always-valid {confidence} interval (safe to check at any time): "
         text += format_interval(ci, diff) if ci is not None else DASH
         if lift_ci is not None:
             text += f", relative lift {format_interval(lift_ci, format_lift)}"
         text += (
             f"; it excludes zero once |difference| / standard error exceeds "
-            f"{format_number(seq.get('boundary_z'), 3)}"
-            f" (now {format_number(seq.get('z'), 3)}), always-valid {p_text(seq.get('p_value'))}"
+            f"{format_number(seq.boundary_z, 3)}"
+            f" (now {format_number(seq.z, 3)}), always-valid {p_text(seq.p_value)}"
         )
         lines.append(text)
     if cmp.mde is not None:
@@ -535,11 +543,11 @@ def _details(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> list[s
             text += f" ({format_percent(cmp.mde_relative, 1)} of the control's value)"
         lines.append(text + ".")
     if cmp.bayes is not None and cmp.chance_to_beat_control is not None:
-        interval = cmp.bayes.get("lift_interval")
+        interval = cmp.bayes.lift_interval
         text = f"Chance to beat control: {format_percent(cmp.chance_to_beat_control, 1)}"
         if interval is not None:
             text += f"; credible interval of the lift {format_interval(interval, format_lift)}"
-        method = "Beta-Binomial" if cmp.bayes.get("method") == "beta-binomial" else "normal"
+        method = "Beta-Binomial" if cmp.bayes.method == "beta-binomial" else "normal"
         lines.append(f"{text} ({method} posterior, flat prior).")
     if cmp.cuped is not None and cmp.cuped.applied:
         lines.append(
@@ -607,22 +615,24 @@ def _confidence(alpha: float) -> str:
     return f"{level:.0f}%" if level == round(level) else f"{level:g}%"
 
 
+def ranking_cells(values: RankingQuality) -> dict[str, str]:
+    """One variant's ranking quality, formatted: slates, hit rate, NDCG, coverage, ..."""
+    return {
+        "slates": f"{values.slates:,}",
+        "hit_rate": format_percent(values.hit_rate, 1),
+        "ndcg": format_number(values.ndcg),
+        "coverage": format_percent(values.coverage, 1),
+        "diversity": format_number(values.intra_list_diversity),
+        "novelty": format_number(values.novelty),
+    }
+
+
 def _ranking_view(result: AnalysisResult) -> list[dict[str, str]]:
     """Rows of the ranking-quality table (empty when there were no slates)."""
-    rows = []
-    for variant, values in (result.ranking or {}).items():
-        rows.append(
-            {
-                "variant": variant,
-                "slates": f"{values['slates']:,}",
-                "hit_rate": format_percent(values["hit_rate"], 1),
-                "ndcg": format_number(values["ndcg"]),
-                "coverage": format_percent(values["coverage"], 1),
-                "diversity": format_number(values["intra_list_diversity"]),
-                "novelty": format_number(values["novelty"]),
-            }
-        )
-    return rows
+    return [
+        {"variant": variant, **ranking_cells(values)}
+        for variant, values in (result.ranking or {}).items()
+    ]
 
 
 def _view(result: AnalysisResult) -> dict[str, Any]:
@@ -654,7 +664,7 @@ def _view(result: AnalysisResult) -> dict[str, Any]:
         "metrics": [_metric_view(mr, result.control, result.alpha) for mr in result.metrics],
         "any_charts": any(mr.comparisons for mr in result.metrics),
         "any_truth": any(mr.ground_truth is not None for mr in result.metrics),
-        "run": dict(result.run) if result.run is not None else None,
+        "run": result.run,
         "warnings": list(result.warnings),
         "ranking": _ranking_view(result),
         "correction": _CORRECTION_TEXT.get(result.correction, result.correction),

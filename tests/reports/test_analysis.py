@@ -22,7 +22,9 @@ from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment, utcnow
-from reports.analysis import AnalysisResult, MetricResult, aggregate_experiment, analyze
+from reports.aggregate import aggregate_experiment
+from reports.analysis import analyze
+from reports.results import AnalysisResult, MetricResult
 from reports.stats import MeanStats, RatioStats
 
 RTOL = 1e-9

@@ -15,13 +15,13 @@ from sqlalchemy import Engine, select
 
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
-from reports.analysis import (
+from reports.analysis import analyze
+from reports.results import (
     AnalysisResult,
     ComparisonResult,
     MetricResult,
     SrmSummary,
     VariantEstimate,
-    analyze,
 )
 from reports.render import (
     format_diff,
