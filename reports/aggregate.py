@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -39,6 +38,7 @@ from reports.units import (
     IMPRESSION,
     PRE,
     UNKNOWN_CODE,
+    PrePeriod,
     ValueKey,
     float_constant,
     metric_key,
@@ -147,8 +147,7 @@ def build_aggregate_query(
     variants: Sequence[str],
     metrics: Sequence[Metric],
     covariates: Sequence[Metric] = (),
-    catalog: str | None = None,
-    pre_period: tuple[datetime, datetime] | None = None,
+    pre_period: PrePeriod | None = None,
 ) -> CompoundSelect[*tuple[Any, ...]]:
     """The one SQL statement that turns exposures and events into per-variant sums.
 
@@ -164,8 +163,8 @@ def build_aggregate_query(
         Metrics that also need CUPED sums (``x``, ``x*x``, ``x*y``), where ``x``
         is the unit's same aggregate of the same event type before its first
         exposure (see `unit_values`); units without history have ``x = 0``.
-    catalog : str, optional
-        The experiment's catalogue; required with ``covariates``.
+    pre_period : PrePeriod, optional
+        Where those pre-period values come from; required with ``covariates``.
 
     Returns
     -------
@@ -185,13 +184,12 @@ def build_aggregate_query(
     variant codes make ``MIN``/``MAX`` cheaper than on strings.
     """
     sums = _plan(metrics, covariates)
-    if any(key[0].startswith(PRE) for product in sums for key in product) and catalog is None:
-        raise ValueError("CUPED covariates need the experiment's catalog")
+    if any(key[0].startswith(PRE) for product in sums for key in product) and not pre_period:
+        raise ValueError("CUPED covariates need the pre-period history (PrePeriod)")
     values = unit_values(
         experiment_id,
         (key for product in sums for key in product),
         variants=variants,
-        catalog=catalog,
         pre_period=pre_period,
     )
     units, table = values.units, values.table
@@ -246,8 +244,7 @@ def aggregate_experiment(
     variants: Sequence[str],
     metrics: Sequence[Metric],
     covariates: Sequence[Metric] = (),
-    catalog: str | None = None,
-    pre_period: tuple[datetime, datetime] | None = None,
+    pre_period: PrePeriod | None = None,
 ) -> ExperimentAggregates:
     """Run the aggregation query and build each metric's per-variant statistics.
 
@@ -261,10 +258,9 @@ def aggregate_experiment(
         The configured variant keys.
     metrics : sequence of metric configs
         The metrics to aggregate.
-    covariates, catalog
-        Metrics that also get CUPED covariate sums, from the history of
-        ``catalog`` (see `build_aggregate_query`); ratio and impression
-        metrics are skipped.
+    covariates, pre_period
+        Metrics that also get CUPED covariate sums, from the pre-period history
+        (see `build_aggregate_query`); ratio and impression metrics are skipped.
 
     Returns
     -------
@@ -276,9 +272,7 @@ def aggregate_experiment(
     variants = list(variants)
     covariates = [metric for metric in covariates if cuped_eligible(metric)]
     labels = _plan(metrics, covariates)
-    query = build_aggregate_query(
-        experiment_id, variants, metrics, covariates, catalog, pre_period=pre_period
-    )
+    query = build_aggregate_query(experiment_id, variants, metrics, covariates, pre_period)
     by_code = {int(row["code"]): row for row in connection.execute(query).mappings()}
     units = {key: int(by_code[i]["n"]) for i, key in enumerate(variants)}
 

@@ -56,6 +56,7 @@ from reports.results import (
 )
 from reports.sequential import always_valid
 from reports.stats import Comparison, MeanStats, RatioStats, compare, estimate, srm_test
+from reports.units import PrePeriod
 
 __all__ = ["analyze"]
 
@@ -222,15 +223,7 @@ def _metric_result(
         sequential: SequentialSummary | None = None
         if options.sequential and cmp.diff is not None and cmp.se is not None:
             units = (per_variant[key].n + per_variant[control].n) / 2.0
-            seq = always_valid(
-                cmp.diff,
-                cmp.se,
-                units,
-                alpha,
-                options.sequential_tuning,
-                cmp.rel_lift,
-                cmp.rel_lift_se,
-            )
+            seq = always_valid(cmp, units, alpha, options.sequential_tuning)
             sequential = SequentialSummary(
                 p_value=seq.p_value,
                 diff_ci=seq.diff_ci,
@@ -396,8 +389,9 @@ def analyze(
             variant_keys,
             config.metrics,
             covariates=config.metrics if options.cuped else (),
-            catalog=stored.catalog,
-            pre_period=settings.pre_period.naive_utc() if settings.pre_period else None,
+            pre_period=PrePeriod(
+                stored.catalog, settings.pre_period.naive_utc() if settings.pre_period else None
+            ),
         )
         run = latest_simulation(session, stored.id)
         run_info: RunInfo | None = None

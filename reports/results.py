@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
@@ -53,8 +55,52 @@ def clean_pair(pair: tuple[float, float] | Sequence[float] | None) -> list[float
     return None if lo is None or hi is None else [lo, hi]
 
 
+class JsonResult:
+    """Base of the result types: `to_dict` is the JSON form of the fields, in field order.
+
+    Floats become None when not finite (JSON has no NaN), intervals (fields typed
+    ``tuple[float, float]``) ``[lo, hi]`` or None, tuples lists, and nested results their
+    own `to_dict`.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (no NaN/inf)."""
+        hints = _hints(type(self))
+        out = {}
+        for name in hints:
+            value = getattr(self, name)
+            out[name] = clean_pair(value) if hints[name] in _INTERVALS else _json(value)
+        return out
+
+
+_INTERVALS = (tuple[float, float], tuple[float, float] | None)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The field types of a result class, in field order (worked out once per class)."""
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _HINTS[cls]
+
+
+def _json(value: object) -> object:
+    if isinstance(value, JsonResult):
+        return value.to_dict()
+    if isinstance(value, float):
+        return clean_float(value)
+    if isinstance(value, Mapping):
+        return {key: _json(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [_json(item) for item in value]
+    return value
+
+
 @dataclass(frozen=True)
-class VariantEstimate:
+class VariantEstimate(JsonResult):
     """One variant's estimate of a metric: mean (or ratio of totals) with its CI."""
 
     variant: str
@@ -63,19 +109,9 @@ class VariantEstimate:
     ci: tuple[float, float] | None
     note: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (no NaN/inf)."""
-        return {
-            "variant": self.variant,
-            "units": self.units,
-            "mean": clean_float(self.mean),
-            "ci": clean_pair(self.ci),
-            "note": self.note,
-        }
-
 
 @dataclass(frozen=True)
-class CupedInfo:
+class CupedInfo(JsonResult):
     """Whether CUPED was applied to a comparison and how much variance it removed."""
 
     applied: bool
@@ -83,21 +119,12 @@ class CupedInfo:
     theta: float
     note: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "applied": self.applied,
-            "variance_reduction": clean_float(self.variance_reduction),
-            "theta": clean_float(self.theta),
-            "note": self.note,
-        }
-
 
 NOT_REQUESTED = CupedInfo(False, 0.0, 0.0, "not requested")
 
 
 @dataclass(frozen=True)
-class BayesSummary:
+class BayesSummary(JsonResult):
     """Posterior view of a comparison: chance to beat the control and the lift's interval."""
 
     method: str
@@ -105,18 +132,9 @@ class BayesSummary:
     lift_mean: float | None
     lift_interval: tuple[float, float] | None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (no NaN/inf)."""
-        return {
-            "method": self.method,
-            "chance_to_beat_control": clean_float(self.chance_to_beat_control),
-            "lift_mean": clean_float(self.lift_mean),
-            "lift_interval": clean_pair(self.lift_interval),
-        }
-
 
 @dataclass(frozen=True)
-class SequentialSummary:
+class SequentialSummary(JsonResult):
     """Always-valid (mixture sequential) view of a comparison."""
 
     p_value: float
@@ -126,20 +144,9 @@ class SequentialSummary:
     z: float | None
     tuning_units: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (no NaN/inf)."""
-        return {
-            "p_value": clean_float(self.p_value),
-            "diff_ci": clean_pair(self.diff_ci),
-            "rel_lift_ci": clean_pair(self.rel_lift_ci),
-            "boundary_z": clean_float(self.boundary_z),
-            "z": clean_float(self.z),
-            "tuning_units": clean_float(self.tuning_units),
-        }
-
 
 @dataclass(frozen=True)
-class ComparisonResult:
+class ComparisonResult(JsonResult):
     """A non-control variant against the control on one metric."""
 
     variant: str
@@ -164,31 +171,12 @@ class ComparisonResult:
     guardrail: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (no NaN/inf)."""
-        return {
-            "variant": self.variant,
-            "baseline": self.baseline,
-            "diff": clean_float(self.diff),
-            "diff_ci": clean_pair(self.diff_ci),
-            "rel_lift": clean_float(self.rel_lift),
-            "rel_lift_ci": clean_pair(self.rel_lift_ci),
-            "p_value": clean_float(self.p_value),
-            "significant": self.significant,
-            "note": self.note,
-            "p_value_adjusted": clean_float(self.p_value_adjusted),
-            "decision": self.decision,
-            "chance_to_beat_control": clean_float(self.chance_to_beat_control),
-            "bayes": None if self.bayes is None else self.bayes.to_dict(),
-            "cuped": (self.cuped or NOT_REQUESTED).to_dict(),
-            "sequential": None if self.sequential is None else self.sequential.to_dict(),
-            "mde": clean_float(self.mde),
-            "mde_relative": clean_float(self.mde_relative),
-            "guardrail": self.guardrail,
-        }
+        """JSON-able form (no NaN/inf); no CUPED record reads "not requested"."""
+        return {**super().to_dict(), "cuped": (self.cuped or NOT_REQUESTED).to_dict()}
 
 
 @dataclass(frozen=True)
-class MetricResult:
+class MetricResult(JsonResult):
     """Per-variant estimates, comparisons with the control and ground truth of one metric."""
 
     metric: str
@@ -201,23 +189,12 @@ class MetricResult:
     """Pooled over variants; ``variance_reduction`` is 1 - var(adjusted) / var(raw)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (no NaN/inf)."""
-        truth = None
-        if self.ground_truth is not None:
-            truth = {key: clean_float(value) for key, value in self.ground_truth.items()}
-        return {
-            "metric": self.metric,
-            "type": self.type,
-            "variants": [v.to_dict() for v in self.variants],
-            "comparisons": [c.to_dict() for c in self.comparisons],
-            "ground_truth": truth,
-            "guardrail": self.guardrail,
-            "cuped": (self.cuped or NOT_REQUESTED).to_dict(),
-        }
+        """JSON-able form (no NaN/inf); no CUPED record reads "not requested"."""
+        return {**super().to_dict(), "cuped": (self.cuped or NOT_REQUESTED).to_dict()}
 
 
 @dataclass(frozen=True)
-class SrmSummary:
+class SrmSummary(JsonResult):
     """Sample-ratio-mismatch check of the units per variant against the configured weights."""
 
     p_value: float
@@ -226,32 +203,18 @@ class SrmSummary:
     observed: Mapping[str, int]
     expected: Mapping[str, float]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (no NaN/inf)."""
-        return {
-            "p_value": clean_float(self.p_value),
-            "chi2": clean_float(self.chi2),
-            "mismatch": self.mismatch,
-            "observed": dict(self.observed),
-            "expected": {key: clean_float(value) for key, value in self.expected.items()},
-        }
-
 
 @dataclass(frozen=True)
-class RunInfo:
+class RunInfo(JsonResult):
     """The experiment's latest simulation run."""
 
     id: int
     seed: int
     status: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {"id": self.id, "seed": self.seed, "status": self.status}
-
 
 @dataclass(frozen=True)
-class RankingQuality:
+class RankingQuality(JsonResult):
     """Ranking metrics of one variant (see `reports.ranking`)."""
 
     slates: int
@@ -261,13 +224,9 @@ class RankingQuality:
     intra_list_diversity: float | None
     novelty: float | None
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        """JSON-able form."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class BanditArm:
+class BanditArm(JsonResult):
     """One arm in one context of a bandit: allocation, P(best), naive and IPW means."""
 
     context: str
@@ -292,32 +251,9 @@ class BanditArm:
     lowest_weight: float | None
     note: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (no NaN/inf)."""
-        return {
-            "context": self.context,
-            "arm": self.arm,
-            "units": self.units,
-            "weight": clean_float(self.weight),
-            "p_best": clean_float(self.p_best),
-            "naive_mean": clean_float(self.naive_mean),
-            "naive_ci": clean_pair(self.naive_ci),
-            "ipw_mean": clean_float(self.ipw_mean),
-            "ipw_se": clean_float(self.ipw_se),
-            "ipw_ci": clean_pair(self.ipw_ci),
-            "ht_mean": clean_float(self.ht_mean),
-            "ht_se": clean_float(self.ht_se),
-            "ht_ci": clean_pair(self.ht_ci),
-            "min_propensity": clean_float(self.min_propensity),
-            "effective_units": clean_float(self.effective_units),
-            "truth": clean_float(self.truth),
-            "lowest_weight": clean_float(self.lowest_weight),
-            "note": self.note,
-        }
-
 
 @dataclass(frozen=True)
-class AllocationPoint:
+class AllocationPoint(JsonResult):
     """One kept weight version of one context: each arm's weight and P(best)."""
 
     version: int
@@ -326,19 +262,9 @@ class AllocationPoint:
     weights: Mapping[str, float]
     p_best: Mapping[str, float]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "version": self.version,
-            "context": self.context,
-            "units": self.units,
-            "weights": dict(self.weights),
-            "p_best": dict(self.p_best),
-        }
-
 
 @dataclass(frozen=True)
-class AllocationCheck:
+class AllocationCheck(JsonResult):
     """Do the units per arm match the logged weights they were drawn from?"""
 
     observed: dict[str, int]
@@ -350,22 +276,9 @@ class AllocationCheck:
     units_checked: int
     units_unchecked: int
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "observed": self.observed,
-            "expected": {arm: clean_float(e) for arm, e in self.expected.items()},
-            "chi2": clean_float(self.chi2),
-            "df": self.df,
-            "p_value": clean_float(self.p_value),
-            "mismatch": self.mismatch,
-            "units_checked": self.units_checked,
-            "units_unchecked": self.units_unchecked,
-        }
-
 
 @dataclass(frozen=True)
-class Regret:
+class Regret(JsonResult):
     """Cumulative regret of a simulated bandit beside a fixed equal split."""
 
     units: tuple[int, ...]
@@ -378,23 +291,9 @@ class Regret:
     true_values: Mapping[str, Mapping[str, float]]
     definition: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "units": list(self.units),
-            "bandit": list(self.bandit),
-            "fixed": list(self.fixed),
-            "total": self.total,
-            "fixed_total": self.fixed_total,
-            "total_units": self.total_units,
-            "best_arm": dict(self.best_arm),
-            "true_values": {c: dict(values) for c, values in self.true_values.items()},
-            "definition": self.definition,
-        }
-
 
 @dataclass(frozen=True)
-class BanditResult:
+class BanditResult(JsonResult):
     """The bandit section of a Thompson-sampling experiment's analysis."""
 
     reward_metric: str
@@ -412,26 +311,6 @@ class BanditResult:
     allocation: tuple[AllocationPoint, ...]
     allocation_check: AllocationCheck
     regret: Regret | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (no NaN/inf)."""
-        return {
-            "reward_metric": self.reward_metric,
-            "reward": self.reward,
-            "context": self.context,
-            "sticky": self.sticky,
-            "unit": self.unit,
-            "update_every": self.update_every,
-            "min_weight": self.min_weight,
-            "alpha": self.alpha,
-            "versions": self.versions,
-            "excluded_units": self.excluded_units,
-            "estimator": self.estimator,
-            "arms": [arm.to_dict() for arm in self.arms],
-            "allocation": [point.to_dict() for point in self.allocation],
-            "allocation_check": self.allocation_check.to_dict(),
-            "regret": None if self.regret is None else self.regret.to_dict(),
-        }
 
 
 @dataclass(frozen=True)

@@ -249,12 +249,9 @@ class RatioStats:
 
     Raises
     ------
-    TypeError
-        If a field is not a number (``n`` must be an integer).
-    ValueError
-        If a field is not finite, ``n`` is negative, ``n == 0`` with non-zero
-        sums, or the sums imply a covariance matrix that is not positive
-        semi-definite beyond rounding noise.
+    TypeError, ValueError
+        As `MeanStats`; here the sums must also imply a positive semi-definite
+        covariance matrix (beyond rounding noise).
 
     Notes
     -----

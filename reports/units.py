@@ -63,6 +63,7 @@ __all__ = [
     "IMPRESSION",
     "PRE",
     "UNKNOWN_CODE",
+    "PrePeriod",
     "UnitValues",
     "float_constant",
     "metric_key",
@@ -102,6 +103,20 @@ def metric_key(metric: ProportionMetric | MeanMetric) -> ValueKey:
     if isinstance(metric, ProportionMetric):
         return (metric.event, "any")
     return value_key(metric.event, metric.value)
+
+
+@dataclass(frozen=True)
+class PrePeriod:
+    """Where a unit's pre-period (CUPED) values come from.
+
+    The unit's interactions in the history of ``catalog`` (``user_id = unit_id``) strictly
+    before its first exposure; with a ``window`` [start, end) (`analysis.pre_period`) only
+    those in it, together with the experiment's own events in it (ingested logs may carry
+    events from before a unit's first exposure).
+    """
+
+    catalog: str
+    window: tuple[datetime, datetime] | None = None
 
 
 @dataclass(frozen=True)
@@ -255,16 +270,10 @@ def _pre_events_cte(
     columns: Mapping[tuple[str, Aggregate], str],
     units: CTE,
     experiment_id: int,
-    catalog: str | None,
-    window: tuple[datetime, datetime] | None,
+    pre_period: PrePeriod,
 ) -> CTE:
-    """CUPED history of each unit strictly before its first exposure.
-
-    Without a window: the catalogue's interactions of the unit (``user_id = unit_id``).
-    With `analysis.pre_period` [start, end): those interactions and the experiment's own
-    events in the window (ingested logs may carry events from before a unit's first
-    exposure).
-    """
+    """Per-unit aggregates of each unit's pre-period history (see `PrePeriod`)."""
+    catalog, window = pre_period.catalog, pre_period.window
     types = sorted({event for event, _ in columns})
     i = _INTERACTIONS
     history_rows = select(
@@ -319,8 +328,7 @@ def unit_values(
     *,
     kind: UnitKind = "unit",
     variants: Sequence[str] | None = None,
-    catalog: str | None = None,
-    pre_period: tuple[datetime, datetime] | None = None,
+    pre_period: PrePeriod | None = None,
     materialized: bool = True,
 ) -> UnitValues:
     """The per-unit values of an experiment: one row per unit, one column per value key.
@@ -331,16 +339,15 @@ def unit_values(
         Primary key of the experiment (a bound parameter, as are event types).
     keys : iterable of (event, aggregate)
         The per-unit values wanted; ``(event, "any")`` is 1 when the unit has such an
-        event, else 0; ``("pre:" + event, aggregate)`` is the unit's same value in the
-        ``interactions`` history of ``catalog`` strictly before its first exposure.
+        event, else 0; ``("pre:" + event, aggregate)`` is the unit's same value in its
+        pre-period history (`PrePeriod`).
     kind : {"unit", "unit and scene", "request"}
         What a unit is (see the module docstring); pre-period values need ``"unit"``.
     variants : sequence of str, optional
         The configured variant keys: an A/B analysis, with ``code`` ``i`` for
         ``variants[i]``. Without: a bandit analysis, with each unit's arm and propensity.
-    catalog, pre_period
-        The experiment's catalogue (required for pre-period values) and the configured
-        pre-period window, if any.
+    pre_period : PrePeriod, optional
+        Where the pre-period values come from (required for them).
     materialized : bool
         Bandit analysis only: have PostgreSQL compute the CTEs once (``MATERIALIZED``),
         for a statement that joins them; a single scan of ``units`` does without.
@@ -381,8 +388,8 @@ def unit_values(
             pre_columns.setdefault((event[len(PRE) :], agg), f"p{len(pre_columns)}")
         else:
             event_columns.setdefault((event, agg), f"e{len(event_columns)}")
-    if pre_columns and (catalog is None or kind != "unit"):
-        raise ValueError("pre-period values need whole units and the experiment's catalog")
+    if pre_columns and (pre_period is None or kind != "unit"):
+        raise ValueError("pre-period values need whole units and their pre-period history")
     bandit = variants is None and materialized
     units = _units_cte(experiment_id, kind, variants, materialized=bandit)
     joined: Any = units
@@ -395,7 +402,7 @@ def unit_values(
         joined = joined.outerjoin(events, on)
     pre: CTE | None = None
     if pre_columns:
-        pre = _pre_events_cte(pre_columns, units, experiment_id, catalog, pre_period)
+        pre = _pre_events_cte(pre_columns, units, experiment_id, pre_period)
         joined = joined.outerjoin(pre, pre.c.unit_key == units.c.unit_key)
 
     def per_unit(event: str, how: Aggregate) -> ColumnElement[float]:

@@ -16,13 +16,6 @@ from sqlalchemy import Engine, select
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
 from reports.analysis import analyze
-from reports.results import (
-    AnalysisResult,
-    ComparisonResult,
-    MetricResult,
-    SrmSummary,
-    VariantEstimate,
-)
 from reports.render import (
     format_diff,
     format_lift,
@@ -31,6 +24,13 @@ from reports.render import (
     format_percent,
     lift_chart,
     render_report,
+)
+from reports.results import (
+    AnalysisResult,
+    ComparisonResult,
+    MetricResult,
+    SrmSummary,
+    VariantEstimate,
 )
 from reports.table import print_table
 from tests.reports.test_analysis import add_run, seed_random_experiment
