@@ -401,7 +401,7 @@ def unit_values(
             on = on & (events.c.context == units.c.context)
         joined = joined.outerjoin(events, on)
     pre: CTE | None = None
-    if pre_columns:
+    if pre_columns and pre_period is not None:
         pre = _pre_events_cte(pre_columns, units, experiment_id, pre_period)
         joined = joined.outerjoin(pre, pre.c.unit_key == units.c.unit_key)
 

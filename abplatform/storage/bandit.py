@@ -1252,15 +1252,11 @@ def weight_rows(
     With ``max_points`` only every step-th version and the last are kept, at most about
     ``max_points`` versions.
     """
-    query = select(
-        WEIGHTS.c.version,
-        WEIGHTS.c.context,
-        WEIGHTS.c.arm,
-        WEIGHTS.c.weight,
-        WEIGHTS.c.p_best,
-        WEIGHTS.c.units,
-        WEIGHTS.c.computed_at,
-    ).where(WEIGHTS.c.experiment_id == experiment_id)
+    from dataclasses import fields  # here: this block moves into the bandit package at merge
+
+    # The columns of an ArmWeight, in its field order.
+    columns = [WEIGHTS.c[f.name] for f in fields(ArmWeight)]
+    query = select(*columns).where(WEIGHTS.c.experiment_id == experiment_id)
     if max_points is not None:
         last = conn.execute(
             select(func.max(WEIGHTS.c.version)).where(WEIGHTS.c.experiment_id == experiment_id)
