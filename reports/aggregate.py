@@ -33,7 +33,7 @@ from abplatform.storage import models as m
 from reports.cuped import CovariateSums
 from reports.ipw import ArmSums
 from reports.results import UnitKind
-from reports.stats import MeanStats, RatioStats
+from reports.sufficient import MeanStats, RatioStats
 from reports.units import (
     IMPRESSION,
     PRE,

@@ -55,7 +55,8 @@ from reports.results import (
     Verdict,
 )
 from reports.sequential import always_valid
-from reports.stats import Comparison, MeanStats, RatioStats, compare, estimate, srm_test
+from reports.stats import Comparison, compare, estimate, srm_test
+from reports.sufficient import MeanStats, RatioStats
 from reports.units import PrePeriod
 
 __all__ = ["analyze"]

@@ -58,7 +58,8 @@ from reports.results import (
     Regret,
     UnitKind,
 )
-from reports.stats import SRM_ALPHA, MeanStats, estimate
+from reports.stats import SRM_ALPHA, estimate
+from reports.sufficient import MeanStats
 
 __all__ = [
     "allocation_check",

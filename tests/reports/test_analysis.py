@@ -25,7 +25,7 @@ from abplatform.storage.repository import save_experiment, utcnow
 from reports.aggregate import aggregate_experiment
 from reports.analysis import analyze
 from reports.results import AnalysisResult, MetricResult
-from reports.stats import MeanStats, RatioStats
+from reports.sufficient import MeanStats, RatioStats
 
 RTOL = 1e-9
 T0 = 1_700_000_000  # unix seconds; every timestamp below is T0 + offset

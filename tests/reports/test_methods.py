@@ -24,7 +24,8 @@ from reports.cuped import CovariateSums, cuped_adjust
 from reports.multiple import adjust_pvalues
 from reports.power import mde_at, power_at, units_per_variant
 from reports.sequential import always_valid, always_valid_arrays, mixture_ratio
-from reports.stats import Comparison, MeanStats, compare, mean_stats_from_values
+from reports.stats import Comparison, compare
+from reports.sufficient import MeanStats, mean_stats_from_values
 
 RTOL = 1e-10
 
