@@ -276,9 +276,6 @@ def _pre_events_cte(
     catalog, window = pre_period.catalog, pre_period.window
     types = sorted({event for event, _ in columns})
     i = _INTERACTIONS
-    history_rows = select(
-        i.c.user_id.label("unit_key"), i.c.type.label("type"), i.c.value.label("value")
-    ).where(i.c.catalog == catalog, i.c.type.in_(types))
     if window is None:
         # The unit's first exposure, looked up per history row in the materialised units
         # CTE; NULL for users never exposed, whose rows then drop out. Joining units
@@ -295,7 +292,12 @@ def _pre_events_cte(
     start, end = window
     ev = _EVENTS
     history = union_all(
-        history_rows.add_columns(i.c.ts.label("ts")).where(i.c.ts >= start, i.c.ts < end),
+        select(
+            i.c.user_id.label("unit_key"),
+            i.c.type.label("type"),
+            i.c.value.label("value"),
+            i.c.ts.label("ts"),
+        ).where(i.c.catalog == catalog, i.c.type.in_(types), i.c.ts >= start, i.c.ts < end),
         select(
             ev.c.unit_id.label("unit_key"),
             ev.c.type.label("type"),
