@@ -33,7 +33,8 @@ from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import is_sqlite, make_engine, open_database, transaction, upgrade
 from abplatform.storage.repository import get_experiment, save_experiment
-from reports.analysis import analyze, build_aggregate_query
+from reports.aggregate import build_aggregate_query
+from reports.analysis import analyze
 
 CHUNK_USERS = 200_000
 SLATE_SIZE = 5

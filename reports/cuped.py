@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reports.stats import MeanStats
+from reports.sufficient import MeanStats
 
 __all__ = ["CovariateSums", "CupedResult", "cuped_adjust"]
 

@@ -18,31 +18,15 @@ catalogue size per variant) and a bounded sample of slates reach Python.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from sqlalchemy import Connection, Engine, text
 
 from abplatform.storage.history import load_catalog
+from reports.results import RankingQuality
 from strategies.features import feature_vectors
 
 DIVERSITY_SAMPLE = 2_000  # slates per variant used for intra-list diversity
-
-
-@dataclass(frozen=True)
-class RankingQuality:
-    """Ranking metrics of one variant."""
-
-    slates: int
-    hit_rate: float | None
-    ndcg: float | None
-    coverage: float | None
-    intra_list_diversity: float | None
-    novelty: float | None
-
-    def to_dict(self) -> dict[str, float | int | None]:
-        """JSON-able form."""
-        return asdict(self)
 
 
 def ranking_quality(engine: Engine, experiment_id: int, catalog: str) -> dict[str, RankingQuality]:

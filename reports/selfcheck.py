@@ -130,18 +130,8 @@ def welch_arrays(
     p = np.minimum(1.0, 2.0 * special.stdtr(df, -np.abs(stat)))
     p = np.where(total > 0, p, np.where(diff == 0, 1.0, 0.0))
     crit = -special.stdtrit(np.where(total > 0, df, 1.0), alpha / 2.0)
-    lift, lift_se = _lift(m_t, v_t, m_c, v_c)
     z = -float(special.ndtri(alpha / 2.0))
-    return {
-        "diff": diff,
-        "se": se,
-        "p": p,
-        "lo": diff - crit * se,
-        "hi": diff + crit * se,
-        "lift": lift,
-        "lift_lo": lift - z * lift_se,
-        "lift_hi": lift + z * lift_se,
-    }
+    return _two_sample(diff, se, p, crit, _lift(m_t, v_t, m_c, v_c), z)
 
 
 def ratio_arrays(
@@ -164,16 +154,23 @@ def ratio_arrays(
     z = -float(special.ndtri(alpha / 2.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.minimum(1.0, 2.0 * special.ndtr(-np.abs(diff / se)))
-    lift, lift_se = _lift(r_t, v_t, r_c, v_c)
+    return _two_sample(diff, se, p, z, _lift(r_t, v_t, r_c, v_c), z)
+
+
+def _two_sample(
+    diff: Array, se: Array, p: Array, crit: Array | float, lift: tuple[Array, Array], z: float
+) -> dict[str, Array]:
+    """A two-sample test's arrays: difference, SE, p, ``diff +- crit se``, lift +- z lift_se."""
+    rel, rel_se = lift
     return {
         "diff": diff,
         "se": se,
         "p": p,
-        "lo": diff - z * se,
-        "hi": diff + z * se,
-        "lift": lift,
-        "lift_lo": lift - z * lift_se,
-        "lift_hi": lift + z * lift_se,
+        "lo": diff - crit * se,
+        "hi": diff + crit * se,
+        "lift": rel,
+        "lift_lo": rel - z * rel_se,
+        "lift_hi": rel + z * rel_se,
     }
 
 
@@ -484,22 +481,6 @@ def run_selfcheck(
             "cs_cover": np.all(np.abs(w["diff"]) <= half, axis=1),
         }
 
-    res = _collect(reps, peek)
-    label = f"{looks} looks, A/A proportion"
-    checks.append(
-        _rate_check("peeking", f"{label}: naive Welch (expected ~19%)", res["naive"], ALPHA, "info")
-    )
-    checks.append(_rate_check("peeking", f"{label}: sequential (mSPRT)", res["seq"], ALPHA, "<="))
-    checks.append(
-        _rate_check(
-            "peeking",
-            f"{label}: confidence sequence covers at every look",
-            res["cs_cover"],
-            nominal,
-            ">=",
-        )
-    )
-
     # 4. Family-wise error with many metrics (A/A) ------------------------------
     def family(size: int) -> dict[str, Array]:
         t = rng.binomial(n, P_CONTROL, size=(size, metrics_in_family)).astype(np.float64)
@@ -512,21 +493,25 @@ def run_selfcheck(
             "bh": np.any(adjust_pvalues(p, "bh") < ALPHA, axis=1),
         }
 
-    res = _collect(reps, family)
-    label = f"{metrics_in_family} A/A metrics"
-    checks.append(
-        _rate_check("family-wise error", f"{label}: no correction", res["none"], ALPHA, "info")
-    )
-    checks.append(_rate_check("family-wise error", f"{label}: Holm", res["holm"], ALPHA, "<="))
-    checks.append(
-        _rate_check(
-            "family-wise error",
-            f"{label}: Benjamini-Hochberg (global null)",
-            res["bh"],
-            ALPHA,
-            "<=",
-        )
-    )
+    peeking = [
+        ("naive", "naive Welch (expected ~19%)", ALPHA, "info"),
+        ("seq", "sequential (mSPRT)", ALPHA, "<="),
+        ("cs_cover", "confidence sequence covers at every look", nominal, ">="),
+    ]
+    family_wise = [
+        ("none", "no correction", ALPHA, "info"),
+        ("holm", "Holm", ALPHA, "<="),
+        ("bh", "Benjamini-Hochberg (global null)", ALPHA, "<="),
+    ]
+    for group, label, draw, rows in (
+        ("peeking", f"{looks} looks, A/A proportion", peek, peeking),
+        ("family-wise error", f"{metrics_in_family} A/A metrics", family, family_wise),
+    ):
+        res = _collect(reps, draw)
+        checks += [
+            _rate_check(group, f"{label}: {what}", res[key], target, relation)
+            for key, what, target, relation in rows
+        ]
 
     return SelfCheckResult(
         replications=reps,

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from reports.stats import Comparison
+
 __all__ = [
     "DEFAULT_TUNING_UNITS",
     "SequentialResult",
@@ -109,20 +111,22 @@ class SequentialResult:
 
 
 def always_valid(
-    diff: float,
-    se: float,
+    comparison: Comparison,
     units_per_variant: float,
     alpha: float = 0.05,
     tuning_units: float = DEFAULT_TUNING_UNITS,
-    rel_lift: float | None = None,
-    rel_lift_se: float | None = None,
 ) -> SequentialResult:
-    """Always-valid p-value and confidence sequence of one difference (`always_valid_arrays`)."""
+    """Always-valid p-value and confidence sequence of one comparison (`always_valid_arrays`).
+
+    Its relative lift gets the same width factor on its delta-method standard error.
+    """
+    diff, se = comparison.diff, comparison.se
+    rel_lift, rel_lift_se = comparison.rel_lift, comparison.rel_lift_se
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     if not tuning_units > 0:
         raise ValueError(f"tuning_units must be > 0, got {tuning_units!r}")
-    if se < 0 or not math.isfinite(se) or not math.isfinite(diff):
+    if diff is None or se is None or se < 0 or not math.isfinite(se) or not math.isfinite(diff):
         raise ValueError("diff and se must be finite, se >= 0")
     n = max(float(units_per_variant), 1.0)
     p, _ = always_valid_arrays(diff, se, n, alpha, tuning_units)

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from reports.analysis import AnalysisResult, ComparisonResult, MetricResult
-from reports.render import (
-    DASH,
-    format_diff,
-    format_lift,
-    format_number,
-    format_p_value,
-    format_percent,
-    format_value,
-    p_text,
+from reports import formatting as fmt
+from reports.results import (
+    AnalysisResult,
+    BanditResult,
+    ComparisonResult,
+    MetricResult,
+    clean_float,
+    clean_pair,
 )
 
 __all__ = [
@@ -86,10 +81,10 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
     table.add_column("decision")
 
     def value(v: float | None) -> str:
-        return format_value(metric.type, v)
+        return fmt.format_value(metric.type, v)
 
     def diff(v: float | None) -> str:
-        return format_diff(metric.type, v)
+        return fmt.format_diff(metric.type, v)
 
     comparisons = {cmp.variant: cmp for cmp in metric.comparisons}
     for est in metric.variants:
@@ -100,24 +95,24 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
             _with_ci(value(est.mean), ci),
         ]
         if truth is not None:
-            cells.append(value(truth[est.variant]) if est.variant in truth else DASH)
+            cells.append(value(truth[est.variant]) if est.variant in truth else fmt.DASH)
         cmp = comparisons.get(est.variant)
         if cmp is None:
-            cells += [DASH, DASH, DASH, Text("baseline", style="dim"), DASH, DASH, ""]
+            cells += [*[fmt.DASH] * 3, Text("baseline", style="dim"), fmt.DASH, fmt.DASH, ""]
         else:
             diff_ci = None if cmp.diff_ci is None else (diff(cmp.diff_ci[0]), diff(cmp.diff_ci[1]))
             lift_ci = (
                 None
                 if cmp.rel_lift_ci is None
-                else (format_lift(cmp.rel_lift_ci[0]), format_lift(cmp.rel_lift_ci[1]))
+                else (fmt.format_lift(cmp.rel_lift_ci[0]), fmt.format_lift(cmp.rel_lift_ci[1]))
             )
             cells += [
                 _with_ci(diff(cmp.diff), diff_ci),
-                _with_ci(format_lift(cmp.rel_lift), lift_ci),
-                format_p_value(cmp.p_value),
+                _with_ci(fmt.format_lift(cmp.rel_lift), lift_ci),
+                fmt.format_p_value(cmp.p_value),
                 _verdict(cmp),
-                format_p_value(cmp.p_value_adjusted),
-                format_percent(cmp.chance_to_beat_control, 1),
+                fmt.format_p_value(cmp.p_value_adjusted),
+                fmt.format_percent(cmp.chance_to_beat_control, 1),
                 _decision(cmp),
             ]
         table.add_row(*cells)
@@ -126,10 +121,10 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
         f"{cmp.variant} vs {cmp.baseline}: {cmp.note}" for cmp in metric.comparisons if cmp.note
     ]
     if metric.cuped is not None and metric.cuped.applied:
-        notes.append(f"CUPED: variance -{format_percent(metric.cuped.variance_reduction, 1)}")
+        notes.append(f"CUPED: variance -{fmt.format_percent(metric.cuped.variance_reduction, 1)}")
     for cmp in metric.comparisons:
-        if cmp.sequential is not None and cmp.sequential.get("diff_ci") is not None:
-            lo, hi = cmp.sequential["diff_ci"]
+        if cmp.sequential is not None:
+            lo, hi = cmp.sequential.diff_ci
             notes.append(f"{cmp.variant}: always-valid CI [{diff(lo)}, {diff(hi)}]")
     if notes:
         table.caption = Text("; ".join(notes))
@@ -142,7 +137,7 @@ def report_renderable(result: AnalysisResult) -> RenderableType:
     parts: list[RenderableType] = [Text(f"Experiment {result.experiment}", style="bold")]
     if result.description:
         parts.append(Text(result.description))
-    srm = p_text(result.srm.p_value)
+    srm = fmt.p_text(result.srm.p_value)
     if result.srm.mismatch:
         parts.append(
             Text(
@@ -187,12 +182,12 @@ def print_table(result: AnalysisResult, console: Console) -> None:
         console.print(ranking_table(result))
 
 
-def bandit_renderable(bandit: Mapping[str, Any]) -> RenderableType:
+def bandit_renderable(bandit: BanditResult) -> RenderableType:
     """The bandit section: per context and arm, allocation, P(best), naive and IPW means; regret."""
-    metric_type = "proportion" if bandit["reward"] == "binary" else "mean"
-    confidence = f"{100 * (1 - bandit['alpha']):g}% CI"
+    metric_type = "proportion" if bandit.reward == "binary" else "mean"
+    confidence = f"{100 * (1 - bandit.alpha):g}% CI"
     table = Table(
-        title=Text(f"bandit: {bandit['reward_metric']} per {bandit['unit']}"),
+        title=Text(f"bandit: {bandit.reward_metric} per {bandit.unit}"),
         title_justify="left",
     )
     for column in ("context", "arm"):
@@ -202,45 +197,46 @@ def bandit_renderable(bandit: Mapping[str, Any]) -> RenderableType:
     table.add_column("P(best)", justify="right")
     table.add_column("naive mean", justify="right")
     table.add_column(Text(f"IPW mean [{confidence}]"), justify="right")
-    has_truth = any(row["truth"] is not None for row in bandit["arms"])
+    has_truth = any(clean_float(row.truth) is not None for row in bandit.arms)
     if has_truth:
         table.add_column("truth", justify="right", style="magenta")
 
     def value(v: float | None) -> str:
-        return format_value(metric_type, v)
+        return fmt.format_value(metric_type, v)
 
     notes = []
-    for row in bandit["arms"]:
-        ci = row["ipw_ci"]
+    for row in bandit.arms:
+        ci = clean_pair(row.ipw_ci)
         cells: list[RenderableType] = [
-            Text(row["context"] or "-"),
-            Text(row["arm"]),
-            f"{row['units']:,}",
-            format_percent(row["weight"], 1),
-            format_percent(row["p_best"], 1),
-            value(row["naive_mean"]),
-            _with_ci(value(row["ipw_mean"]), None if ci is None else (value(ci[0]), value(ci[1]))),
+            Text(row.context or "-"),
+            Text(row.arm),
+            f"{row.units:,}",
+            fmt.format_percent(row.weight, 1),
+            fmt.format_percent(row.p_best, 1),
+            value(row.naive_mean),
+            _with_ci(value(row.ipw_mean), None if ci is None else (value(ci[0]), value(ci[1]))),
         ]
         if has_truth:
-            cells.append(value(row["truth"]))
+            cells.append(value(clean_float(row.truth)))
         table.add_row(*cells)
-        if row["note"]:
-            notes.append(f"{row['arm']}: {row['note']}")
+        if row.note:
+            notes.append(f"{row.arm}: {row.note}")
     caption = [
-        f"{bandit['versions']:,} weight versions; IPW = Hajek (self-normalised) estimate "
+        f"{bandit.versions:,} weight versions; IPW = Hajek (self-normalised) estimate "
         "from the logged propensities"
     ]
-    check = bandit.get("allocation_check")
-    if check and check["units_checked"]:
-        verdict = "MISMATCH" if check["mismatch"] else "OK"
-        caption.append(f"allocation vs logged weights: {verdict} ({p_text(check['p_value'])})")
-    regret = bandit.get("regret")
-    if regret:
-        fixed = regret["fixed_total"]
-        saving = format_percent(1 - regret["total"] / fixed, 0) if fixed else DASH
+    check = bandit.allocation_check
+    if check.units_checked:
+        verdict = "MISMATCH" if check.mismatch else "OK"
+        p = fmt.p_text(clean_float(check.p_value))
+        caption.append(f"allocation vs logged weights: {verdict} ({p})")
+    regret = bandit.regret
+    if regret is not None:
+        fixed = regret.fixed_total
+        saving = fmt.format_percent(1 - regret.total / fixed, 0) if fixed else fmt.DASH
         caption.append(
-            f"cumulative regret over {regret['total_units']:,} units: "
-            f"{format_number(regret['total'])} (fixed equal split: {format_number(fixed)}, "
+            f"cumulative regret over {regret.total_units:,} units: "
+            f"{fmt.format_number(regret.total)} (fixed equal split: {fmt.format_number(fixed)}, "
             f"{saving} less)"
         )
     table.caption = Text("; ".join(caption + notes))
@@ -255,13 +251,5 @@ def ranking_table(result: AnalysisResult) -> Table:
     for column in ("slates", "hit rate", "NDCG", "coverage", "diversity", "novelty"):
         table.add_column(column, justify="right")
     for variant, values in (result.ranking or {}).items():
-        table.add_row(
-            variant,
-            f"{values['slates']:,}",
-            format_percent(values["hit_rate"], 1),
-            format_number(values["ndcg"]),
-            format_percent(values["coverage"], 1),
-            format_number(values["intra_list_diversity"]),
-            format_number(values["novelty"]),
-        )
+        table.add_row(variant, *fmt.ranking_cells(values).values())
     return table

@@ -1214,3 +1214,70 @@ def _stored_rule(experiment_id: int, key: str, document: Any) -> RewardRule | No
     except (ValueError, ConfigError):
         log.exception("experiment %r: no bandit reward rule", key)
         return None
+
+
+# --- read-only views for the analysis (reports.bandit) ----------------------------------
+
+
+@dataclass(frozen=True)
+class ArmTotals:
+    """The stored posterior totals of one arm in one context, as written (not clamped)."""
+
+    context: str | None
+    arm: str
+    units: int
+    reward_sum: float
+    reward_sq_sum: float
+
+
+def arm_totals(conn: Connection, experiment_id: int) -> list[ArmTotals]:
+    """Every ``bandit_state`` row of an experiment, by context and arm."""
+    rows = conn.execute(
+        select(
+            STATE.c.context, STATE.c.arm, STATE.c.units, STATE.c.reward_sum, STATE.c.reward_sq_sum
+        )
+        .where(STATE.c.experiment_id == experiment_id)
+        .order_by(STATE.c.context, STATE.c.arm)
+    ).all()
+    return [
+        ArmTotals(policy_context(c), str(a), int(n), float(total), float(total_sq))
+        for c, a, n, total, total_sq in rows
+    ]
+
+
+def weight_rows(
+    conn: Connection, experiment_id: int, max_points: int | None = None
+) -> list[ArmWeight]:
+    """The stored weight rows by version, context and arm; thinned in SQL with ``max_points``.
+
+    With ``max_points`` only every step-th version and the last are kept, at most about
+    ``max_points`` versions.
+    """
+    from dataclasses import fields  # here: this block moves into the bandit package at merge
+
+    # The columns of an ArmWeight, in its field order.
+    columns = [WEIGHTS.c[f.name] for f in fields(ArmWeight)]
+    query = select(*columns).where(WEIGHTS.c.experiment_id == experiment_id)
+    if max_points is not None:
+        last = conn.execute(
+            select(func.max(WEIGHTS.c.version)).where(WEIGHTS.c.experiment_id == experiment_id)
+        ).scalar_one()
+        if last is None:
+            return []
+        step = max(1, -(-(int(last) + 1) // max_points))
+        query = query.where((WEIGHTS.c.version % step == 0) | (WEIGHTS.c.version == int(last)))
+    rows = conn.execute(query.order_by(WEIGHTS.c.version, WEIGHTS.c.context, WEIGHTS.c.arm))
+    return [
+        ArmWeight(int(v), policy_context(c), str(a), float(w), float(p), int(u), t)
+        for v, c, a, w, p, u, t in rows
+    ]
+
+
+def lowest_weights(conn: Connection, experiment_id: int) -> dict[tuple[str | None, str], float]:
+    """The lowest weight each (context, arm) ever had."""
+    rows = conn.execute(
+        select(WEIGHTS.c.context, WEIGHTS.c.arm, func.min(WEIGHTS.c.weight))
+        .where(WEIGHTS.c.experiment_id == experiment_id)
+        .group_by(WEIGHTS.c.context, WEIGHTS.c.arm)
+    ).all()
+    return {(policy_context(c), str(a)): float(w) for c, a, w in rows}

@@ -17,8 +17,10 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from abplatform.config.loader import load_experiment_text
 from abplatform.errors import AbplatformError, NotFoundError
-from reports.analysis import AnalysisResult, MetricResult, aggregate_experiment, analyze
-from reports.stats import MeanStats, RatioStats
+from reports.aggregate import aggregate_experiment
+from reports.analysis import analyze
+from reports.results import AnalysisResult, MetricResult
+from reports.sufficient import MeanStats, RatioStats
 from tests.factories import (
     Event,
     Exposure,

@@ -24,7 +24,8 @@ from reports.cuped import CovariateSums, cuped_adjust
 from reports.multiple import adjust_pvalues
 from reports.power import mde_at, power_at, units_per_variant
 from reports.sequential import always_valid, always_valid_arrays, mixture_ratio
-from reports.stats import MeanStats, compare, mean_stats_from_values
+from reports.stats import Comparison, compare
+from reports.sufficient import MeanStats, mean_stats_from_values
 
 RTOL = 1e-10
 
@@ -94,7 +95,8 @@ def test_mixture_likelihood_ratio_matches_numerical_integration() -> None:
 
 
 def test_always_valid_is_wider_than_fixed_horizon_and_consistent() -> None:
-    res = always_valid(0.01, 0.004, 2000, 0.05, 5000, rel_lift=0.1, rel_lift_se=0.04)
+    cmp = Comparison(0.01, None, 0.1, None, None, None, se=0.004, rel_lift_se=0.04)
+    res = always_valid(cmp, 2000, 0.05, 5000)
     assert res.boundary > 1.959963984540054
     lo, hi = res.diff_ci
     assert_allclose([lo, hi], [0.01 - res.boundary * 0.004, 0.01 + res.boundary * 0.004])
@@ -104,10 +106,13 @@ def test_always_valid_is_wider_than_fixed_horizon_and_consistent() -> None:
 
 
 def test_always_valid_degenerate() -> None:
-    assert always_valid(0.0, 0.0, 10, 0.05).p_value == 1.0
-    assert always_valid(0.5, 0.0, 10, 0.05).p_value == 0.0
+    def estimate(diff: float, se: float) -> Comparison:
+        return Comparison(diff, None, None, None, None, None, se=se)
+
+    assert always_valid(estimate(0.0, 0.0), 10, 0.05).p_value == 1.0
+    assert always_valid(estimate(0.5, 0.0), 10, 0.05).p_value == 0.0
     with pytest.raises(ValueError, match="alpha must be in"):
-        always_valid(0.1, 0.1, 10, 1.5)
+        always_valid(estimate(0.1, 0.1), 10, 1.5)
 
 
 # ---------------------------------------------------------------------------

@@ -14,22 +14,22 @@ from sqlalchemy import Engine, select
 
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
-from reports.analysis import (
-    AnalysisResult,
-    ComparisonResult,
-    MetricResult,
-    SrmSummary,
-    VariantEstimate,
-    analyze,
-)
-from reports.render import (
+from reports.analysis import analyze
+from reports.charts import lift_chart
+from reports.formatting import (
     format_diff,
     format_lift,
     format_number,
     format_p_value,
     format_percent,
-    lift_chart,
-    render_report,
+)
+from reports.render import render_report
+from reports.results import (
+    AnalysisResult,
+    ComparisonResult,
+    MetricResult,
+    SrmSummary,
+    VariantEstimate,
 )
 from reports.table import print_table
 from tests.factories import TagChecker, add_run, seed_random_experiment

@@ -9,7 +9,8 @@ import numpy as np
 from numpy.testing import assert_allclose
 
 from reports.selfcheck import ratio_arrays, run_selfcheck, welch_arrays
-from reports.stats import compare, mean_stats_from_values, ratio_stats_from_values
+from reports.stats import compare
+from reports.sufficient import mean_stats_from_values, ratio_stats_from_values
 from tests.factories import cli
 
 

@@ -11,17 +11,12 @@ from numpy.typing import NDArray
 from scipy import stats as sps
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from reports.stats import (
-    SRM_ALPHA,
-    Comparison,
-    Estimate,
+from reports.stats import SRM_ALPHA, Comparison, Estimate, compare, estimate, srm_test
+from reports.sufficient import (
     MeanStats,
     RatioStats,
-    compare,
-    estimate,
     mean_stats_from_values,
     ratio_stats_from_values,
-    srm_test,
 )
 
 RTOL = 1e-10

@@ -1,0 +1,370 @@
+"""Sums of the per-unit values (`reports.units`): per variant (A/B) and per bandit arm (IPW).
+
+Everything per unit stays in the database: `build_aggregate_query` sums the per-unit
+subquery per variant into the sufficient statistics (``n``, sums, sums of squares and
+cross-products) and `arm_sums` sums it with each bandit unit's propensity into the
+inverse-propensity sums; Python only sees one row per variant or (context, arm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Connection,
+    Float,
+    Select,
+    cast,
+    distinct,
+    func,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
+from sqlalchemy.orm import Session
+
+from abplatform.config.models import MeanMetric, ProportionMetric, RatioMetric
+from abplatform.storage import models as m
+from reports.cuped import CovariateSums
+from reports.ipw import ArmSums
+from reports.results import UnitKind
+from reports.sufficient import MeanStats, RatioStats
+from reports.units import (
+    IMPRESSION,
+    PRE,
+    UNKNOWN_CODE,
+    PrePeriod,
+    ValueKey,
+    float_constant,
+    metric_key,
+    unit_values,
+    value_key,
+)
+
+__all__ = [
+    "ExperimentAggregates",
+    "aggregate_experiment",
+    "arm_sums",
+    "arm_version_counts",
+    "build_aggregate_query",
+    "cuped_eligible",
+]
+
+Metric = ProportionMetric | MeanMetric | RatioMetric
+
+_EXPOSURES = m.Exposure.__table__
+_MULTIPLE_CODE = -2
+"""Row code of the units exposed to more than one variant."""
+
+
+@dataclass(frozen=True)
+class ExperimentAggregates:
+    """What the SQL aggregation returns: units per variant and each metric's statistics.
+
+    Attributes
+    ----------
+    units : mapping of str to int
+        Analysed units per configured variant, in config order (0 when none).
+    multiple_variants : int
+        Units exposed to more than one variant (excluded everywhere).
+    unknown_units : int
+        Units whose exposures are all in variants missing from the config
+        (excluded everywhere).
+    unknown_variants : mapping of str to int
+        Those variants with their numbers of units.
+    stats : mapping of str to mapping of str to MeanStats or RatioStats
+        ``stats[metric_name][variant]`` for every configured variant.
+    """
+
+    units: Mapping[str, int]
+    multiple_variants: int = 0
+    unknown_units: int = 0
+    unknown_variants: Mapping[str, int] = field(default_factory=dict)
+    stats: Mapping[str, Mapping[str, MeanStats | RatioStats]] = field(default_factory=dict)
+    covariates: Mapping[str, Mapping[str, CovariateSums]] = field(default_factory=dict)
+    """``covariates[metric_name][variant]``: CUPED sums of the metrics that asked for them."""
+
+    @property
+    def total_exposed(self) -> int:
+        """All units with at least one exposure, excluded ones included."""
+        return sum(self.units.values()) + self.multiple_variants + self.unknown_units
+
+
+# ---------------------------------------------------------------------------
+# Which per-unit values a metric needs
+# ---------------------------------------------------------------------------
+
+
+def _metric_terms(metric: Metric) -> dict[str, tuple[ValueKey, ...]]:
+    """The per-variant sums a metric needs, by sufficient-statistic field name."""
+    if isinstance(metric, RatioMetric):
+        x = value_key(metric.numerator.event, metric.numerator.value)
+        y = value_key(metric.denominator.event, metric.denominator.value)
+        return {"num": (x,), "den": (y,), "num_sq": (x, x), "den_sq": (y, y), "num_den": (x, y)}
+    v = metric_key(metric)
+    # A 0/1 value is its own square.
+    return {"total": (v,), "total_sq": (v,) if v[1] == "any" else (v, v)}
+
+
+def cuped_eligible(metric: Metric) -> bool:
+    """CUPED needs a pre-period value of the same event: not ratios, not impressions."""
+    return not isinstance(metric, RatioMetric) and metric.event != IMPRESSION
+
+
+def _covariate_terms(metric: Metric) -> dict[str, tuple[ValueKey, ...]]:
+    """The extra per-variant sums CUPED needs (covariate x = same aggregate, pre-period)."""
+    if isinstance(metric, RatioMetric) or not cuped_eligible(metric):
+        return {}
+    y = metric_key(metric)
+    x: ValueKey = (PRE + y[0], y[1])
+    return {"x": (x,), "x_sq": (x,) if x[1] == "any" else (x, x), "xy": (x, y)}
+
+
+def _plan(
+    metrics: Sequence[Metric], covariates: Sequence[Metric] = ()
+) -> dict[tuple[ValueKey, ...], str]:
+    """Product of 1 or 2 per-unit values -> label of its per-variant SUM."""
+    products = [p for metric in metrics for p in _metric_terms(metric).values()]
+    products += [p for metric in covariates for p in _covariate_terms(metric).values()]
+    sums: dict[tuple[ValueKey, ...], str] = {}
+    for product in products:
+        sums.setdefault(tuple(sorted(product)), f"s{len(sums)}")
+    return sums
+
+
+# ---------------------------------------------------------------------------
+# A/B analysis: per-variant sums
+# ---------------------------------------------------------------------------
+
+
+def build_aggregate_query(
+    experiment_id: int,
+    variants: Sequence[str],
+    metrics: Sequence[Metric],
+    covariates: Sequence[Metric] = (),
+    pre_period: PrePeriod | None = None,
+) -> CompoundSelect[*tuple[Any, ...]]:
+    """The one SQL statement that turns exposures and events into per-variant sums.
+
+    Parameters
+    ----------
+    experiment_id : int
+        Primary key of the experiment.
+    variants : sequence of str
+        The configured variant keys; row ``code`` ``i`` is ``variants[i]``.
+    metrics : sequence of metric configs
+        The metrics whose sufficient statistics are needed.
+    covariates : sequence of metric configs, optional
+        Metrics that also need CUPED sums (``x``, ``x*x``, ``x*y``), where ``x``
+        is the unit's same aggregate of the same event type before its first
+        exposure (see `unit_values`); units without history have ``x = 0``.
+    pre_period : PrePeriod, optional
+        Where those pre-period values come from; required with ``covariates``.
+
+    Returns
+    -------
+    CompoundSelect
+        Rows ``(code, n, s0, s1, ...)``: one per configured variant (``code``
+        0, 1, ...), one with code -1 counting the units seen only in variants
+        missing from the config and one with code -2 counting the units exposed
+        to several variants (their sums are NULL). ``s*`` are floats, NULL when
+        no unit contributed.
+
+    Notes
+    -----
+    ``SELECT i, COUNT(*), SUM(v0), SUM(v0 * v1), ... FROM unit_values WHERE code = i AND
+    code_max = i`` per variant, ``UNION ALL`` the two counts of excluded units. SQLite has
+    no hash aggregation, so ``GROUP BY variant`` over a million units sorts them; one
+    filtered scan of the materialised ``units`` per variant is cheaper, and integer
+    variant codes make ``MIN``/``MAX`` cheaper than on strings.
+    """
+    sums = _plan(metrics, covariates)
+    if any(key[0].startswith(PRE) for product in sums for key in product) and not pre_period:
+        raise ValueError("CUPED covariates need the pre-period history (PrePeriod)")
+    values = unit_values(
+        experiment_id,
+        (key for product in sums for key in product),
+        variants=variants,
+        pre_period=pre_period,
+    )
+    units, table = values.units, values.table
+    totals = [func.sum(values.product(factors)).label(label) for factors, label in sums.items()]
+    branches: list[Select[*tuple[Any, ...]]] = []
+    for i in range(len(variants)):
+        code: ColumnElement[int] = literal_column(str(i))
+        branches.append(
+            select(code.label("code"), func.count().label("n"), *totals).where(
+                table.c.code == code, table.c.code_max == code
+            )
+        )
+    no_sums = [cast(null(), Float).label(label) for label in sums.values()]
+    unknown: ColumnElement[int] = literal_column(str(UNKNOWN_CODE))
+    branches.append(
+        select(unknown.label("code"), func.count().label("n"), *no_sums)
+        .select_from(units)
+        .where(units.c.code == unknown, units.c.code_max == unknown)
+    )
+    branches.append(
+        select(literal_column(str(_MULTIPLE_CODE)).label("code"), func.count().label("n"), *no_sums)
+        .select_from(units)
+        .where(units.c.code != units.c.code_max)
+    )
+    return union_all(*branches)
+
+
+def _as_float(value: Any) -> float:
+    # SUM over no values is NULL; be lenient about Decimal from other drivers.
+    return 0.0 if value is None else float(value)
+
+
+def _unknown_variants(
+    connection: Connection | Session, experiment_id: int, variants: Sequence[str]
+) -> dict[str, int]:
+    """Units per variant key that is not in the config (only run when there are some)."""
+    query = (
+        select(_EXPOSURES.c.variant, func.count(distinct(_EXPOSURES.c.unit_id)))
+        .where(
+            _EXPOSURES.c.experiment_id == experiment_id,
+            _EXPOSURES.c.variant.not_in(list(variants)),
+        )
+        .group_by(_EXPOSURES.c.variant)
+        .order_by(_EXPOSURES.c.variant)
+    )
+    return {str(variant): int(n) for variant, n in connection.execute(query).all()}
+
+
+def aggregate_experiment(
+    connection: Connection | Session,
+    experiment_id: int,
+    variants: Sequence[str],
+    metrics: Sequence[Metric],
+    covariates: Sequence[Metric] = (),
+    pre_period: PrePeriod | None = None,
+) -> ExperimentAggregates:
+    """Run the aggregation query and build each metric's per-variant statistics.
+
+    Parameters
+    ----------
+    connection : Connection or Session
+        Where to run the query.
+    experiment_id : int
+        Primary key of the experiment.
+    variants : sequence of str
+        The configured variant keys.
+    metrics : sequence of metric configs
+        The metrics to aggregate.
+    covariates, pre_period
+        Metrics that also get CUPED covariate sums, from the pre-period history
+        (see `build_aggregate_query`); ratio and impression metrics are skipped.
+
+    Returns
+    -------
+    ExperimentAggregates
+        Units per configured variant, the excluded units and, for every metric,
+        `MeanStats` (proportion, mean) or `RatioStats` (ratio) per variant.
+        ``total_exposed == 0`` when the experiment has no exposures.
+    """
+    variants = list(variants)
+    covariates = [metric for metric in covariates if cuped_eligible(metric)]
+    labels = _plan(metrics, covariates)
+    query = build_aggregate_query(experiment_id, variants, metrics, covariates, pre_period)
+    by_code = {int(row["code"]): row for row in connection.execute(query).mappings()}
+    units = {key: int(by_code[i]["n"]) for i, key in enumerate(variants)}
+
+    def sums_of(terms: Mapping[str, tuple[ValueKey, ...]], key: str) -> dict[str, float]:
+        row = by_code[variants.index(key)]
+        return {name: _as_float(row[labels[tuple(sorted(f))]]) for name, f in terms.items()}
+
+    stats: dict[str, dict[str, MeanStats | RatioStats]] = {}
+    for metric in metrics:
+        kind = RatioStats if isinstance(metric, RatioMetric) else MeanStats
+        terms = _metric_terms(metric)
+        stats[metric.name] = {key: kind(n=n, **sums_of(terms, key)) for key, n in units.items()}
+    covariate_sums = {
+        metric.name: {key: CovariateSums(**sums_of(_covariate_terms(metric), key)) for key in units}
+        for metric in covariates
+    }
+    unknown_units = int(by_code[UNKNOWN_CODE]["n"])
+    return ExperimentAggregates(
+        units=units,
+        multiple_variants=int(by_code[_MULTIPLE_CODE]["n"]),
+        unknown_units=unknown_units,
+        unknown_variants=_unknown_variants(connection, experiment_id, variants)
+        if unknown_units
+        else {},
+        stats=stats,
+        covariates=covariate_sums,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Bandit analysis: per (context, arm) inverse-propensity sums
+# ---------------------------------------------------------------------------
+
+
+def arm_sums(
+    conn: Connection,
+    experiment_id: int,
+    metric: ProportionMetric | MeanMetric,
+    kind: UnitKind,
+) -> tuple[list[ArmSums], int]:
+    """Per (context, arm) IPW sums of the bandit units' rewards, and the units excluded.
+
+    A unit's reward is its per-unit value of the reward metric (`unit_values`). Units whose
+    exposures carry more than one arm (only possible with logs from elsewhere) or no
+    positive propensity are excluded and counted.
+    """
+    values = unit_values(experiment_id, [metric_key(metric)], kind=kind)
+    u = values.table
+    y, p = values.value(metric_key(metric)), u.c.propensity
+    one = float_constant(1.0)
+    rows = conn.execute(
+        select(
+            u.c.context,
+            u.c.arm,
+            func.count(),
+            func.sum(one / p),
+            func.sum(one / (p * p)),
+            func.sum(y),
+            func.sum(y * y),
+            func.sum(y / p),
+            func.sum(y / (p * p)),
+            func.sum(y * y / (p * p)),
+            func.min(p),
+        )
+        .where(u.c.arm == u.c.arm_max, p > 0)
+        .group_by(u.c.context, u.c.arm)
+        .order_by(u.c.context, u.c.arm)
+    ).all()
+    out = [
+        ArmSums(str(row[0]), str(row[1]), int(row[2]), *(_as_float(v) for v in row[3:11]))
+        for row in rows
+    ]
+    units = values.units
+    excluded = conn.execute(
+        select(func.count())
+        .select_from(units)
+        .where((units.c.arm != units.c.arm_max) | (units.c.propensity <= 0))
+    ).scalar_one()
+    return out, int(excluded)
+
+
+def arm_version_counts(
+    conn: Connection, experiment_id: int, kind: UnitKind
+) -> list[tuple[str, int | None, str, int]]:
+    """Bandit units per (context, weight version, arm); units with several arms left out."""
+    units = unit_values(experiment_id, (), kind=kind, materialized=False).units
+    rows = conn.execute(
+        select(units.c.context, units.c.version, units.c.arm, func.count())
+        .where(units.c.arm == units.c.arm_max)
+        .group_by(units.c.context, units.c.version, units.c.arm)
+    ).all()
+    return [
+        (str(c), None if version is None else int(version), str(arm), int(n))
+        for c, version, arm, n in rows
+    ]
