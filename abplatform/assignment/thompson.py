@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from abplatform.assignment.base import BatchDecision
+from abplatform.assignment.base import BatchDecision, MissingContext
 from abplatform.config.models import ThompsonAssignmentConfig
 from abplatform.domain import Decision
 
@@ -29,6 +29,7 @@ __all__ = [
     "allocate_many",
     "allocation_weights",
     "allocation_weights_many",
+    "as_thompson",
     "choose_arms",
 ]
 
@@ -471,6 +472,13 @@ class ThompsonDecision(Decision):
     weight_version: int = 0
 
 
+def as_thompson(decision: Decision) -> ThompsonDecision:
+    """A decision a Thompson policy drew (TypeError for another policy's)."""
+    if not isinstance(decision, ThompsonDecision):
+        raise TypeError(f"a Thompson policy settles its own decisions, got {decision!r}")
+    return decision
+
+
 @dataclass
 class _ContextState:
     posteriors: list[Posterior]
@@ -499,7 +507,7 @@ class ThompsonPolicy:
         Weights stay equal until every arm (in a context) has at least this many units.
     sticky : bool
         A unit keeps its first decision (held in memory here; `PersistentThompsonPolicy` in
-        `abplatform.storage.bandit` keeps it in SQL).
+        `abplatform.bandit` keeps it in SQL).
     context_key : str or None
         Key of the `context` mapping whose value selects a separate set of posteriors
         (e.g. ``"scene"``); None pools every unit.
@@ -561,7 +569,6 @@ class ThompsonPolicy:
         reward: Literal["binary", "gaussian"] = "binary",
     ) -> ThompsonPolicy:
         """A policy from its config block and the experiment's variant keys."""
-        config.check_arms(len(variant_keys))
         return cls(
             variant_keys,
             reward=reward,
@@ -591,7 +598,7 @@ class ThompsonPolicy:
         if self.context_key is None:
             return None
         if context is None or self.context_key not in context:
-            raise ValueError(f"this policy needs context[{self.context_key!r}]")
+            raise MissingContext(self.context_key)
         return str(context[self.context_key])
 
     def contexts(self) -> tuple[str | None, ...]:
@@ -618,7 +625,7 @@ class ThompsonPolicy:
         """Whether some arm of the context has fewer than `burn_in_units` units."""
         return min(p.n for p in self._state(context).posteriors) < self.burn_in_units
 
-    def draw(self, context: str | None, u: float | None = None) -> ThompsonDecision:
+    def draw_arm(self, context: str | None, u: float | None = None) -> ThompsonDecision:
         """Draw an arm from a context's weights in force (no stickiness)."""
         state = self._state(context)
         if u is None:
@@ -659,10 +666,36 @@ class ThompsonPolicy:
         state = self._state(value)
         if self.sticky and unit_id in state.sticky:
             return state.sticky[unit_id]
-        decision = self.draw(value, u)
+        decision = self.draw_arm(value, u)
         if self.sticky:
             state.sticky[unit_id] = decision
         return decision
+
+    def draw(self, unit_id: str, context: Mapping[str, Any] | None = None) -> ThompsonDecision:
+        """An arm drawn from the weights in force in the request's context (memory).
+
+        Raises `MissingContext` when the policy has a context key the request lacks.
+        """
+        return self.draw_arm(self.context_value(context))
+
+    def known(
+        self, unit_id: str, context: Mapping[str, Any] | None = None
+    ) -> ThompsonDecision | None:
+        """A sticky unit's first decision, if it has one."""
+        return self._state(self.context_value(context)).sticky.get(unit_id)
+
+    def settle(
+        self, unit_id: str, context: Mapping[str, Any] | None, decision: Decision
+    ) -> ThompsonDecision:
+        """The decision in force: the drawn one, or a sticky unit's first one."""
+        drawn = as_thompson(decision)
+        if not self.sticky:
+            return drawn
+        return self._state(self.context_value(context)).sticky.setdefault(unit_id, drawn)
+
+    def sync(self) -> Callable[[], None] | None:
+        """State lives in this object only: nothing to fetch."""
+        return None
 
     def assign_batch(
         self,

@@ -12,7 +12,7 @@ import pytest
 from abplatform.assignment.base import AssignmentPolicy
 from abplatform.assignment.engine import build_policy
 from abplatform.config import load_experiment_text
-from abplatform.storage.bandit import PersistentThompsonPolicy
+from abplatform.bandit import PersistentThompsonPolicy
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment
 

@@ -24,7 +24,7 @@ from abplatform.assignment.thompson import (
 )
 from abplatform.config import load_experiment_text
 from abplatform.storage import models as m
-from abplatform.storage.bandit import BanditStore, PersistentThompsonPolicy
+from abplatform.bandit import BanditStore, PersistentThompsonPolicy
 from abplatform.storage.db import make_engine, transaction, upgrade
 from abplatform.storage.repository import save_experiment
 from tests.storage import bandit_workers as workers
