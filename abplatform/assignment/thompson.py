@@ -30,6 +30,7 @@ __all__ = [
     "allocation_weights",
     "allocation_weights_many",
     "as_thompson",
+    "check_floor",
     "choose_arms",
 ]
 
@@ -273,13 +274,18 @@ def _top_two(p_best: FloatArray, second: FloatArray, beta: float) -> FloatArray:
     return mixed
 
 
-def _apply_floor(weights: FloatArray, min_weight: float) -> FloatArray:
-    arms = weights.shape[-1]
+def check_floor(min_weight: float, arms: int) -> None:
+    """Raise ValueError unless a floor of ``min_weight`` fits ``arms`` arms."""
     if min_weight < 0 or min_weight * arms > 1 + 1e-12:
         raise ValueError(
             f"min_weight * arms must lie in [0, 1], got min_weight={min_weight} * "
             f"arms={arms} = {min_weight * arms:g}; lower min_weight below {1 / arms:g}"
         )
+
+
+def _apply_floor(weights: FloatArray, min_weight: float) -> FloatArray:
+    arms = weights.shape[-1]
+    check_floor(min_weight, arms)
     # Affine shrink towards uniform: keeps the order of arms and the sum of 1.
     floored: FloatArray = min_weight + (1.0 - arms * min_weight) * weights
     return floored
@@ -351,8 +357,7 @@ def allocate_many(
     if len(posteriors) == 0 or len(posteriors[0]) == 0:
         raise ValueError("need at least one context with at least one arm")
     arms = len(posteriors[0])
-    if min_weight < 0 or min_weight * arms > 1 + 1e-12:
-        _apply_floor(np.zeros((1, arms)), min_weight)  # raises with the message
+    check_floor(min_weight, arms)
     chosen = _resolve_method(posteriors, top_two, method)
     if chosen == "quadrature":
         p_best = _quadrature_weights(posteriors, top_two)
@@ -554,7 +559,7 @@ class ThompsonPolicy:
         self.sticky = sticky
         self.context_key = context_key
         self.version = 0
-        _apply_floor(np.full(len(keys), 1 / len(keys)), min_weight)  # validates min_weight
+        check_floor(min_weight, len(keys))
         mc_seed, assign_seed = np.random.SeedSequence(seed).spawn(2)
         self._mc_rng = np.random.default_rng(mc_seed)
         self._assign_rng = np.random.default_rng(assign_seed)

@@ -20,8 +20,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from abplatform.assignment.thompson import ThompsonDecision
-from abplatform.config import load_experiment_text
-from abplatform.storage import models as m
 from abplatform.bandit import (
     BanditFeedback,
     BanditStore,
@@ -29,6 +27,8 @@ from abplatform.bandit import (
     PersistentThompsonPolicy,
     RewardRule,
 )
+from abplatform.config import load_experiment_text
+from abplatform.storage import models as m
 from abplatform.storage.db import make_engine, transaction, upgrade
 from abplatform.storage.repository import save_experiment, utcnow
 
