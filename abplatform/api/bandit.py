@@ -39,8 +39,8 @@ def build_server_policy(
         if feedback is not None:
             feedback.forget(experiment_id)
         return build_policy(config)
-    policy = PersistentThompsonPolicy.from_spec(
-        engine, experiment_id, spec, refresh_seconds=math.inf, count_trials=True
+    policy = PersistentThompsonPolicy.from_config(
+        engine, experiment_id, config, refresh_seconds=math.inf, count_trials=True
     )
     if feedback is not None:
         feedback.register(RewardRule.from_spec(experiment_id, spec))

@@ -6,29 +6,37 @@ import copy
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
-import numpy as np
-import numpy.typing as npt
 from sqlalchemy import Engine
 
-from abplatform.assignment.base import BatchDecision
 from abplatform.assignment.engine import build_thompson_policy
 from abplatform.assignment.thompson import (
+    AssignEach,
     ContextRewards,
     ThompsonDecision,
     ThompsonPolicy,
     as_thompson,
+    check_at_least,
 )
 from abplatform.bandit.store import BanditStore
 from abplatform.bandit.tables import WeightVersion
-from abplatform.config.models import BanditSpec, ExperimentConfig
+from abplatform.config.models import ExperimentConfig
 from abplatform.domain import SCENES, Decision
 
 
-class PersistentThompsonPolicy:
+class Options(TypedDict, total=False):
+    """The optional settings of `PersistentThompsonPolicy` (see its constructor)."""
+
+    refresh_seconds: float
+    clock: Callable[[], float]
+    count_trials: bool
+    sticky_cache_size: int
+
+
+class PersistentThompsonPolicy(AssignEach):
     """A Thompson policy for long-running servers: state in SQL, shared by processes.
 
     Non-sticky assignment draws from cached weights (no SQL round trip); the cache follows
@@ -41,9 +49,9 @@ class PersistentThompsonPolicy:
     A server counts trials instead (``count_trials=True``): a sticky unit's first decision
     adds its unit, a per-request exposure adds one when written, and rewards come from
     events (`apply_bandit_feedback`). It splits the work so that serving never waits on
-    SQL it does not need: `draw` (memory) and `settle` (the sticky look-up) per request;
-    `publish_due`, `fetch_weights` (SQL, any thread) and `apply_weights` (memory, the
-    serving thread) in the background.
+    SQL it does not need: `draw` and `known` (memory) and `settle` (the sticky look-up)
+    per request; `sync` (SQL, any thread) and what it returns (memory, the serving thread)
+    in the background.
     """
 
     def __init__(
@@ -61,8 +69,7 @@ class PersistentThompsonPolicy:
             raise ValueError(
                 f"policy arms {policy.variant_keys} differ from store arms {store.arms}"
             )
-        if update_every < 1:
-            raise ValueError(f"update_every must be >= 1, got {update_every}")
+        check_at_least("update_every", update_every, 1)
         self.store = store
         self.policy = policy
         # Weight updates are computed on a copy: the serving policy's weights only change
@@ -90,43 +97,13 @@ class PersistentThompsonPolicy:
         engine: Engine,
         experiment_id: int,
         config: ExperimentConfig,
-        *,
-        refresh_seconds: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-        count_trials: bool = False,
+        **options: Unpack[Options],
     ) -> PersistentThompsonPolicy:
         """The persistent policy of a stored bandit experiment (ValueError if not a bandit)."""
-        return cls.from_spec(
-            engine,
-            experiment_id,
-            config.require_bandit(),
-            refresh_seconds=refresh_seconds,
-            clock=clock,
-            count_trials=count_trials,
-        )
-
-    @classmethod
-    def from_spec(
-        cls,
-        engine: Engine,
-        experiment_id: int,
-        spec: BanditSpec,
-        *,
-        refresh_seconds: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-        count_trials: bool = False,
-    ) -> PersistentThompsonPolicy:
-        """The persistent policy of a stored bandit experiment's facts."""
+        spec = config.require_bandit()
         policy = build_thompson_policy(spec)
         store = BanditStore(engine, experiment_id, policy.variant_keys)
-        return cls(
-            store,
-            policy,
-            update_every=spec.assignment.update_every,
-            refresh_seconds=refresh_seconds,
-            clock=clock,
-            count_trials=count_trials,
-        )
+        return cls(store, policy, update_every=spec.assignment.update_every, **options)
 
     @property
     def version(self) -> int:
@@ -237,17 +214,6 @@ class PersistentThompsonPolicy:
         serving policy takes the version through `fetch_weights` + `apply_weights`.
         """
         return self.store.publish_if_due(self._publisher, self.update_every, force=force)
-
-    def assign_batch(
-        self,
-        unit_ids: Sequence[str] | npt.NDArray[np.str_],
-        context: Mapping[str, Any] | None = None,
-    ) -> BatchDecision:
-        """`assign` for many units sharing one context; ``bucket`` is NaN."""
-        decisions = [self.assign(str(unit_id), context) for unit_id in unit_ids]
-        index = np.array([self.variant_keys.index(d.variant) for d in decisions], dtype=np.int64)
-        propensity = np.array([d.propensity for d in decisions], dtype=np.float64)
-        return BatchDecision(index, propensity, np.full(len(decisions), np.nan))
 
     def record_rewards(self, rewards: ContextRewards) -> int | None:
         """Add rewards to SQL; publish new weights when due. Returns the new version or None."""

@@ -82,6 +82,13 @@ def _bump(increments: _Increments, key: tuple[int, str, str], *values: float) ->
         cell[i] += value
 
 
+def _bump_reward(
+    increments: _Increments, key: tuple[int, str, str], old: float, new: float
+) -> None:
+    """Add a trial's reward change (``old`` -> ``new``) to its arm's sums."""
+    _bump(increments, key, 0.0, new - old, new * new - old**2)
+
+
 def _count_exposure_trials(
     conn: Connection,
     rules: Mapping[int, RewardRule],
@@ -240,13 +247,7 @@ def _update_unit_rewards(
                 continue
             new_units.append(str(unit))
             new_rewards.append(new)
-            _bump(
-                increments,
-                (exp_id, context_id, str(arm)),
-                0.0,
-                new - float(old),
-                new * new - float(old) ** 2,
-            )
+            _bump_reward(increments, (exp_id, context_id, str(arm)), float(old), new)
         where = {"experiment_id": exp_id, "context": context_id}
         _set_rewards(conn, t, "unit_id", where, new_units, new_rewards)
         changed += len(new_units)
@@ -323,13 +324,7 @@ def _update_exposure_rewards(
                 continue
             ids.append(int(exposure_id))
             rewards.append(new)
-            _bump(
-                increments,
-                (wanted, str(context), str(arm)),
-                0.0,
-                new - float(old),
-                new * new - float(old) ** 2,
-            )
+            _bump_reward(increments, (wanted, str(context), str(arm)), float(old), new)
     _set_rewards(conn, t, "exposure_id", {}, ids, rewards)
     return len(ids)
 
