@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import numpy as np
 from scipy import special
@@ -169,6 +169,16 @@ def _resolve_method(
     return "quadrature" if quadrature_fits else "monte_carlo"
 
 
+class AllocationOptions(TypedDict, total=False):
+    """The optional parameters of `allocate_many` (documented on `allocation_weights_many`)."""
+
+    draws: int
+    top_two: bool
+    top_two_beta: float
+    min_weight: float
+    method: Method
+
+
 def allocate_many(
     posteriors: Sequence[Sequence[Posterior]],
     *,
@@ -216,12 +226,8 @@ def allocate_many(
 def allocation_weights_many(
     posteriors: Sequence[Sequence[Posterior]],
     *,
-    draws: int = 10_000,
     rng: np.random.Generator,
-    top_two: bool = False,
-    top_two_beta: float = 0.5,
-    min_weight: float = 0.0,
-    method: Method = "monte_carlo",
+    **options: Unpack[AllocationOptions],
 ) -> FloatArray:
     """Thompson allocation weights for C contexts x K arms at once.
 
@@ -229,7 +235,7 @@ def allocation_weights_many(
     ----------
     posteriors : sequence of C sequences of K posteriors
         All of one kind (all Beta or all Gaussian).
-    draws : int
+    draws : int, default 10,000
         Monte Carlo draws per context; the standard error of a weight ``p`` is
         ``sqrt(p (1 - p) / draws)``.
     rng : numpy.random.Generator
@@ -264,26 +270,14 @@ def allocation_weights_many(
     Plain weights are each arm's posterior probability of having the largest mean,
     estimated as the share of joint draws in which it is the argmax.
     """
-    return allocate_many(
-        posteriors,
-        draws=draws,
-        rng=rng,
-        top_two=top_two,
-        top_two_beta=top_two_beta,
-        min_weight=min_weight,
-        method=method,
-    ).weights
+    return allocate_many(posteriors, rng=rng, **options).weights
 
 
 def allocation_weights(
     posteriors: Sequence[Posterior],
     *,
-    draws: int = 10_000,
     rng: np.random.Generator,
-    top_two: bool = False,
-    top_two_beta: float = 0.5,
-    min_weight: float = 0.0,
-    method: Method = "monte_carlo",
+    **options: Unpack[AllocationOptions],
 ) -> FloatArray:
     """Thompson allocation weights of K arms (see `allocation_weights_many`).
 
@@ -292,13 +286,5 @@ def allocation_weights(
     numpy.ndarray
         Shape (K,), summing to 1, each at least ``min_weight``.
     """
-    weights: FloatArray = allocation_weights_many(
-        [posteriors],
-        draws=draws,
-        rng=rng,
-        top_two=top_two,
-        top_two_beta=top_two_beta,
-        min_weight=min_weight,
-        method=method,
-    )[0]
+    weights: FloatArray = allocate_many([posteriors], rng=rng, **options).weights[0]
     return weights
