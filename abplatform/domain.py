@@ -27,6 +27,11 @@ class Decision:
     propensity: float
     bucket: float | None = None
 
+    @property
+    def weight_version(self) -> int | None:
+        """The bandit weight version the decision was drawn from; None for hashing."""
+        return None
+
 
 @dataclass(frozen=True)
 class RecRequest:

@@ -37,9 +37,9 @@ from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from abplatform.bandit import BanditFeedback
 from abplatform.journal import Journal, Segment
 from abplatform.storage import models as m
-from abplatform.storage.bandit import BanditFeedback
 from abplatform.storage.bulk import bulk_insert, id_mark_path, reserve_above_mark, reserve_ids
 
 log = logging.getLogger(__name__)

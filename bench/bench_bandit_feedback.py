@@ -22,17 +22,25 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, create_engine, text
 
-from abplatform.config import load_experiment_text
-from abplatform.storage.bandit import (
+from abplatform.bandit import (
+    NO_CONTEXT,
     BanditFeedback,
     BanditStore,
     PersistentThompsonPolicy,
+    RewardRule,
+    StickyDecisions,
+    apply_bandit_feedback,
+    delete_bandit_rows,
+    write_sticky_decisions,
 )
+from abplatform.config import load_experiment_text
+from abplatform.storage.bulk import seconds_to_sql
 from abplatform.storage.db import make_engine, transaction, upgrade
 from abplatform.storage.repository import save_experiment, utcnow
 from abplatform.writer import BufferedWriter, EventRow
@@ -61,47 +69,35 @@ def _save(engine: Engine, yaml: str) -> int:
         return save_experiment(session, load_experiment_text(yaml), "default").id
 
 
+@dataclass(frozen=True)
+class _Exposure:
+    """A per-request exposure as the bandit sees it (`ExposureFacts`)."""
+
+    experiment_id: int
+    variant: str
+    scene: str | None = None
+    weight_version: int | None = 0
+
+
 def _seed_trials(engine: Engine, sticky: int, per_request: int) -> None:
     """UNITS sticky units and UNITS per-request exposures (trials), inserted in bulk: the
     bench measures rewards, not set-up."""
-    now = utcnow()
-    rows = [
-        {
-            "experiment_id": sticky,
-            "context": "",
-            "unit_id": f"u{i}",
-            "arm": "abc"[i % 3],
-            "propensity": 1 / 3,
-            "weight_version": 0,
-            "assigned_at": now,
-        }
-        for i in range(UNITS)
-    ]
+    arms = ["abc"[i % 3] for i in range(UNITS)]
+    decisions = StickyDecisions(
+        context=[NO_CONTEXT] * UNITS,
+        unit_id=[f"u{i}" for i in range(UNITS)],
+        arm=arms,
+        propensity=[1 / 3] * UNITS,
+        weight_version=[0] * UNITS,
+        assigned_at=seconds_to_sql([int(time.time())] * UNITS),
+    )
+    rule = RewardRule(per_request, ("a", "b", "c"), "purchase", True, False, False, False)
     with engine.begin() as conn:
-        conn.execute(text("DELETE FROM bandit_assignments"))
-        conn.execute(text("DELETE FROM bandit_exposures"))
-        conn.execute(
-            text(
-                "INSERT INTO bandit_assignments (experiment_id, context, unit_id, arm, "
-                "propensity, weight_version, assigned_at) VALUES (:experiment_id, :context, "
-                ":unit_id, :arm, :propensity, :weight_version, :assigned_at)"
-            ),
-            rows,
-        )
-        conn.execute(
-            text(
-                "INSERT INTO bandit_exposures (exposure_id, experiment_id, context, arm, reward) "
-                "VALUES (:exposure_id, :experiment_id, '', :arm, 0)"
-            ),
-            [
-                {
-                    "exposure_id": i + 1,
-                    "experiment_id": per_request,
-                    "arm": "abc"[i % 3],
-                }
-                for i in range(UNITS)
-            ],
-        )
+        delete_bandit_rows(conn, sticky)
+        delete_bandit_rows(conn, per_request)
+        write_sticky_decisions(conn, sticky, decisions)
+        exposures = [_Exposure(per_request, arm) for arm in arms]
+        apply_bandit_feedback(conn, {per_request: rule}, range(1, UNITS + 1), exposures, [])
 
 
 async def _events_per_second(
@@ -188,17 +184,18 @@ def bench(url: str, label: str, seconds: float) -> None:
     served = PersistentThompsonPolicy.from_config(
         engine, per_request, config, refresh_seconds=float("inf"), count_trials=True
     )
-    draw = _time_per_call(lambda: served.draw(None), 20_000)
+    draw = _time_per_call(lambda: served.draw("u1"), 20_000)
     config = load_experiment_text(BANDIT.format(key="sticky", sticky="true"))
     sticky_policy = PersistentThompsonPolicy.from_config(
         engine, sticky, config, refresh_seconds=float("inf"), count_trials=True
     )
-    sticky_policy.settle("u1", None, sticky_policy.draw(None)[1])
-    known = _time_per_call(lambda: sticky_policy.known_decision("u1", None), 20_000)
+    sticky_policy.settle("u1", None, sticky_policy.draw("u1"))
+    known = _time_per_call(lambda: sticky_policy.known("u1"), 20_000)
     fresh = iter(range(10**9))
 
     def new_unit() -> None:
-        sticky_policy.settle(f"new{next(fresh)}", None, sticky_policy.draw(None)[1])
+        unit = f"new{next(fresh)}"
+        sticky_policy.settle(unit, None, sticky_policy.draw(unit))
 
     first = _time_per_call(new_unit, 300)
     print(

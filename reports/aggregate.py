@@ -28,11 +28,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from abplatform.config.models import MeanMetric, ProportionMetric, RatioMetric
+from abplatform.config.models import MeanMetric, ProportionMetric, RatioMetric, UnitKind
 from abplatform.storage import models as m
 from reports.cuped import CovariateSums
 from reports.ipw import ArmSums
-from reports.results import UnitKind
 from reports.sufficient import MeanStats, RatioStats
 from reports.units import (
     IMPRESSION,

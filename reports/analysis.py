@@ -36,7 +36,7 @@ from abplatform.errors import AbplatformError
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import get_experiment, latest_simulation
 from reports.aggregate import aggregate_experiment, cuped_eligible
-from reports.bandit import bandit_analysis, is_bandit
+from reports.bandit import bandit_analysis
 from reports.bayes import beta_binomial, normal_approximation
 from reports.cuped import CovariateSums, CupedResult, cuped_adjust
 from reports.multiple import adjust_pvalues
@@ -401,7 +401,7 @@ def analyze(
             run_info = RunInfo(run.id, int(run.seed), run.status)
             ground_truth = run.ground_truth
         bandit = None
-        if is_bandit(config):
+        if config.bandit is not None:
             bandit = bandit_analysis(
                 session.connection(),
                 stored.id,

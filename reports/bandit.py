@@ -15,7 +15,7 @@ on; for a unit in a scene or a request, over the events logged against those exp
 
 Everything per unit stays in SQL: `reports.aggregate.arm_sums` returns, per (context, arm),
 the sums the estimators of `reports.ipw` need; the ``bandit_*`` tables are read through
-`abplatform.storage.bandit`.
+`abplatform.bandit`.
 """
 
 from __future__ import annotations
@@ -35,19 +35,15 @@ from abplatform.assignment.thompson import (
     RewardStats,
     allocation_weights_many,
 )
-from abplatform.config.models import (
-    ExperimentConfig,
-    MeanMetric,
-    ProportionMetric,
-    ThompsonAssignmentConfig,
-)
-from abplatform.storage.bandit import (
+from abplatform.bandit import (
+    NO_CONTEXT,
     ArmWeight,
     arm_totals,
     lowest_weights,
     stored_context,
     weight_rows,
 )
+from abplatform.config.models import ExperimentConfig, UnitKind
 from reports.aggregate import arm_sums, arm_version_counts
 from reports.ipw import ArmSums, hajek, horvitz_thompson
 from reports.results import (
@@ -56,7 +52,6 @@ from reports.results import (
     BanditArm,
     BanditResult,
     Regret,
-    UnitKind,
 )
 from reports.stats import SRM_ALPHA, estimate
 from reports.sufficient import MeanStats
@@ -64,27 +59,14 @@ from reports.sufficient import MeanStats
 __all__ = [
     "allocation_check",
     "bandit_analysis",
-    "is_bandit",
     "posterior_p_best",
     "weight_history",
 ]
 
 MAX_POINTS = 200
 """Most points of a time series (weight history, regret) in the result."""
-NO_CONTEXT = ""
 LOW_WEIGHT = 0.01
 """An arm whose weight fell below this gets a note: IPW rests on a few huge weights."""
-
-
-def is_bandit(config: ExperimentConfig) -> bool:
-    """Whether the experiment allocates adaptively (Thompson sampling)."""
-    return isinstance(config.assignment, ThompsonAssignmentConfig)
-
-
-def _unit_kind(assignment: ThompsonAssignmentConfig) -> UnitKind:
-    if not assignment.sticky:
-        return "request"
-    return "unit" if assignment.context is None else "unit and scene"
 
 
 def allocation_check(
@@ -155,7 +137,7 @@ def posterior_p_best(
     draws: int,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """{context: {arm: posterior probability of being best}} from ``bandit_state``."""
+    """{context: {arm: posterior probability of being best}} from the stored posterior sums."""
     state: dict[str, dict[str, Posterior]] = {}
     for row in arm_totals(conn, experiment_id):
         posterior = _posterior(reward, row.units, row.reward_sum, row.reward_sq_sum)
@@ -296,25 +278,19 @@ def bandit_analysis(
     """The ``bandit`` block of ``analyze --json``.
 
     Per (context, arm): units, the weight in force now, the posterior P(best) (from
-    ``bandit_state``), the naive mean with its t interval, the Hajek IPW mean (headline)
+    stored posterior sums), the naive mean with its t interval, the Hajek IPW mean (headline)
     and the Horvitz-Thompson mean with their normal intervals, the smallest propensity and
     the effective number of units ``(sum 1/p)^2 / sum 1/p^2``; the weight history; and for
     simulated runs the true values and the cumulative regret beside a fixed equal split.
     """
-    assignment = config.assignment
-    if not isinstance(assignment, ThompsonAssignmentConfig):
-        raise ValueError(f"not a bandit experiment (assignment type {assignment.type!r})")
-    metric = next((mc for mc in config.metrics if mc.name == assignment.reward_metric), None)
-    if not isinstance(metric, ProportionMetric | MeanMetric):
-        raise ValueError(
-            f"assignment.reward_metric must name a proportion or mean metric of the "
-            f"experiment, got {assignment.reward_metric!r}"
-        )
-    reward: Literal["binary", "gaussian"] = (
-        "binary" if isinstance(metric, ProportionMetric) else "gaussian"
+    spec = config.require_bandit()
+    assignment, metric, reward, kind = (
+        spec.assignment,
+        spec.reward_metric,
+        spec.reward,
+        spec.unit_kind,
     )
-    keys = [v.key for v in config.variants]
-    kind = _unit_kind(assignment)
+    keys = list(spec.arms)
     sums, excluded = arm_sums(conn, experiment_id, metric, kind)
     p_best = posterior_p_best(
         conn, experiment_id, keys, reward, assignment.draws, seed=assignment.seed

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from abplatform.config.models import UnitKind
+
 __all__ = [
     "AllocationCheck",
     "AllocationPoint",
@@ -35,7 +37,6 @@ MetricType = Literal["proportion", "mean", "ratio"]
 Verdict = Literal["significant win", "significant loss", "inconclusive", "keep running"]
 """The decision line of a comparison (JSON key ``decision``)."""
 RewardFamily = Literal["binary", "gaussian"]
-UnitKind = Literal["unit", "unit and scene", "request"]
 """What one bandit decision covers: a unit, a unit in one scene, or one request."""
 
 

@@ -55,9 +55,8 @@ from sqlalchemy import (
     union_all,
 )
 
-from abplatform.config.models import MeanMetric, ProportionMetric
+from abplatform.config.models import MeanMetric, ProportionMetric, UnitKind
 from abplatform.storage import models as m
-from reports.results import UnitKind
 
 __all__ = [
     "IMPRESSION",

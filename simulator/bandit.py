@@ -23,26 +23,31 @@ expected regret of a fixed equal split over the same units.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection
 
-from abplatform.assignment.engine import build_thompson_policy, reward_family
+from abplatform.assignment.engine import build_thompson_policy
 from abplatform.assignment.thompson import RewardStats, ThompsonPolicy, choose_arms
+from abplatform.bandit import (
+    NO_CONTEXT,
+    ArmTotals,
+    StickyDecisions,
+    WeightHistory,
+    write_simulated_run,
+)
 from abplatform.config.models import (
+    BanditSpec,
     ExperimentConfig,
-    MeanMetric,
     ProportionMetric,
+    RewardMetric,
     SimulationConfig,
-    ThompsonAssignmentConfig,
 )
 from abplatform.domain import SCENES
-from abplatform.errors import AbplatformError
 from abplatform.progress import Progress
-from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, seconds_to_sql
+from abplatform.storage.bulk import seconds_to_sql
 from simulator.context import Contexts, draw_contexts, draw_scenes
 from simulator.rows import SessionBlock, sample_sessions, write_sessions
 from simulator.tally import VariantTally
@@ -52,46 +57,6 @@ from simulator.world import World
 SECONDS_PER_DAY = 86_400
 FLUSH_SESSIONS = 50_000
 """Buffered sessions written in one set of bulk inserts."""
-NO_CONTEXT = ""
-"""The stored context of a bandit without contexts."""
-
-RewardMetric = ProportionMetric | MeanMetric
-
-
-@dataclass(frozen=True)
-class BanditSettings:
-    """The Thompson settings the simulator uses (the experiment's `assignment:` block)."""
-
-    reward_metric: RewardMetric
-    reward: Literal["binary", "gaussian"]
-    update_every: int
-    sticky: bool
-    context: str | None
-    draws: int
-    policy: ThompsonPolicy
-
-
-def bandit_settings(config: ExperimentConfig) -> BanditSettings | None:
-    """The bandit settings of a thompson experiment, or None for a hashed one."""
-    assignment = config.assignment
-    if not isinstance(assignment, ThompsonAssignmentConfig):
-        return None
-    try:
-        reward = reward_family(config)
-        policy = build_thompson_policy(config)
-    except ValueError as exc:
-        raise AbplatformError(f"assignment: {exc}") from exc
-    metric = next(mc for mc in config.metrics if mc.name == assignment.reward_metric)
-    assert isinstance(metric, ProportionMetric | MeanMetric)  # checked by reward_family
-    return BanditSettings(
-        reward_metric=metric,
-        reward=reward,
-        update_every=assignment.update_every,
-        sticky=assignment.sticky,
-        context=assignment.context,
-        draws=assignment.draws,
-        policy=policy,
-    )
 
 
 @dataclass(frozen=True)
@@ -127,9 +92,9 @@ def draw_traffic(
     return Traffic(users, ts, contexts, start)
 
 
-def context_labels(settings: BanditSettings, shares: dict[str, float]) -> list[str]:
+def context_labels(spec: BanditSpec, shares: dict[str, float]) -> list[str]:
     """The bandit's contexts: one per scene with traffic, or the single empty context."""
-    if settings.context is None:
+    if spec.assignment.context is None:
         return [NO_CONTEXT]
     return [scene for scene in SCENES if shares.get(scene, 0.0) > 0]
 
@@ -157,7 +122,7 @@ def _reward_per_session(
 
 
 def arm_values(
-    settings: BanditSettings,
+    spec: BanditSpec,
     per_scene: dict[str, dict[str, SessionExpectations]],
     rate: npt.NDArray[np.float64],
     shares: dict[str, float],
@@ -169,9 +134,9 @@ def arm_values(
     scene's share in a context). Per request: the expected reward of one session,
     weighted by the users' session rates.
     """
-    metric = settings.reward_metric
+    metric = spec.reward_metric
     out: dict[str, dict[str, float]] = {}
-    for label in context_labels(settings, shares):
+    for label in context_labels(spec, shares):
         out[label] = {}
         for arm, scenes in per_scene.items():
             if label == NO_CONTEXT:
@@ -185,7 +150,7 @@ def arm_values(
             else:
                 table = expected.count if metric.value == "count" else expected.total
                 per_session = table[metric.event]
-            if settings.sticky:
+            if spec.assignment.sticky:
                 exposed = float(np.sum(-np.expm1(-unit_rate)))
                 if isinstance(metric, ProportionMetric):
                     total = float(np.sum(-np.expm1(-unit_rate * per_session)))
@@ -215,16 +180,10 @@ class BanditRun:
     notes: tuple[str, ...] = ()
 
 
-def clear_bandit_rows(conn: Connection, experiment_id: int) -> None:
-    """Delete an experiment's bandit state, weight history and sticky decisions."""
-    for model in (m.BanditState, m.BanditWeight, m.BanditAssignment, m.BanditExposure):
-        conn.execute(delete(model).where(model.experiment_id == experiment_id))
-
-
 def play_bandit(
     conn: Connection,
     config: ExperimentConfig,
-    settings: BanditSettings,
+    spec: BanditSpec,
     experiment_id: int,
     run_id: int,
     world: World,
@@ -240,24 +199,24 @@ def play_bandit(
     keys = [v.key for v in config.variants]
     arms = len(keys)
     k = sim.slate_size
-    policy = settings.policy
-    labels = context_labels(settings, sim.scenes)
+    policy = build_thompson_policy(spec)
+    labels = context_labels(spec, sim.scenes)
     label_index = {label: i for i, label in enumerate(labels)}
     n_sessions = traffic.users.size
-    if settings.context is None:
+    if spec.assignment.context is None:
         session_context = np.zeros(n_sessions, dtype=np.int64)
     else:
         lookup = np.array([label_index.get(s, -1) for s in SCENES], dtype=np.int64)
         session_context = lookup[traffic.contexts.scene]
 
-    unit_of, unit_first = _bandit_units(traffic.users, session_context, len(labels), settings)
+    unit_of, unit_first = _bandit_units(traffic.users, session_context, len(labels), spec)
     n_units = unit_first.size
     unit_user = traffic.users[unit_first]
     unit_context = session_context[unit_first]
     unit_arm = np.full(n_units, -1, dtype=np.int64)
     unit_propensity = np.zeros(n_units)
     unit_version = np.zeros(n_units, dtype=np.int64)
-    batch_of_unit = np.arange(n_units) // settings.update_every
+    batch_of_unit = np.arange(n_units) // spec.assignment.update_every
     n_batches = int(batch_of_unit[-1]) + 1 if n_units else 0
     session_batch = batch_of_unit[unit_of]
     # Sessions grouped by batch, arrival order kept within a batch.
@@ -272,10 +231,8 @@ def play_bandit(
     assign_rng = np.random.default_rng([run_seed, 3])
     tallies = {key_: VariantTally() for key_ in keys}
     reward_stats = np.zeros((len(labels), arms, 3))  # units, sum, sum of squares
-    weight_rows: dict[str, list[Any]] = {
-        n: [] for n in ("version", "context", "arm", "weight", "p_best", "units", "computed_at")
-    }
-    _record_weights(weight_rows, policy, settings, labels, 0, np.array([traffic.start]))
+    history = WeightHistory()
+    _record_weights(history, policy, spec, labels, 0, np.array([traffic.start]))
     series: dict[str, list[float]] = {"units": [], "bandit": [], "fixed": [], "version": []}
     cumulative = np.zeros(3)
     buffer = _Buffer()
@@ -284,14 +241,14 @@ def play_bandit(
 
     for b in range(n_batches):
         progress("bandit batches", b, n_batches)
-        lo_unit = b * settings.update_every
-        hi_unit = min(lo_unit + settings.update_every, n_units)
+        lo_unit = b * spec.assignment.update_every
+        hi_unit = min(lo_unit + spec.assignment.update_every, n_units)
         new = np.arange(lo_unit, hi_unit)
         u = assign_rng.random(new.size)
         for c in range(len(labels)):
             in_c = unit_context[new] == c
             if in_c.any():
-                weights = policy.weights(_policy_context(settings, labels[c]))
+                weights = policy.weights(_policy_context(spec, labels[c]))
                 chosen = choose_arms(weights, u[in_c])
                 unit_arm[new[in_c]] = chosen
                 unit_propensity[new[in_c]] = weights[chosen]
@@ -311,10 +268,10 @@ def play_bandit(
         revenue = (bought * world.item_price[items]).sum(axis=1)
 
         # Rewards of the batch's units, per context and arm.
-        per_session = _reward_per_session(settings.reward_metric, k, clicked, bought, revenue)
+        per_session = _reward_per_session(spec.reward_metric, k, clicked, bought, revenue)
         local = unit_of[rows] - lo_unit
         reward = np.bincount(local, weights=per_session, minlength=new.size)
-        if isinstance(settings.reward_metric, ProportionMetric):
+        if isinstance(spec.reward_metric, ProportionMetric):
             reward = (reward > 0).astype(np.float64)
         feedback_by_context: dict[str | None, dict[str, RewardStats]] = {}
         for c, label in enumerate(labels):
@@ -328,12 +285,12 @@ def play_bandit(
                     feedback[key_] = stats
                     reward_stats[c, a] += (stats.n, stats.total, stats.total_sq)
             if feedback:
-                feedback_by_context[_policy_context(settings, label)] = feedback
+                feedback_by_context[_policy_context(spec, label)] = feedback
         # One update of every context with feedback: they share the new version.
         policy.update_many(feedback_by_context)
         # The new version is in force from the arrival of the batch's last unit on.
         stamp = traffic.ts[unit_first[hi_unit - 1 : hi_unit]]
-        _record_weights(weight_rows, policy, settings, labels, b + 1, stamp)
+        _record_weights(history, policy, spec, labels, b + 1, stamp)
 
         batch_regret = float(regret_per_unit[unit_context[new], unit_arm[new]].sum())
         batch_fixed = float(fixed_per_unit[unit_context[new]].sum())
@@ -372,58 +329,53 @@ def play_bandit(
     for a, key_ in enumerate(keys):
         tallies[key_].units = int(seen[:, a].sum())
 
-    _write_bandit_rows(
-        conn,
-        experiment_id,
-        weight_rows,
-        labels,
-        keys,
-        reward_stats,
-        seconds_to_sql([int(traffic.ts[-1]) if n_sessions else traffic.start])[0],
-    )
-    if settings.sticky and n_units:
-        bulk_insert(
-            conn,
-            "bandit_assignments",
-            {
-                "experiment_id": [experiment_id] * n_units,
-                "context": np.asarray(labels)[unit_context],
-                "unit_id": world.user_ids[unit_user],
-                "arm": np.asarray(keys)[unit_arm],
-                "propensity": unit_propensity,
-                "weight_version": unit_version,
-                "assigned_at": seconds_to_sql(traffic.ts[unit_first]),
-            },
+    totals = [
+        ArmTotals(_policy_context(spec, label), key_, int(n), float(total), float(total_sq))
+        for c, label in enumerate(labels)
+        for a, key_ in enumerate(keys)
+        for n, total, total_sq in [reward_stats[c, a]]
+    ]
+    sticky = None
+    if spec.assignment.sticky and n_units:
+        sticky = StickyDecisions(
+            context=np.asarray(labels)[unit_context],
+            unit_id=world.user_ids[unit_user],
+            arm=np.asarray(keys)[unit_arm],
+            propensity=unit_propensity,
+            weight_version=unit_version,
+            assigned_at=seconds_to_sql(traffic.ts[unit_first]),
         )
+    updated_at = seconds_to_sql([int(traffic.ts[-1]) if n_sessions else traffic.start])[0]
+    write_simulated_run(conn, experiment_id, history, totals, updated_at, sticky)
     summary = {
-        "reward_metric": settings.reward_metric.name,
-        "reward": settings.reward,
-        "context": settings.context,
-        "sticky": settings.sticky,
-        "update_every": settings.update_every,
+        "reward_metric": spec.reward_metric.name,
+        "reward": spec.reward,
+        "context": spec.assignment.context,
+        "sticky": spec.assignment.sticky,
+        "update_every": spec.assignment.update_every,
         "units": n_units,
         "versions": n_batches + 1,
         "regret": series,
     }
     truth_doc = {
-        "reward_metric": settings.reward_metric.name,
-        "unit": "unit" if settings.sticky else "request",
+        "reward_metric": spec.reward_metric.name,
+        "unit": "unit" if spec.assignment.sticky else "request",
         "arms": values,
         "best": {label: keys[int(np.argmax(truth[c]))] for c, label in enumerate(labels)},
     }
-    return BanditRun(tallies, summary, truth_doc, _notes(policy, settings, labels, series))
+    return BanditRun(tallies, summary, truth_doc, _notes(policy, spec, labels, series))
 
 
 def _notes(
     policy: ThompsonPolicy,
-    settings: BanditSettings,
+    spec: BanditSpec,
     labels: list[str],
     series: dict[str, list[float]],
 ) -> tuple[str, ...]:
     """The final allocation per context and the regret beside a fixed equal split."""
     lines = []
     for label in labels:
-        weights = policy.weights(_policy_context(settings, label))
+        weights = policy.weights(_policy_context(spec, label))
         shares = ", ".join(
             f"{arm} {w:.1%}" for arm, w in zip(policy.variant_keys, weights, strict=True)
         )
@@ -443,13 +395,13 @@ def _bandit_units(
     users: npt.NDArray[np.int64],
     session_context: npt.NDArray[np.int64],
     n_contexts: int,
-    settings: BanditSettings,
+    spec: BanditSpec,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Bandit units in arrival order: (unit of each session, first session of each unit).
 
     Sticky: a unit is a user (in one context); otherwise every session is its own unit.
     """
-    if not settings.sticky:
+    if not spec.assignment.sticky:
         every = np.arange(users.size, dtype=np.int64)
         return every, every.copy()
     key = users * n_contexts + session_context
@@ -460,49 +412,14 @@ def _bandit_units(
     return rank[unit_of].astype(np.int64), first[order].astype(np.int64)
 
 
-def _write_bandit_rows(
-    conn: Connection,
-    experiment_id: int,
-    weight_rows: dict[str, list[Any]],
-    labels: list[str],
-    keys: list[str],
-    reward_stats: npt.NDArray[np.float64],
-    updated_at: str,
-) -> None:
-    """Write the weight history and the final posterior statistics of every context and arm."""
-    bulk_insert(
-        conn,
-        "bandit_weights",
-        {"experiment_id": [experiment_id] * len(weight_rows["version"]), **weight_rows},
-    )
-    cells = [
-        (label, key, reward_stats[c, a])
-        for c, label in enumerate(labels)
-        for a, key in enumerate(keys)
-    ]
-    bulk_insert(
-        conn,
-        "bandit_state",
-        {
-            "experiment_id": [experiment_id] * len(cells),
-            "context": [label for label, _, _ in cells],
-            "arm": [arm for _, arm, _ in cells],
-            "units": [int(stats[0]) for _, _, stats in cells],
-            "reward_sum": [float(stats[1]) for _, _, stats in cells],
-            "reward_sq_sum": [float(stats[2]) for _, _, stats in cells],
-            "updated_at": [updated_at] * len(cells),
-        },
-    )
-
-
-def _policy_context(settings: BanditSettings, label: str) -> str | None:
-    return None if settings.context is None else label
+def _policy_context(spec: BanditSpec, label: str) -> str | None:
+    return None if spec.assignment.context is None else label
 
 
 def _record_weights(
-    rows: dict[str, list[Any]],
+    history: WeightHistory,
     policy: ThompsonPolicy,
-    settings: BanditSettings,
+    spec: BanditSpec,
     labels: list[str],
     version: int,
     stamp: npt.NDArray[np.int64],
@@ -510,20 +427,16 @@ def _record_weights(
     """Append one weight version (every context): weights in force, P(best), units."""
     computed_at = seconds_to_sql(stamp)[0]
     for label in labels:
-        context = _policy_context(settings, label)
-        posteriors = policy.posteriors(context)
-        weights = policy.weights(context)
-        p_best = policy.p_best(context)
-        for arm, posterior, weight, p in zip(
-            policy.variant_keys, posteriors, weights, p_best, strict=True
-        ):
-            rows["version"].append(version)
-            rows["context"].append(label)
-            rows["arm"].append(arm)
-            rows["weight"].append(float(weight))
-            rows["p_best"].append(float(p))
-            rows["units"].append(int(posterior.n))
-            rows["computed_at"].append(computed_at)
+        context = _policy_context(spec, label)
+        history.add(
+            version,
+            context,
+            policy.variant_keys,
+            policy.weights(context).tolist(),
+            policy.p_best(context).tolist(),
+            [p.n for p in policy.posteriors(context)],
+            computed_at,
+        )
 
 
 def _flush(

@@ -29,8 +29,6 @@ from abplatform.storage.repository import (
 from simulator.bandit import (
     BanditRun,
     arm_values,
-    bandit_settings,
-    clear_bandit_rows,
     draw_traffic,
     play_bandit,
 )
@@ -198,13 +196,12 @@ def simulate(
         raise AbplatformError(
             f"variant {missing[0]!r} has no strategy; the simulator needs one per variant"
         )
-    bandit = bandit_settings(config)
+    bandit = config.bandit
     world = build_world(sim, users=users, seed=run_seed)
     with engine.begin() as conn:
         session = Session(bind=conn)
         stored = save_experiment(session, config, catalog)
         clear_experiment_data(session, stored.id)
-        clear_bandit_rows(conn, stored.id)
         clear_catalog(session, catalog)
         run = m.SimulationRun(
             experiment_id=stored.id,

@@ -26,8 +26,8 @@ from abplatform.api.routers import assign, events, experiments, health
 from abplatform.api.runtime import ExperimentCache
 from abplatform.api.schemas import AssignBatchRequest, AssignRequest, EventBatch
 from abplatform.api.settings import Settings
+from abplatform.bandit import BanditFeedback
 from abplatform.journal import Journal, replay
-from abplatform.storage.bandit import BanditFeedback
 from abplatform.storage.db import open_database
 from abplatform.writer import BufferedWriter, replay_journal
 

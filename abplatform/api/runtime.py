@@ -11,13 +11,13 @@ from functools import partial
 
 from sqlalchemy import Engine, select
 
-from abplatform.api.bandit import build_bandit_policy, sync_weights
-from abplatform.assignment.engine import AssignmentPolicy, build_policy
+from abplatform.api.bandit import build_server_policy
+from abplatform.assignment.base import AssignmentPolicy
+from abplatform.bandit import BanditFeedback
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import RecRequest, Slate
 from abplatform.errors import NotFoundError
 from abplatform.storage import models as m
-from abplatform.storage.bandit import BanditFeedback, PersistentThompsonPolicy
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import get_experiment
 from abplatform.strategy import Strategy
@@ -215,21 +215,13 @@ class ExperimentCache:
         async with lock:
             entry = await asyncio.to_thread(self._refresh, key, self._entries.get(key), fit)
             self._entries[key] = entry
-            if isinstance(entry.policy, PersistentThompsonPolicy):
-                # A due weight version is published and the newest one fetched in a thread,
-                # then put in force here, on the loop's thread, where decisions are drawn.
-                fetched = await asyncio.to_thread(sync_weights, entry.policy)
-                if fetched is not None:
-                    entry.policy.apply_weights(fetched)
+            # Shared policy state that is due (e.g. a bandit's weight version) is published
+            # and fetched in a thread, then put in force here, on the loop's thread, where
+            # decisions are drawn.
+            apply = await asyncio.to_thread(entry.policy.sync)
+            if apply is not None:
+                apply()
             return entry
-
-    def _policy(self, experiment_id: int, config: ExperimentConfig) -> AssignmentPolicy:
-        """A server bandit policy (its reward rule registered with the writer) or hashing."""
-        if config.is_bandit:
-            return build_bandit_policy(self.engine, experiment_id, config, self.bandit)
-        if self.bandit is not None:
-            self.bandit.forget(experiment_id)  # e.g. a bandit re-created as a hashed test
-        return build_policy(config)
 
     def _refresh(self, key: str, entry: ExperimentRuntime | None, fit: bool) -> ExperimentRuntime:
         with self.engine.connect() as conn:
@@ -252,7 +244,7 @@ class ExperimentCache:
                 status=row.status,
                 updated_at=row.updated_at,
                 config=stored.config,
-                policy=self._policy(row.id, stored.config),
+                policy=build_server_policy(self.engine, row.id, stored.config, self.bandit),
                 default_k=sim.slate_size if sim else DEFAULT_K,
             )
         entry.status = row.status

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,13 +18,7 @@ from abplatform.assignment.hashing import (
     choose_variant_batch,
 )
 from abplatform.assignment.thompson import ThompsonPolicy
-from abplatform.config.models import (
-    AssignmentConfig,
-    ExperimentConfig,
-    MeanMetric,
-    ProportionMetric,
-    ThompsonAssignmentConfig,
-)
+from abplatform.config.models import AssignmentConfig, BanditSpec, ExperimentConfig
 from abplatform.domain import Decision
 
 
@@ -79,48 +73,37 @@ class HashPolicy:
         propensity = np.where(index >= 0, weights[np.maximum(index, 0)], 0.0)
         return BatchDecision(index, propensity, buckets)
 
+    sticky = False
+    """A unit's bucket, not storage, keeps its variant."""
+
+    def draw(self, unit_id: str, context: Mapping[str, Any] | None = None) -> Decision | None:
+        """`assign`: a hashed decision needs nothing but memory."""
+        return self.assign(unit_id, context)
+
+    def known(self, unit_id: str, context: Mapping[str, Any] | None = None) -> Decision | None:
+        """Nothing is remembered: a bucket is recomputed."""
+        return None
+
+    def settle(
+        self, unit_id: str, context: Mapping[str, Any] | None, decision: Decision
+    ) -> Decision:
+        """The drawn decision is final."""
+        return decision
+
+    def sync(self) -> Callable[[], None] | None:
+        """No shared state."""
+        return None
+
     def update(self, feedback: Any) -> None:
         """Hashing does not learn."""
 
 
-def reward_family(config: ExperimentConfig) -> Literal["binary", "gaussian"]:
-    """The posterior family of a bandit's reward metric: binary for proportion, else gaussian.
-
-    Raises
-    ------
-    ValueError
-        If the experiment is not a bandit, or its reward metric is unknown or a ratio.
-    """
-    assignment = config.assignment
-    if not isinstance(assignment, ThompsonAssignmentConfig):
-        raise ValueError(f"not a bandit experiment (assignment type {assignment.type!r})")
-    for metric in config.metrics:
-        if metric.name == assignment.reward_metric:
-            if isinstance(metric, ProportionMetric):
-                return "binary"
-            if isinstance(metric, MeanMetric):
-                return "gaussian"
-            raise ValueError(
-                f"reward metric {metric.name!r} is a {metric.type} metric; a bandit needs a "
-                "per-unit reward: a proportion or mean metric"
-            )
-    known = ", ".join(m.name for m in config.metrics) or "none"
-    raise ValueError(f"unknown reward metric {assignment.reward_metric!r}; metrics: {known}")
-
-
-def build_thompson_policy(config: ExperimentConfig) -> ThompsonPolicy:
+def build_thompson_policy(spec: BanditSpec) -> ThompsonPolicy:
     """The in-memory Thompson-sampling policy of a bandit experiment."""
-    assignment = config.assignment
-    if not isinstance(assignment, ThompsonAssignmentConfig):
-        raise ValueError(f"not a bandit experiment (assignment type {assignment.type!r})")
-    keys = [v.key for v in config.variants]
-    return ThompsonPolicy.from_config(assignment, keys, reward_family(config))
+    return ThompsonPolicy.from_config(spec.assignment, spec.arms, spec.reward)
 
 
 def build_policy(config: ExperimentConfig) -> AssignmentPolicy:
     """The assignment policy an experiment config asks for (hash or thompson)."""
-    if config.assignment.type == "hash":
-        return HashPolicy(config)
-    if config.assignment.type == "thompson":
-        return build_thompson_policy(config)
-    raise ValueError(f"unknown assignment type {config.assignment.type!r}")
+    spec = config.bandit
+    return HashPolicy(config) if spec is None else build_thompson_policy(spec)

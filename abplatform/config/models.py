@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -91,14 +93,6 @@ class ThompsonAssignmentConfig(_Strict):
     draws: int = Field(default=10_000, ge=100, le=1_000_000)
     seed: int = Field(default=0, ge=0)
 
-    def check_arms(self, arms: int) -> None:
-        """Raise ValueError if the floor cannot hold for ``arms`` arms."""
-        if self.min_weight * arms > 1:
-            raise ValueError(
-                f"min_weight * arms must be <= 1, got min_weight={self.min_weight} * "
-                f"arms={arms} = {self.min_weight * arms:g}; lower min_weight below {1 / arms:g}"
-            )
-
 
 def _assignment_type(value: Any) -> str:
     """The union tag of an assignment block: its `type`, "hash" when omitted."""
@@ -161,6 +155,39 @@ class RatioMetric(_Strict):
 
 
 MetricConfig = Annotated[ProportionMetric | MeanMetric | RatioMetric, Field(discriminator="type")]
+
+RewardMetric = ProportionMetric | MeanMetric
+"""A metric with one reward per bandit unit (a ratio metric has none)."""
+RewardFamily = Literal["binary", "gaussian"]
+"""The posterior family of a reward: Beta for a proportion, Normal-Inverse-Gamma for a mean."""
+UnitKind = Literal["unit", "unit and scene", "request"]
+"""What one bandit decision covers: the unit, the unit in one scene, or one request."""
+
+
+@dataclass(frozen=True)
+class BanditSpec:
+    """The facts of a bandit experiment, derived once from its validated config."""
+
+    assignment: ThompsonAssignmentConfig
+    reward_metric: RewardMetric
+    arms: tuple[str, ...]
+
+    @property
+    def reward(self) -> RewardFamily:
+        """The reward's posterior family: binary for a proportion metric, else gaussian."""
+        return "binary" if isinstance(self.reward_metric, ProportionMetric) else "gaussian"
+
+    @property
+    def unit_kind(self) -> UnitKind:
+        """What one decision covers (``sticky``, ``context: scene``)."""
+        if not self.assignment.sticky:
+            return "request"
+        return "unit" if self.assignment.context is None else "unit and scene"
+
+    @property
+    def sums_values(self) -> bool:
+        """Whether a unit's reward sums event values (a mean metric with ``value: sum``)."""
+        return isinstance(self.reward_metric, MeanMetric) and self.reward_metric.value == "sum"
 
 
 class WorldConfig(_Strict):
@@ -302,6 +329,31 @@ class ExperimentConfig(_Strict):
     def is_bandit(self) -> bool:
         """Whether the experiment allocates adaptively (Thompson sampling)."""
         return self.assignment.type == "thompson"
+
+    @cached_property
+    def bandit(self) -> BanditSpec | None:
+        """The bandit facts of a thompson experiment (its reward metric resolved), else None.
+
+        The loader has checked them (`abplatform.config.loader`); a config built without it
+        and naming no proportion or mean metric raises ValueError here.
+        """
+        assignment = self.assignment
+        if not isinstance(assignment, ThompsonAssignmentConfig):
+            return None
+        metric = next((m for m in self.metrics if m.name == assignment.reward_metric), None)
+        if not isinstance(metric, ProportionMetric | MeanMetric):
+            raise ValueError(
+                f"assignment.reward_metric must name a proportion or mean metric of the "
+                f"experiment, got {assignment.reward_metric!r}"
+            )
+        return BanditSpec(assignment, metric, tuple(v.key for v in self.variants))
+
+    def require_bandit(self) -> BanditSpec:
+        """`bandit`, or ValueError for an experiment that is not a bandit."""
+        spec = self.bandit
+        if spec is None:
+            raise ValueError(f"not a bandit experiment (assignment type {self.assignment.type!r})")
+        return spec
 
     @property
     def control_key(self) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from abplatform.bandit.tables import delete_bandit_rows
 from abplatform.config.loader import validate_config
 from abplatform.config.models import ExperimentConfig
 from abplatform.errors import NotFoundError
@@ -111,10 +112,7 @@ def clear_experiment_data(session: Session, experiment_id: int) -> None:
     _bulk_delete(
         session, delete(m.SimulationRun).where(m.SimulationRun.experiment_id == experiment_id)
     )
-    for bandit_table in (m.BanditState, m.BanditWeight, m.BanditAssignment, m.BanditExposure):
-        _bulk_delete(
-            session, delete(bandit_table).where(bandit_table.experiment_id == experiment_id)
-        )
+    delete_bandit_rows(session.connection(), experiment_id)
 
 
 def clear_catalog(session: Session, catalog: str) -> None:

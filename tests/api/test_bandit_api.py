@@ -13,9 +13,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from abplatform.bandit import BanditFeedback, BanditStore
 from abplatform.config import load_experiment_text
 from abplatform.storage import models as m
-from abplatform.storage.bandit import BanditFeedback, BanditStore
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment, utcnow
 from abplatform.writer import ExposureRow, journal_line, replay_journal

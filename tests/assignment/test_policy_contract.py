@@ -11,8 +11,9 @@ import pytest
 
 from abplatform.assignment.base import AssignmentPolicy
 from abplatform.assignment.engine import build_policy
+from abplatform.bandit import PersistentThompsonPolicy
 from abplatform.config import load_experiment_text
-from abplatform.storage.bandit import PersistentThompsonPolicy
+from abplatform.domain import Decision
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment
 
@@ -84,3 +85,40 @@ def test_batch_equals_single(make: Callable[[], AssignmentPolicy]) -> None:
         d.variant for d in singles if d is not None
     ]
     np.testing.assert_allclose(batch.propensity, [d.propensity for d in singles if d is not None])
+
+
+def _two_steps(policy: AssignmentPolicy, unit: str) -> Decision | None:
+    """A server's decision: `draw` from memory, then `known` or `settle` when sticky."""
+    drawn = policy.draw(unit)
+    if drawn is None or not policy.sticky:
+        return drawn
+    return policy.known(unit) or policy.settle(unit, None, drawn)
+
+
+def test_draw_then_settle_equals_assign(make: Callable[[], AssignmentPolicy]) -> None:
+    one_step, two_steps = make(), make()
+    assert [two_steps.settle(u, None, d) if (d := two_steps.draw(u)) else None for u in UNITS] == [
+        one_step.assign(u) for u in UNITS
+    ]
+
+
+def test_a_sticky_unit_keeps_its_settled_decision(make: Callable[[], AssignmentPolicy]) -> None:
+    policy = make()
+    first = [_two_steps(policy, u) for u in UNITS]
+    again = [_two_steps(policy, u) for u in UNITS]
+    if policy.sticky:
+        assert again == first
+        assert [policy.known(u) for u in UNITS] == first
+        other = next(d for d in first if d is not None)
+        assert policy.settle(UNITS[0], None, other) == first[0]
+    else:
+        assert all(policy.known(u) is None for u in UNITS)
+        assert all(d is not None and d.variant in policy.variant_keys for d in again)
+
+
+def test_sync_has_nothing_due_on_a_fresh_policy(make: Callable[[], AssignmentPolicy]) -> None:
+    policy = make()
+    apply = policy.sync()
+    if apply is not None:  # a version published elsewhere: putting it in force is idempotent
+        apply()
+    assert policy.sync() is None

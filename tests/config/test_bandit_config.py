@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from abplatform.config import ConfigError, load_experiment_text
-from abplatform.config.models import AssignmentConfig, ThompsonAssignmentConfig
+from abplatform.config.models import AssignmentConfig, ExperimentConfig, ThompsonAssignmentConfig
 
 METRICS = (
     "metrics:\n"
@@ -146,3 +146,38 @@ def test_round_trip_through_json() -> None:
 )
 def test_bandit_problem_lines(text: str, expected: list[str]) -> None:
     assert problems(text) == expected
+
+
+def test_bandit_spec_is_derived_once_from_the_config() -> None:
+    config = load_experiment_text(bandit("reward_metric: buy"))
+    spec = config.bandit
+    assert spec is not None and spec is config.bandit  # computed once
+    assert spec is config.require_bandit()
+    assert spec.assignment is config.assignment
+    assert spec.reward_metric.name == "buy" and spec.reward == "binary"
+    assert spec.arms == ("pop", "rnd", "tt")
+    assert spec.unit_kind == "unit" and not spec.sums_values
+    revenue = load_experiment_text(bandit("reward_metric: revenue, sticky: false")).bandit
+    assert revenue is not None and revenue.reward == "gaussian" and revenue.sums_values
+    assert revenue.unit_kind == "request"
+    by_scene = load_experiment_text(bandit("reward_metric: buy, context: scene")).bandit
+    assert by_scene is not None and by_scene.unit_kind == "unit and scene"
+
+
+def test_a_hashed_experiment_has_no_bandit_spec() -> None:
+    config = load_experiment_text("key: h\nvariants: [{key: a, weight: 1}]\n")
+    assert config.bandit is None
+    with pytest.raises(ValueError, match=r"not a bandit experiment \(assignment type 'hash'\)"):
+        config.require_bandit()
+
+
+def test_a_config_built_without_the_loader_fails_on_its_bandit_spec() -> None:
+    config = ExperimentConfig.model_validate(
+        {
+            "key": "b",
+            "assignment": {"type": "thompson", "reward_metric": "nope"},
+            "variants": [{"key": "a"}, {"key": "b"}],
+        }
+    )
+    with pytest.raises(ValueError, match="must name a proportion or mean metric"):
+        _ = config.bandit

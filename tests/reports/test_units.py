@@ -7,9 +7,9 @@ import math
 import pytest
 from sqlalchemy import Engine, select
 
+from abplatform.bandit import arm_totals, lowest_weights, weight_rows
 from abplatform.config.loader import load_experiment_text
 from abplatform.config.models import MeanMetric
-from abplatform.storage.bandit import arm_totals, lowest_weights, weight_rows
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from abplatform.assignment.thompson import RewardStats, ThompsonDecision, ThompsonPolicy
-from abplatform.storage.bandit import BanditStore, PersistentThompsonPolicy
+from abplatform.bandit import BanditStore, PersistentThompsonPolicy
 from abplatform.storage.db import make_engine
 
 ARMS = ("a", "b", "c")

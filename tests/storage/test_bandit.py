@@ -22,9 +22,17 @@ from abplatform.assignment.thompson import (
     ThompsonDecision,
     ThompsonPolicy,
 )
+from abplatform.bandit import (
+    BanditStore,
+    PersistentThompsonPolicy,
+    arm_totals,
+    delete_bandit_rows,
+    latest_version,
+    lowest_weights,
+    weight_rows,
+)
 from abplatform.config import load_experiment_text
 from abplatform.storage import models as m
-from abplatform.storage.bandit import BanditStore, PersistentThompsonPolicy
 from abplatform.storage.db import make_engine, transaction, upgrade
 from abplatform.storage.repository import save_experiment
 from tests.storage import bandit_workers as workers
@@ -164,6 +172,43 @@ def test_version_zero_and_publish_history(engine: Engine, experiment_id: int) ->
     with pytest.raises(ValueError, match="must be 3 shares summing to 1"):
         store.publish_weights({None: [0.5, 0.6, 0.1]}, {None: [0, 0, 1]}, {None: [0, 0, 0]})
     assert store.latest_version() == 1  # the bad version left no rows
+
+
+def test_reads_of_the_analysis(engine: Engine, experiment_id: int) -> None:
+    store = BanditStore(engine, experiment_id, ARMS)
+    store.ensure_arms()
+    for share in (0.5, 0.7, 0.9, 0.8):  # versions 1..4
+        rest = (1 - share) / 2
+        store.publish_weights(
+            {None: [share, rest, rest]}, {None: [share, rest, rest]}, {None: [1, 1, 1]}
+        )
+    store.record_rewards({None: {"a": RewardStats(4, 1.0, 1.0)}})
+    with engine.connect() as conn:
+        assert latest_version(conn, experiment_id) == 4
+        every = weight_rows(conn, experiment_id)
+        thinned = weight_rows(conn, experiment_id, max_points=2)  # step 3: versions 0, 3, 4
+        lowest = lowest_weights(conn, experiment_id)
+        totals = arm_totals(conn, experiment_id)
+    assert [(r.version, r.arm) for r in every[:3]] == [(0, "a"), (0, "b"), (0, "c")]
+    assert len(every) == 5 * 3 and every[0].context is None
+    assert sorted({r.version for r in thinned}) == [0, 3, 4]
+    assert lowest[(None, "a")] == pytest.approx(1 / 3)
+    assert lowest[(None, "b")] == pytest.approx(0.05)
+    assert [(t.context, t.arm, t.units, t.reward_sum) for t in totals] == [
+        (None, "a", 4, 1.0),
+        (None, "b", 0, 0.0),
+        (None, "c", 0, 0.0),
+    ]
+
+
+def test_delete_bandit_rows_clears_every_bandit_table(engine: Engine, experiment_id: int) -> None:
+    store = BanditStore(engine, experiment_id, ARMS)
+    store.ensure_arms()
+    store.get_or_assign("u1", None, ThompsonDecision("b", 0.25, None, 0), count_trial=True)
+    with engine.begin() as conn:
+        delete_bandit_rows(conn, experiment_id)
+    assert store.latest_version() is None and store.total_units() == 0
+    assert store.get_assignment("u1", None) is None
 
 
 def test_get_or_assign_first_writer_wins(engine: Engine, experiment_id: int) -> None:

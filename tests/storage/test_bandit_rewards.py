@@ -20,15 +20,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from abplatform.assignment.thompson import ThompsonDecision
-from abplatform.config import load_experiment_text
-from abplatform.storage import models as m
-from abplatform.storage.bandit import (
+from abplatform.bandit import (
     BanditFeedback,
     BanditStore,
     FeedbackResult,
     PersistentThompsonPolicy,
     RewardRule,
 )
+from abplatform.config import load_experiment_text
+from abplatform.storage import models as m
 from abplatform.storage.db import make_engine, transaction, upgrade
 from abplatform.storage.repository import save_experiment, utcnow
 
@@ -361,8 +361,8 @@ def test_server_policy_counts_trials_and_publishes_in_the_background(engine: Eng
     feedback.register(RewardRule.from_config(exp, config))
     decisions = {}
     for unit in ("u1", "u2", "u3", "u4"):
-        value, drawn = server.draw(None)
-        decisions[unit] = server.settle(unit, value, drawn)
+        drawn = server.draw(unit)
+        decisions[unit] = server.settle(unit, None, drawn)
     assert server.settle("u1", None, ThompsonDecision("c", 0.9, None, 7)) == decisions["u1"]
     assert server.store.total_units() == 4  # one trial per unit, not per request
     with engine.begin() as conn:
@@ -375,7 +375,7 @@ def test_server_policy_counts_trials_and_publishes_in_the_background(engine: Eng
     assert fetched is not None and fetched.version == 1
     server.apply_weights(fetched)
     assert server.version == 1 and server.fetch_weights() is None
-    value, drawn = server.draw(None)
+    drawn = server.draw("u5")
     assert drawn.weight_version == 1
     assert drawn.propensity == pytest.approx(fetched.weights[None][drawn.variant])
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from abplatform.api.bandit import decide
+from abplatform.api.bandit import missing_context, settle
 from abplatform.api.deps import AssignScope, Services, ServicesDep
 from abplatform.api.errors import NotRunning, error_responses
 from abplatform.api.responses import FastJSON
@@ -18,9 +18,8 @@ from abplatform.api.schemas import (
     AssignRequest,
     AssignResponse,
 )
-from abplatform.assignment.thompson import ThompsonDecision
-from abplatform.domain import Decision, RecRequest
-from abplatform.storage.bandit import PersistentThompsonPolicy
+from abplatform.assignment.base import MissingContext
+from abplatform.domain import RecRequest
 from abplatform.storage.repository import utcnow
 from abplatform.writer import BufferedWriter, ExposureRow
 
@@ -44,14 +43,15 @@ async def _assign(
         runtime = await cache.get(request.experiment, fit=True)
         if runtime.status != "running":
             raise NotRunning(runtime.key, runtime.status)
-        decision: Decision | None
-        if isinstance(runtime.policy, PersistentThompsonPolicy):
+        policy = runtime.policy
+        scene = None if request.scene is None else {"scene": request.scene}
+        try:
+            decision = policy.draw(request.unit_id, scene)
+        except MissingContext as missing:
             loc = ("body",) if single else ("body", "requests", index)
-            decision = await decide(
-                runtime.policy, runtime.key, request.unit_id, request.scene, loc
-            )
-        else:
-            decision = runtime.policy.assign(request.unit_id)
+            raise missing_context(runtime.key, missing, loc) from None
+        if decision is not None and policy.sticky:
+            decision = await settle(policy, request.unit_id, scene, decision)
         if decision is None:
             answers.append(
                 {
@@ -97,9 +97,7 @@ async def _assign(
                 scene=request.scene,
                 context=context.model_dump(exclude_defaults=True) if context else None,
                 items=tuple(item for item, _ in slate),
-                weight_version=(
-                    decision.weight_version if isinstance(decision, ThompsonDecision) else None
-                ),
+                weight_version=decision.weight_version,
             )
         )
     if exposures:
