@@ -1,0 +1,5 @@
+"""`python -m abplatform.cli`: the command line."""
+
+from abplatform.cli import main
+
+main()
