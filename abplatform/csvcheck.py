@@ -193,10 +193,12 @@ def first_bad_utf8_line(path: Path) -> tuple[int, str]:
 
 
 def show(value: str) -> str:
+    """A value as a problem line quotes it: repr, cut to 60 characters."""
     return repr(value if len(value) <= 60 else value[:57] + "...")
 
 
 def bad(column: str, message: str, value: str) -> str:
+    """One problem of a cell: `column: message (got value)`."""
     return f"{column}: {message} (got {show(value)})"
 
 
@@ -231,6 +233,7 @@ def parse_seconds(value: str) -> int | None:
 
 
 def iso_seconds(value: str) -> float:
+    """ISO 8601 (naive means UTC) -> Unix seconds; NaN if the text is not ISO 8601."""
     try:
         stamp = datetime.fromisoformat(value)
     except ValueError:
@@ -242,6 +245,7 @@ def iso_seconds(value: str) -> float:
 
 
 def id_problems(column: str, value: str, *, required: bool = True) -> list[str]:
+    """What is wrong with an id cell: empty (if required) or too long."""
     if not value:
         return [f"{column}: empty"] if required else []
     if len(value) > MAX_ID_LENGTH:
@@ -250,6 +254,7 @@ def id_problems(column: str, value: str, *, required: bool = True) -> list[str]:
 
 
 def timestamp_problems(value: str) -> list[str]:
+    """What is wrong with a timestamp cell: not a time, or outside 1970..2100."""
     if parse_seconds(value) is not None:
         return []
     seconds = iso_seconds(value)

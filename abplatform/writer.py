@@ -14,6 +14,9 @@ Two ways to hand rows over:
 One writer thread drains the queue every `flush_interval` seconds or `flush_rows` rows
 (at once when a submission is waiting for its commit). The queue is bounded in rows; a
 full queue raises `WriterFull` (HTTP 503 + Retry-After), it never drops rows.
+
+This module holds the queue, the journal, the retries and the thread; the rows are encoded
+and inserted by `storage.rows`, the one writer of exposures, impressions and events.
 """
 
 from __future__ import annotations

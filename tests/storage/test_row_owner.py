@@ -45,7 +45,7 @@ def test_the_scan_recognises_writes() -> None:
         'bulk_insert(\n    conn,\n    "impressions",\n    {"exposure_id": ids},\n)',
         "conn.execute(insert(m.Event).values(rows))",
         "session.add(m.Exposure(id=1))",
-        'cursor.copy(\'COPY "exposures" (id) FROM STDIN\')',
+        "cursor.copy('COPY \"exposures\" (id) FROM STDIN')",
     ]
     assert [bool(_writes(sample)) for sample in samples] == [True] * len(samples)
     assert not _writes("threading.Event(); EventRow(...); bulk_insert(conn, 'users', {})")
