@@ -106,7 +106,7 @@ def _insert_sqlite(
 ) -> None:
     """Insert rows with multi-row INSERT statements: one driver call (one GIL hand-off) per
     chunk instead of one per row, which a busy event loop thread would make wait each time
-    (and 6-15% less CPU than executemany for the simulator's and ingest's rows)."""
+    (and less CPU than executemany for the simulator's rows: see bench/README.md)."""
     width = len(names)
     chunk = max(1, SQLITE_CHUNK_VALUES // width)
     raw: Any = conn.connection.driver_connection
