@@ -25,30 +25,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import BigInteger, Connection, Engine, Integer, bindparam, func, select, update
 
+from abplatform import csvcheck
+from abplatform.csvcheck import MAX_ID_LENGTH, CsvLog, Problems
 from abplatform.domain import FEEDBACK_TYPES
 from abplatform.errors import DataError
-from abplatform.ingest import (
-    CHUNK_ROWS,
-    MAX_ID_LENGTH,
-    _bad,
-    _CsvLog,
-    _float,
-    _gc_paused,
-    _id_problems,
-    _Problems,
-    _seconds,
-    _sqlite_cache,
-    _timestamp_problems,
-)
 from abplatform.progress import Progress, no_progress
 from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, seconds_to_sql
+from abplatform.storage.bulk import bulk_insert, gc_paused, seconds_to_sql, sqlite_cache
 from abplatform.storage.db import transaction
 
 ITEM_COLUMNS = ("item_id",)
@@ -102,25 +91,21 @@ class InteractionColumns:
         return int(self.user_ids.shape[0])
 
 
+class CatalogFiles(TypedDict, total=False):
+    """The inputs of one catalogue load (any subset) and its progress callback."""
+
+    items: Path | None
+    interactions: Path | None
+    users: Path | None
+    progress: Progress
+
+
 def ingest_catalog(
-    engine: Engine,
-    catalog: str,
-    *,
-    items: Path | None = None,
-    interactions: Path | None = None,
-    users: Path | None = None,
-    progress: Progress = no_progress,
+    engine: Engine, catalog: str, **files: Unpack[CatalogFiles]
 ) -> CatalogIngestSummary:
     """Load the given CSV files into `catalog` in one transaction; see `load_catalog_files`."""
-    with _gc_paused(), transaction(engine) as session:
-        return load_catalog_files(
-            session.connection(),
-            catalog,
-            items=items,
-            interactions=interactions,
-            users=users,
-            progress=progress,
-        )
+    with gc_paused(), transaction(engine) as session:
+        return load_catalog_files(session.connection(), catalog, **files)
 
 
 def load_catalog_files(
@@ -145,20 +130,12 @@ def load_catalog_files(
             [f"catalog: {catalog[:60]!r}..."],
             hint="use a shorter `catalog:` in the experiment file",
         )
-    problems = _Problems()
+    problems = Problems()
     with ExitStack() as stack:
-        item_log = (
-            _CsvLog.open(items, ITEM_COLUMNS, ITEM_OPTIONAL_COLUMNS, stack, problems)
-            if items is not None
-            else None
-        )
+        item_log = CsvLog.open_if_given(items, ITEM_COLUMNS, ITEM_OPTIONAL_COLUMNS, stack, problems)
         user_log = _open_profiles(users, stack, problems) if users is not None else None
-        interaction_log = (
-            _CsvLog.open(
-                interactions, INTERACTION_COLUMNS, INTERACTION_OPTIONAL_COLUMNS, stack, problems
-            )
-            if interactions is not None
-            else None
+        interaction_log = CsvLog.open_if_given(
+            interactions, INTERACTION_COLUMNS, INTERACTION_OPTIONAL_COLUMNS, stack, problems
         )
         problems.raise_if_any()  # a bad header: the rows cannot be read
         listed: set[str] = set()  # every item id of the items file, bad rows' too
@@ -169,7 +146,7 @@ def load_catalog_files(
         where = f"{items.name} nor " if items is not None else ""
         unknown = f"unknown item (not in {where}catalogue {catalog!r})"
         load = _Load(conn, catalog, problems)
-        with _sqlite_cache(conn):
+        with sqlite_cache(conn):
             if not problems.count:
                 load.items(new_items, stored_items, item_log.columns if item_log else {})
                 load.users(profiles)
@@ -194,22 +171,18 @@ def read_interactions(
     `known_items` are the catalogue's item ids; any other item id is a problem. Raises
     `DataError` with one line per bad row.
     """
-    problems = _Problems()
+    problems = Problems()
     known = set(known_items)
     unknown = f"unknown item (not in {catalog})"
     chunks: list[list[_InteractionRow]] = []
     with ExitStack() as stack:
-        log = _CsvLog.open(path, INTERACTION_COLUMNS, INTERACTION_OPTIONAL_COLUMNS, stack, problems)
+        log = CsvLog.open(path, INTERACTION_COLUMNS, INTERACTION_OPTIONAL_COLUMNS, stack, problems)
         if not problems.count:
             for chunk in _interaction_chunks(log, known, unknown, problems):
                 chunks.append(list(chunk))
     if problems.count:
-        listed = list(problems.lines)
-        if problems.count > len(listed):
-            listed.append(f"... and {problems.count - len(listed)} more")
-        raise DataError(
+        raise problems.error(
             f"cannot use {path.name}: {problems.count} problem{'s' * (problems.count > 1)}",
-            listed,
             hint="fix the rows listed (line numbers count the header too)",
         )
     rows = [row for chunk in chunks for row in chunk]
@@ -244,9 +217,9 @@ _ItemRow = tuple[str, str | None, str | None, float | None, str | None, str | No
 _InteractionRow = tuple[str, str, str, float | None, int]
 
 
-def _open_profiles(path: Path, stack: ExitStack, problems: _Problems) -> _CsvLog:
+def _open_profiles(path: Path, stack: ExitStack, problems: Problems) -> CsvLog:
     """Open users.csv: `user_id` is required and every other column is a profile feature."""
-    log, names = _CsvLog.start(path, stack, problems, what="users")
+    log, names = CsvLog.start(path, stack, problems, what="users")
     if names is None:
         return log
     if "user_id" not in names:
@@ -261,7 +234,7 @@ def _open_profiles(path: Path, stack: ExitStack, problems: _Problems) -> _CsvLog
             problems.add(
                 log.name,
                 log.header_line,
-                _bad("column name", f"longer than {MAX_LABEL_LENGTH}", name),
+                csvcheck.bad("column name", f"longer than {MAX_LABEL_LENGTH}", name),
             )
     log.set_columns(names, problems)
     return log
@@ -269,11 +242,11 @@ def _open_profiles(path: Path, stack: ExitStack, problems: _Problems) -> _CsvLog
 
 def _label_problems(column: str, value: str) -> list[str]:
     if len(value) > MAX_LABEL_LENGTH:
-        return [_bad(column, f"longer than {MAX_LABEL_LENGTH} characters", value)]
+        return [csvcheck.bad(column, f"longer than {MAX_LABEL_LENGTH} characters", value)]
     return []
 
 
-def _read_items(log: _CsvLog, problems: _Problems, listed: set[str]) -> list[_ItemRow]:
+def _read_items(log: CsvLog, problems: Problems, listed: set[str]) -> list[_ItemRow]:
     """Every valid row of items.csv; duplicates and bad values go to `problems`."""
     if not log.columns:
         return []
@@ -289,16 +262,16 @@ def _read_items(log: _CsvLog, problems: _Problems, listed: set[str]) -> list[_It
         raw_price = row[i_price].strip() if i_price is not None else ""
         title = row[i_title].strip() if i_title is not None else ""
         raw_tags = row[i_tags] if i_tags is not None else ""
-        found = _id_problems("item_id", item)
+        found = csvcheck.id_problems("item_id", item)
         listed.add(item)
         if item and not found:
             earlier = first_line.setdefault(item, line)
             if earlier != line:
-                found.append(_bad("item_id", f"duplicate of line {earlier}", item))
+                found.append(csvcheck.bad("item_id", f"duplicate of line {earlier}", item))
         found += _label_problems("category", category) + _label_problems("brand", brand)
-        price = _float(raw_price) if raw_price else None
+        price = csvcheck.parse_float(raw_price) if raw_price else None
         if price is not None and not (math.isfinite(price) and price >= 0.0):
-            found.append(_bad("price", "not a finite number >= 0", raw_price))
+            found.append(csvcheck.bad("price", "not a finite number >= 0", raw_price))
         if found:
             problems.add(log.name, line, "; ".join(found))
             continue
@@ -308,7 +281,7 @@ def _read_items(log: _CsvLog, problems: _Problems, listed: set[str]) -> list[_It
     return rows
 
 
-def _read_profiles(log: _CsvLog, problems: _Problems) -> list[tuple[str, dict[str, str]]]:
+def _read_profiles(log: CsvLog, problems: Problems) -> list[tuple[str, dict[str, str]]]:
     """(user id, features) of every valid row of users.csv; empty cells are missing features."""
     if "user_id" not in log.columns:
         return []
@@ -318,11 +291,11 @@ def _read_profiles(log: _CsvLog, problems: _Problems) -> list[tuple[str, dict[st
     profiles: list[tuple[str, dict[str, str]]] = []
     for line, row in log.rows(problems):
         user = row[i_user].strip()
-        found = _id_problems("user_id", user)
+        found = csvcheck.id_problems("user_id", user)
         if user and not found:
             earlier = first_line.setdefault(user, line)
             if earlier != line:
-                found.append(_bad("user_id", f"duplicate of line {earlier}", user))
+                found.append(csvcheck.bad("user_id", f"duplicate of line {earlier}", user))
         if found:
             problems.add(log.name, line, "; ".join(found))
             continue
@@ -332,10 +305,10 @@ def _read_profiles(log: _CsvLog, problems: _Problems) -> list[tuple[str, dict[st
 
 
 def _interaction_chunks(
-    log: _CsvLog,
+    log: CsvLog,
     known: set[str],
     unknown: str,
-    problems: _Problems,
+    problems: Problems,
     on_line: Callable[[int], None] | None = None,
 ) -> Iterator[list[_InteractionRow]]:
     """Valid interaction rows in chunks of `CHUNK_ROWS`; bad rows go to `problems`."""
@@ -352,8 +325,8 @@ def _interaction_chunks(
         kind = row[i_type].strip().lower() if i_type is not None else ""
         raw_value = row[i_value].strip() if i_value is not None else ""
         kind = kind or DEFAULT_INTERACTION_TYPE
-        ts = _seconds(stamp)
-        value = _float(raw_value) if raw_value else None
+        ts = csvcheck.parse_seconds(stamp)
+        value = csvcheck.parse_float(raw_value) if raw_value else None
         if (
             0 < len(user) <= MAX_ID_LENGTH
             and item in known
@@ -362,7 +335,7 @@ def _interaction_chunks(
             and (value is None or math.isfinite(value))
         ):
             chunk.append((user, item, kind, value, ts))
-            if len(chunk) >= CHUNK_ROWS:
+            if len(chunk) >= csvcheck.CHUNK_ROWS:
                 yield chunk
                 chunk = []
                 if on_line is not None:
@@ -377,16 +350,16 @@ def _interaction_chunks(
 def _interaction_problems(
     user: str, item: str, stamp: str, kind: str, value: str, known: set[str], unknown: str
 ) -> str:
-    found = _id_problems("user_id", user)
-    item_problems = _id_problems("item_id", item)
+    found = csvcheck.id_problems("user_id", user)
+    item_problems = csvcheck.id_problems("item_id", item)
     if not item_problems and item not in known:
-        item_problems = [_bad("item_id", unknown, item)]
+        item_problems = [csvcheck.bad("item_id", unknown, item)]
     found += item_problems
-    found += _timestamp_problems(stamp)
+    found += csvcheck.timestamp_problems(stamp)
     if kind not in INTERACTION_TYPES:
-        found.append(_bad("type", f"allowed: {', '.join(INTERACTION_TYPES)}", kind))
-    if value and not math.isfinite(_float(value)):
-        found.append(_bad("value", "not a finite number", value))
+        found.append(csvcheck.bad("type", f"allowed: {', '.join(INTERACTION_TYPES)}", kind))
+    if value and not math.isfinite(csvcheck.parse_float(value)):
+        found.append(csvcheck.bad("value", "not a finite number", value))
     return "; ".join(found)
 
 
@@ -405,7 +378,7 @@ def _count_lines(path: Path) -> int:
 class _Load:
     """Writes checked rows into the open transaction; after any problem it only checks."""
 
-    def __init__(self, conn: Connection, catalog: str, problems: _Problems) -> None:
+    def __init__(self, conn: Connection, catalog: str, problems: Problems) -> None:
         self.conn = conn
         self.catalog = catalog
         self.problems = problems
@@ -490,7 +463,7 @@ class _Load:
         self.users_updated = len(merged)
 
     def interactions(
-        self, log: _CsvLog, known_items: set[str], unknown: str, on_line: Callable[[int], None]
+        self, log: CsvLog, known_items: set[str], unknown: str, on_line: Callable[[int], None]
     ) -> None:
         stored = self._stored_interactions()
         for chunk in _interaction_chunks(log, known_items, unknown, self.problems, on_line):

@@ -72,3 +72,18 @@ class DataError(AbplatformError):
     def __init__(self, message: str, problems: list[str], hint: str | None = None) -> None:
         super().__init__(message, hint)
         self.problems = problems
+
+
+# The buffered writer's refusals (`abplatform.writer`); the API answers them 503 + Retry-After.
+
+
+class WriterFull(AbplatformError):
+    """The write queue is at its bound; the client should retry later."""
+
+
+class WriteFailed(AbplatformError):
+    """The database refused the rows (rolled back, nothing written); the client may retry."""
+
+
+class WriterClosed(AbplatformError):
+    """The writer is shutting down and accepts no more rows."""

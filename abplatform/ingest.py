@@ -2,48 +2,56 @@
 
 from __future__ import annotations
 
-import csv
-import gc
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import TextIO
 
 from sqlalchemy import Connection, Engine
 
 from abplatform.config.models import ExperimentConfig
+from abplatform.csvcheck import (
+    CHUNK_ROWS,
+    MAX_ID_LENGTH,
+    CsvLog,
+    Problems,
+    bad,
+    id_problems,
+    parse_float,
+    parse_int,
+    parse_seconds,
+    timestamp_problems,
+)
 from abplatform.domain import EVENT_TYPES
-from abplatform.errors import DataError
-from abplatform.storage.bulk import bulk_insert, reserve_ids, seconds_to_sql
+from abplatform.storage.bulk import gc_paused, seconds_to_sql, sqlite_cache
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import save_experiment
+from abplatform.storage.rows import (
+    EventColumns,
+    ExposureColumns,
+    insert_events,
+    insert_exposures,
+    reserve_exposure_ids,
+    stored_event_ids,
+    stored_exposures,
+)
 
-EXPOSURE_COLUMNS = ("unit_id", "variant", "timestamp")
-EXPOSURE_OPTIONAL_COLUMNS = ("propensity", "scene", "slate_size")
-EVENT_COLUMNS = ("unit_id", "type", "timestamp")
-EVENT_OPTIONAL_COLUMNS = ("event_id", "item_id", "value")
+EXPOSURE_LOG_COLUMNS = ("unit_id", "variant", "timestamp")
+EXPOSURE_LOG_OPTIONAL_COLUMNS = ("propensity", "scene", "slate_size")
+EVENT_LOG_COLUMNS = ("unit_id", "type", "timestamp")
+EVENT_LOG_OPTIONAL_COLUMNS = ("event_id", "item_id", "value")
+"""The CSV logs' columns (the tables' are `storage.rows.EXPOSURE_COLUMNS`/`EVENT_COLUMNS`)."""
 
 INGESTIBLE_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "impression")
 """Event types a log may carry; impressions are derived from the exposures' `slate_size`."""
 
-MAX_ID_LENGTH = 128
 MAX_SCENE_LENGTH = 64
 MAX_SLATE_SIZE = 2**31 - 1
-MAX_PROBLEMS = 50
-# Plausible Unix seconds: outside 1970..2100 a value is almost surely milliseconds or garbage.
-MIN_SECONDS = 0
-MAX_SECONDS = 4_102_444_800
-CHUNK_ROWS = 50_000
-SQLITE_CACHE_KIB = -131_072  # negative: KiB, i.e. 128 MiB of page cache while loading
-# Event ids per existence query: under old SQLite's 999 bound parameters; one array on PostgreSQL.
-ID_QUERY_CHUNK = 900
-PG_ID_QUERY_CHUNK = 10_000
 
+# Checked rows: the first fields of `ExposureColumns` / `EventColumns`, in their order.
 _ExposureRow = tuple[str, str, int, float, str | None, int]
 _EventRow = tuple[str, str, str, str | None, float | None, int]
 
@@ -79,24 +87,20 @@ def ingest_logs(
     `also(conn)`, if given, loads more of the same command's input in the same transaction
     once the logs are in; whatever it raises rolls the logs back too.
     """
-    problems = _Problems()
+    problems = Problems()
     with ExitStack() as stack:
-        exposure_log = (
-            _CsvLog.open(exposures, EXPOSURE_COLUMNS, EXPOSURE_OPTIONAL_COLUMNS, stack, problems)
-            if exposures is not None
-            else None
+        exposure_log = CsvLog.open_if_given(
+            exposures, EXPOSURE_LOG_COLUMNS, EXPOSURE_LOG_OPTIONAL_COLUMNS, stack, problems
         )
-        event_log = (
-            _CsvLog.open(events, EVENT_COLUMNS, EVENT_OPTIONAL_COLUMNS, stack, problems)
-            if events is not None
-            else None
+        event_log = CsvLog.open_if_given(
+            events, EVENT_LOG_COLUMNS, EVENT_LOG_OPTIONAL_COLUMNS, stack, problems
         )
         problems.raise_if_any()
-        with _gc_paused(), transaction(engine) as session:
+        with gc_paused(), transaction(engine) as session:
             stored = save_experiment(session, config, catalog or config.catalog_name)
             conn = session.connection()
             load = _Load(conn, stored.id, config, problems)
-            with _sqlite_cache(conn):
+            with sqlite_cache(conn):
                 if exposure_log is not None:
                     load.exposures(exposure_log)
                 if event_log is not None:
@@ -112,200 +116,6 @@ def ingest_logs(
         units=len(load.units),
         duplicate_exposures=load.n_duplicate_exposures,
     )
-
-
-class _Problems:
-    """Problems found so far, one line per bad row (or header): MAX_PROBLEMS kept, rest counted."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.count = 0
-        self.files: list[str] = []
-
-    def add(self, file: str, line: int, what: str) -> None:
-        self.count += 1
-        if file not in self.files:
-            self.files.append(file)
-        if len(self.lines) < MAX_PROBLEMS:
-            self.lines.append(f"{file} line {line}: {what}")
-
-    def raise_if_any(self) -> None:
-        if not self.count:
-            return
-        listed = list(self.lines)
-        if self.count > len(listed):
-            listed.append(f"... and {self.count - len(listed)} more")
-        plural = "s" if self.count != 1 else ""
-        raise DataError(
-            f"cannot ingest {', '.join(self.files)}: {self.count} problem{plural}; "
-            "nothing was written",
-            listed,
-            hint="fix the rows listed (line numbers count the header too) and run the ingest again",
-        )
-
-
-class _CsvLog:
-    """An open CSV log whose header has been checked; yields rows with their line numbers."""
-
-    def __init__(self, path: Path, handle: TextIO) -> None:
-        self.path = path
-        self.name = path.name
-        self.reader = csv.reader(handle, strict=True)
-        self.columns: dict[str, int] = {}
-        self.width = 0
-        self.header_line = 1
-        self._last_line = 0
-
-    @classmethod
-    def start(
-        cls, path: Path, stack: ExitStack, problems: _Problems, what: str = "log"
-    ) -> tuple[_CsvLog, list[str] | None]:
-        """Open `path` and read its header: the log and the stripped names (None if empty)."""
-        try:
-            handle = stack.enter_context(path.open(encoding="utf-8-sig", newline=""))
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise DataError(
-                f"cannot read {path}: {reason}",
-                [f"{path.name}: {reason}"],
-                hint=f"check the path of the {what} file",
-            ) from None
-        log = cls(path, handle)
-        header = log.header(problems)
-        return log, None if header is None else [name.strip() for name in header]
-
-    def set_columns(self, names: list[str], problems: _Problems) -> None:
-        """Index the columns by name; a repeated name is a problem."""
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            problems.add(
-                self.name, self.header_line, f"repeated column {', '.join(map(repr, repeated))}"
-            )
-        self.columns = {name: i for i, name in enumerate(names)}
-        self.width = len(names)
-
-    @classmethod
-    def open(
-        cls,
-        path: Path,
-        required: Sequence[str],
-        optional: Sequence[str],
-        stack: ExitStack,
-        problems: _Problems,
-    ) -> _CsvLog:
-        log, names = cls.start(path, stack, problems)
-        if names is None:  # an empty file is an empty log
-            return log
-        found = ", ".join(repr(name) for name in names)
-        for column in required:
-            if column not in names:
-                problems.add(
-                    log.name,
-                    log.header_line,
-                    f"missing required column {column!r} (found: {found})",
-                )
-        unknown = [name for name in names if name not in required and name not in optional]
-        if unknown:
-            problems.add(
-                log.name,
-                log.header_line,
-                f"unknown column{'s' * (len(unknown) > 1)} "
-                f"{', '.join(repr(name) for name in unknown)} "
-                f"(required: {', '.join(required)}; optional: {', '.join(optional)})",
-            )
-        log.set_columns(names, problems)
-        return log
-
-    def rows(self, problems: _Problems) -> Iterator[tuple[int, list[str]]]:
-        """Data rows with the 1-based line they start on; blank lines are skipped."""
-        reader, width, last = self.reader, self.width, self._last_line
-        try:
-            for row in reader:
-                line, last = last + 1, reader.line_num  # a quoted field may span lines
-                if len(row) == width:
-                    yield line, row
-                elif row:
-                    problems.add(self.name, line, f"expected {width} fields, found {len(row)}")
-        except (UnicodeDecodeError, csv.Error) as exc:
-            self._unreadable(exc, problems)
-
-    def header(self, problems: _Problems) -> list[str] | None:
-        """The first non-blank record, or None for an empty file."""
-        last = 0
-        try:
-            for row in self.reader:
-                start, last = last + 1, self.reader.line_num
-                if row:
-                    self.header_line, self._last_line = start, last
-                    return row
-        except (UnicodeDecodeError, csv.Error) as exc:
-            self._unreadable(exc, problems)
-        return None
-
-    def _unreadable(self, exc: UnicodeDecodeError | csv.Error, problems: _Problems) -> None:
-        if isinstance(exc, UnicodeDecodeError):
-            line, reason = _first_bad_utf8_line(self.path)
-            problems.add(self.name, line, f"not UTF-8 ({reason}); reading stopped here")
-        else:
-            line = self.reader.line_num
-            problems.add(self.name, line, f"malformed CSV ({exc}); reading stopped here")
-
-
-def _first_bad_utf8_line(path: Path) -> tuple[int, str]:
-    """Where a file stops being UTF-8; scanned again only when decoding has failed."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                return number, f"{exc.reason} at byte {exc.start + 1} of the line"
-    return 0, "undecodable bytes"
-
-
-def _show(value: str) -> str:
-    return repr(value if len(value) <= 60 else value[:57] + "...")
-
-
-def _bad(column: str, message: str, value: str) -> str:
-    return f"{column}: {message} (got {_show(value)})"
-
-
-def _float(value: str) -> float:
-    """The number, or NaN when the text is not one (NaN then fails every range check)."""
-    try:
-        return float(value)
-    except ValueError:
-        return math.nan
-
-
-def _int(value: str) -> int:
-    """The whole number, or -1 when the text is not one."""
-    try:
-        return int(value)
-    except ValueError:
-        return -1
-
-
-def _seconds(value: str) -> int | None:
-    """ISO 8601 (naive means UTC) or Unix seconds -> whole Unix seconds; None if neither."""
-    if value[4:5] == "-":  # YYYY-...: skip float(), whose failure is the slow path
-        seconds = _iso_seconds(value)
-    else:
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = _iso_seconds(value)
-    if MIN_SECONDS <= seconds < MAX_SECONDS:  # False for NaN too
-        return math.floor(seconds)
-    return None
-
-
-def _iso_seconds(value: str) -> float:
-    try:
-        stamp = datetime.fromisoformat(value)
-    except ValueError:
-        return math.nan
-    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
 
 
 def _derived_event_id(
@@ -324,26 +134,6 @@ def _derived_event_id(
 # Diagnosis of a bad row: only run once the fast checks have failed, so it may be slow.
 
 
-def _id_problems(column: str, value: str, *, required: bool = True) -> list[str]:
-    if not value:
-        return [f"{column}: empty"] if required else []
-    if len(value) > MAX_ID_LENGTH:
-        return [_bad(column, f"longer than {MAX_ID_LENGTH} characters", value)]
-    return []
-
-
-def _timestamp_problems(value: str) -> list[str]:
-    if _seconds(value) is not None:
-        return []
-    seconds = _iso_seconds(value)
-    if math.isnan(seconds):
-        seconds = _float(value)
-    if not math.isfinite(seconds):
-        return [_bad("timestamp", "not ISO 8601 or Unix seconds", value)]
-    why = "outside 1970-01-01..2100-01-01 UTC (Unix timestamps must be seconds, not ms)"
-    return [_bad("timestamp", why, value)]
-
-
 def _exposure_problems(
     unit: str,
     variant: str,
@@ -353,67 +143,39 @@ def _exposure_problems(
     slate_size: str,
     known: dict[str, float],
 ) -> str:
-    problems = _id_problems("unit_id", unit)
+    problems = id_problems("unit_id", unit)
     weight = known.get(variant)
     if weight is None:
-        problems.append(_bad("variant", f"unknown variant; known: {', '.join(known)}", variant))
-    problems += _timestamp_problems(stamp)
+        problems.append(bad("variant", f"unknown variant; known: {', '.join(known)}", variant))
+    problems += timestamp_problems(stamp)
     if propensity:
-        if not 0.0 < _float(propensity) <= 1.0:
-            problems.append(_bad("propensity", "not a number in (0, 1]", propensity))
+        if not 0.0 < parse_float(propensity) <= 1.0:
+            problems.append(bad("propensity", "not a number in (0, 1]", propensity))
     elif weight is not None and weight <= 0.0:
         why = f"missing, and variant {variant!r} has weight 0 in the config, so no default"
-        problems.append(_bad("propensity", why, propensity))
+        problems.append(bad("propensity", why, propensity))
     if len(scene) > MAX_SCENE_LENGTH:
-        problems.append(_bad("scene", f"longer than {MAX_SCENE_LENGTH} characters", scene))
-    if slate_size and not 0 <= _int(slate_size) <= MAX_SLATE_SIZE:
-        problems.append(_bad("slate_size", "not a whole number >= 0", slate_size))
+        problems.append(bad("scene", f"longer than {MAX_SCENE_LENGTH} characters", scene))
+    if slate_size and not 0 <= parse_int(slate_size) <= MAX_SLATE_SIZE:
+        problems.append(bad("slate_size", "not a whole number >= 0", slate_size))
     return "; ".join(problems)
 
 
 def _event_problems(
     unit: str, kind: str, stamp: str, item: str, value: str, event_id: str, duplicate: str
 ) -> str:
-    problems = _id_problems("unit_id", unit)
+    problems = id_problems("unit_id", unit)
     if kind not in INGESTIBLE_EVENT_TYPES:
         why = "impressions come from the exposures' slate_size; " * (kind == "impression")
-        problems.append(_bad("type", f"{why}allowed: {', '.join(INGESTIBLE_EVENT_TYPES)}", kind))
-    problems += _timestamp_problems(stamp)
-    problems += _id_problems("item_id", item, required=False)
-    if value and not math.isfinite(_float(value)):
-        problems.append(_bad("value", "not a finite number", value))
-    problems += _id_problems("event_id", event_id, required=False)
+        problems.append(bad("type", f"{why}allowed: {', '.join(INGESTIBLE_EVENT_TYPES)}", kind))
+    problems += timestamp_problems(stamp)
+    problems += id_problems("item_id", item, required=False)
+    if value and not math.isfinite(parse_float(value)):
+        problems.append(bad("value", "not a finite number", value))
+    problems += id_problems("event_id", event_id, required=False)
     if duplicate:
         problems.append(duplicate)
     return "; ".join(problems)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: a load allocates millions of acyclic rows, and its scans cost ~20%."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-@contextmanager
-def _sqlite_cache(conn: Connection) -> Iterator[None]:
-    """Give SQLite a large page cache for the load, so index pages stay in memory; then restore."""
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    previous = int(raw.execute("PRAGMA cache_size").fetchone()[0])
-    raw.execute(f"PRAGMA cache_size={SQLITE_CACHE_KIB}")
-    try:
-        yield
-    finally:
-        raw.execute(f"PRAGMA cache_size={previous}")
 
 
 class _Load:
@@ -424,7 +186,7 @@ class _Load:
     """
 
     def __init__(
-        self, conn: Connection, experiment_id: int, config: ExperimentConfig, problems: _Problems
+        self, conn: Connection, experiment_id: int, config: ExperimentConfig, problems: Problems
     ) -> None:
         self.conn = conn
         self.experiment_id = experiment_id
@@ -437,11 +199,11 @@ class _Load:
         self.n_duplicates = 0
         self.n_duplicate_exposures = 0
 
-    def exposures(self, log: _CsvLog) -> None:
+    def exposures(self, log: CsvLog) -> None:
         if not log.columns:  # an empty file
             return
-        i_unit, i_variant, i_ts = (log.columns[c] for c in EXPOSURE_COLUMNS)
-        i_prop, i_scene, i_slate = (log.columns.get(c) for c in EXPOSURE_OPTIONAL_COLUMNS)
+        i_unit, i_variant, i_ts = (log.columns[c] for c in EXPOSURE_LOG_COLUMNS)
+        i_prop, i_scene, i_slate = (log.columns.get(c) for c in EXPOSURE_LOG_OPTIONAL_COLUMNS)
         weights, add_unit = self.weights, self.units.add
         chunk: list[_ExposureRow] = []
         for line, row in log.rows(self.problems):
@@ -452,10 +214,10 @@ class _Load:
             scene = row[i_scene].strip() if i_scene is not None else ""
             raw_slate_size = row[i_slate].strip() if i_slate is not None else ""
             weight = weights.get(variant)
-            ts = _seconds(stamp)
+            ts = parse_seconds(stamp)
             # An unknown variant has no weight; 0.0 then fails the propensity check below.
-            propensity = _float(raw_propensity) if raw_propensity else (weight or 0.0)
-            slate_size = _int(raw_slate_size) if raw_slate_size else 0
+            propensity = parse_float(raw_propensity) if raw_propensity else (weight or 0.0)
+            slate_size = parse_int(raw_slate_size) if raw_slate_size else 0
             if (
                 0 < len(unit) <= MAX_ID_LENGTH
                 and weight is not None
@@ -478,7 +240,7 @@ class _Load:
     def _write_exposures(self, chunk: list[_ExposureRow]) -> None:
         if chunk and not self.problems.count:
             stamps = seconds_to_sql([row[2] for row in chunk])
-            stored = _stored_exposures(self.conn, self.experiment_id, {row[1] for row in chunk})
+            stored = stored_exposures(self.conn, self.experiment_id, {row[1] for row in chunk})
             fresh: list[_ExposureRow] = []
             for row, stamp in zip(chunk, stamps, strict=True):
                 key = (row[1], row[0], stamp)
@@ -489,29 +251,17 @@ class _Load:
                     fresh.append(row)
             chunk[:] = fresh
         if chunk and not self.problems.count:
-            variants, units, seconds, propensities, scenes, slate_sizes = zip(*chunk, strict=True)
-            self.n_exposures += bulk_insert(
-                self.conn,
-                "exposures",
-                {
-                    # Reserved like the API's writer does, so a running server's ids never clash.
-                    "id": reserve_ids(self.conn, "exposures", len(chunk)),
-                    "experiment_id": [self.experiment_id] * len(chunk),
-                    "variant": variants,
-                    "unit_id": units,
-                    "ts": seconds_to_sql(seconds),
-                    "propensity": propensities,
-                    "scene": scenes,
-                    "slate_size": slate_sizes,
-                },
-            )
+            # Reserved like the API's writer does, so a running server's ids never clash.
+            ids = reserve_exposure_ids(self.conn, len(chunk))
+            exposures = ExposureColumns(*zip(*chunk, strict=True))
+            self.n_exposures += insert_exposures(self.conn, ids, self.experiment_id, exposures)
         chunk.clear()
 
-    def events(self, log: _CsvLog) -> None:
+    def events(self, log: CsvLog) -> None:
         if not log.columns:  # an empty file
             return
-        i_unit, i_type, i_ts = (log.columns[c] for c in EVENT_COLUMNS)
-        i_event, i_item, i_value = (log.columns.get(c) for c in EVENT_OPTIONAL_COLUMNS)
+        i_unit, i_type, i_ts = (log.columns[c] for c in EVENT_LOG_COLUMNS)
+        i_event, i_item, i_value = (log.columns.get(c) for c in EVENT_LOG_OPTIONAL_COLUMNS)
         allowed = frozenset(INGESTIBLE_EVENT_TYPES)
         key, add_unit = self.key, self.units.add
         same_content = "" if i_event is not None else " (same content gives the same derived id)"
@@ -524,8 +274,8 @@ class _Load:
             item = row[i_item].strip() if i_item is not None else ""
             raw_value = row[i_value].strip() if i_value is not None else ""
             event_id = row[i_event].strip() if i_event is not None else ""
-            ts = _seconds(stamp)
-            value = _float(raw_value) if raw_value else None
+            ts = parse_seconds(stamp)
+            value = parse_float(raw_value) if raw_value else None
             valid = (
                 0 < len(unit) <= MAX_ID_LENGTH
                 and kind in allowed
@@ -540,7 +290,7 @@ class _Load:
                 earlier = first_line.setdefault(event_id, line)
                 if earlier != line:
                     why = f"duplicate of line {earlier}{same_content}"
-                    duplicate = _bad("event_id", why, event_id)
+                    duplicate = bad("event_id", why, event_id)
             if valid and ts is not None and not duplicate:
                 add_unit(unit)
                 chunk.append((event_id, unit, kind, item or None, value, ts))
@@ -555,81 +305,10 @@ class _Load:
         if chunk and not self.problems.count:
             # In event_id order, lookups and inserts walk the unique index's pages in order.
             chunk.sort(key=itemgetter(0))
-            stored = _stored_event_ids(self.conn, [row[0] for row in chunk])
+            stored = stored_event_ids(self.conn, [row[0] for row in chunk])
             fresh = [row for row in chunk if row[0] not in stored] if stored else chunk
             self.n_duplicates += len(chunk) - len(fresh)
             if fresh:
-                event_ids, units, kinds, items, values, seconds = zip(*fresh, strict=True)
-                self.n_events += bulk_insert(
-                    self.conn,
-                    "events",
-                    {
-                        "event_id": event_ids,
-                        "experiment_id": [self.experiment_id] * len(fresh),
-                        "unit_id": units,
-                        "type": kinds,
-                        "item_id": items,
-                        "value": values,
-                        "ts": seconds_to_sql(seconds),
-                    },
-                )
+                events = EventColumns(*zip(*fresh, strict=True))
+                self.n_events += insert_events(self.conn, self.experiment_id, events)
         chunk.clear()
-
-
-def _stored_event_ids(conn: Connection, event_ids: Sequence[str]) -> set[str]:
-    """Which of these event ids the database already holds, asked a chunk of ids at a time.
-
-    The driver's cursor is used directly, as in `bulk_insert`: SQLAlchemy's expansion of
-    a 900-value IN list per query costs more than the lookups themselves.
-    """
-    stored: set[str] = set()
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if conn.dialect.name == "postgresql":
-            for start in range(0, len(event_ids), PG_ID_QUERY_CHUNK):
-                ids = list(event_ids[start : start + PG_ID_QUERY_CHUNK])
-                cursor.execute("SELECT event_id FROM events WHERE event_id = ANY(%s)", (ids,))
-                stored.update(row[0] for row in cursor.fetchall())
-        else:
-            for start in range(0, len(event_ids), ID_QUERY_CHUNK):
-                ids = list(event_ids[start : start + ID_QUERY_CHUNK])
-                marks = ", ".join("?" * len(ids))
-                cursor.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", ids)
-                stored.update(row[0] for row in cursor.fetchall())
-    finally:
-        cursor.close()
-    return stored
-
-
-def _stored_exposures(
-    conn: Connection, experiment_id: int, units: set[str]
-) -> set[tuple[str, str, str]]:
-    """(unit, variant, timestamp text) of the experiment's stored exposures of these units."""
-    found: set[tuple[str, str, str]] = set()
-    ordered = sorted(units)
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if conn.dialect.name == "postgresql":
-            for start in range(0, len(ordered), PG_ID_QUERY_CHUNK):
-                cursor.execute(
-                    "SELECT unit_id, variant, ts FROM exposures "
-                    "WHERE experiment_id = %s AND unit_id = ANY(%s)",
-                    (experiment_id, ordered[start : start + PG_ID_QUERY_CHUNK]),
-                )
-                found.update(
-                    (unit, variant, ts.strftime("%Y-%m-%d %H:%M:%S.%f"))
-                    for unit, variant, ts in cursor.fetchall()
-                )
-        else:
-            for start in range(0, len(ordered), ID_QUERY_CHUNK):
-                ids = ordered[start : start + ID_QUERY_CHUNK]
-                marks = ", ".join("?" * len(ids))
-                cursor.execute(
-                    "SELECT unit_id, variant, ts FROM exposures "
-                    f"WHERE experiment_id = ? AND unit_id IN ({marks})",
-                    [experiment_id, *ids],
-                )
-                found.update((unit, variant, ts) for unit, variant, ts in cursor.fetchall())
-    finally:
-        cursor.close()
-    return found

@@ -14,6 +14,9 @@ Two ways to hand rows over:
 One writer thread drains the queue every `flush_interval` seconds or `flush_rows` rows
 (at once when a submission is waiting for its commit). The queue is bounded in rows; a
 full queue raises `WriterFull` (HTTP 503 + Retry-After), it never drops rows.
+
+This module holds the queue, the journal, the retries and the thread; the rows are encoded
+and inserted by `storage.rows`, the one writer of exposures, impressions and events.
 """
 
 from __future__ import annotations
@@ -30,70 +33,44 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Table, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from abplatform.bandit import BanditFeedback
+from abplatform.errors import WriteFailed, WriterClosed, WriterFull
 from abplatform.journal import Journal, Segment
-from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, id_mark_path, reserve_above_mark, reserve_ids
+from abplatform.storage.rows import (
+    EventRow,
+    ExposureIds,
+    ExposureRow,
+    write_events,
+    write_exposures,
+)
+
+__all__ = [
+    "BufferedWriter",
+    "EventRow",
+    "ExposureIds",
+    "ExposureRow",
+    "WriteFailed",
+    "WriteResult",
+    "WriterClosed",
+    "WriterFull",
+    "journal_line",
+    "replay_journal",
+]
+"""The rows, id reservation and refusals of `storage.rows` and `errors` are part of this API."""
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 200_000
 DEFAULT_FLUSH_ROWS = 20_000
 DEFAULT_FLUSH_INTERVAL = 0.005
-ID_BLOCK = 1024
 # Accepted rows the database refuses for good (e.g. their experiment was deleted) are kept
 # here, one JSON line per submission, instead of being retried forever.
 REJECTED_FILE = "rejected.jsonl"
-
-
-class WriterFull(Exception):
-    """The write queue is at its bound; the client should retry later."""
-
-
-class WriteFailed(Exception):
-    """The database refused the rows (rolled back, nothing written); the client may retry."""
-
-
-class WriterClosed(Exception):
-    """The writer is shutting down and accepts no more rows."""
-
-
-@dataclass(frozen=True)
-class ExposureRow:
-    """An exposure to record with the item ids of its slate (one impression each)."""
-
-    experiment_id: int
-    variant: str
-    unit_id: str
-    ts: datetime
-    propensity: float
-    bucket: float | None
-    scene: str | None
-    context: dict[str, Any] | None
-    items: tuple[str, ...]
-    # The bandit weight version the decision was drawn from; None for hashed experiments.
-    weight_version: int | None = None
-
-
-@dataclass(frozen=True)
-class EventRow:
-    """A feedback event to record once (by `event_id`)."""
-
-    event_id: str
-    experiment_id: int | None
-    exposure_id: int | None
-    unit_id: str
-    type: str
-    item_id: str | None
-    value: float | None
-    ts: datetime
 
 
 @dataclass(frozen=True)
@@ -135,86 +112,6 @@ def _sqlite_file(engine: Engine) -> Path | None:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
     return Path(database).resolve()
-
-
-class ExposureIds:
-    """Exposure ids reserved in blocks before they are needed, so assigning never waits.
-
-    PostgreSQL: `nextval` of the id sequence, a block per round trip. SQLite: the next id
-    above both MAX(id) and a high-water mark kept in `<db file>.exposure-ids` under `flock`,
-    so several server processes on one file never hand out the same id; `simulate` and
-    `ingest` reserve through the same mark (`storage.bulk.reserve_ids`).
-    """
-
-    def __init__(self, engine: Engine, block: int = ID_BLOCK) -> None:
-        self.engine = engine
-        self.block = block
-        self._free: deque[range] = deque()
-        self._available = 0
-        self._lock = threading.Lock()
-        self._refilling = False
-        self._mark = None
-        if _sqlite_file(engine) is not None:
-            self._mark = id_mark_path(engine.url.database, "exposures")
-        self._local_next = 0  # in-memory SQLite: one process, ids above MAX(id)
-
-    def take(self, n: int) -> list[int]:
-        """`n` fresh ids; reserves a block synchronously only if the reserve ran dry."""
-        ids: list[int] = []
-        while len(ids) < n:
-            with self._lock:
-                while self._free and len(ids) < n:
-                    first = self._free[0]
-                    count = min(n - len(ids), len(first))
-                    ids.extend(first[:count])
-                    self._available -= count
-                    if count == len(first):
-                        self._free.popleft()
-                    else:
-                        self._free[0] = first[count:]
-            if len(ids) < n:
-                self.refill(max(self.block, n - len(ids)))
-        return ids
-
-    @property
-    def low(self) -> bool:
-        """Whether less than half a block is left (time to reserve the next one)."""
-        return self._available < self.block // 2 and not self._refilling
-
-    def refill(self, n: int | None = None) -> None:
-        """Reserve another block (called from a thread; one database round trip)."""
-        self._refilling = True
-        try:
-            fresh = self._reserve(n or self.block)
-        finally:
-            self._refilling = False
-        with self._lock:
-            self._free.extend(fresh)
-            self._available += sum(len(run) for run in fresh)
-
-    def _reserve(self, n: int) -> list[range]:
-        if self.engine.dialect.name == "postgresql":
-            with self.engine.begin() as conn:
-                ids = reserve_ids(conn, "exposures", n).tolist()
-            # nextval hands out increasing values, interleaved with other sessions': keep
-            # the contiguous runs.
-            runs: list[range] = []
-            start = previous = ids[0]
-            for value in ids[1:]:
-                if value != previous + 1:
-                    runs.append(range(start, previous + 1))
-                    start = value
-                previous = value
-            runs.append(range(start, previous + 1))
-            return runs
-        with self.engine.connect() as conn:
-            top = int(conn.execute(select(func.coalesce(func.max(m.Exposure.id), 0))).scalar_one())
-        if self._mark is None:
-            start = max(top + 1, self._local_next)
-            self._local_next = start + n
-            return [range(start, start + n)]
-        start = reserve_above_mark(self._mark, top, n)
-        return [range(start, start + n)]
 
 
 def journal_line(ids: Sequence[int], rows: Sequence[ExposureRow]) -> bytes:
@@ -276,7 +173,7 @@ def replay_journal(
         ids += line_ids
         rows += line_rows
     with engine.begin() as conn:
-        _write_exposures(conn, ids, rows, idempotent=True)
+        write_exposures(conn, ids, rows, idempotent=True)
         if bandit is not None:
             bandit.apply(conn, ids, rows, [])
 
@@ -525,14 +422,14 @@ class BufferedWriter:
         with self._turn(), self.engine.begin() as conn:
             ids = [i for job in jobs for i in job.exposure_ids]
             exposures = [e for job in jobs for e in job.exposures]
-            _write_exposures(conn, ids, exposures, idempotent=idempotent)
+            write_exposures(conn, ids, exposures, idempotent=idempotent)
             batches = [job.events for job in jobs]
             bandit = self.bandit
             # Rewards count only for events this transaction inserts (not duplicates).
             new: list[EventRow] | None = None
             if bandit is not None and bandit.wants([e for b in batches for e in b]):
                 new = []
-            counts = _write_events(conn, batches, new)
+            counts = write_events(conn, batches, new)
             if bandit is not None:
                 bandit.apply(conn, ids, exposures, new or [])
         return [
@@ -543,215 +440,3 @@ class BufferedWriter:
 
 class _Transient(WriteFailed):
     """The database could not be reached or was busy; the same rows may succeed later."""
-
-
-EXPOSURE_COLUMNS = (
-    "id",
-    "experiment_id",
-    "variant",
-    "unit_id",
-    "ts",
-    "propensity",
-    "bucket",
-    "scene",
-    "slate_size",
-    "context",
-    "weight_version",
-)
-
-
-def _write_exposures(
-    conn: Connection, ids: Sequence[int], rows: Sequence[ExposureRow], *, idempotent: bool
-) -> None:
-    """Insert exposures with their reserved ids and one impression per slate item.
-
-    Set-based: COPY on PostgreSQL, multi-row INSERTs on SQLite. `idempotent` (journal
-    replay, retries after an unknown outcome) skips rows whose key is already stored.
-    """
-    if not rows:
-        return
-    sqlite_db = conn.dialect.name == "sqlite"
-    context = [None if r.context is None else orjson.dumps(r.context).decode() for r in rows]
-    exposures = [
-        (
-            exposure_id,
-            r.experiment_id,
-            r.variant,
-            r.unit_id,
-            # The text SQLAlchemy's SQLite DateTime stores; PostgreSQL takes datetimes.
-            r.ts.isoformat(" ", "microseconds") if sqlite_db else r.ts,
-            r.propensity,
-            r.bucket,
-            r.scene,
-            len(r.items),
-            data,
-            r.weight_version,
-        )
-        for exposure_id, r, data in zip(ids, rows, context, strict=True)
-    ]
-    impressions = [
-        (exposure_id, position, item)
-        for exposure_id, r in zip(ids, rows, strict=True)
-        for position, item in enumerate(r.items)
-    ]
-    tables = (
-        ("exposures", EXPOSURE_COLUMNS, "id", exposures),
-        (
-            "impressions",
-            ("exposure_id", "position", "item_id"),
-            "exposure_id, position",
-            impressions,
-        ),
-    )
-    for table, names, key, table_rows in tables:
-        if not table_rows:
-            continue
-        if sqlite_db:
-            _insert_sqlite(conn, table, names, table_rows, key if idempotent else None)
-        elif not idempotent:
-            bulk_insert(conn, table, dict(zip(names, zip(*table_rows, strict=True), strict=True)))
-        else:
-            values = ", ".join(
-                "CAST(:context AS JSON)" if n == "context" else f":{n}" for n in names
-            )
-            statement = text(
-                f'INSERT INTO "{table}" ({", ".join(names)}) VALUES ({values}) '
-                f"ON CONFLICT ({key}) DO NOTHING"
-            )
-            conn.execute(statement, [dict(zip(names, row, strict=True)) for row in table_rows])
-
-
-# Rows per multi-row INSERT on SQLite (10 columns x 256 = 2,560 bound values, far below
-# SQLite's 32,766); shorter tails go in power-of-two statements, so few statements exist.
-SQLITE_CHUNK_VALUES = 2048
-_sqlite_inserts: dict[tuple[str, int, int, str | None], str] = {}
-
-
-def _insert_sqlite(
-    conn: Connection,
-    table: str,
-    names: Sequence[str],
-    rows: Sequence[tuple[Any, ...]],
-    conflict_key: str | None,
-) -> None:
-    """Insert rows with multi-row INSERT statements: one driver call (one GIL hand-off) per
-    chunk instead of one per row, which a busy event loop thread would make wait each time."""
-    width = len(names)
-    chunk = max(1, SQLITE_CHUNK_VALUES // width)
-    raw: Any = conn.connection.driver_connection
-    cursor = raw.cursor()
-    try:
-        start = 0
-        while start < len(rows):
-            left = len(rows) - start
-            n = chunk if left >= chunk else 1 << (left.bit_length() - 1)
-            cache_key = (table, width, n, conflict_key)
-            sql = _sqlite_inserts.get(cache_key)
-            if sql is None:
-                marks = "(" + ", ".join("?" * width) + ")"
-                sql = f'INSERT INTO "{table}" ({", ".join(names)}) VALUES ' + ", ".join([marks] * n)
-                if conflict_key is not None:
-                    sql += f" ON CONFLICT ({conflict_key}) DO NOTHING"
-                _sqlite_inserts[cache_key] = sql
-            cursor.execute(sql, [value for row in rows[start : start + n] for value in row])
-            start += n
-    finally:
-        cursor.close()
-
-
-EVENT_COLUMNS = (
-    "event_id",
-    "experiment_id",
-    "exposure_id",
-    "unit_id",
-    "type",
-    "item_id",
-    "value",
-    "ts",
-)
-
-_EventInsert = tuple[str, tuple[tuple[int, int], ...], tuple[str, ...] | None]
-_event_inserts: dict[tuple[str, int], _EventInsert] = {}
-
-
-def _event_insert(conn: Connection, n_rows: int) -> _EventInsert:
-    """The dialect's multi-row INSERT ... ON CONFLICT (event_id) DO NOTHING for n rows.
-
-    Compiled once per (dialect, n) from SQLAlchemy's sqlite/postgresql `insert`: the SQL,
-    each bound parameter's (row, column) and, for positional styles, the parameter order.
-    One statement per batch: one driver call (one GIL hand-off) instead of one per row.
-    """
-    cache_key = (conn.dialect.name, n_rows)
-    cached = _event_inserts.get(cache_key)
-    if cached is not None:
-        return cached
-    table: Table = m.Event.__table__  # type: ignore[assignment]
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    # Sentinel values name every parameter after its (row, column).
-    rows = [{c: f"{i}:{j}" for j, c in enumerate(EVENT_COLUMNS)} for i in range(n_rows)]
-    statement = (
-        dialect_insert(table).values(rows).on_conflict_do_nothing(index_elements=[table.c.event_id])
-    )
-    compiled = statement.compile(dialect=conn.dialect)
-    names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
-    where = tuple((int(r), int(c)) for r, c in (str(compiled.params[n]).split(":") for n in names))
-    cached = (str(compiled), where, names if not compiled.positional else None)
-    _event_inserts[cache_key] = cached
-    return cached
-
-
-def _write_events(
-    conn: Connection, batches: list[Sequence[EventRow]], new: list[EventRow] | None = None
-) -> list[tuple[int, int]]:
-    """Insert each batch ON CONFLICT DO NOTHING; per batch (new, duplicates).
-
-    With `new`, the statement also returns the ids it inserted and the inserted rows are
-    appended to `new` (for the bandit's rewards).
-
-    Batches run one after the other in the same transaction, so an id sent twice (in one
-    batch, or by two requests of the same group) is new once and a duplicate after. Each
-    batch is one multi-row statement whose row count is the number of rows inserted.
-    """
-    if not any(batches):
-        return [(0, 0)] * len(batches)
-    sqlite_times = conn.dialect.name == "sqlite"
-    raw: Any = conn.connection.driver_connection
-    cursor = raw.cursor()
-    counts = []
-    try:
-        for batch in batches:
-            if not batch:
-                counts.append((0, 0))
-                continue
-            sql, where, names = _event_insert(conn, len(batch))
-            rows = [
-                (
-                    e.event_id,
-                    e.experiment_id,
-                    e.exposure_id,
-                    e.unit_id,
-                    e.type,
-                    e.item_id,
-                    e.value,
-                    # The text SQLAlchemy's SQLite DateTime stores; PostgreSQL takes datetimes.
-                    e.ts.isoformat(" ", "microseconds") if sqlite_times else e.ts,
-                )
-                for e in batch
-            ]
-            values = [rows[r][c] for r, c in where]
-            params: Any = values if names is None else dict(zip(names, values, strict=True))
-            if new is None:
-                cursor.execute(sql, params)
-                inserted = int(cursor.rowcount)
-            else:
-                cursor.execute(sql + " RETURNING event_id", params)
-                stored = {row[0] for row in cursor.fetchall()}
-                inserted = len(stored)
-                for e in batch:  # an id twice in one batch was inserted once
-                    if e.event_id in stored:
-                        new.append(e)
-                        stored.discard(e.event_id)
-            counts.append((inserted, len(batch) - inserted))
-    finally:
-        cursor.close()
-    return counts

@@ -7,7 +7,7 @@ Usage::
 
 The data (exposures with a slate size, a few % click events, purchases with a
 value, and some events before the first exposure) is written with
-`abplatform.storage.bulk.bulk_insert`. The experiment is analysed at the full
+`abplatform.storage.rows`. The experiment is analysed at the full
 size and at 1/10 of it, each time in a fresh child process, so the peak RSS
 reported is that of the analysis alone: it should not grow with impressions,
 because per-unit rows never leave the database.
@@ -30,9 +30,15 @@ from sqlalchemy import Engine, func, select, text
 
 from abplatform.config.loader import load_experiment_text
 from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import is_sqlite, make_engine, open_database, transaction, upgrade
 from abplatform.storage.repository import get_experiment, save_experiment
+from abplatform.storage.rows import (
+    EventColumns,
+    ExposureColumns,
+    insert_events,
+    insert_exposures,
+    reserve_exposure_ids,
+)
 from reports.aggregate import build_aggregate_query
 from reports.analysis import analyze
 
@@ -145,31 +151,24 @@ def _write_chunk(
         ]
     )
     with engine.begin() as conn:
-        bulk_insert(
-            conn,
-            "exposures",
-            {
-                "experiment_id": [experiment_id] * owner.size,
-                "variant": np.where(treated[owner], "treatment", "control").astype(object),
-                "unit_id": unit_ids[owner],
-                "ts": seconds_to_sql(exposure_ts),
-                "propensity": [0.5] * owner.size,
-                "slate_size": [slate] * owner.size,
-            },
+        exposures = ExposureColumns(
+            variant=np.where(treated[owner], "treatment", "control").astype(object),
+            unit_id=unit_ids[owner],
+            seconds=exposure_ts,
+            propensity=[0.5] * owner.size,
+            slate_size=slate,
         )
+        insert_exposures(conn, reserve_exposure_ids(conn, owner.size), experiment_id, exposures)
         ids = np.arange(event_owner.size) + first * 100
-        bulk_insert(
-            conn,
-            "events",
-            {
-                "event_id": [f"e{experiment_id}-{i}" for i in ids.tolist()],
-                "experiment_id": [experiment_id] * event_owner.size,
-                "unit_id": unit_ids[event_owner],
-                "type": event_type,
-                "value": [None if np.isnan(v) else v for v in value.tolist()],
-                "ts": seconds_to_sql(first_ts[event_owner] + offsets),
-            },
+        events = EventColumns(
+            event_id=[f"e{experiment_id}-{i}" for i in ids.tolist()],
+            unit_id=unit_ids[event_owner],
+            type=event_type,
+            item_id=None,
+            value=[None if np.isnan(v) else v for v in value.tolist()],
+            seconds=first_ts[event_owner] + offsets,
         )
+        insert_events(conn, experiment_id, events)
     return int(impressions.sum())
 
 

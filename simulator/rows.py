@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection
 
 from abplatform.domain import SCENES
-from abplatform.storage.bulk import bulk_insert, reserve_ids, seconds_to_sql
+from abplatform.storage.rows import (
+    EventColumns,
+    ExposureColumns,
+    insert_events,
+    insert_exposures,
+    insert_impressions,
+    reserve_exposure_ids,
+)
 from simulator.behaviour import slate_probabilities
 from simulator.context import Contexts
 from simulator.truth import SlateSource
@@ -72,30 +78,24 @@ def write_sessions(
 ) -> int:
     """Insert the block's exposures, impressions and click/purchase events; return the event seq."""
     n, k = block.items.shape
-    exposure_ids = reserve_ids(conn, "exposures", n)
-    exposures: dict[str, Sequence[Any] | npt.NDArray[Any]] = {
-        "id": exposure_ids,
-        "experiment_id": [experiment_id] * n,
-        "variant": np.asarray(keys)[block.arm],
-        "unit_id": world.user_ids[block.users],
-        "ts": seconds_to_sql(block.ts),
-        "propensity": block.propensity,
-        "bucket": block.bucket,
-        "scene": np.asarray(SCENES)[block.contexts.scene],
-        "slate_size": [k] * n,
-        "context": block.contexts.as_json(world),
-    }
-    if block.weight_version is not None:
-        exposures["weight_version"] = block.weight_version
-    bulk_insert(conn, "exposures", exposures)
-    bulk_insert(
+    exposure_ids = reserve_exposure_ids(conn, n)
+    exposures = ExposureColumns(
+        variant=np.asarray(keys)[block.arm],
+        unit_id=world.user_ids[block.users],
+        seconds=block.ts,
+        propensity=block.propensity,
+        scene=np.asarray(SCENES)[block.contexts.scene],
+        slate_size=k,
+        bucket=block.bucket,
+        context=block.contexts.as_json(world),
+        weight_version=block.weight_version,
+    )
+    insert_exposures(conn, exposure_ids, experiment_id, exposures)
+    insert_impressions(
         conn,
-        "impressions",
-        {
-            "exposure_id": np.repeat(exposure_ids, k),
-            "position": np.tile(np.arange(k), n),
-            "item_id": world.item_ids[block.items.ravel()],
-        },
+        np.repeat(exposure_ids, k),
+        np.tile(np.arange(k), n),
+        world.item_ids[block.items.ravel()],
     )
     items, clicked, bought = block.items, block.clicked, block.bought
     crow, ccol = np.nonzero(clicked)
@@ -105,18 +105,14 @@ def write_sessions(
     event_items = np.concatenate([items[crow, ccol], items[brow, bcol]])
     offsets = np.concatenate([ccol + 1, bcol + PURCHASE_DELAY_S])
     values: list[float | None] = [None] * crow.size + world.item_price[items[brow, bcol]].tolist()
-    bulk_insert(
-        conn,
-        "events",
-        {
-            "event_id": [f"sim{run_id}-{event_seq + i}" for i in range(n_events)],
-            "experiment_id": [experiment_id] * n_events,
-            "exposure_id": exposure_ids[event_rows],
-            "unit_id": world.user_ids[block.users[event_rows]],
-            "type": ["click"] * crow.size + ["purchase"] * brow.size,
-            "item_id": world.item_ids[event_items],
-            "value": values,
-            "ts": seconds_to_sql(block.ts[event_rows] + offsets),
-        },
+    events = EventColumns(
+        event_id=[f"sim{run_id}-{event_seq + i}" for i in range(n_events)],
+        unit_id=world.user_ids[block.users[event_rows]],
+        type=["click"] * crow.size + ["purchase"] * brow.size,
+        item_id=world.item_ids[event_items],
+        value=values,
+        seconds=block.ts[event_rows] + offsets,
+        exposure_id=exposure_ids[event_rows],
     )
+    insert_events(conn, experiment_id, events)
     return event_seq + n_events

@@ -21,8 +21,9 @@ from abplatform.catalog_ingest import (
     read_interactions,
 )
 from abplatform.config import validate_config
+from abplatform.csvcheck import MAX_PROBLEMS
 from abplatform.errors import DataError
-from abplatform.ingest import MAX_PROBLEMS, ingest_logs
+from abplatform.ingest import ingest_logs
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
 from abplatform.storage.history import load_history

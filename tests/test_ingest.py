@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from abplatform import ingest
+from abplatform import csvcheck, ingest
 from abplatform.config import ExperimentConfig, validate_config
 from abplatform.errors import DataError
 from abplatform.ingest import IngestSummary, ingest_logs
@@ -483,7 +483,7 @@ def test_problems_are_capped_with_a_count_of_the_rest(engine: Engine, tmp_path: 
 
     error = _fails(engine, exposures=exposures)
 
-    assert len(error.problems) == ingest.MAX_PROBLEMS + 1
+    assert len(error.problems) == csvcheck.MAX_PROBLEMS + 1
     assert error.problems[0].startswith("exposures.csv line 2: timestamp:")
     assert error.problems[-2].startswith("exposures.csv line 51: timestamp:")
     assert error.problems[-1] == "... and 10 more"

@@ -10,8 +10,14 @@ from fastapi.exceptions import RequestValidationError
 
 from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import Problem, ValidationProblem
-from abplatform.errors import AbplatformError, ConfigError, NotFoundError
-from abplatform.writer import WriteFailed, WriterClosed, WriterFull
+from abplatform.errors import (
+    AbplatformError,
+    ConfigError,
+    NotFoundError,
+    WriteFailed,
+    WriterClosed,
+    WriterFull,
+)
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -94,14 +100,15 @@ async def _invalid(_: Request, exc: Exception) -> FastJSON:
     return validation_problem(exc.errors())
 
 
-# Most specific first: ConfigError and NotFoundError are AbplatformErrors too.
+# Most specific first: ConfigError, NotFoundError and the writer's refusals are
+# AbplatformErrors too.
 _PROBLEMS: tuple[tuple[type[Exception], Callable[[Exception], FastJSON]], ...] = (
     (ConfigError, _config_error),
     (NotFoundError, _not_found),
-    (AbplatformError, _conflict),
     (WriterFull, _busy),
     (WriterClosed, _busy),
     (WriteFailed, _busy),
+    (AbplatformError, _conflict),
     (HTTPException, _http),
 )
 

@@ -6,9 +6,12 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import Engine, func, select
 
+from abplatform.api.errors import problem_response
+from abplatform.errors import AbplatformError
 from abplatform.journal import Journal, replay
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
@@ -17,6 +20,7 @@ from abplatform.writer import (
     EventRow,
     ExposureIds,
     ExposureRow,
+    WriteFailed,
     WriterClosed,
     WriterFull,
     journal_line,
@@ -137,3 +141,23 @@ async def test_two_processes_reserve_disjoint_exposure_ids(sqlite_url: str) -> N
 def _experiment_id(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(m.Experiment.id).limit(1)).scalar_one())
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        WriterFull("3 rows are waiting to be written"),
+        WriterClosed("the server is shutting down"),
+        WriteFailed("the database refused the rows: IntegrityError"),
+    ],
+)
+def test_writer_refusals_are_platform_errors_answered_503(refusal: AbplatformError) -> None:
+    assert isinstance(refusal, AbplatformError)
+    response = problem_response(refusal)
+    assert response is not None
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert orjson.loads(response.body) == {
+        "detail": f"{refusal.message}; nothing of this request was recorded, retry",
+        "problems": [],
+    }

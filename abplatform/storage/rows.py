@@ -1,0 +1,466 @@
+"""The exposures, impressions and events tables: their columns, row encoding and every write."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from abplatform.storage import models as m
+from abplatform.storage.bulk import (
+    Column,
+    bulk_insert,
+    id_mark_path,
+    insert_rows,
+    reserve_above_mark,
+    reserve_ids,
+    seconds_to_sql,
+)
+
+EXPOSURE_COLUMNS = (
+    "id",
+    "experiment_id",
+    "variant",
+    "unit_id",
+    "ts",
+    "propensity",
+    "bucket",
+    "scene",
+    "slate_size",
+    "context",
+    "weight_version",
+)
+IMPRESSION_COLUMNS = ("exposure_id", "position", "item_id")
+EVENT_COLUMNS = (
+    "event_id",
+    "experiment_id",
+    "exposure_id",
+    "unit_id",
+    "type",
+    "item_id",
+    "value",
+    "ts",
+)
+"""The columns written of each table (`events.id` is the database's own)."""
+
+ID_BLOCK = 1024
+"""Exposure ids a server process reserves at a time."""
+# Event ids or units per existence query: under old SQLite's 999 bound parameters; one array on
+# PostgreSQL.
+ID_QUERY_CHUNK = 900
+PG_ID_QUERY_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class ExposureRow:
+    """An exposure to record with the item ids of its slate (one impression each)."""
+
+    experiment_id: int
+    variant: str
+    unit_id: str
+    ts: datetime
+    propensity: float
+    bucket: float | None
+    scene: str | None
+    context: dict[str, Any] | None
+    items: tuple[str, ...]
+    # The bandit weight version the decision was drawn from; None for hashed experiments.
+    weight_version: int | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """A feedback event to record once (by `event_id`)."""
+
+    event_id: str
+    experiment_id: int | None
+    exposure_id: int | None
+    unit_id: str
+    type: str
+    item_id: str | None
+    value: float | None
+    ts: datetime
+
+
+def _sql_time(ts: datetime, sqlite_db: bool) -> datetime | str:
+    """The text SQLAlchemy's SQLite DateTime stores; PostgreSQL takes datetimes."""
+    return ts.isoformat(" ", "microseconds") if sqlite_db else ts
+
+
+def _json_text(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+# Column-wise writes (simulator, CSV ingest): parallel columns, timestamps in Unix seconds.
+
+
+@dataclass(frozen=True)
+class ExposureColumns:
+    """Exposures as parallel columns: timestamps in Unix seconds, `context` as JSON text.
+
+    A column left None is stored NULL; `slate_size` may be one size for every exposure.
+    """
+
+    variant: Column
+    unit_id: Column
+    seconds: npt.ArrayLike
+    propensity: Column
+    scene: Column | None = None
+    slate_size: int | Column = 0
+    bucket: Column | None = None
+    context: Column | None = None
+    weight_version: Column | None = None
+
+
+@dataclass(frozen=True)
+class EventColumns:
+    """Events as parallel columns (timestamps in Unix seconds); a None column is stored NULL."""
+
+    event_id: Column
+    unit_id: Column
+    type: Column
+    item_id: Column | None
+    value: Column
+    seconds: npt.ArrayLike
+    exposure_id: Column | None = None
+
+
+def reserve_exposure_ids(conn: Connection, n: int) -> npt.NDArray[np.int64]:
+    """Ids for `n` exposures about to be written, never ones a server process reserved."""
+    return reserve_ids(conn, "exposures", n)
+
+
+def insert_exposures(
+    conn: Connection, ids: Column, experiment_id: int, exposures: ExposureColumns
+) -> int:
+    """Insert exposures with their reserved ids; return how many."""
+    n = len(ids)
+    sizes = exposures.slate_size
+    slate_size = [sizes] * n if isinstance(sizes, int) else sizes
+    fixed: dict[str, Column] = {"id": ids, "experiment_id": [experiment_id] * n}
+    return _insert_columns(conn, "exposures", fixed, exposures, {"slate_size": slate_size})
+
+
+def insert_impressions(
+    conn: Connection, exposure_ids: Column, positions: Column, item_ids: Column
+) -> int:
+    """Insert impressions as parallel columns; return how many."""
+    columns = {"exposure_id": exposure_ids, "position": positions, "item_id": item_ids}
+    return bulk_insert(conn, "impressions", columns)
+
+
+def insert_events(conn: Connection, experiment_id: int, events: EventColumns) -> int:
+    """Insert events whose ids are known to be new; return how many."""
+    fixed: dict[str, Column] = {"experiment_id": [experiment_id] * len(events.event_id)}
+    return _insert_columns(conn, "events", fixed, events)
+
+
+def _insert_columns(
+    conn: Connection,
+    table: str,
+    fixed: dict[str, Column],
+    given: ExposureColumns | EventColumns,
+    replaced: dict[str, Column] | None = None,
+) -> int:
+    """Insert `fixed` and the columns `given` (None ones left out, so NULL); Unix `seconds`
+    are stored as the `ts` text both databases read."""
+    columns = dict(fixed)
+    for field in fields(given):
+        values = (replaced or {}).get(field.name, getattr(given, field.name))
+        if values is None:
+            continue
+        if field.name == "seconds":
+            columns["ts"] = seconds_to_sql(values)
+        else:
+            columns[field.name] = values
+    return bulk_insert(conn, table, columns)
+
+
+def stored_event_ids(conn: Connection, event_ids: Sequence[str]) -> set[str]:
+    """Which of these event ids the database already holds, asked a chunk of ids at a time.
+
+    The driver's cursor is used directly, as in `bulk_insert`: SQLAlchemy's expansion of
+    a 900-value IN list per query costs more than the lookups themselves.
+    """
+    stored: set[str] = set()
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn.dialect.name == "postgresql":
+            for start in range(0, len(event_ids), PG_ID_QUERY_CHUNK):
+                ids = list(event_ids[start : start + PG_ID_QUERY_CHUNK])
+                cursor.execute("SELECT event_id FROM events WHERE event_id = ANY(%s)", (ids,))
+                stored.update(row[0] for row in cursor.fetchall())
+        else:
+            for start in range(0, len(event_ids), ID_QUERY_CHUNK):
+                ids = list(event_ids[start : start + ID_QUERY_CHUNK])
+                marks = ", ".join("?" * len(ids))
+                cursor.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", ids)
+                stored.update(row[0] for row in cursor.fetchall())
+    finally:
+        cursor.close()
+    return stored
+
+
+def stored_exposures(
+    conn: Connection, experiment_id: int, units: set[str]
+) -> set[tuple[str, str, str]]:
+    """(unit, variant, timestamp text) of the experiment's stored exposures of these units.
+
+    The timestamp text is `seconds_to_sql`'s, so a row about to be written can be compared.
+    """
+    found: set[tuple[str, str, str]] = set()
+    ordered = sorted(units)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn.dialect.name == "postgresql":
+            for start in range(0, len(ordered), PG_ID_QUERY_CHUNK):
+                cursor.execute(
+                    "SELECT unit_id, variant, ts FROM exposures "
+                    "WHERE experiment_id = %s AND unit_id = ANY(%s)",
+                    (experiment_id, ordered[start : start + PG_ID_QUERY_CHUNK]),
+                )
+                found.update(
+                    (unit, variant, ts.strftime("%Y-%m-%d %H:%M:%S.%f"))
+                    for unit, variant, ts in cursor.fetchall()
+                )
+        else:
+            for start in range(0, len(ordered), ID_QUERY_CHUNK):
+                ids = ordered[start : start + ID_QUERY_CHUNK]
+                marks = ", ".join("?" * len(ids))
+                cursor.execute(
+                    "SELECT unit_id, variant, ts FROM exposures "
+                    f"WHERE experiment_id = ? AND unit_id IN ({marks})",
+                    [experiment_id, *ids],
+                )
+                found.update((unit, variant, ts) for unit, variant, ts in cursor.fetchall())
+    finally:
+        cursor.close()
+    return found
+
+
+# Row-wise writes (the API's buffered writer): typed rows, ids reserved ahead.
+
+
+class ExposureIds:
+    """Exposure ids reserved in blocks before they are needed, so assigning never waits.
+
+    PostgreSQL: `nextval` of the id sequence, a block per round trip. SQLite: the next id
+    above both MAX(id) and a high-water mark kept in `<db file>.exposure-ids` under `flock`,
+    so several server processes on one file never hand out the same id; `simulate` and
+    `ingest` reserve through the same mark (`reserve_exposure_ids`).
+    """
+
+    def __init__(self, engine: Engine, block: int = ID_BLOCK) -> None:
+        self.engine = engine
+        self.block = block
+        self._free: deque[range] = deque()
+        self._available = 0
+        self._lock = threading.Lock()
+        self._refilling = False
+        self._mark: Path | None = None
+        if engine.dialect.name == "sqlite":
+            self._mark = id_mark_path(engine.url.database, "exposures")
+        self._local_next = 0  # in-memory SQLite: one process, ids above MAX(id)
+
+    def take(self, n: int) -> list[int]:
+        """`n` fresh ids; reserves a block synchronously only if the reserve ran dry."""
+        ids: list[int] = []
+        while len(ids) < n:
+            with self._lock:
+                while self._free and len(ids) < n:
+                    first = self._free[0]
+                    count = min(n - len(ids), len(first))
+                    ids.extend(first[:count])
+                    self._available -= count
+                    if count == len(first):
+                        self._free.popleft()
+                    else:
+                        self._free[0] = first[count:]
+            if len(ids) < n:
+                self.refill(max(self.block, n - len(ids)))
+        return ids
+
+    @property
+    def low(self) -> bool:
+        """Whether less than half a block is left (time to reserve the next one)."""
+        return self._available < self.block // 2 and not self._refilling
+
+    def refill(self, n: int | None = None) -> None:
+        """Reserve another block (called from a thread; one database round trip)."""
+        self._refilling = True
+        try:
+            fresh = self._reserve(n or self.block)
+        finally:
+            self._refilling = False
+        with self._lock:
+            self._free.extend(fresh)
+            self._available += sum(len(run) for run in fresh)
+
+    def _reserve(self, n: int) -> list[range]:
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as conn:
+                ids = reserve_exposure_ids(conn, n).tolist()
+            # nextval hands out increasing values, interleaved with other sessions': keep
+            # the contiguous runs.
+            runs: list[range] = []
+            start = previous = ids[0]
+            for value in ids[1:]:
+                if value != previous + 1:
+                    runs.append(range(start, previous + 1))
+                    start = value
+                previous = value
+            runs.append(range(start, previous + 1))
+            return runs
+        with self.engine.connect() as conn:
+            top = int(conn.execute(select(func.coalesce(func.max(m.Exposure.id), 0))).scalar_one())
+        if self._mark is None:
+            start = max(top + 1, self._local_next)
+            self._local_next = start + n
+            return [range(start, start + n)]
+        start = reserve_above_mark(self._mark, top, n)
+        return [range(start, start + n)]
+
+
+def write_exposures(
+    conn: Connection, ids: Sequence[int], rows: Sequence[ExposureRow], *, idempotent: bool
+) -> None:
+    """Insert exposures with their reserved ids and one impression per slate item.
+
+    Set-based: COPY on PostgreSQL, multi-row INSERTs on SQLite. `idempotent` (journal
+    replay, retries after an unknown outcome) skips rows whose key is already stored.
+    """
+    if not rows:
+        return
+    sqlite_db = conn.dialect.name == "sqlite"
+    exposures = [
+        (
+            exposure_id,
+            r.experiment_id,
+            r.variant,
+            r.unit_id,
+            _sql_time(r.ts, sqlite_db),
+            r.propensity,
+            r.bucket,
+            r.scene,
+            len(r.items),
+            _json_text(r.context),
+            r.weight_version,
+        )
+        for exposure_id, r in zip(ids, rows, strict=True)
+    ]
+    impressions = [
+        (exposure_id, position, item)
+        for exposure_id, r in zip(ids, rows, strict=True)
+        for position, item in enumerate(r.items)
+    ]
+    insert_rows(
+        conn,
+        "exposures",
+        EXPOSURE_COLUMNS,
+        exposures,
+        conflict_key="id" if idempotent else None,
+        json_columns=("context",),
+    )
+    insert_rows(
+        conn,
+        "impressions",
+        IMPRESSION_COLUMNS,
+        impressions,
+        conflict_key="exposure_id, position" if idempotent else None,
+    )
+
+
+_EventInsert = tuple[str, tuple[tuple[int, int], ...], tuple[str, ...] | None]
+_event_inserts: dict[tuple[str, int], _EventInsert] = {}
+
+
+def _event_insert(conn: Connection, n_rows: int) -> _EventInsert:
+    """The dialect's multi-row INSERT ... ON CONFLICT (event_id) DO NOTHING for n rows.
+
+    Compiled once per (dialect, n) from SQLAlchemy's sqlite/postgresql `insert`: the SQL,
+    each bound parameter's (row, column) and, for positional styles, the parameter order.
+    One statement per batch: one driver call (one GIL hand-off) instead of one per row.
+    """
+    cache_key = (conn.dialect.name, n_rows)
+    cached = _event_inserts.get(cache_key)
+    if cached is not None:
+        return cached
+    table: Table = m.Event.__table__  # type: ignore[assignment]
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    # Sentinel values name every parameter after its (row, column).
+    rows = [{c: f"{i}:{j}" for j, c in enumerate(EVENT_COLUMNS)} for i in range(n_rows)]
+    statement = (
+        dialect_insert(table).values(rows).on_conflict_do_nothing(index_elements=[table.c.event_id])
+    )
+    compiled = statement.compile(dialect=conn.dialect)
+    names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
+    where = tuple((int(r), int(c)) for r, c in (str(compiled.params[n]).split(":") for n in names))
+    cached = (str(compiled), where, names if not compiled.positional else None)
+    _event_inserts[cache_key] = cached
+    return cached
+
+
+def write_events(
+    conn: Connection, batches: list[Sequence[EventRow]], new: list[EventRow] | None = None
+) -> list[tuple[int, int]]:
+    """Insert each batch ON CONFLICT DO NOTHING; per batch (new, duplicates).
+
+    With `new`, the statement also returns the ids it inserted and the inserted rows are
+    appended to `new` (for the bandit's rewards).
+
+    Batches run one after the other in the same transaction, so an id sent twice (in one
+    batch, or by two requests of the same group) is new once and a duplicate after. Each
+    batch is one multi-row statement whose row count is the number of rows inserted.
+    """
+    if not any(batches):
+        return [(0, 0)] * len(batches)
+    sqlite_db = conn.dialect.name == "sqlite"
+    raw: Any = conn.connection.driver_connection
+    cursor = raw.cursor()
+    counts = []
+    try:
+        for batch in batches:
+            if not batch:
+                counts.append((0, 0))
+                continue
+            sql, where, names = _event_insert(conn, len(batch))
+            rows = [
+                (
+                    e.event_id,
+                    e.experiment_id,
+                    e.exposure_id,
+                    e.unit_id,
+                    e.type,
+                    e.item_id,
+                    e.value,
+                    _sql_time(e.ts, sqlite_db),
+                )
+                for e in batch
+            ]
+            values = [rows[r][c] for r, c in where]
+            params: Any = values if names is None else dict(zip(names, values, strict=True))
+            if new is None:
+                cursor.execute(sql, params)
+                inserted = int(cursor.rowcount)
+            else:
+                cursor.execute(sql + " RETURNING event_id", params)
+                stored = {row[0] for row in cursor.fetchall()}
+                inserted = len(stored)
+                for e in batch:  # an id twice in one batch was inserted once
+                    if e.event_id in stored:
+                        new.append(e)
+                        stored.discard(e.event_id)
+            counts.append((inserted, len(batch) - inserted))
+    finally:
+        cursor.close()
+    return counts
