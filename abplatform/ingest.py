@@ -25,7 +25,7 @@ from abplatform.csvcheck import (
     parse_seconds,
     timestamp_problems,
 )
-from abplatform.domain import EVENT_TYPES
+from abplatform.domain import FEEDBACK_TYPES
 from abplatform.storage.bulk import gc_paused, seconds_to_sql, sqlite_cache
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import save_experiment
@@ -45,7 +45,7 @@ EVENT_LOG_COLUMNS = ("unit_id", "type", "timestamp")
 EVENT_LOG_OPTIONAL_COLUMNS = ("event_id", "item_id", "value")
 """The CSV logs' columns (the tables' are `storage.rows.EXPOSURE_COLUMNS`/`EVENT_COLUMNS`)."""
 
-INGESTIBLE_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "impression")
+INGESTIBLE_EVENT_TYPES: tuple[str, ...] = FEEDBACK_TYPES
 """Event types a log may carry; impressions are derived from the exposures' `slate_size`."""
 
 MAX_SCENE_LENGTH = 64

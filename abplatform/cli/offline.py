@@ -58,11 +58,9 @@ def train(
             holdout_per_user=holdout,
         )
     )
-    if as_json:
-        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
-        return
-    _print_offline(report)
-    make_console(stderr=True).print(f"artifacts in {artifacts}", markup=False)
+    _show(report, as_json)
+    if not as_json:
+        make_console(stderr=True).print(f"artifacts in {artifacts}", markup=False)
 
 
 def _history_catalog(config: ExperimentConfig, catalog: str | None) -> str:
@@ -173,10 +171,15 @@ def evaluate(
             progress=progress,
         )
     )
+    _show(report, as_json)
+
+
+def _show(report: OfflineReport, as_json: bool) -> None:
+    """The report as JSON, or as the metrics table and a line on the split."""
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
-        return
-    _print_offline(report)
+    else:
+        _print_offline(report)
 
 
 def _print_offline(report: OfflineReport) -> None:

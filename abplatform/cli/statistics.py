@@ -10,10 +10,7 @@ import typer
 if TYPE_CHECKING:
     pass
 
-from abplatform.cli.base import (
-    app,
-    fail,
-)
+from abplatform.cli.base import app, fail
 
 
 @app.command()
