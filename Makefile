@@ -15,7 +15,7 @@ help:
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make bench-data - install the MovieLens 100K wheel for bench/bench_public_dataset.py"
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
