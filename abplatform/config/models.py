@@ -34,7 +34,8 @@ def _check_event(value: str) -> str:
     return value
 
 
-EventType = Annotated[str, Field(min_length=1)]
+MetricEvent = Annotated[str, Field(min_length=1)]
+"""The event a metric counts (checked against `abplatform.domain.EVENT_TYPES`)."""
 
 
 class StrategySpec(_Strict):
@@ -115,7 +116,7 @@ AssignmentSpec = Annotated[
 class EventCount(_Strict):
     """A per-unit aggregate of one event type: the count of events or the sum of their values."""
 
-    event: EventType
+    event: MetricEvent
     value: Literal["count", "sum"] = "count"
 
     _event = field_validator("event")(_check_event)
@@ -126,7 +127,7 @@ class ProportionMetric(_Strict):
 
     name: str = Field(pattern=KEY_PATTERN)
     type: Literal["proportion"]
-    event: EventType
+    event: MetricEvent
     description: str = ""
 
     _event = field_validator("event")(_check_event)
@@ -137,7 +138,7 @@ class MeanMetric(_Strict):
 
     name: str = Field(pattern=KEY_PATTERN)
     type: Literal["mean"]
-    event: EventType
+    event: MetricEvent
     value: Literal["count", "sum"] = "count"
     description: str = ""
 
