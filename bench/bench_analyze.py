@@ -6,8 +6,8 @@ Usage::
     .venv/bin/python bench/bench_analyze.py --users 100000 --db postgresql://HOST/SCRATCH_DB
 
 The data (exposures with a slate size, a few % click events, purchases with a
-value, and some events before the first exposure) is written with
-`abplatform.storage.rows`. The experiment is analysed at the full
+value, and some events before the first exposure) is written by
+`simulator.synthetic`. The experiment is analysed at the full
 size and at 1/10 of it, each time in a fresh child process, so the peak RSS
 reported is that of the analysis alone: it should not grow with impressions,
 because per-unit rows never leave the database.
@@ -32,39 +32,16 @@ from abplatform.config.loader import load_experiment_text
 from abplatform.storage import models as m
 from abplatform.storage.db import is_sqlite, make_engine, open_database, transaction, upgrade
 from abplatform.storage.repository import get_experiment, save_experiment
-from abplatform.storage.rows import (
-    EventColumns,
-    ExposureColumns,
-    insert_events,
-    insert_exposures,
-    reserve_exposure_ids,
-)
 from reports.aggregate import build_aggregate_query
 from reports.analysis import analyze
+from simulator.synthetic import SyntheticSpec, SyntheticVariant, experiment_yaml, write_synthetic
 
 CHUNK_USERS = 200_000
 SLATE_SIZE = 5
-T0 = 1_700_000_000  # unix seconds of the first exposure
-
-CONFIG = """
-key: {key}
-description: synthetic benchmark experiment ({users} users, {ipu} impressions per user)
-variants:
-  - {{key: control, weight: 0.5}}
-  - {{key: treatment, weight: 0.5}}
-metrics:
-  - {{name: conversion, type: proportion, event: purchase}}
-  - {{name: clicks_per_user, type: mean, event: click}}
-  - {{name: revenue_per_user, type: mean, event: purchase, value: sum}}
-  - name: ctr
-    type: ratio
-    numerator: {{event: click}}
-    denominator: {{event: impression}}
-  - name: order_value
-    type: ratio
-    numerator: {{event: purchase, value: sum}}
-    denominator: {{event: purchase}}
-"""
+DAY = 86_400
+# Clicks per impression: 3.0% control, 3.3% treatment; 10% of clicks convert; 5% of users
+# click once before their first exposure (the analysis must ignore it).
+VARIANTS = (SyntheticVariant("control", 0.5), SyntheticVariant("treatment", 0.5, 1.1))
 
 
 def peak_rss_mb() -> float:
@@ -89,87 +66,43 @@ def build(engine: Engine, users: int, impressions_per_user: int, seed: int) -> t
                 select(func.sum(m.Exposure.slate_size)).where(m.Exposure.experiment_id == existing)
             )
             return key, int(total or 0)
-        config = load_experiment_text(CONFIG.format(key=key, users=users, ipu=impressions_per_user))
-        experiment_id = save_experiment(session, config, "bench").id
-    rng = np.random.default_rng(seed)
+        description = (
+            f"synthetic benchmark experiment ({users} users, {impressions_per_user} "
+            "impressions per user)"
+        )
+        yaml_text = experiment_yaml(
+            key, {v.key: v.weight for v in VARIANTS}, description=description
+        )
+        experiment_id = save_experiment(session, load_experiment_text(yaml_text), "bench").id
     slate = max(1, min(SLATE_SIZE, impressions_per_user))
-    mean_exposures = impressions_per_user / slate
-    impressions = 0
+    # 1..most exposures a user, uniform: about `impressions_per_user` impressions on average
+    # (exactly when 2 x impressions_per_user / slate is odd, as at the default 10 / 5).
+    most = max(1, round(2 * impressions_per_user / slate - 1))
+    spec = SyntheticSpec(
+        variants=VARIANTS,
+        exposures_per_unit=(1, most),
+        slate_sizes=(slate, slate),
+        exposure_seconds=(0, 7 * DAY),
+        click_rate=0.030,
+        purchase_rate=0.10,
+        early_share=0.05,
+        event_seconds=2 * DAY,
+        early_seconds=DAY,
+        chunk_units=CHUNK_USERS,
+    )
     started = time.perf_counter()
-    for first in range(0, users, CHUNK_USERS):
-        n = min(CHUNK_USERS, users - first)
-        impressions += _write_chunk(engine, rng, experiment_id, first, n, slate, mean_exposures)
-        print(f"  wrote users {first + n:>10,}/{users:,}", file=sys.stderr, flush=True)
+    written = write_synthetic(
+        engine, experiment_id, users, spec, np.random.default_rng(seed), _print_progress
+    )
     with engine.begin() as conn:
         # Fresh statistics, as a database that has been running for a while would have.
         conn.execute(text("ANALYZE"))
     print(f"  built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return key, impressions
+    return key, int(written.impressions.sum())
 
 
-def _write_chunk(
-    engine: Engine,
-    rng: np.random.Generator,
-    experiment_id: int,
-    first: int,
-    n: int,
-    slate: int,
-    mean_exposures: float,
-) -> int:
-    unit_ids = np.array([f"u{i:08d}" for i in range(first, first + n)], dtype=object)
-    treated = rng.random(n) < 0.5
-    n_exposures = 1 + rng.poisson(max(mean_exposures - 1.0, 0.0), size=n)
-    first_ts = T0 + rng.integers(0, 7 * 86_400, size=n)
-    owner = np.repeat(np.arange(n), n_exposures)
-    exposure_ts = first_ts[owner] + np.where(
-        np.r_[True, owner[1:] != owner[:-1]], 0, rng.integers(1, 86_400, size=owner.size)
-    )
-    impressions = n_exposures * slate
-    # Clicks per impression: 3.0% control, 3.3% treatment; 10% of clicks convert.
-    clicks = rng.binomial(impressions, np.where(treated, 0.033, 0.030))
-    purchases = rng.binomial(clicks, 0.10)
-    early = rng.random(n) < 0.05  # a click before the first exposure: must be ignored
-    click_owner = np.repeat(np.arange(n), clicks)
-    purchase_owner = np.repeat(np.arange(n), purchases)
-    early_owner = np.flatnonzero(early)
-    event_owner = np.concatenate([click_owner, purchase_owner, early_owner])
-    event_type = np.array(
-        ["click"] * click_owner.size + ["purchase"] * purchase_owner.size + ["click"] * early.sum(),
-        dtype=object,
-    )
-    offsets = np.concatenate(
-        [
-            rng.integers(0, 2 * 86_400, size=click_owner.size + purchase_owner.size),
-            -rng.integers(1, 86_400, size=early_owner.size),
-        ]
-    )
-    value = np.concatenate(
-        [
-            np.full(click_owner.size, np.nan),
-            np.round(rng.lognormal(3.0, 1.0, size=purchase_owner.size), 2),
-            np.full(early_owner.size, np.nan),
-        ]
-    )
-    with engine.begin() as conn:
-        exposures = ExposureColumns(
-            variant=np.where(treated[owner], "treatment", "control").astype(object),
-            unit_id=unit_ids[owner],
-            seconds=exposure_ts,
-            propensity=[0.5] * owner.size,
-            slate_size=slate,
-        )
-        insert_exposures(conn, reserve_exposure_ids(conn, owner.size), experiment_id, exposures)
-        ids = np.arange(event_owner.size) + first * 100
-        events = EventColumns(
-            event_id=[f"e{experiment_id}-{i}" for i in ids.tolist()],
-            unit_id=unit_ids[event_owner],
-            type=event_type,
-            item_id=None,
-            value=[None if np.isnan(v) else v for v in value.tolist()],
-            seconds=first_ts[event_owner] + offsets,
-        )
-        insert_events(conn, experiment_id, events)
-    return int(impressions.sum())
+def _print_progress(stage: str, done: int, total: int) -> None:
+    print(f"  wrote users {done:>10,}/{total:,}", file=sys.stderr, flush=True)
 
 
 def query_plan(engine: Engine, key: str) -> list[str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 from sqlalchemy import Engine
 
 from abplatform.config import ExperimentConfig, load_experiment_text
@@ -21,6 +20,13 @@ from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import save_experiment, utcnow
+from simulator.synthetic import (
+    SyntheticSpec,
+    SyntheticUnits,
+    SyntheticVariant,
+    experiment_yaml,
+    write_synthetic,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +80,7 @@ class Event:
 
 
 def create_experiment(engine: Engine, yaml_text: str) -> int:
-    """Save an experiment from CUPED_YAML; return its id."""
+    """Save an experiment from its YAML; return its id."""
     with transaction(engine) as session:
         return save_experiment(session, load_experiment_text(yaml_text), "shop").id
 
@@ -133,113 +139,112 @@ def add_run(
         return run.id
 
 
-RANDOM_YAML = """
-key: {key}
-description: random experiment
-variants:
-  - {{key: control, weight: 0.5}}
-  - {{key: treatment, weight: 0.3}}
-  - {{key: other, weight: 0.2}}
-metrics:
-  - {{name: conversion, type: proportion, event: purchase}}
-  - {{name: clicks_per_user, type: mean, event: click}}
-  - {{name: revenue_per_user, type: mean, event: purchase, value: sum}}
-  - name: ctr
-    type: ratio
-    numerator: {{event: click}}
-    denominator: {{event: impression}}
-"""
+# ---------------------------------------------------------------------------
+# A tiny two-variant experiment computed by hand (tests/reports/test_analysis.py)
+# ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RandomTruth:
-    """Per-unit arrays of a seeded random experiment, computed in numpy."""
-
-    variant: NDArray[np.str_]
-    clicks: NDArray[np.float64]
-    purchases: NDArray[np.float64]
-    revenue: NDArray[np.float64]
-    impressions: NDArray[np.float64]
-
-    def values(self, name: str, variant: str) -> NDArray[np.float64]:
-        """Per-unit values of a mean/proportion metric in one variant."""
-        keep = self.variant == variant
-        arrays: dict[str, NDArray[np.float64]] = {
-            "conversion": (self.purchases > 0).astype(np.float64),
-            "clicks_per_user": self.clicks,
-            "revenue_per_user": self.revenue,
-        }
-        return np.asarray(arrays[name][keep], dtype=np.float64)
+def tiny_yaml(key: str = "tiny", description: str = "hand-made") -> str:
+    """YAML of the hand-computed experiment of `seed_tiny`: two variants, all five metrics."""
+    return experiment_yaml(key, {"control": 0.5, "treatment": 0.5}, description=description)
 
 
-def seed_random_experiment(
-    engine: Engine, key: str = "random", n_units: int = 2_000, seed: int = 20240601
-) -> RandomTruth:
-    """Seed a random experiment with a known per-unit truth (see `RandomTruth`)."""
-    rng = np.random.default_rng(seed)
-    experiment_id = create_experiment(engine, RANDOM_YAML.format(key=key))
-    units = np.array([f"u{i:05d}" for i in range(n_units)])
-    variant = rng.choice(
-        np.array(["control", "treatment", "other"]), size=n_units, p=[0.5, 0.3, 0.2]
-    )
-    n_exposures = rng.integers(1, 4, size=n_units)
-    owner = np.repeat(np.arange(n_units), n_exposures)
-    slate = rng.integers(0, 11, size=owner.size)  # 0 is allowed: an empty slate
-    exposure_t = rng.integers(1_000, 100_000, size=owner.size)
-    first_t = np.full(n_units, np.iinfo(np.int64).max)
-    np.minimum.at(first_t, owner, exposure_t)
-    impressions = np.bincount(owner, weights=slate, minlength=n_units)
-
-    lift = np.where(variant == "treatment", 1.15, np.where(variant == "other", 0.95, 1.0))
-    clicks = rng.poisson(0.08 * impressions * lift)
-    purchases = rng.binomial(clicks, 0.3)
-    values = rng.lognormal(3.0, 1.0, size=int(purchases.sum())).round(2)
-    has_value = rng.random(values.size) < 0.9  # 10% of purchases carry no value (NULL)
-    buyer = np.repeat(np.arange(n_units), purchases)
-    revenue = np.bincount(buyer[has_value], weights=values[has_value], minlength=n_units)
-    early = rng.random(n_units) < 0.2  # clicks before the first exposure: ignored
-
-    click_owner = np.repeat(np.arange(n_units), clicks)
-    events_owner = np.concatenate([click_owner, buyer, np.flatnonzero(early)])
-    events_type = (
-        ["click"] * click_owner.size + ["purchase"] * buyer.size + ["click"] * int(early.sum())
-    )
-    events_t = np.concatenate(
-        [
-            first_t[click_owner] + rng.integers(0, 5_000, size=click_owner.size),
-            first_t[buyer] + rng.integers(0, 5_000, size=buyer.size),
-            first_t[early] - rng.integers(1, 500, size=int(early.sum())),
-        ]
-    )
-    events_value: list[float | None] = (
-        [None] * click_owner.size
-        + [float(v) if ok else None for v, ok in zip(values, has_value, strict=True)]
-        + [None] * int(early.sum())
-    )
+def seed_tiny(engine: Engine, key: str = "tiny", description: str = "hand-made") -> int:
+    """Seed the hand-computed experiment described in `test_tiny_sufficient_statistics`."""
+    experiment_id = create_experiment(engine, tiny_yaml(key, description))
+    other_id = create_experiment(engine, tiny_yaml(f"{key}-other", "x"))
     seed_exposures(
         engine,
         experiment_id,
         [
-            Exposure(str(units[o]), str(variant[o]), int(t), int(s))
-            for o, t, s in zip(owner, exposure_t, slate, strict=True)
+            Exposure("c1", "control", 100, 5),
+            Exposure("c1", "control", 200, 5),
+            Exposure("c2", "control", 100, 4),
+            Exposure("c3", "control", 300, 6),
+            Exposure("t1", "treatment", 100, 5),
+            Exposure("t1", "treatment", 150, 5),
+            Exposure("t1", "treatment", 400, 5),
+            Exposure("t2", "treatment", 200, 10),
+            Exposure("t3", "treatment", 200, 3),
+            Exposure("x1", "control", 100, 5),  # x1 sees both variants: excluded
+            Exposure("x1", "treatment", 200, 5),
+            Exposure("g1", "legacy", 100, 5),  # a variant missing from the config
         ],
     )
+    # c1 was exposed earlier in another experiment: that must not move its first exposure.
+    seed_exposures(engine, other_id, [Exposure("c1", "control", 50, 7)])
     seed_events(
         engine,
         experiment_id,
         [
-            Event(str(units[o]), kind, int(t), v)
-            for o, kind, t, v in zip(events_owner, events_type, events_t, events_value, strict=True)
+            Event("c1", "click", 50),  # before c1's first exposure (100): ignored
+            Event("c1", "click", 60),  # after the other experiment's exposure only: ignored
+            Event("c1", "purchase", 90, 99.0),  # before: ignored
+            Event("c1", "click", 120),
+            Event("c1", "click", 210),
+            Event("c1", "purchase", 220, 20.0),
+            Event("c2", "click", 100),  # exactly at the first exposure: counted
+            Event("c2", "click", 130),
+            Event("c2", "add_to_cart", 140),  # no metric uses it
+            Event("t1", "click", 110),
+            Event("t1", "click", 160),
+            Event("t1", "click", 170),
+            Event("t1", "purchase", 180, 30.0),
+            Event("t1", "purchase", 190, None),  # NULL value: 1 in count, 0 in sum
+            Event("t2", "click", 250),
+            Event("t2", "purchase", 260, 15.5),
+            Event("t3", "click", 100),  # before t3's first exposure (200): ignored
+            Event("x1", "click", 300),  # excluded unit
+            Event("ghost", "click", 300),  # never exposed: not a unit
         ],
         prefix=f"{key}-ev",
     )
-    return RandomTruth(
-        variant=variant,
-        clicks=clicks.astype(float),
-        purchases=purchases.astype(float),
-        revenue=revenue.astype(np.float64),
-        impressions=impressions.astype(np.float64),
+    # Events of another experiment, and without experiment, are not this experiment's.
+    seed_events(engine, other_id, [Event("c1", "click", 150)], prefix=f"{key}-other")
+    seed_events(engine, None, [Event("c1", "purchase", 150, 5.0)], prefix=f"{key}-none")
+    return experiment_id
+
+
+# ---------------------------------------------------------------------------
+# A random three-variant experiment of `simulator.synthetic`, with its per-unit truth
+# ---------------------------------------------------------------------------
+
+
+FOUR_METRICS = ("conversion", "clicks_per_user", "revenue_per_user", "ctr")  # no order_value
+
+RANDOM_VARIANTS = (
+    SyntheticVariant("control", 0.5),
+    SyntheticVariant("treatment", 0.3, click_lift=1.15),
+    SyntheticVariant("other", 0.2, click_lift=0.95),
+)
+# 1-3 exposures a unit of 0-10 items (an empty slate is allowed); 10% of purchases carry
+# no value (NULL); 20% of units click before their first exposure (ignored).
+RANDOM_SPEC = SyntheticSpec(
+    variants=RANDOM_VARIANTS,
+    exposures_per_unit=(1, 3),
+    slate_sizes=(0, 10),
+    exposure_seconds=(1_000, 99_999),
+    click_rate=0.08,
+    purchase_rate=0.3,
+    valueless_share=0.1,
+    early_share=0.2,
+    event_seconds=5_000,
+    early_seconds=500,
+)
+
+
+def seed_random_experiment(
+    engine: Engine, key: str = "random", n_units: int = 2_000, seed: int = 20240601
+) -> SyntheticUnits:
+    """Seed a random 3-variant experiment (`RANDOM_SPEC`); return its per-unit truth."""
+    yaml_text = experiment_yaml(
+        key,
+        {v.key: v.weight for v in RANDOM_VARIANTS},
+        description="random experiment",
+        metrics=FOUR_METRICS,
     )
+    experiment_id = create_experiment(engine, yaml_text)
+    return write_synthetic(engine, experiment_id, n_units, RANDOM_SPEC, np.random.default_rng(seed))
 
 
 # ---------------------------------------------------------------------------
@@ -247,26 +252,13 @@ def seed_random_experiment(
 # ---------------------------------------------------------------------------
 
 
-CUPED_YAML = """
-key: {key}
-variants:
-  - {{key: control, weight: 0.34}}
-  - {{key: treatment, weight: 0.33}}
-  - {{key: other, weight: 0.33}}
-metrics:
-  - {{name: conversion, type: proportion, event: purchase}}
-  - {{name: clicks_per_user, type: mean, event: click}}
-  - {{name: revenue_per_user, type: mean, event: purchase, value: sum}}
-  - name: ctr
-    type: ratio
-    numerator: {{event: click}}
-    denominator: {{event: impression}}
-analysis:
-{analysis}
-"""
-
-
 CUPED_VARIANTS = ("control", "treatment", "other")
+
+
+def cuped_yaml(key: str, analysis: str) -> str:
+    """YAML of the three-variant experiment of `seed_world`; `analysis` is the indented body."""
+    weights = dict(zip(CUPED_VARIANTS, (0.34, 0.33, 0.33), strict=True))
+    return experiment_yaml(key, weights, metrics=FOUR_METRICS, analysis=analysis)
 
 
 def seed_interactions(engine: Engine, rows: list[tuple[str, str, str, int, float | None]]) -> None:
@@ -293,7 +285,7 @@ def seed_world(engine: Engine, key: str, analysis: str) -> dict[str, dict[str, n
     per variant, as the oracle sees them.
     """
     rng = np.random.default_rng(21)
-    experiment_id = create_experiment(engine, CUPED_YAML.format(key=key, analysis=analysis))
+    experiment_id = create_experiment(engine, cuped_yaml(key, analysis))
     exposures, events, history = [], [], []
     truth: dict[str, dict[str, list[float]]] = {
         v: {k: [] for k in ("clicks", "revenue", "conv", "x_clicks", "x_revenue", "x_conv")}

@@ -22,37 +22,16 @@ from reports.analysis import analyze
 from reports.results import AnalysisResult, MetricResult
 from reports.sufficient import MeanStats, RatioStats
 from tests.factories import (
-    Event,
     Exposure,
     add_run,
     create_experiment,
-    seed_events,
     seed_exposures,
     seed_random_experiment,
+    seed_tiny,
+    tiny_yaml,
 )
 
 RTOL = 1e-9
-
-TINY_YAML = """
-key: {key}
-description: {description}
-variants:
-  - {{key: control, weight: 0.5}}
-  - {{key: treatment, weight: 0.5}}
-metrics:
-  - {{name: conversion, type: proportion, event: purchase}}
-  - {{name: clicks_per_user, type: mean, event: click}}
-  - {{name: revenue_per_user, type: mean, event: purchase, value: sum}}
-  - name: ctr
-    type: ratio
-    numerator: {{event: click}}
-    denominator: {{event: impression}}
-  - name: order_value
-    type: ratio
-    numerator: {{event: purchase, value: sum}}
-    denominator: {{event: purchase}}
-"""
-
 
 # ---------------------------------------------------------------------------
 # Helpers (the seeding builders are in tests/factories.py)
@@ -79,69 +58,13 @@ def assert_json_clean(result: AnalysisResult) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# A tiny experiment computed by hand
+# A tiny experiment computed by hand (`seed_tiny` in tests/factories.py)
 # ---------------------------------------------------------------------------
-
-
-def seed_tiny(engine: Engine, key: str = "tiny", description: str = "hand-made") -> int:
-    """Seed the hand-computed experiment described in `test_tiny_sufficient_statistics`."""
-    experiment_id = create_experiment(engine, TINY_YAML.format(key=key, description=description))
-    other_id = create_experiment(engine, TINY_YAML.format(key=f"{key}-other", description="x"))
-    seed_exposures(
-        engine,
-        experiment_id,
-        [
-            Exposure("c1", "control", 100, 5),
-            Exposure("c1", "control", 200, 5),
-            Exposure("c2", "control", 100, 4),
-            Exposure("c3", "control", 300, 6),
-            Exposure("t1", "treatment", 100, 5),
-            Exposure("t1", "treatment", 150, 5),
-            Exposure("t1", "treatment", 400, 5),
-            Exposure("t2", "treatment", 200, 10),
-            Exposure("t3", "treatment", 200, 3),
-            Exposure("x1", "control", 100, 5),  # x1 sees both variants: excluded
-            Exposure("x1", "treatment", 200, 5),
-            Exposure("g1", "legacy", 100, 5),  # a variant missing from the config
-        ],
-    )
-    # c1 was exposed earlier in another experiment: that must not move its first exposure.
-    seed_exposures(engine, other_id, [Exposure("c1", "control", 50, 7)])
-    seed_events(
-        engine,
-        experiment_id,
-        [
-            Event("c1", "click", 50),  # before c1's first exposure (100): ignored
-            Event("c1", "click", 60),  # after the other experiment's exposure only: ignored
-            Event("c1", "purchase", 90, 99.0),  # before: ignored
-            Event("c1", "click", 120),
-            Event("c1", "click", 210),
-            Event("c1", "purchase", 220, 20.0),
-            Event("c2", "click", 100),  # exactly at the first exposure: counted
-            Event("c2", "click", 130),
-            Event("c2", "add_to_cart", 140),  # no metric uses it
-            Event("t1", "click", 110),
-            Event("t1", "click", 160),
-            Event("t1", "click", 170),
-            Event("t1", "purchase", 180, 30.0),
-            Event("t1", "purchase", 190, None),  # NULL value: 1 in count, 0 in sum
-            Event("t2", "click", 250),
-            Event("t2", "purchase", 260, 15.5),
-            Event("t3", "click", 100),  # before t3's first exposure (200): ignored
-            Event("x1", "click", 300),  # excluded unit
-            Event("ghost", "click", 300),  # never exposed: not a unit
-        ],
-        prefix=f"{key}-ev",
-    )
-    # Events of another experiment, and without experiment, are not this experiment's.
-    seed_events(engine, other_id, [Event("c1", "click", 150)], prefix=f"{key}-other")
-    seed_events(engine, None, [Event("c1", "purchase", 150, 5.0)], prefix=f"{key}-none")
-    return experiment_id
 
 
 def test_tiny_sufficient_statistics(engine: Engine) -> None:
     experiment_id = seed_tiny(engine)
-    config = load_experiment_text(TINY_YAML.format(key="tiny", description="hand-made"))
+    config = load_experiment_text(tiny_yaml())
     with engine.connect() as conn:
         agg = aggregate_experiment(
             conn, experiment_id, [v.key for v in config.variants], config.metrics
@@ -302,7 +225,7 @@ def test_unknown_key(engine: Engine) -> None:
 
 
 def test_experiment_without_exposures(engine: Engine) -> None:
-    create_experiment(engine, TINY_YAML.format(key="empty", description="nothing yet"))
+    create_experiment(engine, tiny_yaml("empty", "nothing yet"))
     with pytest.raises(AbplatformError) as info:
         analyze(engine, "empty")
     assert info.value.message == (

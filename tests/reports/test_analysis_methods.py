@@ -21,10 +21,10 @@ from abplatform.config import ConfigError, load_experiment_text
 from reports.analysis import analyze
 from tests.factories import (
     CUPED_VARIANTS,
-    CUPED_YAML,
     Event,
     Exposure,
     create_experiment,
+    cuped_yaml,
     seed_events,
     seed_exposures,
     seed_world,
@@ -156,7 +156,7 @@ def test_proportion_chance_to_beat_is_beta_binomial(engine: Engine) -> None:
 
 
 def test_unknown_guardrail_is_a_config_problem() -> None:
-    text = CUPED_YAML.format(key="g", analysis="  guardrails: [ctr, bounce_rate]")
+    text = cuped_yaml("g", "  guardrails: [ctr, bounce_rate]")
     with pytest.raises(ConfigError) as info:
         load_experiment_text(text)
     lines = "\n".join(info.value.problems)
@@ -166,19 +166,17 @@ def test_unknown_guardrail_is_a_config_problem() -> None:
 
 
 def test_analysis_block_defaults_and_validation() -> None:
-    config = load_experiment_text(CUPED_YAML.format(key="d", analysis="  alpha: 0.1"))
+    config = load_experiment_text(cuped_yaml("d", "  alpha: 0.1"))
     assert config.analysis.alpha == 0.1
     assert config.analysis.cuped is True and config.analysis.sequential is False
     assert config.analysis.correction == "holm" and config.analysis.guardrails == []
     with pytest.raises(ConfigError) as info:
-        load_experiment_text(CUPED_YAML.format(key="d", analysis="  correction: bonferroni"))
+        load_experiment_text(cuped_yaml("d", "  correction: bonferroni"))
     assert "analysis.correction" in "\n".join(info.value.problems)
 
 
 def test_degenerate_single_units(engine: Engine) -> None:
-    experiment_id = create_experiment(
-        engine, CUPED_YAML.format(key="tiny", analysis="  sequential: true")
-    )
+    experiment_id = create_experiment(engine, cuped_yaml("tiny", "  sequential: true"))
     seed_exposures(
         engine,
         experiment_id,

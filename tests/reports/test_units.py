@@ -16,7 +16,7 @@ from abplatform.storage.repository import save_experiment
 from reports.aggregate import arm_sums
 from reports.results import BanditArm, SequentialSummary
 from reports.units import unit_values
-from tests.reports.test_analysis import seed_tiny
+from tests.factories import seed_tiny
 
 T0 = 1_780_000_000
 
