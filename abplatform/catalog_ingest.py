@@ -18,26 +18,35 @@ longer export of the same log, adds nothing twice.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, Unpack
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import BigInteger, Connection, Engine, Integer, bindparam, func, select, update
+from sqlalchemy import Connection, Engine
 
 from abplatform import csvcheck
 from abplatform.csvcheck import MAX_ID_LENGTH, CsvLog, Problems
 from abplatform.domain import FEEDBACK_TYPES
 from abplatform.errors import DataError
 from abplatform.progress import Progress, no_progress
-from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, gc_paused, seconds_to_sql, sqlite_cache
+from abplatform.storage.bulk import gc_paused, sqlite_cache
+from abplatform.storage.catalog import (
+    ItemFields,
+    insert_interactions,
+    insert_items,
+    insert_users,
+    stored_interactions,
+    stored_item_ids,
+    stored_users,
+    update_items,
+    update_user_features,
+)
 from abplatform.storage.db import transaction
 
 ITEM_COLUMNS = ("item_id",)
@@ -202,13 +211,6 @@ def read_interactions(
         values=np.array([math.nan if v is None else v for v in values], dtype=np.float64),
         timestamps=np.array(seconds, dtype=np.int64),
     )
-
-
-def stored_item_ids(conn: Connection, catalog: str) -> dict[str, int]:
-    """Item id -> row id of the catalogue's stored items."""
-    t = m.CatalogItem.__table__
-    rows = conn.execute(select(t.c.item_id, t.c.id).where(t.c.catalog == catalog))
-    return {str(item): int(row_id) for item, row_id in rows}
 
 
 # Reading and checking.
@@ -403,69 +405,44 @@ class _Load:
         fresh = [row for row in rows if row[0] not in stored]
         known = [row for row in rows if row[0] in stored]
         if fresh:
-            names = ("item_id", *ITEM_OPTIONAL_COLUMNS)
-            values = list(zip(*fresh, strict=True))
-            self.items_added = bulk_insert(
-                self.conn,
-                "catalog_items",
-                {"catalog": [self.catalog] * len(fresh), **dict(zip(names, values, strict=True))},
-            )
+            item_ids, *values = zip(*fresh, strict=True)
+            fields = ItemFields(**dict(zip(ITEM_OPTIONAL_COLUMNS, values, strict=True)))
+            self.items_added = insert_items(self.conn, self.catalog, item_ids, fields)
         present = [name for name in ITEM_OPTIONAL_COLUMNS if name in columns]
         if known and present:
             position = {name: i + 1 for i, name in enumerate(ITEM_OPTIONAL_COLUMNS)}
-            statement = (
-                update(m.CatalogItem)
-                .where(m.CatalogItem.id == bindparam("row_id"))
-                .values({name: bindparam(f"new_{name}") for name in present})
-            )
-            self.conn.execute(
-                statement,
-                [
-                    {"row_id": stored[row[0]], **{f"new_{n}": row[position[n]] for n in present}}
-                    for row in known
-                ],
-            )
+            changed = {name: [row[position[name]] for row in known] for name in present}
+            row_ids = [stored[row[0]] for row in known]
+            update_items(self.conn, row_ids, ItemFields(**changed))
         self.items_updated = len(known)
 
     def users(self, profiles: Sequence[tuple[str, dict[str, str]]]) -> None:
         if not profiles:
             return
-        t = m.User.__table__
-        stored = {
-            str(user): (int(row_id), dict(features or {}))
-            for row_id, user, features in self.conn.execute(
-                select(t.c.id, t.c.user_id, t.c.features).where(t.c.catalog == self.catalog)
-            )
-        }
+        stored = stored_users(self.conn, self.catalog)
         fresh = [(user, features) for user, features in profiles if user not in stored]
         if fresh:
-            self.users_added = bulk_insert(
+            self.users_added = insert_users(
                 self.conn,
-                "users",
-                {
-                    "catalog": [self.catalog] * len(fresh),
-                    "user_id": [user for user, _ in fresh],
-                    "features": [json.dumps(features, sort_keys=True) for _, features in fresh],
-                },
+                self.catalog,
+                [user for user, _ in fresh],
+                [features for _, features in fresh],
             )
-        merged = [
-            {"row_id": stored[user][0], "new_features": {**stored[user][1], **features}}
-            for user, features in profiles
-            if user in stored
-        ]
-        if merged:
-            statement = (
-                update(m.User)
-                .where(m.User.id == bindparam("row_id"))
-                .values(features=bindparam("new_features"))
-            )
-            self.conn.execute(statement, merged)
-        self.users_updated = len(merged)
+        known = [(stored[user], features) for user, features in profiles if user in stored]
+        update_user_features(
+            self.conn,
+            [user.row_id for user, _ in known],
+            [{**user.features, **features} for user, features in known],
+        )
+        self.users_updated = len(known)
 
     def interactions(
         self, log: CsvLog, known_items: set[str], unknown: str, on_line: Callable[[int], None]
     ) -> None:
-        stored = self._stored_interactions()
+        # How many times each stored row is, by its hash: a 64-bit hash instead of the tuple
+        # keeps a million stored rows in about 100 MB; two different rows colliding among
+        # millions is a chance of order 1e-7.
+        stored = Counter(map(hash, stored_interactions(self.conn, self.catalog)))
         for chunk in _interaction_chunks(log, known_items, unknown, self.problems, on_line):
             if self.problems.count:
                 continue  # keep checking the rest, write nothing more
@@ -481,33 +458,12 @@ class _Load:
                 chunk = fresh
             if chunk:
                 users, items, kinds, values, seconds = zip(*chunk, strict=True)
-                self.n_interactions += bulk_insert(
+                self.n_interactions += insert_interactions(
                     self.conn,
-                    "interactions",
-                    {
-                        "catalog": [self.catalog] * len(chunk),
-                        "user_id": users,
-                        "item_id": items,
-                        "type": kinds,
-                        "value": values,
-                        "ts": seconds_to_sql(seconds),
-                    },
+                    self.catalog,
+                    user_ids=users,
+                    item_ids=items,
+                    types=kinds,
+                    values=values,
+                    seconds=seconds,
                 )
-
-    def _stored_interactions(self) -> Counter[int]:
-        """How many times each (user, item, type, value, seconds) row is stored, by its hash.
-
-        A 64-bit hash instead of the tuple keeps a million stored rows in about 100 MB; two
-        different rows colliding among millions is a chance of order 1e-7.
-        """
-        t = m.Interaction.__table__
-        if self.conn.dialect.name == "postgresql":
-            seconds: Any = func.cast(func.extract("epoch", t.c.ts), BigInteger)
-        else:
-            seconds = func.cast(func.strftime("%s", t.c.ts), Integer)
-        rows = self.conn.execute(
-            select(t.c.user_id, t.c.item_id, t.c.type, t.c.value, seconds).where(
-                t.c.catalog == self.catalog
-            )
-        )
-        return Counter(hash((u, i, k, v, int(s))) for u, i, k, v, s in rows)

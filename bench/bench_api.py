@@ -321,8 +321,8 @@ def in_process(url: str) -> None:
     from abplatform.config.loader import load_experiment
     from abplatform.domain import RecRequest
     from abplatform.registry import build_strategy
+    from abplatform.storage.catalog import load_history
     from abplatform.storage.db import open_database
-    from abplatform.storage.history import load_history
 
     config = load_experiment(EXAMPLE)
     policy = build_policy(config)

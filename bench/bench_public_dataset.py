@@ -39,8 +39,8 @@ import numpy.typing as npt
 
 from abplatform.catalog_ingest import ingest_catalog
 from abplatform.domain import InteractionLog
+from abplatform.storage.catalog import load_history
 from abplatform.storage.db import open_database
-from abplatform.storage.history import load_history
 from strategies.offline import held_out, held_out_targets, score_strategy
 from strategies.popularity import PopularityStrategy
 from strategies.random_items import RandomStrategy

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from sqlalchemy import Connection, Engine, text
 
-from abplatform.storage.history import load_catalog
+from abplatform.storage.catalog import load_catalog
 from reports.results import RankingQuality
 from strategies.features import feature_vectors
 

@@ -18,13 +18,18 @@ from abplatform.config.models import ExperimentConfig, SimulationConfig
 from abplatform.domain import RecRequest
 from abplatform.errors import AbplatformError
 from abplatform.progress import Progress, no_progress
-from abplatform.storage import models as m
-from abplatform.storage.bulk import bulk_insert, seconds_to_sql
+from abplatform.storage.catalog import (
+    ItemFields,
+    delete_catalog,
+    insert_interactions,
+    insert_items,
+    insert_users,
+)
 from abplatform.storage.repository import (
-    clear_catalog,
     clear_experiment_data,
+    finish_run,
     save_experiment,
-    utcnow,
+    start_run,
 )
 from simulator.bandit import (
     BanditRun,
@@ -77,43 +82,21 @@ def simulation_catalog(config: ExperimentConfig) -> str:
 
 def _write_world(conn: Connection, world: World, catalog: str) -> None:
     cat = world.catalog()
-    n = world.n_items
-    bulk_insert(
-        conn,
-        "catalog_items",
-        {
-            "catalog": [catalog] * n,
-            "item_id": cat.item_ids,
-            "category": cat.categories,
-            "brand": cat.brands,
-            "price": cat.prices,
-        },
-    )
-    bulk_insert(
-        conn,
-        "users",
-        {
-            "catalog": [catalog] * world.n_users,
-            "user_id": world.user_ids,
-            "features": ["{}"] * world.n_users,
-        },
-    )
+    fields = ItemFields(category=cat.categories, brand=cat.brands, price=cat.prices)
+    insert_items(conn, catalog, cat.item_ids, fields)
+    insert_users(conn, catalog, world.user_ids)
 
 
 def _write_history(conn: Connection, world: World, catalog: str, rng: np.random.Generator) -> int:
     history = generate_history(world, EXPERIMENT_START, rng)
-    values = [None if math.isnan(v) else v for v in history.value.tolist()]
-    return bulk_insert(
+    return insert_interactions(
         conn,
-        "interactions",
-        {
-            "catalog": [catalog] * len(history),
-            "user_id": world.user_ids[history.user],
-            "item_id": world.item_ids[history.item],
-            "type": history.event_type,
-            "value": values,
-            "ts": seconds_to_sql(history.ts),
-        },
+        catalog,
+        user_ids=world.user_ids[history.user],
+        item_ids=world.item_ids[history.item],
+        types=history.event_type,
+        values=history.value,
+        seconds=history.ts,
     )
 
 
@@ -202,16 +185,9 @@ def simulate(
         session = Session(bind=conn)
         stored = save_experiment(session, config, catalog)
         clear_experiment_data(session, stored.id)
-        clear_catalog(session, catalog)
-        run = m.SimulationRun(
-            experiment_id=stored.id,
-            seed=run_seed,
-            status="running",
-            config={"simulation": sim.model_dump(mode="json"), "users": world.n_users},
-            started_at=utcnow(),
-        )
-        session.add(run)
-        session.flush()
+        delete_catalog(conn, catalog)
+        run_config = {"simulation": sim.model_dump(mode="json"), "users": world.n_users}
+        run_id = start_run(session, stored.id, run_seed, run_config)
         progress("world", 0, 1)
         _write_world(conn, world, catalog)
         n_history = _write_history(conn, world, catalog, rng)
@@ -239,7 +215,7 @@ def simulate(
                 conn,
                 config,
                 stored.id,
-                run.id,
+                run_id,
                 world,
                 sources,
                 decisions,
@@ -256,7 +232,7 @@ def simulate(
                 config,
                 bandit,
                 stored.id,
-                run.id,
+                run_id,
                 world,
                 sources,
                 traffic,
@@ -272,24 +248,22 @@ def simulate(
             metric: {v: (None if math.isnan(x) else x) for v, x in values.items()}
             for metric, values in truth.items()
         }
-        run.status = "completed"
-        run.finished_at = utcnow()
-        run.ground_truth = {"metrics": clean_truth}
-        run.summary = {
+        ground_truth: dict[str, Any] = {"metrics": clean_truth}
+        summary: dict[str, Any] = {
             "users": world.n_users,
             "items": world.n_items,
             "history_interactions": n_history,
             "variants": {key: vars(t) for key, t in tallies.items()},
         }
         if played is not None:
-            run.ground_truth = {**run.ground_truth, "bandit": played.truth}
-            run.summary = {**run.summary, "bandit": played.summary}
-        session.flush()
+            ground_truth["bandit"] = played.truth
+            summary["bandit"] = played.summary
+        finish_run(session, run_id, ground_truth=ground_truth, summary=summary)
         session.close()
     lap("commit")
     return SimulationResult(
         experiment=config.key,
-        run_id=run.id,
+        run_id=run_id,
         seed=run_seed,
         users=world.n_users,
         items=world.n_items,

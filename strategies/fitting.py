@@ -13,7 +13,7 @@ from abplatform.config.models import ExperimentConfig
 from abplatform.domain import InteractionLog
 from abplatform.progress import Progress, no_progress
 from abplatform.registry import build_strategy
-from abplatform.storage.history import load_history
+from abplatform.storage.catalog import load_history
 from abplatform.strategy import Strategy
 
 FIT_STAGE = "fit"

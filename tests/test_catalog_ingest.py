@@ -25,8 +25,8 @@ from abplatform.csvcheck import MAX_PROBLEMS
 from abplatform.errors import DataError
 from abplatform.ingest import ingest_logs
 from abplatform.storage import models as m
+from abplatform.storage.catalog import load_history
 from abplatform.storage.db import open_database
-from abplatform.storage.history import load_history
 
 DATA = Path(__file__).parent / "data" / "catalog"
 LOGS = Path(__file__).parent / "data" / "ingest"

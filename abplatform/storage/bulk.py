@@ -24,7 +24,8 @@ def seconds_to_sql(seconds: npt.ArrayLike) -> list[str]:
     return [s.replace("T", " ") for s in np.datetime_as_string(stamps, unit="us").tolist()]
 
 
-def _as_list(values: Column) -> list[Any]:
+def as_list(values: Column) -> list[Any]:
+    """A column as a list of Python values (NumPy scalars converted)."""
     if isinstance(values, np.ndarray):
         return values.tolist()  # type: ignore[no-any-return]
     return list(values)
@@ -33,7 +34,7 @@ def _as_list(values: Column) -> list[Any]:
 def bulk_insert(conn: Connection, table: str, columns: Mapping[str, Column]) -> int:
     """Insert parallel columns into `table` inside the connection's transaction; return rows."""
     names = list(columns)
-    lists = [_as_list(columns[name]) for name in names]
+    lists = [as_list(columns[name]) for name in names]
     n_rows = len(lists[0]) if lists else 0
     for name, values in zip(names, lists, strict=True):
         if len(values) != n_rows:

@@ -14,6 +14,7 @@ from abplatform.config.loader import validate_config
 from abplatform.config.models import ExperimentConfig
 from abplatform.errors import NotFoundError
 from abplatform.storage import models as m
+from abplatform.storage.rows import delete_experiment_rows
 
 
 def utcnow() -> datetime:
@@ -85,19 +86,70 @@ def list_experiments(session: Session) -> list[StoredExperiment]:
     return [_stored(row) for row in rows]
 
 
-def latest_simulation(session: Session, experiment_id: int) -> m.SimulationRun | None:
+@dataclass(frozen=True)
+class StoredRun:
+    """A simulation run as stored: seed, status, times, ground truth and summary."""
+
+    id: int
+    seed: int
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    ground_truth: dict[str, Any] | None
+    summary: dict[str, Any] | None
+
+
+def start_run(session: Session, experiment_id: int, seed: int, config: dict[str, Any]) -> int:
+    """Record a simulation run of an experiment as running; return its id."""
+    run = m.SimulationRun(
+        experiment_id=experiment_id,
+        seed=seed,
+        status="running",
+        config=config,
+        started_at=utcnow(),
+    )
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def finish_run(
+    session: Session,
+    run_id: int,
+    *,
+    ground_truth: dict[str, Any],
+    summary: dict[str, Any],
+) -> None:
+    """Mark a run completed, with the ground truth and summary it stores."""
+    run = session.get(m.SimulationRun, run_id)
+    if run is None:
+        raise NotFoundError(f"no simulation run {run_id} in this database")
+    run.status = "completed"
+    run.finished_at = utcnow()
+    run.ground_truth = ground_truth
+    run.summary = summary
+    session.flush()
+
+
+def latest_simulation(session: Session, experiment_id: int) -> StoredRun | None:
     """The newest simulation run of an experiment, if any."""
-    return session.scalars(
+    run = session.scalars(
         select(m.SimulationRun)
         .where(m.SimulationRun.experiment_id == experiment_id)
         .order_by(m.SimulationRun.id.desc())
         .limit(1)
     ).one_or_none()
-
-
-def _bulk_delete(session: Session, statement: Any) -> None:
-    # No identity-map synchronisation: fetching millions of deleted keys back costs seconds.
-    session.execute(statement.execution_options(synchronize_session=False))
+    if run is None:
+        return None
+    return StoredRun(
+        run.id,
+        int(run.seed),
+        run.status,
+        run.started_at,
+        run.finished_at,
+        run.ground_truth,
+        run.summary,
+    )
 
 
 def clear_experiment_data(session: Session, experiment_id: int) -> None:
@@ -105,24 +157,17 @@ def clear_experiment_data(session: Session, experiment_id: int) -> None:
 
     The definition stays.
     """
-    exposure_ids = select(m.Exposure.id).where(m.Exposure.experiment_id == experiment_id)
-    _bulk_delete(session, delete(m.Impression).where(m.Impression.exposure_id.in_(exposure_ids)))
-    _bulk_delete(session, delete(m.Exposure).where(m.Exposure.experiment_id == experiment_id))
-    _bulk_delete(session, delete(m.Event).where(m.Event.experiment_id == experiment_id))
-    _bulk_delete(
-        session, delete(m.SimulationRun).where(m.SimulationRun.experiment_id == experiment_id)
+    delete_experiment_rows(session.connection(), experiment_id)
+    # No identity-map synchronisation: fetching the deleted keys back is not needed.
+    session.execute(
+        delete(m.SimulationRun)
+        .where(m.SimulationRun.experiment_id == experiment_id)
+        .execution_options(synchronize_session=False)
     )
     delete_bandit_rows(session.connection(), experiment_id)
 
 
-def clear_catalog(session: Session, catalog: str) -> None:
-    """Delete a catalogue's items, users and history."""
-    _bulk_delete(session, delete(m.Interaction).where(m.Interaction.catalog == catalog))
-    _bulk_delete(session, delete(m.User).where(m.User.catalog == catalog))
-    _bulk_delete(session, delete(m.CatalogItem).where(m.CatalogItem.catalog == catalog))
-
-
-def run_summary(run: m.SimulationRun | None) -> dict[str, Any] | None:
+def run_summary(run: StoredRun | None) -> dict[str, Any] | None:
     """A JSON-able description of a simulation run."""
     if run is None:
         return None

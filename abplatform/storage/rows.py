@@ -52,6 +52,9 @@ EVENT_COLUMNS = (
     "ts",
 )
 """The columns written of each table (`events.id` is the database's own)."""
+EXPOSURES: Table = m.Base.metadata.tables["exposures"]
+IMPRESSIONS: Table = m.Base.metadata.tables["impressions"]
+EVENTS: Table = m.Base.metadata.tables["events"]
 
 ID_BLOCK = 1024
 """Exposure ids a server process reserves at a time."""
@@ -184,6 +187,14 @@ def _insert_columns(
         else:
             columns[field.name] = values
     return bulk_insert(conn, table, columns)
+
+
+def delete_experiment_rows(conn: Connection, experiment_id: int) -> None:
+    """Delete an experiment's exposures with their impressions, and its events."""
+    exposure_ids = select(EXPOSURES.c.id).where(EXPOSURES.c.experiment_id == experiment_id)
+    conn.execute(IMPRESSIONS.delete().where(IMPRESSIONS.c.exposure_id.in_(exposure_ids)))
+    conn.execute(EXPOSURES.delete().where(EXPOSURES.c.experiment_id == experiment_id))
+    conn.execute(EVENTS.delete().where(EVENTS.c.experiment_id == experiment_id))
 
 
 def stored_event_ids(conn: Connection, event_ids: Sequence[str]) -> set[str]:
@@ -395,7 +406,7 @@ def _event_insert(conn: Connection, n_rows: int) -> _EventInsert:
     cached = _event_inserts.get(cache_key)
     if cached is not None:
         return cached
-    table: Table = m.Event.__table__  # type: ignore[assignment]
+    table = EVENTS
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     # Sentinel values name every parameter after its (row, column).
     rows = [{c: f"{i}:{j}" for j, c in enumerate(EVENT_COLUMNS)} for i in range(n_rows)]

@@ -9,8 +9,8 @@ import pytest
 from abplatform.api.runtime import Coalescer
 from abplatform.domain import RecRequest
 from abplatform.registry import build_strategy
+from abplatform.storage.catalog import load_history
 from abplatform.storage.db import open_database
-from abplatform.storage.history import load_history
 from tests.api.conftest import KEY
 
 pytestmark = pytest.mark.anyio

@@ -1,44 +1,24 @@
-"""Only `abplatform.storage.rows` writes the exposures, impressions and events tables."""
+"""Only `abplatform.storage.rows` inserts, updates or deletes exposures, impressions and events."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from tests.storage.table_writes import ROOT, TableWrites
 
-ROOT = Path(__file__).resolve().parents[2]
 OWNER = ROOT / "abplatform" / "storage" / "rows.py"
-SCANNED = ("abplatform", "strategies", "simulator", "reports", "bench")
-# The schema (models) and its migrations declare the tables; they write no rows.
-EXEMPT = {ROOT / "abplatform" / "storage" / "models.py"}
-TABLES = r"(exposures|impressions|events)"
-WRITES = (
-    # Raw SQL: INSERT INTO / COPY, quoted or not.
-    re.compile(rf"\b(INSERT\s+(OR\s+\w+\s+)?INTO|COPY)\s+\"?{TABLES}\b", re.IGNORECASE),
-    # The set-based writers of `storage.bulk` given one of the tables by name.
-    re.compile(rf"\b(bulk_insert|insert_rows)\(\s*[\w.]+,\s*[\"']{TABLES}[\"']"),
-    # SQLAlchemy Core inserts and ORM objects of the three models.
-    re.compile(r"\binsert\(\s*(m\.|models\.)?(Exposure|Impression|Event)\b"),
-    re.compile(r"\b(Exposure|Impression|Event)\.__table__\.insert\("),
-    re.compile(r"(?<![\w.])(m\.|models\.)?(Exposure|Impression|Event)\("),
+LOG_TABLES = TableWrites(
+    ("exposures", "impressions", "events"), ("Exposure", "Impression", "Event")
 )
 
 
-def _writes(text: str) -> list[str]:
-    return [match.group(0) for pattern in WRITES for match in pattern.finditer(text)]
-
-
 def test_the_log_tables_have_one_writer() -> None:
-    found = []
-    for folder in SCANNED:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if path == OWNER or path in EXEMPT:
-                continue
-            found += [f"{path.relative_to(ROOT)}: {hit}" for hit in _writes(path.read_text())]
+    found = LOG_TABLES.outside([OWNER])
     assert found == [], "write these rows through abplatform.storage.rows:\n" + "\n".join(found)
 
 
 def test_the_scan_recognises_writes() -> None:
-    assert _writes(OWNER.read_text())  # the owner's own writes are seen
+    owner = OWNER.read_text()
+    assert LOG_TABLES.find(owner)  # the owner's own writes are seen
+    assert "EXPOSURES.delete(" in LOG_TABLES.find(owner)  # and its deletes
     samples = [
         'cursor.execute("INSERT INTO events (event_id) VALUES (?)")',
         "conn.execute(text('insert into \"exposures\" (id) values (1)'))",
@@ -46,6 +26,19 @@ def test_the_scan_recognises_writes() -> None:
         "conn.execute(insert(m.Event).values(rows))",
         "session.add(m.Exposure(id=1))",
         "cursor.copy('COPY \"exposures\" (id) FROM STDIN')",
+        'conn.execute(text("DELETE FROM impressions WHERE exposure_id = 1"))',
+        "session.execute(delete(m.Exposure).where(m.Exposure.experiment_id == 1))",
+        "conn.execute(m.Event.__table__.delete())",
+        'conn.execute(m.Base.metadata.tables["events"].delete())',
+        "t = m.Impression.__table__\nconn.execute(t.delete().where(t.c.position > 3))",
+        'EVENTS: Table = m.Base.metadata.tables["events"]\nconn.execute(update(EVENTS))',
+        "conn.execute(text('UPDATE exposures SET variant = :v'))",
+        "conn.execute(update(m.Exposure).values(variant='b'))",
     ]
-    assert [bool(_writes(sample)) for sample in samples] == [True] * len(samples)
-    assert not _writes("threading.Event(); EventRow(...); bulk_insert(conn, 'users', {})")
+    assert [bool(LOG_TABLES.find(sample)) for sample in samples] == [True] * len(samples)
+    reads = [
+        "threading.Event(); EventRow(...); bulk_insert(conn, 'users', {})",
+        "_EXPOSURES = m.Exposure.__table__\nselect(_EXPOSURES.c.id)",
+        "# update events of a unit, delete from the queue",
+    ]
+    assert [LOG_TABLES.find(sample) for sample in reads] == [[]] * len(reads)

@@ -12,8 +12,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from abplatform.domain import Catalog, InteractionLog, RecRequest
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
+from abplatform.storage.catalog import load_history
 from abplatform.storage.db import open_database
-from abplatform.storage.history import load_history
 from strategies.two_tower import TwoTowerStrategy
 from strategies.two_tower.data import ItemFeatures, UserInputs, split_tags
 from tests.factories import GENRE_END, GENRE_PARAMS, genre_world
