@@ -49,20 +49,6 @@ from abplatform.storage.rows import (
     write_exposures,
 )
 
-__all__ = [
-    "BufferedWriter",
-    "EventRow",
-    "ExposureIds",
-    "ExposureRow",
-    "WriteFailed",
-    "WriteResult",
-    "WriterClosed",
-    "WriterFull",
-    "journal_line",
-    "replay_journal",
-]
-"""The rows, id reservation and refusals of `storage.rows` and `errors` are part of this API."""
-
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 200_000

@@ -21,14 +21,9 @@ import numpy as np
 import numpy.typing as npt
 from timing import best_time
 
-from abplatform.assignment.thompson import (
-    BetaPosterior,
-    Method,
-    RewardStats,
-    ThompsonPolicy,
-    allocation_weights_many,
-    choose_arms,
-)
+from abplatform.assignment.allocation import Method, allocation_weights_many
+from abplatform.assignment.posteriors import BetaPosterior, RewardStats
+from abplatform.assignment.thompson import ThompsonPolicy, choose_arms
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -43,7 +43,8 @@ from abplatform.config import load_experiment_text
 from abplatform.storage.bulk import seconds_to_sql
 from abplatform.storage.db import make_engine, transaction, upgrade
 from abplatform.storage.repository import save_experiment, utcnow
-from abplatform.writer import BufferedWriter, EventRow
+from abplatform.storage.rows import EventRow
+from abplatform.writer import BufferedWriter
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UNITS = 20_000

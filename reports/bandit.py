@@ -28,12 +28,12 @@ import numpy as np
 from scipy import stats as scipy_stats
 from sqlalchemy import Connection
 
-from abplatform.assignment.thompson import (
+from abplatform.assignment.allocation import allocation_weights_many
+from abplatform.assignment.posteriors import (
     BetaPosterior,
     GaussianPosterior,
     Posterior,
     RewardStats,
-    allocation_weights_many,
 )
 from abplatform.bandit import (
     NO_CONTEXT,

@@ -30,7 +30,8 @@ import numpy.typing as npt
 from sqlalchemy import Connection
 
 from abplatform.assignment.engine import build_thompson_policy
-from abplatform.assignment.thompson import RewardStats, ThompsonPolicy, choose_arms
+from abplatform.assignment.posteriors import RewardStats
+from abplatform.assignment.thompson import ThompsonPolicy, choose_arms
 from abplatform.bandit import (
     NO_CONTEXT,
     ArmTotals,

@@ -1,7 +1,7 @@
 """The Thompson-sampling policy: decisions from allocation weights, updated from rewards.
 
 Posteriors live in `abplatform.assignment.posteriors`, the weights' computation in
-`abplatform.assignment.allocation`; their public names are re-exported here."""
+`abplatform.assignment.allocation`."""
 
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ import numpy as np
 import numpy.typing as npt
 
 from abplatform.assignment.allocation import (
-    Allocation,
     Method,
     allocate_many,
-    allocation_weights,
-    allocation_weights_many,
     check_at_least,
     check_floor,
 )
 from abplatform.assignment.base import BatchDecision, MissingContext
 from abplatform.assignment.posteriors import (
-    ArmRewards,
     BetaPosterior,
     ContextPosteriors,
     ContextRewards,
@@ -34,28 +30,6 @@ from abplatform.assignment.posteriors import (
 )
 from abplatform.config.models import ThompsonAssignmentConfig
 from abplatform.domain import Decision
-
-__all__ = [
-    "Allocation",
-    "ArmRewards",
-    "AssignEach",
-    "BetaPosterior",
-    "ContextRewards",
-    "GaussianPosterior",
-    "Method",
-    "Posterior",
-    "RewardStats",
-    "ThompsonAssignmentConfig",
-    "ThompsonDecision",
-    "ThompsonPolicy",
-    "allocate_many",
-    "allocation_weights",
-    "allocation_weights_many",
-    "as_thompson",
-    "check_at_least",
-    "check_floor",
-    "choose_arms",
-]
 
 
 @dataclass(frozen=True)

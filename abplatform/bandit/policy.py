@@ -12,15 +12,10 @@ from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Engine
 
+from abplatform.assignment.allocation import check_at_least
 from abplatform.assignment.engine import build_thompson_policy
-from abplatform.assignment.thompson import (
-    AssignEach,
-    ContextRewards,
-    ThompsonDecision,
-    ThompsonPolicy,
-    as_thompson,
-    check_at_least,
-)
+from abplatform.assignment.posteriors import ContextRewards
+from abplatform.assignment.thompson import AssignEach, ThompsonDecision, ThompsonPolicy, as_thompson
 from abplatform.bandit.store import BanditStore
 from abplatform.bandit.tables import WeightVersion
 from abplatform.config.models import ExperimentConfig

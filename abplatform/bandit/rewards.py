@@ -10,7 +10,7 @@ from abplatform.config.models import BanditSpec, ExperimentConfig
 
 
 class ExposureFacts(Protocol):
-    """What the bandit needs of a written exposure (e.g. `abplatform.writer.ExposureRow`)."""
+    """What the bandit needs of a written exposure (e.g. `abplatform.storage.rows.ExposureRow`)."""
 
     @property
     def experiment_id(self) -> int: ...
@@ -23,7 +23,7 @@ class ExposureFacts(Protocol):
 
 
 class EventFacts(Protocol):
-    """What the bandit needs of a stored event (e.g. `abplatform.writer.EventRow`)."""
+    """What the bandit needs of a stored event (e.g. `abplatform.storage.rows.EventRow`)."""
 
     @property
     def experiment_id(self) -> int | None: ...

@@ -14,14 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from sqlalchemy import Connection, Engine, func, select, text, update
 
-from abplatform.assignment.thompson import (
-    BetaPosterior,
-    ContextRewards,
-    Posterior,
-    RewardStats,
-    ThompsonDecision,
-    ThompsonPolicy,
-)
+from abplatform.assignment.posteriors import BetaPosterior, ContextRewards, Posterior, RewardStats
+from abplatform.assignment.thompson import ThompsonDecision, ThompsonPolicy
 from abplatform.bandit.tables import (
     ASSIGNMENTS,
     EXPERIMENTS,

@@ -18,7 +18,8 @@ from abplatform.config import load_experiment_text
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment, utcnow
-from abplatform.writer import ExposureRow, journal_line, replay_journal
+from abplatform.storage.rows import ExposureRow
+from abplatform.writer import journal_line, replay_journal
 from tests.api.conftest import KEY
 
 pytestmark = pytest.mark.anyio

@@ -11,21 +11,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from abplatform.api.errors import problem_response
-from abplatform.errors import AbplatformError
+from abplatform.errors import AbplatformError, WriteFailed, WriterClosed, WriterFull
 from abplatform.journal import Journal, replay
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
-from abplatform.writer import (
-    BufferedWriter,
-    EventRow,
-    ExposureIds,
-    ExposureRow,
-    WriteFailed,
-    WriterClosed,
-    WriterFull,
-    journal_line,
-    replay_journal,
-)
+from abplatform.storage.rows import EventRow, ExposureIds, ExposureRow
+from abplatform.writer import BufferedWriter, journal_line, replay_journal
 
 pytestmark = pytest.mark.anyio
 

@@ -10,17 +10,10 @@ from numpy.testing import assert_allclose
 from pydantic import ValidationError
 from scipy import integrate, stats
 
-from abplatform.assignment.thompson import (
-    BetaPosterior,
-    GaussianPosterior,
-    Method,
-    RewardStats,
-    ThompsonAssignmentConfig,
-    ThompsonDecision,
-    ThompsonPolicy,
-    allocation_weights,
-    allocation_weights_many,
-)
+from abplatform.assignment.allocation import Method, allocation_weights, allocation_weights_many
+from abplatform.assignment.posteriors import BetaPosterior, GaussianPosterior, RewardStats
+from abplatform.assignment.thompson import ThompsonDecision, ThompsonPolicy
+from abplatform.config.models import ThompsonAssignmentConfig
 from abplatform.domain import Decision
 
 DRAWS = 20_000

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from abplatform.assignment.thompson import RewardStats, ThompsonPolicy
+from abplatform.assignment.posteriors import RewardStats
+from abplatform.assignment.thompson import ThompsonPolicy
 from abplatform.config import load_experiment_text
 from abplatform.config.models import ProportionMetric
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql

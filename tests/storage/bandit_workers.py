@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from abplatform.assignment.thompson import RewardStats, ThompsonDecision, ThompsonPolicy
+from abplatform.assignment.posteriors import RewardStats
+from abplatform.assignment.thompson import ThompsonDecision, ThompsonPolicy
 from abplatform.bandit import BanditStore, PersistentThompsonPolicy
 from abplatform.storage.db import make_engine
 

@@ -16,12 +16,8 @@ import pytest
 from numpy.testing import assert_allclose
 from sqlalchemy import Engine, event, func, select
 
-from abplatform.assignment.thompson import (
-    BetaPosterior,
-    RewardStats,
-    ThompsonDecision,
-    ThompsonPolicy,
-)
+from abplatform.assignment.posteriors import BetaPosterior, RewardStats
+from abplatform.assignment.thompson import ThompsonDecision, ThompsonPolicy
 from abplatform.bandit import (
     BanditStore,
     PersistentThompsonPolicy,

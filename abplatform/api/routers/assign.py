@@ -21,7 +21,8 @@ from abplatform.api.schemas import (
 from abplatform.assignment.base import MissingContext
 from abplatform.domain import RecRequest
 from abplatform.storage.repository import utcnow
-from abplatform.writer import BufferedWriter, ExposureRow
+from abplatform.storage.rows import ExposureRow
+from abplatform.writer import BufferedWriter
 
 router = APIRouter(prefix="/v1/assign", tags=["assign"], dependencies=[AssignScope])
 

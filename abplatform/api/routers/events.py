@@ -10,7 +10,7 @@ from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import EventBatch, EventsResponse
 from abplatform.errors import NotFoundError
 from abplatform.storage.repository import utcnow
-from abplatform.writer import EventRow
+from abplatform.storage.rows import EventRow
 
 router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[AssignScope])
 
