@@ -97,7 +97,7 @@ def ingest_logs(
         )
         problems.raise_if_any()
         with gc_paused(), transaction(engine) as session:
-            stored = save_experiment(session, config, catalog or config.catalog_name)
+            stored = save_experiment(session, config, catalog or config.catalog)
             conn = session.connection()
             load = _Load(conn, stored.id, config, problems)
             with sqlite_cache(conn):

@@ -56,8 +56,8 @@ def ranking_quality(engine: Engine, experiment_id: int, catalog: str) -> dict[st
         counts = impressions_per_item.get(variant, {})
         impressions = sum(counts.values())
         novelty = None
-        if impressions:
-            denominator = total_interactions + len(items)
+        denominator = total_interactions + len(items)
+        if impressions and denominator:  # an empty catalogue without history: no novelty
             novelty = (
                 sum(
                     c * -math.log2((popularity.get(item, 0) + 1) / denominator)

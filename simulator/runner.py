@@ -183,7 +183,7 @@ def simulate(
     world = build_world(sim, users=users, seed=run_seed)
     with engine.begin() as conn:
         session = Session(bind=conn)
-        stored = save_experiment(session, config, catalog)
+        stored = save_experiment(session, config, catalog, discard_data=True)
         clear_experiment_data(session, stored.id)
         delete_catalog(conn, catalog)
         run_config = {"simulation": sim.model_dump(mode="json"), "users": world.n_users}

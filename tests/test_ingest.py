@@ -511,7 +511,10 @@ def test_failed_load_rolls_back_written_chunks_and_the_experiment_update(
         engine,
         exposures=exposures,
         events=events,
-        config=_config(description="changed", variants=[{"key": "treatment", "weight": 1.0}]),
+        config=_config(
+            description="changed",
+            variants=[{"key": "control", "weight": 0.2}, {"key": "treatment", "weight": 0.8}],
+        ),
     )
 
     assert error.problems == ["events.csv line 3: timestamp: not ISO 8601 or Unix seconds (got '')"]
@@ -527,3 +530,38 @@ def test_missing_file_is_a_data_error(engine: Engine, tmp_path: Path) -> None:
 
     assert error.problems == ["nope.csv: No such file or directory"]
     assert _counts(engine) == EMPTY
+
+
+def test_cli_ingest_keeps_a_simulated_catalogue_and_refuses_orphaning_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`abplatform ingest` of the simulated example's own YAML keeps `sim:<key>`; a YAML
+    naming another catalogue while exposures exist exits 2 with the reason, nothing written."""
+    from simulator.runner import simulate
+    from tests.api.conftest import EXAMPLE, KEY, small_config
+    from tests.factories import cli
+
+    engine = open_database(db_url)
+    simulate(engine, small_config())
+    with engine.connect() as conn:
+        unit = conn.execute(select(m.Exposure.unit_id).limit(1)).scalar_one()
+    events = _write(tmp_path, "events.csv", f"{EVENT_HEADER}{unit},click,2026-11-27T10:00:00Z,,\n")
+    before = _counts(engine)
+
+    kept = cli("ingest", str(EXAMPLE), "--events", str(events), db=db_url)
+    assert kept.returncode == 0, kept.stderr
+    assert "1 new events" in kept.stdout
+    with engine.connect() as conn:
+        catalog = conn.execute(select(m.Experiment.catalog)).scalar_one()
+    assert catalog == f"sim:{KEY}"
+
+    moved = _write(tmp_path, "moved.yaml", EXAMPLE.read_text() + "\ncatalog: shop\n")
+    refused = cli("ingest", str(moved), "--events", str(events), db=db_url)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr
+    assert f"catalogue 'sim:{KEY}'; catalog: 'shop' would orphan them" in refused.stderr
+    assert "nothing was written" in refused.stderr
+    with engine.connect() as conn:
+        assert conn.execute(select(m.Experiment.catalog)).scalar_one() == f"sim:{KEY}"
+    assert _counts(engine) == before | {"events": before["events"] + 1}
+    engine.dispose()

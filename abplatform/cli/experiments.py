@@ -163,6 +163,15 @@ def report(
     _write_report(open_db(db), key, output)
 
 
+def _stored_catalog(engine: Engine, key: str) -> str | None:
+    """The catalogue a stored experiment uses (kept when the YAML names none)."""
+    from abplatform.storage.db import transaction
+    from abplatform.storage.repository import stored_catalog
+
+    with transaction(engine) as session:
+        return stored_catalog(session, key)
+
+
 @app.command()
 def ingest(
     file: Annotated[Path, typer.Argument(help="Experiment YAML file the data belongs to.")],
@@ -200,7 +209,7 @@ def ingest(
         )
     config = run_verb(lambda: load_experiment(file))
     engine = open_db(db)
-    target = catalog or config.catalog_name
+    target = catalog or config.catalog or _stored_catalog(engine, config.key) or "default"
     loaded: list[CatalogIngestSummary] = []
 
     def load(progress: Progress) -> IngestSummary | None:
@@ -217,7 +226,9 @@ def ingest(
             )
 
         if logs:
-            return ingest_logs(engine, config, exposures, events, also=load_shop if shop else None)
+            return ingest_logs(
+                engine, config, exposures, events, catalog=target, also=load_shop if shop else None
+            )
         loaded.append(
             ingest_catalog(
                 engine,

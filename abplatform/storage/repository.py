@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from abplatform.bandit.tables import delete_bandit_rows
 from abplatform.config.loader import validate_config
 from abplatform.config.models import ExperimentConfig
-from abplatform.errors import NotFoundError
+from abplatform.errors import AbplatformError, NotFoundError
 from abplatform.storage import models as m
 from abplatform.storage.rows import delete_experiment_rows
 
@@ -33,8 +33,16 @@ class StoredExperiment:
     config: ExperimentConfig
 
 
-def save_experiment(session: Session, config: ExperimentConfig, catalog: str) -> StoredExperiment:
-    """Insert or update an experiment (its config holds the variants); returns the stored one."""
+def save_experiment(
+    session: Session, config: ExperimentConfig, catalog: str | None, *, discard_data: bool = False
+) -> StoredExperiment:
+    """Insert or update an experiment (its config holds the variants); returns the stored one.
+
+    `catalog` None keeps a stored experiment's catalogue (a new one gets `default`). An
+    update that would orphan stored exposures (another catalogue, or a variant with
+    exposures no longer in the config) raises `OrphanedDataError`, unless `discard_data`
+    (the caller deletes the experiment's data next, as a re-simulation does).
+    """
     now = utcnow()
     row = session.scalars(select(m.Experiment).where(m.Experiment.key == config.key)).one_or_none()
     document = config.model_dump(mode="json")
@@ -43,7 +51,7 @@ def save_experiment(session: Session, config: ExperimentConfig, catalog: str) ->
             key=config.key,
             description=config.description,
             unit=config.unit,
-            catalog=catalog,
+            catalog=catalog or "default",
             status="draft",
             config=document,
             created_at=now,
@@ -52,13 +60,52 @@ def save_experiment(session: Session, config: ExperimentConfig, catalog: str) ->
         session.add(row)
         session.flush()
     else:
+        chosen = catalog or row.catalog
+        if not discard_data:
+            _refuse_orphans(session, row, config, chosen)
         row.description = config.description
         row.unit = config.unit
-        row.catalog = catalog
+        row.catalog = chosen
         row.config = document
         row.updated_at = now
     session.flush()
     return StoredExperiment(row.id, row.key, row.catalog, row.status, config)
+
+
+class OrphanedDataError(AbplatformError):
+    """An experiment update that would leave stored exposures without their context."""
+
+
+def _refuse_orphans(
+    session: Session, row: m.Experiment, config: ExperimentConfig, catalog: str
+) -> None:
+    """Raise if stored exposures would lose their catalogue or their variant."""
+    exposures = select(m.Exposure.variant).where(m.Exposure.experiment_id == row.id)
+    if session.execute(exposures.limit(1)).first() is None:
+        return
+    key = config.key
+    if catalog != row.catalog:
+        raise OrphanedDataError(
+            f"experiment {key!r} has exposures against catalogue {row.catalog!r}; "
+            f"catalog: {catalog!r} would orphan them",
+            hint=f"keep `catalog: {row.catalog}` (or leave `catalog:` out), "
+            "or store the changed experiment under a new key",
+        )
+    kept = {variant.key for variant in config.variants}
+    removed = sorted({v["key"] for v in row.config.get("variants", [])} - kept)
+    if not removed:
+        return
+    orphaned = session.scalars(
+        exposures.where(m.Exposure.variant.in_(removed)).distinct().order_by(m.Exposure.variant)
+    ).all()
+    if orphaned:
+        raise OrphanedDataError(
+            f"experiment {key!r} has exposures of variant{'s' if len(orphaned) > 1 else ''} "
+            f"{', '.join(map(repr, orphaned))}, which variants: no longer lists "
+            f"(got {', '.join(sorted(kept))}); that would orphan them",
+            hint="keep every variant that has exposures (weights may change), "
+            "or store the changed experiment under a new key",
+        )
 
 
 def _stored(row: m.Experiment) -> StoredExperiment:
@@ -78,6 +125,13 @@ def get_experiment(session: Session, key: str) -> StoredExperiment:
             "or pass the right --db",
         )
     return _stored(row)
+
+
+def stored_catalog(session: Session, key: str) -> str | None:
+    """The catalogue of the stored experiment with this key (None: not stored)."""
+    return session.scalars(
+        select(m.Experiment.catalog).where(m.Experiment.key == key)
+    ).one_or_none()
 
 
 def list_experiments(session: Session) -> list[StoredExperiment]:

@@ -273,3 +273,37 @@ async def test_results_and_report(client: httpx.AsyncClient, seeded_url: str) ->
     assert report.headers["content-type"].startswith("text/html")
     assert "<html" in report.text.lower()
     assert (await client.get("/v1/experiments/nope/results")).status_code == 404
+
+
+async def test_reposting_its_yaml_keeps_the_catalogue_and_refuses_orphans(
+    client: httpx.AsyncClient,
+) -> None:
+    """The example's own YAML (no `catalog:`) re-posted over its simulated run keeps
+    `sim:homepage_popularity`; another catalogue or a dropped variant with exposures is 409."""
+    await _start(client)
+    body = {"experiment": KEY, "unit_id": "u1"}
+    assert (await client.post("/v1/assign", json=body)).status_code == 200
+    text = EXAMPLE.read_text()
+    yaml = {"content-type": "application/yaml"}
+    again = await client.post("/v1/experiments", content=text, headers=yaml)
+    assert again.status_code == 201, again.text
+    assert (again.json()["catalog"], again.json()["status"]) == (f"sim:{KEY}", "running")
+    assert (await client.post("/v1/assign", json=body)).status_code == 200
+    assert (await client.get(f"/v1/experiments/{KEY}/results")).status_code == 200
+    assert (await client.get(f"/v1/experiments/{KEY}/report")).status_code == 200
+
+    moved = await client.post("/v1/experiments", content=f"{text}\ncatalog: shop\n", headers=yaml)
+    assert moved.status_code == 409, moved.text
+    assert "catalog: 'shop' would orphan them" in moved.json()["detail"]
+    assert f"sim:{KEY}" in moved.json()["detail"]
+    config = load_experiment_text(text)
+    kept = config.variants[0].model_dump(mode="json")
+    document = config.model_dump(mode="json") | {"variants": [kept | {"weight": 1.0}]}
+    dropped = await client.post("/v1/experiments", json=document | {"control": kept["key"]})
+    assert dropped.status_code == 409, dropped.text
+    assert repr(config.variants[1].key) in dropped.json()["detail"]
+    assert "no longer lists" in dropped.json()["detail"]
+    shown = (await client.get(f"/v1/experiments/{KEY}")).json()
+    assert shown["catalog"] == f"sim:{KEY}"
+    assert [v["key"] for v in shown["variants"]] == [v.key for v in config.variants]
+    assert (await client.post("/v1/assign", json=body)).status_code == 200

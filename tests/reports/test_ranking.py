@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from abplatform.config import load_experiment_text
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
@@ -159,4 +159,47 @@ def test_analyze_json_and_report_carry_ranking_quality(sqlite_url: str) -> None:
     page = render_report(result)
     assert "Ranking quality" in page
     assert analyze(engine, "rank", ranking=False).to_dict()["ranking"] is None
+    engine.dispose()
+
+
+def test_an_empty_catalogue_or_no_slates_never_divides_by_zero(db_url: str) -> None:
+    """Slates shown from a catalogue that is now empty, and an experiment without slates:
+    analyze and the report finish, with the undefined shares left out (None)."""
+    from reports.analysis import analyze
+    from reports.render import render_report
+
+    engine = open_database(db_url)
+    experiment_id = seed(engine)
+    with transaction(engine) as session:
+        conn = session.connection()
+        conn.execute(text("DELETE FROM catalog_items WHERE catalog = 'shop'"))
+        conn.execute(text("DELETE FROM interactions WHERE catalog = 'shop'"))
+    quality = ranking_quality(engine, experiment_id, "shop")
+    assert quality["a"].hit_rate == 0.5 and quality["a"].slates == 2
+    assert (quality["a"].coverage, quality["a"].novelty) == (None, None)
+    assert quality["a"].intra_list_diversity is None
+    assert ranking_quality(engine, experiment_id, "no-such-catalogue")["b"].novelty is None
+    assert "Ranking quality" in render_report(analyze(engine, "rank"))
+
+    with transaction(engine) as session:
+        bare = save_experiment(
+            session, load_experiment_text(CONFIG.replace("key: rank", "key: bare")), None
+        )
+        bulk_insert(
+            session.connection(),
+            "exposures",
+            {
+                "id": [10, 11],
+                "experiment_id": [bare.id] * 2,
+                "variant": ["a", "b"],
+                "unit_id": ["u1", "u2"],
+                "ts": seconds_to_sql([100, 100]),
+                "propensity": [0.5] * 2,
+                "slate_size": [0, 0],
+            },
+        )
+    assert ranking_quality(engine, bare.id, "default") == {}
+    document = analyze(engine, "bare").to_dict()
+    assert document["ranking"] in (None, {})
+    assert "bare" in render_report(analyze(engine, "bare"))
     engine.dispose()

@@ -98,13 +98,15 @@ def _parse(body: bytes, content_type: str) -> ExperimentConfig:
     status_code=201,
     dependencies=[AdminScope],
     openapi_extra=_CONFIG_BODY,
-    responses=error_responses(413, 422),
+    responses=error_responses(409, 413, 422),
 )
 async def create(request: Request, services: ServicesDep) -> JSONResponse:
     """Create or replace an experiment (validated as `abplatform validate`: 422 lists problems).
 
-    A new experiment starts as `draft`; replacing one keeps its status and refits its
-    strategies on the next assignment.
+    A new experiment starts as `draft`; replacing one keeps its status and its catalogue
+    (unless the YAML names another `catalog:`) and refits its strategies on the next
+    assignment. A change that would orphan stored exposures (another catalogue, or a
+    variant with exposures removed) answers 409 with the reason.
     """
     config = _parse(await request.body(), request.headers.get("content-type", ""))
 
@@ -112,7 +114,7 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
         from abplatform.storage.db import transaction
 
         with transaction(services.engine) as session:
-            return _out(save_experiment(session, config, config.catalog_name))
+            return _out(save_experiment(session, config, config.catalog))
 
     out = await run_in_threadpool(save)
     services.experiments.invalidate(config.key)
