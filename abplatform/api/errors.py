@@ -32,9 +32,21 @@ class NotRunning(AbplatformError):
         )
 
 
+class Unservable(AbplatformError):
+    """Assignment asked of a running experiment whose strategies cannot be fitted or loaded."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(
+            f"experiment {key!r} is running but cannot be served: {reason}",
+            hint=f"fix its catalogue or config (GET /v1/experiments/{key}), or stop it: "
+            f"POST /v1/experiments/{key}/stop; every other experiment is served",
+        )
+        self.reason = reason
+
+
 _DESCRIPTIONS = {
     404: "No such experiment",
-    409: "The experiment is not in a state that allows this",
+    409: "The experiment is not in a state that allows this (or cannot be served)",
     413: "Request body too large",
     422: "Invalid request (the problem names the field)",
     503: "Write queue full or shutting down; retry after `Retry-After` seconds",

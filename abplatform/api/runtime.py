@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -10,8 +11,10 @@ from datetime import datetime
 from functools import partial
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 
 from abplatform.api.bandit import build_server_policy
+from abplatform.api.errors import Unservable
 from abplatform.assignment.base import AssignmentPolicy
 from abplatform.bandit import BanditFeedback
 from abplatform.config.models import ExperimentConfig
@@ -24,6 +27,11 @@ from abplatform.strategy import Strategy
 from strategies.fitting import fit_variants
 
 DEFAULT_K = 10
+# An experiment that could not be fitted or loaded is tried again after this many seconds
+# (at once after a create/start/stop in this process); meanwhile its assigns answer 409.
+UNSERVABLE_RETRY_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class Coalescer:
@@ -167,9 +175,14 @@ class ExperimentCache:
         self._entries: dict[str, ExperimentRuntime] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._refreshing: set[str] = set()
+        self._unservable: dict[str, tuple[str, float]] = {}  # key: (reason, monotonic time)
 
     async def warm_up(self) -> list[str]:
-        """Fit the strategies of every running experiment now, before serving traffic."""
+        """Fit the strategies of every running experiment now, before serving traffic.
+
+        One that cannot be fitted or loaded is marked unservable (logged, listed by
+        `unservable`) and the others are served; a database error still fails start-up.
+        """
         with self.engine.connect() as conn:
             keys = (
                 conn.execute(select(m.Experiment.key).where(m.Experiment.status == "running"))
@@ -177,12 +190,20 @@ class ExperimentCache:
                 .all()
             )
         for key in keys:
-            await self.get(key, fit=True)
+            try:
+                await self.get(key, fit=True)
+            except (Unservable, NotFoundError):
+                continue
         return list(keys)
+
+    def unservable(self) -> dict[str, str]:
+        """{key: reason} of the experiments whose last fit or load failed."""
+        return {key: reason for key, (reason, _) in sorted(self._unservable.items())}
 
     def invalidate(self, key: str) -> None:
         """Forget an experiment (after create/start/stop in this process)."""
         self._entries.pop(key, None)
+        self._unservable.pop(key, None)
 
     def _fresh(self, entry: ExperimentRuntime) -> bool:
         return time.monotonic() - entry.checked_at < self.ttl
@@ -193,6 +214,9 @@ class ExperimentCache:
         A usable but stale entry is served as is while one background task re-reads the
         status (stale-while-revalidate), so no request waits on that database read.
         """
+        failed = self._unservable.get(key) if fit else None
+        if failed is not None and time.monotonic() - failed[1] < UNSERVABLE_RETRY_SECONDS:
+            raise Unservable(key, failed[0])
         entry = self._entries.get(key)
         usable = entry is not None and (
             not fit or entry.strategies is not None or entry.status != "running"
@@ -213,7 +237,20 @@ class ExperimentCache:
     async def _load(self, key: str, *, fit: bool) -> ExperimentRuntime:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            entry = await asyncio.to_thread(self._refresh, key, self._entries.get(key), fit)
+            try:
+                entry = await asyncio.to_thread(self._refresh, key, self._entries.get(key), fit)
+            except Unservable as exc:
+                self._mark(key, exc.reason)
+                raise
+            except (NotFoundError, DBAPIError):  # deleted, or the database is in trouble
+                raise
+            except Exception as exc:  # a stored config or policy that no longer loads
+                reason = f"cannot be loaded: {type(exc).__name__}: {exc}"
+                self._mark(key, reason)
+                raise Unservable(key, reason) from exc
+            servable = entry.strategies is not None or entry.status != "running"
+            if servable and self._unservable.pop(key, None) is not None:
+                log.warning("experiment %r is servable again", key)
             self._entries[key] = entry
             # Shared policy state that is due (e.g. a bandit's weight version) is published
             # and fetched in a thread, then put in force here, on the loop's thread, where
@@ -222,6 +259,11 @@ class ExperimentCache:
             if apply is not None:
                 apply()
             return entry
+
+    def _mark(self, key: str, reason: str) -> None:
+        if key not in self._unservable:
+            log.error("experiment %r is unservable (others are served): %s", key, reason)
+        self._unservable[key] = (reason, time.monotonic())
 
     def _refresh(self, key: str, entry: ExperimentRuntime | None, fit: bool) -> ExperimentRuntime:
         with self.engine.connect() as conn:
@@ -250,5 +292,10 @@ class ExperimentCache:
         entry.status = row.status
         entry.checked_at = time.monotonic()
         if fit and entry.status == "running" and entry.strategies is None:
-            _fit(self.engine, entry, self.coalesce)
+            try:
+                _fit(self.engine, entry, self.coalesce)
+            except DBAPIError:
+                raise
+            except Exception as exc:  # e.g. an empty catalogue: this experiment only
+                raise Unservable(key, f"cannot be fitted: {exc}") from exc
         return entry

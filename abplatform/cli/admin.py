@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    pass
+    import uvicorn
 
 from abplatform.cli.base import (
     DbOption,
@@ -86,7 +86,7 @@ def serve(
             "never expose this server beyond a development machine",
             markup=True,
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         "abplatform.api.app:create_app",
         factory=True,
         host=host,
@@ -100,6 +100,36 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    if not _run_server(config):
+        make_console(stderr=True).print(
+            "[bold red]error:[/] the server failed to start (see the log above)", markup=True
+        )
+        raise typer.Exit(STARTUP_FAILURE)
+
+
+STARTUP_FAILURE = 3  # uvicorn's own exit status for a worker that could not start
+
+
+def _run_server(config: uvicorn.Config) -> bool:
+    """Run uvicorn until it stops; False if it (or any worker) failed to start.
+
+    `uvicorn.run` with several workers returns normally (exit 0) when a worker's start-up
+    fails and the supervisor gives up, so a supervisor would see a clean exit.
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if config.workers == 1:
+        server = uvicorn.Server(config)
+        try:
+            server.run()
+        except SystemExit as exc:  # uvicorn's own exit when the app's start-up fails
+            if exc.code != STARTUP_FAILURE:
+                raise
+        return server.started
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
 
 
 @keys_app.command("create")

@@ -99,9 +99,23 @@ def run_with_progress(
 
 def open_db(db: str | None) -> Engine:
     """The engine of `--db` (migrating SQLite), or a clean exit naming the problem."""
-    from abplatform.storage.db import open_database
+    from sqlalchemy.exc import DBAPIError
 
-    return run_verb(lambda: open_database(db))
+    from abplatform.storage.db import open_database, resolve_url
+
+    try:
+        return run_verb(lambda: open_database(db))
+    except DBAPIError as exc:  # unreachable, no such database, refused login
+        from sqlalchemy.engine import make_url
+
+        where = make_url(resolve_url(db)).render_as_string(hide_password=True)
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        exit_with(
+            AbplatformError(
+                f"cannot open the database {where}: {first}",
+                hint="check --db (or ABPLATFORM_DATABASE_URL) and that the server is up",
+            )
+        )
 
 
 class ProgressBar:

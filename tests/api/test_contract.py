@@ -36,7 +36,7 @@ def _count(url: str, table: Any, *where: Any) -> int:
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    assert (await client.get("/readyz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ok", "unservable": {}}
 
 
 async def test_keys_and_scopes(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -307,3 +307,36 @@ async def test_reposting_its_yaml_keeps_the_catalogue_and_refuses_orphans(
     assert shown["catalog"] == f"sim:{KEY}"
     assert [v["key"] for v in shown["variants"]] == [v.key for v in config.variants]
     assert (await client.post("/v1/assign", json=body)).status_code == 200
+
+
+async def test_an_unfittable_experiment_is_unservable_until_fixed(
+    client: httpx.AsyncClient, seeded_url: str
+) -> None:
+    """Started on an empty catalogue: 409 naming the reason on both assign routes, listed
+    by /readyz; once its catalogue is back, the next start serves it again."""
+    from abplatform.storage.catalog import delete_catalog
+    from simulator.runner import simulate
+
+    engine = open_database(seeded_url)
+    with engine.begin() as conn:
+        delete_catalog(conn, f"sim:{KEY}")
+    await _start(client)
+    for path, body in (
+        ("/v1/assign", {"experiment": KEY, "unit_id": "u1"}),
+        ("/v1/assign/batch", {"requests": [{"experiment": KEY, "unit_id": "u1"}]}),
+    ):
+        response = await client.post(path, json=body)
+        assert response.status_code == 409, response.text
+        assert (
+            "cannot be served: cannot be fitted: strategy 'popularity' cannot fit on an "
+            in (response.json()["detail"])
+        )
+    ready = (await client.get("/readyz")).json()
+    assert ready["status"] == "ok" and list(ready["unservable"]) == [KEY]
+
+    simulate(engine, small_config())  # the catalogue is back
+    engine.dispose()
+    await _start(client)
+    served = await client.post("/v1/assign", json={"experiment": KEY, "unit_id": "u1"})
+    assert served.status_code == 200, served.text
+    assert (await client.get("/readyz")).json() == {"status": "ok", "unservable": {}}

@@ -1,10 +1,11 @@
-"""GET /healthz (process up) and GET /readyz (database reachable)."""
+"""GET /healthz (process up) and GET /readyz (database reachable, unservable experiments)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 
 from abplatform.api.deps import ServicesDep
@@ -25,11 +26,25 @@ def _ping(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+class Readiness(BaseModel):
+    """Readiness: the database answers; running experiments this process cannot serve."""
+
+    status: str
+    unservable: dict[str, str] = Field(
+        default_factory=dict,
+        description="{experiment key: reason} of running experiments that cannot be fitted "
+        "or loaded (their assigns answer 409); every other experiment is served",
+    )
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(services: ServicesDep) -> FastJSON:
-    """The database answers."""
+    """The database answers (200 even with unservable experiments: the rest are served)."""
+    unservable = services.experiments.unservable()
     try:
         await asyncio.wait_for(asyncio.to_thread(_ping, services.engine), timeout=5)
     except Exception:
-        return FastJSON({"status": "database unreachable"}, status_code=503)
-    return FastJSON({"status": "ok"})
+        return FastJSON(
+            {"status": "database unreachable", "unservable": unservable}, status_code=503
+        )
+    return FastJSON({"status": "ok", "unservable": unservable})
