@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import TextIO
 
 from abplatform.errors import DataError
+from abplatform.values import MAX_SECONDS, MIN_SECONDS, SECONDS_PROBLEM
 
 MAX_ID_LENGTH = 128
 MAX_PROBLEMS = 50
-# Plausible Unix seconds: outside 1970..2100 a value is almost surely milliseconds or garbage.
-MIN_SECONDS = 0
-MAX_SECONDS = 4_102_444_800
 CHUNK_ROWS = 50_000
 """Checked rows a loader collects before it writes them."""
 
@@ -262,5 +260,4 @@ def timestamp_problems(value: str) -> list[str]:
         seconds = parse_float(value)
     if not math.isfinite(seconds):
         return [bad("timestamp", "not ISO 8601 or Unix seconds", value)]
-    why = "outside 1970-01-01..2100-01-01 UTC (Unix timestamps must be seconds, not ms)"
-    return [bad("timestamp", why, value)]
+    return [bad("timestamp", SECONDS_PROBLEM, value)]

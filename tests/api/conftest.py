@@ -97,3 +97,27 @@ async def client(app: FastAPI, keys: Keys) -> AsyncIterator[httpx.AsyncClient]:
         ) as http,
     ):
         yield http
+
+
+@pytest.fixture(params=["fast lane", "routes"])
+async def both_lanes(
+    request: pytest.FixtureRequest, seeded_url: str, tmp_path: Path, keys: Keys
+) -> AsyncIterator[httpx.AsyncClient]:
+    """As `client`, once with the fast lane and once over the FastAPI routes alone."""
+    from abplatform.api.fastlane import FastLane
+
+    app = create_app(
+        Settings(database_url=seeded_url, api_auth=True, api_journal_dir=str(tmp_path / "journal2"))
+    )
+    if request.param == "routes":
+        kept = [mw for mw in app.user_middleware if getattr(mw, "cls", None) is not FastLane]
+        app.user_middleware = kept
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://test",
+            headers=keys.header("every"),
+        ) as http,
+    ):
+        yield http

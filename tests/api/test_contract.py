@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -12,8 +13,10 @@ from sqlalchemy import func, select
 
 from abplatform.assignment.engine import build_policy
 from abplatform.config import ConfigError, load_experiment_text
+from abplatform.csvcheck import timestamp_problems
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
+from abplatform.values import SECONDS_PROBLEM
 from reports.analysis import analyze
 from tests.api.conftest import EXAMPLE, KEY, Keys, small_config
 
@@ -273,3 +276,25 @@ async def test_results_and_report(client: httpx.AsyncClient, seeded_url: str) ->
     assert report.headers["content-type"].startswith("text/html")
     assert "<html" in report.text.lower()
     assert (await client.get("/v1/experiments/nope/results")).status_code == 404
+
+
+async def test_timestamps_are_unix_seconds_never_ms(
+    both_lanes: httpx.AsyncClient, seeded_url: str
+) -> None:
+    """One rule with CSV ingest: a number is seconds; one only milliseconds can be is a 422."""
+    http = both_lanes
+    for i, stamp in enumerate([21_000_000_000, 1_700_000_000_000, "1700000000000", -1]):
+        event = {"event_id": f"ms{i}", "unit_id": "u", "type": "click", "timestamp": stamp}
+        response = await http.post("/v1/events", json={"events": [event]})
+        assert ["body", "events", 0, "timestamp"] in _locations(response)
+        wording = timestamp_problems(str(stamp))[0].split(": ", 1)[1].rsplit(" (got", 1)[0]
+        assert wording == SECONDS_PROBLEM
+        assert SECONDS_PROBLEM in response.json()["detail"][0]["msg"], response.text
+    seconds = {"event_id": "s1", "unit_id": "u", "type": "click", "timestamp": 1_700_000_000}
+    assert (await http.post("/v1/events", json={"events": [seconds]})).json()["new"] == 1
+    engine = open_database(seeded_url)
+    with engine.connect() as conn:
+        stored = conn.scalars(select(m.Event.ts).where(m.Event.event_id == "s1")).one()
+    engine.dispose()
+    assert stored == datetime(2023, 11, 14, 22, 13, 20)
+    assert _count(seeded_url, m.Event, m.Event.event_id.like("ms%")) == 0
