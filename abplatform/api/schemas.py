@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
 )
 
@@ -77,7 +78,7 @@ class AssignRequest(_Body):
     unit_id: Id
     scene: Scene | None = None
     context: AssignContext | None = None
-    k: int | None = Field(default=None, ge=1, le=MAX_SLATE)
+    k: Annotated[int, Strict()] | None = Field(default=None, ge=1, le=MAX_SLATE)
 
 
 class AssignBatchRequest(_Body):
@@ -117,9 +118,11 @@ class EventIn(_Body):
     unit_id: Id
     type: FeedbackType
     experiment: Id | None = None
-    exposure_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    exposure_id: Annotated[int, Strict()] | None = Field(default=None, ge=1, le=2**63 - 1)
     item_id: Id | None = None
-    value: float | None = Field(default=None, allow_inf_nan=False, ge=-1e15, le=1e15)
+    value: Annotated[float, Strict()] | None = Field(
+        default=None, allow_inf_nan=False, ge=-1e15, le=1e15
+    )
     timestamp: Timestamp | None = None
 
 

@@ -298,3 +298,22 @@ async def test_timestamps_are_unix_seconds_never_ms(
     engine.dispose()
     assert stored == datetime(2023, 11, 14, 22, 13, 20)
     assert _count(seeded_url, m.Event, m.Event.event_id.like("ms%")) == 0
+
+
+async def test_numbers_are_strict(both_lanes: httpx.AsyncClient) -> None:
+    """Text or booleans for numbers are 422 on both lanes, not quietly converted."""
+    for k in ("3", True, 3.5):
+        response = await both_lanes.post(
+            "/v1/assign", json={"experiment": KEY, "unit_id": "u", "k": k}
+        )
+        assert ["body", "k"] in _locations(response)
+        assert response.json()["detail"][0]["msg"] == "Input should be a valid integer"
+    for field, bad in (("exposure_id", "5"), ("exposure_id", True), ("value", "9.5")):
+        event = {"event_id": "n", "unit_id": "u", "type": "purchase", field: bad}
+        response = await both_lanes.post("/v1/events", json={"events": [event]})
+        assert ["body", "events", 0, field] in _locations(response)
+        assert response.json()["detail"][0]["msg"].startswith("Input should be a valid")
+    ok = await both_lanes.post("/v1/assign", json={"experiment": KEY, "unit_id": "u", "k": 3})
+    assert ok.status_code == 409  # past validation: the seeded experiment is a draft
+    whole = {"event_id": "w", "unit_id": "u", "type": "purchase", "exposure_id": 5, "value": 9}
+    assert (await both_lanes.post("/v1/events", json={"events": [whole]})).json()["new"] == 1
