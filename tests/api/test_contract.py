@@ -40,6 +40,11 @@ def _count(url: str, table: Any, *where: Any) -> int:
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).json() == {"status": "ok"}
+    for path in ("/healthz", "/readyz"):
+        head = await client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == "application/json"
+        assert head.headers["content-length"] == str(len((await client.get(path)).content))
 
 
 async def test_keys_and_scopes(client: httpx.AsyncClient, keys: Keys) -> None:
