@@ -73,7 +73,10 @@ class CsvLog:
     def start(
         cls, path: Path, stack: ExitStack, problems: Problems, what: str = "log"
     ) -> tuple[CsvLog, list[str] | None]:
-        """Open `path` and read its header: the log and the stripped names (None if empty)."""
+        """Open `path` and read its header: the log and the stripped names.
+
+        An empty (or blank) file is a problem, and its names are None.
+        """
         try:
             handle = stack.enter_context(path.open(encoding="utf-8-sig", newline=""))
         except OSError as exc:
@@ -83,9 +86,13 @@ class CsvLog:
                 [f"{path.name}: {reason}"],
                 hint=f"check the path of the {what} file",
             ) from None
-        log = cls(path, handle)
+        log, before = cls(path, handle), problems.count
         header = log.header(problems)
-        return log, None if header is None else [name.strip() for name in header]
+        if header is None:
+            if problems.count == before:  # an unreadable file has said why already
+                problems.add(log.name, 1, "empty file: no header row and no data")
+            return log, None
+        return log, [name.strip() for name in header]
 
     def set_columns(self, names: list[str], problems: Problems) -> None:
         """Index the columns by name; a repeated name is a problem."""
@@ -108,7 +115,7 @@ class CsvLog:
     ) -> CsvLog:
         """Open a CSV whose header must name `required` and may name `optional` columns."""
         log, names = cls.start(path, stack, problems)
-        if names is None:  # an empty file is an empty log
+        if names is None:  # empty: a problem already
             return log
         found = ", ".join(repr(name) for name in names)
         for column in required:

@@ -235,13 +235,22 @@ def _fails_keeping(engine: Engine, catalog: str, **files: Path) -> DataError:
     return caught.value
 
 
-def test_empty_files_load_nothing(engine: Engine, tmp_path: Path) -> None:
-    empty = tmp_path / "empty.csv"
-    empty.write_text("", encoding="utf-8")
+def test_header_only_files_load_nothing(engine: Engine, tmp_path: Path) -> None:
     header_only = tmp_path / "header.csv"
     header_only.write_text("user_id,item_id,timestamp\n", encoding="utf-8")
-    summary = ingest_catalog(engine, SHOP, items=empty, interactions=header_only)
+    summary = ingest_catalog(engine, SHOP, interactions=header_only)
     assert summary == CatalogIngestSummary(catalog=SHOP)
+
+
+@pytest.mark.parametrize("which", ["items", "interactions", "users"])
+def test_an_empty_file_is_an_error_naming_it(engine: Engine, tmp_path: Path, which: str) -> None:
+    empty = tmp_path / f"{which}.csv"
+    empty.write_text("", encoding="utf-8")
+    files = {"items": DATA / "items.csv", which: empty}
+    with pytest.raises(DataError) as caught:
+        ingest_catalog(engine, SHOP, **files)  # type: ignore[arg-type]
+    assert f"cannot ingest {which}.csv: 1 problem" in str(caught.value)
+    assert caught.value.problems == [f"{which}.csv line 1: empty file: no header row and no data"]
 
 
 def test_progress_reports_interaction_lines(engine: Engine) -> None:

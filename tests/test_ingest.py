@@ -217,16 +217,29 @@ def test_derived_ids_differ_between_experiments(engine: Engine) -> None:
     assert _counts(engine)["events"] == 8
 
 
-def test_empty_and_header_only_files_load_nothing_but_save_the_experiment(
+def test_header_only_files_load_nothing_but_save_the_experiment(
     engine: Engine, tmp_path: Path
 ) -> None:
-    empty = _write(tmp_path, "exposures.csv", "")
     header_only = _write(tmp_path, "events.csv", EVENT_HEADER)
 
-    summary = ingest_logs(engine, _config(), empty, header_only)
+    summary = ingest_logs(engine, _config(), None, header_only)
 
     assert summary == IngestSummary(exposures=0, events=0, duplicate_events=0, units=0)
     assert _counts(engine) == {"experiments": 1, "exposures": 0, "events": 0}
+
+
+@pytest.mark.parametrize("content", ["", "\n\r\n\n"])
+def test_an_empty_file_is_an_error_naming_it(engine: Engine, tmp_path: Path, content: str) -> None:
+    empty = _write(tmp_path, "exposures.csv", content)
+    header_only = _write(tmp_path, "events.csv", EVENT_HEADER)
+
+    with pytest.raises(DataError) as caught:
+        ingest_logs(engine, _config(), empty, header_only)
+
+    message = str(caught.value).splitlines()[0]
+    assert message == "cannot ingest exposures.csv: 1 problem; nothing was written"
+    assert caught.value.problems == ["exposures.csv line 1: empty file: no header row and no data"]
+    assert _counts(engine) == {"experiments": 0, "exposures": 0, "events": 0}
 
 
 def test_bom_crlf_blank_lines_quotes_and_spaces_are_read(engine: Engine, tmp_path: Path) -> None:
