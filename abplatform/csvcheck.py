@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from abplatform.errors import DataError
-from abplatform.values import MAX_SECONDS, MIN_SECONDS, SECONDS_PROBLEM
+from abplatform.values import MAX_SECONDS, MIN_SECONDS, NUL_PROBLEM, SECONDS_PROBLEM
 
 MAX_ID_LENGTH = 128
 MAX_PROBLEMS = 50
@@ -86,6 +86,8 @@ class CsvLog:
                 [f"{path.name}: {reason}"],
                 hint=f"check the path of the {what} file",
             ) from None
+        for line in nul_lines(path):
+            problems.add(path.name, line, f"a cell contains a NUL character: text {NUL_PROBLEM}")
         log, before = cls(path, handle), problems.count
         header = log.header(problems)
         if header is None:
@@ -184,6 +186,19 @@ class CsvLog:
         else:
             line = self.reader.line_num
             problems.add(self.name, line, f"malformed CSV ({exc}); reading stopped here")
+
+
+def nul_lines(path: Path) -> list[int]:
+    """The lines holding a NUL byte (in UTF-8, only a NUL character is one): a fast byte scan."""
+    lines: dict[int, None] = {}
+    line = 1
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            if b"\x00" in block:
+                parts = block.split(b"\n")
+                lines.update((line + i, None) for i, part in enumerate(parts) if b"\x00" in part)
+            line += block.count(b"\n")
+    return list(lines)
 
 
 def first_bad_utf8_line(path: Path) -> tuple[int, str]:

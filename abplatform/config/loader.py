@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from abplatform.config.models import ExperimentConfig, RatioMetric, ThompsonAssignmentConfig
 from abplatform.errors import AbplatformError, ConfigError, ConfigProblem, UnknownNameError
 from abplatform.registry import strategies
+from abplatform.values import text_problem
 
 WEIGHT_TOLERANCE = 1e-6
 
@@ -160,6 +161,28 @@ def _strategy_problems(path: str, kind: str, params: Mapping[str, Any]) -> list[
     return []
 
 
+def _text_problems(data: Any) -> list[ConfigProblem]:
+    """Every key or string value no database can store alike (a NUL, a lone surrogate)."""
+    problems: list[ConfigProblem] = []
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:  # iterative: the depth is checked on its own
+        path, value = pending.pop()
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                problems.append(ConfigProblem(path, problem, value))
+        elif isinstance(value, Mapping):
+            for name, item in value.items():
+                problem = text_problem(name) if isinstance(name, str) else None
+                if problem is not None:
+                    problems.append(ConfigProblem(path, f"a field name {problem}", name))
+                    continue
+                pending.append((f"{path}.{name}" if path else str(name), item))
+        elif isinstance(value, list | tuple):
+            pending.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+    return sorted(problems, key=lambda problem: problem.path)
+
+
 def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
     """Validate a parsed YAML/JSON document; raise ConfigError listing every problem."""
     if not isinstance(data, Mapping):
@@ -167,6 +190,9 @@ def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
             [ConfigProblem("", "the experiment must be a mapping of fields", type(data).__name__)],
             source,
         )
+    text = _text_problems(data)
+    if text:
+        raise ConfigError(text, source)
     try:
         config = ExperimentConfig.model_validate(dict(data))
     except ValidationError as exc:

@@ -16,7 +16,7 @@ from abplatform.config import ConfigError, load_experiment_text
 from abplatform.csvcheck import timestamp_problems
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
-from abplatform.values import SECONDS_PROBLEM
+from abplatform.values import NUL_PROBLEM, SECONDS_PROBLEM
 from reports.analysis import analyze
 from tests.api.conftest import EXAMPLE, KEY, Keys, small_config
 
@@ -322,3 +322,27 @@ async def test_numbers_are_strict(both_lanes: httpx.AsyncClient) -> None:
     assert ok.status_code == 409  # past validation: the seeded experiment is a draft
     whole = {"event_id": "w", "unit_id": "u", "type": "purchase", "exposure_id": 5, "value": 9}
     assert (await both_lanes.post("/v1/events", json={"events": [whole]})).json()["new"] == 1
+
+
+async def test_nul_characters_are_422_naming_the_field(client: httpx.AsyncClient) -> None:
+    """One rule on both databases: text holding a NUL is refused wherever it comes in."""
+    config = load_experiment_text(EXAMPLE.read_text()).model_dump(mode="json")
+    as_json = await client.post("/v1/experiments", json=config | {"description": "x\u0000y"})
+    assert as_json.status_code == 422, as_json.text
+    assert as_json.json()["problems"] == [f"description: {NUL_PROBLEM} (got 'x\\x00y')"]
+    as_yaml = await client.post(
+        "/v1/experiments",
+        content=EXAMPLE.read_text() + 'unit: "u\\0"\n',
+        headers={"Content-Type": "application/yaml"},
+    )
+    assert as_yaml.json()["problems"] == [f"unit: {NUL_PROBLEM} (got 'u\\x00')"]
+    for method, path in (("GET", ""), ("POST", "/start"), ("GET", "/results")):
+        response = await client.request(method, f"/v1/experiments/a%00b{path}")
+        assert ["path", "key"] in _locations(response), path
+        assert NUL_PROBLEM in response.json()["detail"][0]["msg"]
+    event = {"event_id": "e\u0000", "unit_id": "u", "type": "click"}
+    response = await client.post("/v1/events", json={"events": [event]})
+    assert ["body", "events", 0, "event_id"] in _locations(response)
+    assert NUL_PROBLEM in response.json()["detail"][0]["msg"]
+    shown = await client.get(f"/v1/experiments/{KEY}")  # the refused updates changed nothing
+    assert shown.json()["description"] == config["description"]

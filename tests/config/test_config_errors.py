@@ -174,6 +174,30 @@ def test_named_control() -> None:
             ["variants.0.weight: input should be a finite number (got nan)"],
             id="nan-weight",
         ),
+        pytest.param(
+            'key: x\ndescription: "x\\0y"\nvariants: [{key: a, weight: 1, description: "\\0"}]\n',
+            [
+                "description: must not contain NUL characters (PostgreSQL cannot store them) "
+                "(got 'x\\x00y')",
+                "variants.0.description: must not contain NUL characters (PostgreSQL cannot "
+                "store them) (got '\\x00')",
+            ],
+            id="nul-characters",
+        ),
+        pytest.param(
+            "key: x\nvariants: [{key: a, weight: 1, "
+            'strategy: {kind: popularity, params: {"\\0": 1}}}]\n',
+            [
+                "variants.0.strategy.params: a field name must not contain NUL characters "
+                "(PostgreSQL cannot store them) (got '\\x00')"
+            ],
+            id="nul-in-a-field-name",
+        ),
+        pytest.param(
+            'key: x\nvariants: [{key: a, weight: 1}]\ndescription: "\\ud800"\n',
+            ["description: must be valid Unicode text (no lone surrogates) (got '\\ud800')"],
+            id="lone-surrogate",
+        ),
     ],
 )
 def test_problem_lines(text: str, expected: list[str]) -> None:
