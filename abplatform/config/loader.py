@@ -16,6 +16,31 @@ from abplatform.registry import strategies
 from abplatform.values import text_problem
 
 WEIGHT_TOLERANCE = 1e-6
+MAX_DEPTH = 32
+"""Nesting of mappings and lists an experiment may have (a real one needs about 6)."""
+MAX_VALUES = 100_000
+
+
+class _DepthError(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting past MAX_DEPTH before composing it (no recursion)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        collection = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if collection and self.depth == MAX_DEPTH:
+            raise _DepthError(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        self.depth += collection
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= collection
 
 
 def _join(loc: tuple[int | str, ...]) -> str:
@@ -161,25 +186,38 @@ def _strategy_problems(path: str, kind: str, params: Mapping[str, Any]) -> list[
     return []
 
 
-def _text_problems(data: Any) -> list[ConfigProblem]:
-    """Every key or string value no database can store alike (a NUL, a lone surrogate)."""
+def _value_problems(data: Any) -> list[ConfigProblem]:
+    """Text no database stores alike (NUL, lone surrogates); nesting or size past the limits."""
     problems: list[ConfigProblem] = []
-    pending: list[tuple[str, Any]] = [("", data)]
-    while pending:  # iterative: the depth is checked on its own
-        path, value = pending.pop()
+    pending: list[tuple[str, int, Any]] = [("", 0, data)]
+    visited = 0
+    while pending:  # iterative, and bounded: aliases can make a small document huge
+        path, depth, value = pending.pop()
+        visited += 1
+        if visited > MAX_VALUES:
+            message = f"more than {MAX_VALUES} values (YAML aliases expanding?)"
+            return [ConfigProblem("", message, has_got=False)]
         if isinstance(value, str):
             problem = text_problem(value)
             if problem is not None:
                 problems.append(ConfigProblem(path, problem, value))
-        elif isinstance(value, Mapping):
+            continue
+        if not isinstance(value, Mapping | list | tuple):
+            continue
+        if depth == MAX_DEPTH:
+            message = f"nested deeper than {MAX_DEPTH} levels"
+            return [ConfigProblem(path, message, has_got=False)]
+        if isinstance(value, Mapping):
             for name, item in value.items():
                 problem = text_problem(name) if isinstance(name, str) else None
                 if problem is not None:
                     problems.append(ConfigProblem(path, f"a field name {problem}", name))
                     continue
-                pending.append((f"{path}.{name}" if path else str(name), item))
-        elif isinstance(value, list | tuple):
-            pending.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+                pending.append((f"{path}.{name}" if path else str(name), depth + 1, item))
+        else:
+            pending.extend(
+                (f"{path}.{i}" if path else str(i), depth + 1, v) for i, v in enumerate(value)
+            )
     return sorted(problems, key=lambda problem: problem.path)
 
 
@@ -190,9 +228,9 @@ def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
             [ConfigProblem("", "the experiment must be a mapping of fields", type(data).__name__)],
             source,
         )
-    text = _text_problems(data)
-    if text:
-        raise ConfigError(text, source)
+    values = _value_problems(data)
+    if values:
+        raise ConfigError(values, source)
     try:
         config = ExperimentConfig.model_validate(dict(data))
     except ValidationError as exc:
@@ -206,7 +244,12 @@ def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
 def parse_yaml(text: str, source: str | None = None) -> Any:
     """Parse YAML text; syntax errors become a ConfigProblem with line and column."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader, bounded
+    except _DepthError as exc:
+        mark = exc.args[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        message = f"nested deeper than {MAX_DEPTH} levels at {where}"
+        raise ConfigError([ConfigProblem("yaml", message, has_got=False)], source) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -346,3 +346,19 @@ async def test_nul_characters_are_422_naming_the_field(client: httpx.AsyncClient
     assert NUL_PROBLEM in response.json()["detail"][0]["msg"]
     shown = await client.get(f"/v1/experiments/{KEY}")  # the refused updates changed nothing
     assert shown.json()["description"] == config["description"]
+
+
+async def test_deeply_nested_configs_are_422_naming_where(client: httpx.AsyncClient) -> None:
+    """A 1 KB depth-500 list is refused at 32 levels, as YAML and as JSON, not a 500."""
+    yaml_body = "key: x\nvariants: " + "[" * 500 + "]" * 500 + "\n"
+    as_yaml = await client.post(
+        "/v1/experiments", content=yaml_body, headers={"Content-Type": "application/yaml"}
+    )
+    assert as_yaml.status_code == 422, as_yaml.text
+    assert as_yaml.json()["problems"] == ["yaml: nested deeper than 32 levels at line 2, column 42"]
+    json_body = '{"key": "x", "variants": ' + "[" * 500 + "]" * 500 + "}"
+    as_json = await client.post(
+        "/v1/experiments", content=json_body, headers={"Content-Type": "application/json"}
+    )
+    assert as_json.status_code == 422, as_json.text
+    assert as_json.json()["problems"] == ["variants" + ".0" * 31 + ": nested deeper than 32 levels"]
