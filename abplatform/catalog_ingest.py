@@ -222,7 +222,7 @@ _InteractionRow = tuple[str, str, str, float | None, int]
 def _open_profiles(path: Path, stack: ExitStack, problems: Problems) -> CsvLog:
     """Open users.csv: `user_id` is required and every other column is a profile feature."""
     log, names = CsvLog.start(path, stack, problems, what="users")
-    if names is None:
+    if names is None:  # empty: a problem already
         return log
     if "user_id" not in names:
         found = ", ".join(repr(name) for name in names)

@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import TextIO
 
 from abplatform.errors import DataError
+from abplatform.values import MAX_SECONDS, MIN_SECONDS, NUL_PROBLEM, SECONDS_PROBLEM
 
 MAX_ID_LENGTH = 128
 MAX_PROBLEMS = 50
-# Plausible Unix seconds: outside 1970..2100 a value is almost surely milliseconds or garbage.
-MIN_SECONDS = 0
-MAX_SECONDS = 4_102_444_800
 CHUNK_ROWS = 50_000
 """Checked rows a loader collects before it writes them."""
 
@@ -75,7 +73,10 @@ class CsvLog:
     def start(
         cls, path: Path, stack: ExitStack, problems: Problems, what: str = "log"
     ) -> tuple[CsvLog, list[str] | None]:
-        """Open `path` and read its header: the log and the stripped names (None if empty)."""
+        """Open `path` and read its header: the log and the stripped names.
+
+        An empty (or blank) file is a problem, and its names are None.
+        """
         try:
             handle = stack.enter_context(path.open(encoding="utf-8-sig", newline=""))
         except OSError as exc:
@@ -85,9 +86,15 @@ class CsvLog:
                 [f"{path.name}: {reason}"],
                 hint=f"check the path of the {what} file",
             ) from None
-        log = cls(path, handle)
+        for line in nul_lines(path):
+            problems.add(path.name, line, f"a cell contains a NUL character: text {NUL_PROBLEM}")
+        log, before = cls(path, handle), problems.count
         header = log.header(problems)
-        return log, None if header is None else [name.strip() for name in header]
+        if header is None:
+            if problems.count == before:  # an unreadable file has said why already
+                problems.add(log.name, 1, "empty file: no header row and no data")
+            return log, None
+        return log, [name.strip() for name in header]
 
     def set_columns(self, names: list[str], problems: Problems) -> None:
         """Index the columns by name; a repeated name is a problem."""
@@ -110,7 +117,7 @@ class CsvLog:
     ) -> CsvLog:
         """Open a CSV whose header must name `required` and may name `optional` columns."""
         log, names = cls.start(path, stack, problems)
-        if names is None:  # an empty file is an empty log
+        if names is None:  # empty: a problem already
             return log
         found = ", ".join(repr(name) for name in names)
         for column in required:
@@ -179,6 +186,19 @@ class CsvLog:
         else:
             line = self.reader.line_num
             problems.add(self.name, line, f"malformed CSV ({exc}); reading stopped here")
+
+
+def nul_lines(path: Path) -> list[int]:
+    """The lines holding a NUL byte (in UTF-8, only a NUL character is one): a fast byte scan."""
+    lines: dict[int, None] = {}
+    line = 1
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            if b"\x00" in block:
+                parts = block.split(b"\n")
+                lines.update((line + i, None) for i, part in enumerate(parts) if b"\x00" in part)
+            line += block.count(b"\n")
+    return list(lines)
 
 
 def first_bad_utf8_line(path: Path) -> tuple[int, str]:
@@ -262,5 +282,4 @@ def timestamp_problems(value: str) -> list[str]:
         seconds = parse_float(value)
     if not math.isfinite(seconds):
         return [bad("timestamp", "not ISO 8601 or Unix seconds", value)]
-    why = "outside 1970-01-01..2100-01-01 UTC (Unix timestamps must be seconds, not ms)"
-    return [bad("timestamp", why, value)]
+    return [bad("timestamp", SECONDS_PROBLEM, value)]

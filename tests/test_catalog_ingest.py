@@ -27,6 +27,7 @@ from abplatform.ingest import ingest_logs
 from abplatform.storage import models as m
 from abplatform.storage.catalog import load_history
 from abplatform.storage.db import open_database
+from abplatform.values import NUL_PROBLEM
 
 DATA = Path(__file__).parent / "data" / "catalog"
 LOGS = Path(__file__).parent / "data" / "ingest"
@@ -235,13 +236,22 @@ def _fails_keeping(engine: Engine, catalog: str, **files: Path) -> DataError:
     return caught.value
 
 
-def test_empty_files_load_nothing(engine: Engine, tmp_path: Path) -> None:
-    empty = tmp_path / "empty.csv"
-    empty.write_text("", encoding="utf-8")
+def test_header_only_files_load_nothing(engine: Engine, tmp_path: Path) -> None:
     header_only = tmp_path / "header.csv"
     header_only.write_text("user_id,item_id,timestamp\n", encoding="utf-8")
-    summary = ingest_catalog(engine, SHOP, items=empty, interactions=header_only)
+    summary = ingest_catalog(engine, SHOP, interactions=header_only)
     assert summary == CatalogIngestSummary(catalog=SHOP)
+
+
+@pytest.mark.parametrize("which", ["items", "interactions", "users"])
+def test_an_empty_file_is_an_error_naming_it(engine: Engine, tmp_path: Path, which: str) -> None:
+    empty = tmp_path / f"{which}.csv"
+    empty.write_text("", encoding="utf-8")
+    files = {"items": DATA / "items.csv", which: empty}
+    with pytest.raises(DataError) as caught:
+        ingest_catalog(engine, SHOP, **files)  # type: ignore[arg-type]
+    assert f"cannot ingest {which}.csv: 1 problem" in str(caught.value)
+    assert caught.value.problems == [f"{which}.csv line 1: empty file: no header row and no data"]
 
 
 def test_progress_reports_interaction_lines(engine: Engine) -> None:
@@ -284,6 +294,17 @@ def test_bad_items_and_interactions_are_listed_with_line_numbers(engine: Engine)
         "(got 'high')",
         "interactions_bad.csv line 8: user_id: empty",
     ]
+
+
+def test_a_nul_character_is_rejected_with_file_and_line(engine: Engine, tmp_path: Path) -> None:
+    items = tmp_path / "items.csv"
+    items.write_text((DATA / "items.csv").read_text() + "i\x00z,\n", encoding="utf-8")
+    lines = len(items.read_text().splitlines())
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,age\x00band\nu1,30\n", encoding="utf-8")
+    error = _fails(engine, items=items, users=users)
+    nul = "a cell contains a NUL character: text " + NUL_PROBLEM
+    assert error.problems[:2] == [f"items.csv line {lines}: {nul}", f"users.csv line 1: {nul}"]
 
 
 def test_missing_required_columns_are_named(engine: Engine) -> None:

@@ -57,6 +57,17 @@ def test_validate_bad_file_exits_2_with_one_line_per_problem(tmp_path: Path) -> 
     ]
 
 
+def test_validate_deeply_nested_yaml_exits_2_naming_where(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("key: x\nvariants: " + "[" * 500 + "]" * 500 + "\n")  # about 1 KB
+    out = cli("validate", str(deep))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[1:] == [
+        "yaml: nested deeper than 32 levels at line 2, column 42"
+    ]
+
+
 def test_validate_malformed_yaml(tmp_path: Path) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_text("key: x\nvariants: [\n  {key: a\n")

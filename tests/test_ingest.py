@@ -17,6 +17,7 @@ from abplatform.errors import DataError
 from abplatform.ingest import IngestSummary, ingest_logs
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
+from abplatform.values import NUL_PROBLEM
 
 DATA = Path(__file__).parent / "data" / "ingest"
 EXPOSURE_HEADER = "unit_id,variant,timestamp,propensity,scene,slate_size\n"
@@ -217,16 +218,29 @@ def test_derived_ids_differ_between_experiments(engine: Engine) -> None:
     assert _counts(engine)["events"] == 8
 
 
-def test_empty_and_header_only_files_load_nothing_but_save_the_experiment(
+def test_header_only_files_load_nothing_but_save_the_experiment(
     engine: Engine, tmp_path: Path
 ) -> None:
-    empty = _write(tmp_path, "exposures.csv", "")
     header_only = _write(tmp_path, "events.csv", EVENT_HEADER)
 
-    summary = ingest_logs(engine, _config(), empty, header_only)
+    summary = ingest_logs(engine, _config(), None, header_only)
 
     assert summary == IngestSummary(exposures=0, events=0, duplicate_events=0, units=0)
     assert _counts(engine) == {"experiments": 1, "exposures": 0, "events": 0}
+
+
+@pytest.mark.parametrize("content", ["", "\n\r\n\n"])
+def test_an_empty_file_is_an_error_naming_it(engine: Engine, tmp_path: Path, content: str) -> None:
+    empty = _write(tmp_path, "exposures.csv", content)
+    header_only = _write(tmp_path, "events.csv", EVENT_HEADER)
+
+    with pytest.raises(DataError) as caught:
+        ingest_logs(engine, _config(), empty, header_only)
+
+    message = str(caught.value).splitlines()[0]
+    assert message == "cannot ingest exposures.csv: 1 problem; nothing was written"
+    assert caught.value.problems == ["exposures.csv line 1: empty file: no header row and no data"]
+    assert _counts(engine) == {"experiments": 0, "exposures": 0, "events": 0}
 
 
 def test_bom_crlf_blank_lines_quotes_and_spaces_are_read(engine: Engine, tmp_path: Path) -> None:
@@ -300,6 +314,28 @@ def test_bad_timestamp_reports_file_line_field_and_value(engine: Engine, tmp_pat
         "(Unix timestamps must be seconds, not ms) (got '1714521600000')",
     ]
     assert error.message == "cannot ingest exposures.csv: 2 problems; nothing was written"
+    assert _counts(engine) == EMPTY
+
+
+def test_a_nul_character_is_rejected_with_file_and_line(engine: Engine, tmp_path: Path) -> None:
+    """The API's rule for text on both databases: a NUL is a problem, nothing is written."""
+    exposures = _write(
+        tmp_path, "exposures.csv", EXPOSURE_HEADER + "u1,control,1714521600,,,\n" * 3
+    )
+    events = _write(
+        tmp_path,
+        "events.csv",
+        EVENT_HEADER
+        + "u1,click,1714521600,i\x001,\n"
+        + "u1,click,1714521600,i2,\n" * 2
+        + '"u\x00\n2",click,1714521600,i3,\n',
+    )
+
+    error = _fails(engine, exposures=exposures, events=events)
+
+    nul = "a cell contains a NUL character: text " + NUL_PROBLEM
+    assert error.problems == [f"events.csv line 2: {nul}", f"events.csv line 5: {nul}"]
+    assert error.message == "cannot ingest events.csv: 2 problems; nothing was written"
     assert _counts(engine) == EMPTY
 
 

@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+)
 
 from abplatform.domain import FeedbackType
+from abplatform.values import seconds_problem, storable
 
 MAX_BATCH = 1_000
 MAX_SLATE = 100
@@ -18,15 +27,18 @@ MIN_TIME = datetime(1970, 1, 1)
 MAX_TIME = datetime(2100, 1, 1)
 
 
-def _storable(value: str) -> str:
-    """Text both databases store: UTF-8 encodable (no lone surrogates) and without NUL."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _unix_seconds(value: Any) -> Any:
+    """A number (or numeric text) is Unix seconds, checked as CSV ingest does; never ms."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return value  # left to the datetime validation, which rejects it
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
-    return value
+        seconds = float(value)
+    except ValueError:
+        return value  # ISO 8601 text
+    problem = seconds_problem(seconds)
+    if problem is not None:
+        raise ValueError(problem)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _utc_naive(value: datetime) -> datetime:
@@ -38,11 +50,12 @@ def _utc_naive(value: datetime) -> datetime:
     return value
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_storable)]
-Scene = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(storable)]
+Scene = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(storable)]
 Timestamp = Annotated[
     datetime,
-    Field(description="ISO 8601 (naive means UTC) or Unix seconds, within 1970..2100"),
+    Field(description="ISO 8601 (naive means UTC) or Unix seconds (never ms), within 1970..2100"),
+    BeforeValidator(_unix_seconds),
     AfterValidator(_utc_naive),
 ]
 
@@ -65,7 +78,7 @@ class AssignRequest(_Body):
     unit_id: Id
     scene: Scene | None = None
     context: AssignContext | None = None
-    k: int | None = Field(default=None, ge=1, le=MAX_SLATE)
+    k: Annotated[int, Strict()] | None = Field(default=None, ge=1, le=MAX_SLATE)
 
 
 class AssignBatchRequest(_Body):
@@ -105,9 +118,11 @@ class EventIn(_Body):
     unit_id: Id
     type: FeedbackType
     experiment: Id | None = None
-    exposure_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    exposure_id: Annotated[int, Strict()] | None = Field(default=None, ge=1, le=2**63 - 1)
     item_id: Id | None = None
-    value: float | None = Field(default=None, allow_inf_nan=False, ge=-1e15, le=1e15)
+    value: Annotated[float, Strict()] | None = Field(
+        default=None, allow_inf_nan=False, ge=-1e15, le=1e15
+    )
     timestamp: Timestamp | None = None
 
 

@@ -13,8 +13,34 @@ from pydantic import BaseModel, ValidationError
 from abplatform.config.models import ExperimentConfig, RatioMetric, ThompsonAssignmentConfig
 from abplatform.errors import AbplatformError, ConfigError, ConfigProblem, UnknownNameError
 from abplatform.registry import strategies
+from abplatform.values import text_problem
 
 WEIGHT_TOLERANCE = 1e-6
+MAX_DEPTH = 32
+"""Nesting of mappings and lists an experiment may have (a real one needs about 6)."""
+MAX_VALUES = 100_000
+
+
+class _DepthError(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting past MAX_DEPTH before composing it (no recursion)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        collection = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if collection and self.depth == MAX_DEPTH:
+            raise _DepthError(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        self.depth += collection
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= collection
 
 
 def _join(loc: tuple[int | str, ...]) -> str:
@@ -160,6 +186,41 @@ def _strategy_problems(path: str, kind: str, params: Mapping[str, Any]) -> list[
     return []
 
 
+def _value_problems(data: Any) -> list[ConfigProblem]:
+    """Text no database stores alike (NUL, lone surrogates); nesting or size past the limits."""
+    problems: list[ConfigProblem] = []
+    pending: list[tuple[str, int, Any]] = [("", 0, data)]
+    visited = 0
+    while pending:  # iterative, and bounded: aliases can make a small document huge
+        path, depth, value = pending.pop()
+        visited += 1
+        if visited > MAX_VALUES:
+            message = f"more than {MAX_VALUES} values (YAML aliases expanding?)"
+            return [ConfigProblem("", message, has_got=False)]
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                problems.append(ConfigProblem(path, problem, value))
+            continue
+        if not isinstance(value, Mapping | list | tuple):
+            continue
+        if depth == MAX_DEPTH:
+            message = f"nested deeper than {MAX_DEPTH} levels"
+            return [ConfigProblem(path, message, has_got=False)]
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                problem = text_problem(name) if isinstance(name, str) else None
+                if problem is not None:
+                    problems.append(ConfigProblem(path, f"a field name {problem}", name))
+                    continue
+                pending.append((f"{path}.{name}" if path else str(name), depth + 1, item))
+        else:
+            pending.extend(
+                (f"{path}.{i}" if path else str(i), depth + 1, v) for i, v in enumerate(value)
+            )
+    return sorted(problems, key=lambda problem: problem.path)
+
+
 def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
     """Validate a parsed YAML/JSON document; raise ConfigError listing every problem."""
     if not isinstance(data, Mapping):
@@ -167,6 +228,9 @@ def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
             [ConfigProblem("", "the experiment must be a mapping of fields", type(data).__name__)],
             source,
         )
+    values = _value_problems(data)
+    if values:
+        raise ConfigError(values, source)
     try:
         config = ExperimentConfig.model_validate(dict(data))
     except ValidationError as exc:
@@ -180,7 +244,12 @@ def validate_config(data: Any, source: str | None = None) -> ExperimentConfig:
 def parse_yaml(text: str, source: str | None = None) -> Any:
     """Parse YAML text; syntax errors become a ConfigProblem with line and column."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader, bounded
+    except _DepthError as exc:
+        mark = exc.args[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        message = f"nested deeper than {MAX_DEPTH} levels at {where}"
+        raise ConfigError([ConfigProblem("yaml", message, has_got=False)], source) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

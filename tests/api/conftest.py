@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,9 +86,8 @@ def app(seeded_url: str, tmp_path: Path) -> FastAPI:
     return create_app(settings)
 
 
-@pytest.fixture
-async def client(app: FastAPI, keys: Keys) -> AsyncIterator[httpx.AsyncClient]:
-    """httpx over the ASGI app with its lifespan running; authorised with every scope."""
+@asynccontextmanager
+async def _http(app: FastAPI, keys: Keys) -> AsyncIterator[httpx.AsyncClient]:
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
@@ -96,4 +96,25 @@ async def client(app: FastAPI, keys: Keys) -> AsyncIterator[httpx.AsyncClient]:
             headers=keys.header("every"),
         ) as http,
     ):
+        yield http
+
+
+@pytest.fixture
+async def client(app: FastAPI, keys: Keys) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx over the ASGI app with its lifespan running; authorised with every scope."""
+    async with _http(app, keys) as http:
+        yield http
+
+
+@pytest.fixture(params=["fast lane", "routes"])
+async def both_lanes(
+    request: pytest.FixtureRequest, app: FastAPI, keys: Keys
+) -> AsyncIterator[httpx.AsyncClient]:
+    """As `client`, once with the fast lane and once over the FastAPI routes alone."""
+    from abplatform.api.fastlane import FastLane
+
+    if request.param == "routes":
+        kept = [mw for mw in app.user_middleware if getattr(mw, "cls", None) is not FastLane]
+        app.user_middleware = kept
+    async with _http(app, keys) as http:
         yield http

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -12,8 +13,10 @@ from sqlalchemy import func, select
 
 from abplatform.assignment.engine import build_policy
 from abplatform.config import ConfigError, load_experiment_text
+from abplatform.csvcheck import timestamp_problems
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
+from abplatform.values import NUL_PROBLEM, SECONDS_PROBLEM
 from reports.analysis import analyze
 from tests.api.conftest import EXAMPLE, KEY, Keys, small_config
 
@@ -37,6 +40,11 @@ def _count(url: str, table: Any, *where: Any) -> int:
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).json() == {"status": "ok", "unservable": {}}
+    for path in ("/healthz", "/readyz"):
+        head = await client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == "application/json"
+        assert head.headers["content-length"] == str(len((await client.get(path)).content))
 
 
 async def test_keys_and_scopes(client: httpx.AsyncClient, keys: Keys) -> None:
@@ -340,3 +348,84 @@ async def test_an_unfittable_experiment_is_unservable_until_fixed(
     served = await client.post("/v1/assign", json={"experiment": KEY, "unit_id": "u1"})
     assert served.status_code == 200, served.text
     assert (await client.get("/readyz")).json() == {"status": "ok", "unservable": {}}
+
+
+async def test_timestamps_are_unix_seconds_never_ms(
+    both_lanes: httpx.AsyncClient, seeded_url: str
+) -> None:
+    """One rule with CSV ingest: a number is seconds; one only milliseconds can be is a 422."""
+    http = both_lanes
+    for i, stamp in enumerate([21_000_000_000, 1_700_000_000_000, "1700000000000", -1]):
+        event = {"event_id": f"ms{i}", "unit_id": "u", "type": "click", "timestamp": stamp}
+        response = await http.post("/v1/events", json={"events": [event]})
+        assert ["body", "events", 0, "timestamp"] in _locations(response)
+        wording = timestamp_problems(str(stamp))[0].split(": ", 1)[1].rsplit(" (got", 1)[0]
+        assert wording == SECONDS_PROBLEM
+        assert SECONDS_PROBLEM in response.json()["detail"][0]["msg"], response.text
+    seconds = {"event_id": "s1", "unit_id": "u", "type": "click", "timestamp": 1_700_000_000}
+    assert (await http.post("/v1/events", json={"events": [seconds]})).json()["new"] == 1
+    engine = open_database(seeded_url)
+    with engine.connect() as conn:
+        stored = conn.scalars(select(m.Event.ts).where(m.Event.event_id == "s1")).one()
+    engine.dispose()
+    assert stored == datetime(2023, 11, 14, 22, 13, 20)
+    assert _count(seeded_url, m.Event, m.Event.event_id.like("ms%")) == 0
+
+
+async def test_numbers_are_strict(both_lanes: httpx.AsyncClient) -> None:
+    """Text or booleans for numbers are 422 on both lanes, not quietly converted."""
+    for k in ("3", True, 3.5):
+        response = await both_lanes.post(
+            "/v1/assign", json={"experiment": KEY, "unit_id": "u", "k": k}
+        )
+        assert ["body", "k"] in _locations(response)
+        assert response.json()["detail"][0]["msg"] == "Input should be a valid integer"
+    for field, bad in (("exposure_id", "5"), ("exposure_id", True), ("value", "9.5")):
+        event = {"event_id": "n", "unit_id": "u", "type": "purchase", field: bad}
+        response = await both_lanes.post("/v1/events", json={"events": [event]})
+        assert ["body", "events", 0, field] in _locations(response)
+        assert response.json()["detail"][0]["msg"].startswith("Input should be a valid")
+    ok = await both_lanes.post("/v1/assign", json={"experiment": KEY, "unit_id": "u", "k": 3})
+    assert ok.status_code == 409  # past validation: the seeded experiment is a draft
+    whole = {"event_id": "w", "unit_id": "u", "type": "purchase", "exposure_id": 5, "value": 9}
+    assert (await both_lanes.post("/v1/events", json={"events": [whole]})).json()["new"] == 1
+
+
+async def test_nul_characters_are_422_naming_the_field(client: httpx.AsyncClient) -> None:
+    """One rule on both databases: text holding a NUL is refused wherever it comes in."""
+    config = load_experiment_text(EXAMPLE.read_text()).model_dump(mode="json")
+    as_json = await client.post("/v1/experiments", json=config | {"description": "x\u0000y"})
+    assert as_json.status_code == 422, as_json.text
+    assert as_json.json()["problems"] == [f"description: {NUL_PROBLEM} (got 'x\\x00y')"]
+    as_yaml = await client.post(
+        "/v1/experiments",
+        content=EXAMPLE.read_text() + 'unit: "u\\0"\n',
+        headers={"Content-Type": "application/yaml"},
+    )
+    assert as_yaml.json()["problems"] == [f"unit: {NUL_PROBLEM} (got 'u\\x00')"]
+    for method, path in (("GET", ""), ("POST", "/start"), ("GET", "/results")):
+        response = await client.request(method, f"/v1/experiments/a%00b{path}")
+        assert ["path", "key"] in _locations(response), path
+        assert NUL_PROBLEM in response.json()["detail"][0]["msg"]
+    event = {"event_id": "e\u0000", "unit_id": "u", "type": "click"}
+    response = await client.post("/v1/events", json={"events": [event]})
+    assert ["body", "events", 0, "event_id"] in _locations(response)
+    assert NUL_PROBLEM in response.json()["detail"][0]["msg"]
+    shown = await client.get(f"/v1/experiments/{KEY}")  # the refused updates changed nothing
+    assert shown.json()["description"] == config["description"]
+
+
+async def test_deeply_nested_configs_are_422_naming_where(client: httpx.AsyncClient) -> None:
+    """A 1 KB depth-500 list is refused at 32 levels, as YAML and as JSON, not a 500."""
+    yaml_body = "key: x\nvariants: " + "[" * 500 + "]" * 500 + "\n"
+    as_yaml = await client.post(
+        "/v1/experiments", content=yaml_body, headers={"Content-Type": "application/yaml"}
+    )
+    assert as_yaml.status_code == 422, as_yaml.text
+    assert as_yaml.json()["problems"] == ["yaml: nested deeper than 32 levels at line 2, column 42"]
+    json_body = '{"key": "x", "variants": ' + "[" * 500 + "]" * 500 + "}"
+    as_json = await client.post(
+        "/v1/experiments", content=json_body, headers={"Content-Type": "application/json"}
+    )
+    assert as_json.status_code == 422, as_json.text
+    assert as_json.json()["problems"] == ["variants" + ".0" * 31 + ": nested deeper than 32 levels"]

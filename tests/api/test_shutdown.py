@@ -204,6 +204,10 @@ def test_sigterm_mid_load_loses_no_acknowledged_event(seeded_url: str, tmp_path:
     journal = tmp_path / "journal"
     port = _free_port()
     server = _serve(seeded_url, port, workers=2, journal=journal)  # two processes, one database
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as probe:  # a load balancer's HEAD
+        for path in ("/healthz", "/readyz", "/healthz"):  # one kept-alive connection
+            head = probe.head(path)
+            assert (head.status_code, head.content) == (200, b""), path
     stop = threading.Event()
     clients = [_Client(i, port, stop) for i in range(CLIENTS)]
     assigners = [_Assigner(i, port, stop) for i in range(2)]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from abplatform.config import ConfigError, load_experiment, load_experiment_text
+from abplatform.config import ConfigError, load_experiment, load_experiment_text, validate_config
 from abplatform.registry import strategies
 
 KNOWN = ", ".join(strategies.names())  # built-ins plus any installed plug-ins
@@ -174,10 +175,69 @@ def test_named_control() -> None:
             ["variants.0.weight: input should be a finite number (got nan)"],
             id="nan-weight",
         ),
+        pytest.param(
+            'key: x\ndescription: "x\\0y"\nvariants: [{key: a, weight: 1, description: "\\0"}]\n',
+            [
+                "description: must not contain NUL characters (PostgreSQL cannot store them) "
+                "(got 'x\\x00y')",
+                "variants.0.description: must not contain NUL characters (PostgreSQL cannot "
+                "store them) (got '\\x00')",
+            ],
+            id="nul-characters",
+        ),
+        pytest.param(
+            "key: x\nvariants: [{key: a, weight: 1, "
+            'strategy: {kind: popularity, params: {"\\0": 1}}}]\n',
+            [
+                "variants.0.strategy.params: a field name must not contain NUL characters "
+                "(PostgreSQL cannot store them) (got '\\x00')"
+            ],
+            id="nul-in-a-field-name",
+        ),
+        pytest.param(
+            'key: x\nvariants: [{key: a, weight: 1}]\ndescription: "\\ud800"\n',
+            ["description: must be valid Unicode text (no lone surrogates) (got '\\ud800')"],
+            id="lone-surrogate",
+        ),
+        pytest.param(
+            "key: x\nvariants: " + "[" * 31 + "]" * 31 + "\n",  # 32 levels with the top one
+            [
+                "variants.0: input should be a valid dictionary or instance of VariantConfig "
+                "(got " + "[" * 30 + "]" * 30 + ")"
+            ],
+            id="nested-to-the-limit",
+        ),
+        pytest.param(
+            "key: x\nvariants:\n  - " + "{a: " * 33 + "1" + "}" * 33 + "\n",
+            ["yaml: nested deeper than 32 levels at line 3, column 125"],
+            id="nested-too-deep",
+        ),
+        pytest.param(
+            "key: x\nvariants: []\n"
+            + "".join(
+                f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 10)}]\n" for i in range(7)
+            ),
+            ["(top level): more than 100000 values (YAML aliases expanding?)"],
+            id="aliases-expanding",
+        ),
     ],
 )
 def test_problem_lines(text: str, expected: list[str]) -> None:
     assert problems(text) == expected
+
+
+def test_deep_data_from_json_names_the_path() -> None:
+    """A JSON body is not parsed by YAML: the same limit applies to the parsed data."""
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(500):
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(ConfigError) as info:
+        validate_config({"key": "x", "variants": deep})
+    assert [str(p) for p in info.value.problems] == [
+        "variants" + ".0" * 31 + ": nested deeper than 32 levels"
+    ]
 
 
 def test_error_names_the_source_file(tmp_path: Path) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import AfterValidator
 from sqlalchemy import select
 
 from abplatform.api.deps import AdminScope, ReadScope, ServicesDep, SessionDep
@@ -25,8 +26,12 @@ from abplatform.storage.repository import (
     save_experiment,
     utcnow,
 )
+from abplatform.values import storable
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+
+Key = Annotated[str, Path(description="The experiment's key"), AfterValidator(storable)]
+"""A key in the path: text with a NUL (or a lone surrogate) is a 422 naming `path.key`."""
 
 _CONFIG_BODY: dict[str, Any] = {
     "requestBody": {
@@ -69,7 +74,7 @@ def list_all(session: SessionDep) -> dict[str, Any]:
 @router.get(
     "/{key}", response_model=ExperimentOut, dependencies=[ReadScope], responses=error_responses(404)
 )
-def show(key: str, session: SessionDep) -> dict[str, Any]:
+def show(key: Key, session: SessionDep) -> dict[str, Any]:
     """One experiment with its status and config."""
     return _out(get_experiment(session, key))
 
@@ -124,7 +129,7 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
 def _status_route(verb: str, status: str, summary: str) -> None:
     """Register `POST /{key}/<verb>`, which sets the experiment's status."""
 
-    def change(key: str, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
+    def change(key: Key, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
         get_experiment(session, key)  # 404 listing the known keys
         row = session.scalars(select(m.Experiment).where(m.Experiment.key == key)).one()
         row.status = status
@@ -157,7 +162,7 @@ _status_route("stop", "stopped", "Stop assigning: further assignments answer 409
         **error_responses(404, 409),
     },
 )
-def results(key: str, services: ServicesDep) -> JSONResponse:
+def results(key: Key, services: ServicesDep) -> JSONResponse:
     """Significance of every metric against the control, plus the SRM check."""
     from reports.analysis import analyze
 
@@ -177,7 +182,7 @@ def results(key: str, services: ServicesDep) -> JSONResponse:
         **error_responses(404, 409),
     },
 )
-def report(key: str, services: ServicesDep) -> HTMLResponse:
+def report(key: Key, services: ServicesDep) -> HTMLResponse:
     """The self-contained HTML report."""
     from reports.analysis import analyze
     from reports.render import render_report

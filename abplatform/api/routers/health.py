@@ -1,10 +1,10 @@
-"""GET /healthz (process up) and GET /readyz (database reachable, unservable experiments)."""
+"""GET and HEAD /healthz (process up) and /readyz (database reachable, unservable experiments)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 
@@ -48,3 +48,24 @@ async def readyz(services: ServicesDep) -> FastJSON:
             {"status": "database unreachable", "unservable": unservable}, status_code=503
         )
     return FastJSON({"status": "ok", "unservable": unservable})
+
+
+def _headers_only(answer: Response) -> Response:
+    """The GET answer without its body, as HEAD asks (load balancers probe with it)."""
+    return Response(
+        status_code=answer.status_code,
+        headers={"content-length": str(len(answer.body))},
+        media_type=answer.media_type,
+    )
+
+
+@router.head("/healthz", include_in_schema=False)
+async def healthz_head() -> Response:
+    """HEAD /healthz: the status of GET, no body."""
+    return _headers_only(await healthz())
+
+
+@router.head("/readyz", include_in_schema=False)
+async def readyz_head(services: ServicesDep) -> Response:
+    """HEAD /readyz: the status of GET, no body."""
+    return _headers_only(await readyz(services))
