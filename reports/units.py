@@ -433,9 +433,12 @@ def unit_values(
         return value
 
     labels = {key: f"v{i}" for i, key in enumerate(keys)}
+    # Sums over units in one order whatever the join plan (PostgreSQL keeps a subquery's
+    # order for the aggregate above it): the same floats on every run.
     table = (
         select(*units.c, *(per_unit(*key).label(labels[key]) for key in keys))
         .select_from(joined)
+        .order_by(units.c.unit_key)
         .subquery("unit_values")
     )
     return UnitValues(units, table, labels)

@@ -80,11 +80,12 @@ def refresh_planner_statistics(
 ) -> list[str]:
     """On PostgreSQL, ``ANALYZE`` those of ``tables`` whose planner statistics are stale.
 
-    Stale: never analysed (cheap when empty), or more rows changed since the last ``ANALYZE``
-    than autovacuum's default threshold (50 + 10 % of the rows). Right after a bulk load
-    the planner takes these tables for a few rows and joins the analysis's per-unit CTEs
-    with nested loops, quadratic in the units (640 s instead of 1 s for 40,000 users);
-    autovacuum may be off or not have run yet. A no-op on SQLite. Returns the tables
+    Stale: never analysed (``reltuples < 0``, cheap when empty), or the table's file grew
+    by more than 10 % since (``relpages``). Right after a bulk load the planner takes these
+    tables for a few rows and joins the analysis's per-unit CTEs with nested loops,
+    quadratic in the units (640 s instead of 1 s for 40,000 users); autovacuum may be off
+    or not have run yet. The file size, unlike the ``pg_stat`` counters, is current and
+    deterministic: the same data gets the same plan. A no-op on SQLite. Returns the tables
     analysed.
     """
     if engine.dialect.name != "postgresql":
@@ -94,21 +95,41 @@ def refresh_planner_statistics(
         for table in tables:
             row = conn.execute(
                 text(
-                    "SELECT n_live_tup, n_mod_since_analyze, "
-                    "COALESCE(last_analyze, last_autoanalyze) IS NULL "
-                    "FROM pg_stat_user_tables WHERE relid = to_regclass(:t)"
+                    "SELECT reltuples, relpages, "
+                    "pg_relation_size(oid) / current_setting('block_size')::int "
+                    "FROM pg_class WHERE oid = to_regclass(:t)"
                 ),
                 {"t": table},
             ).first()
             if row is None:
                 continue
-            live, changed, never = int(row[0]), int(row[1]), bool(row[2])
-            if never or changed > 50 + live // 10:
+            estimated_rows, planned_pages, pages = float(row[0]), int(row[1]), int(row[2])
+            if estimated_rows < 0 or pages > planned_pages * 1.1 + 8:
                 stale.append(table)
         if stale:
             # Table names come from our own constant, never from input.
             conn.execute(text("ANALYZE " + ", ".join(stale)))
     return stale
+
+
+def with_local_settings(engine: Engine, settings: dict[str, str]) -> Engine:
+    """``engine`` (same pool) running ``SET LOCAL name = value`` before each statement.
+
+    PostgreSQL only (``engine`` itself elsewhere). ``SET LOCAL`` ends with the statement's
+    transaction, so the pooled connections keep the server's settings for other work.
+    """
+    if engine.dialect.name != "postgresql":
+        return engine
+    local = engine.execution_options()
+    # Names and values come from our own code, never from input.
+    commands = [f"SET LOCAL {name} = {value}" for name, value in settings.items()]
+
+    @event.listens_for(local, "before_cursor_execute")
+    def _set(_conn: Any, cursor: Any, *_: Any) -> None:
+        for command in commands:
+            cursor.execute(command)
+
+    return local
 
 
 @contextmanager
