@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,6 +131,45 @@ def with_local_settings(engine: Engine, settings: dict[str, str]) -> Engine:
             cursor.execute(command)
 
     return local
+
+
+def with_statement_timeout(engine: Engine, seconds: float) -> Engine:
+    """``engine`` (same pool) whose every statement is cancelled after ``seconds``.
+
+    PostgreSQL: ``SET LOCAL statement_timeout`` on the statement's cursor, in its
+    transaction. SQLite: a progress handler that interrupts the statement at the deadline.
+    A cancelled statement raises a ``DBAPIError`` that `is_statement_timeout` recognises.
+    """
+    if not is_sqlite(engine):
+        return with_local_settings(
+            engine, {"statement_timeout": str(max(1, round(seconds * 1000)))}
+        )
+    bounded = engine.execution_options()
+
+    @event.listens_for(bounded, "before_cursor_execute")
+    def _bound(conn: Any, *_: Any) -> None:
+        deadline = time.monotonic() + seconds
+        conn.connection.driver_connection.set_progress_handler(
+            lambda: int(time.monotonic() > deadline), 1000
+        )
+
+    def _clear(conn: Any, *_: Any) -> None:
+        if conn is not None and not conn.invalidated:
+            conn.connection.driver_connection.set_progress_handler(None, 0)
+
+    event.listen(bounded, "after_cursor_execute", _clear)
+    event.listen(bounded, "handle_error", lambda ctx: _clear(ctx.connection))
+    return bounded
+
+
+def is_statement_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a statement cancelled by `with_statement_timeout`'s bound."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    if type(orig).__name__ == "QueryCanceled":  # psycopg: canceling statement due to timeout
+        return True
+    return type(orig).__name__ == "OperationalError" and str(orig) == "interrupted"
 
 
 @contextmanager
