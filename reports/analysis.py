@@ -33,7 +33,7 @@ from abplatform.config.models import (
     RatioMetric,
 )
 from abplatform.errors import AbplatformError
-from abplatform.storage.db import transaction
+from abplatform.storage.db import refresh_planner_statistics, transaction, with_local_settings
 from abplatform.storage.repository import get_experiment, latest_simulation
 from reports.aggregate import aggregate_experiment, cuped_eligible
 from reports.bandit import bandit_analysis
@@ -370,6 +370,10 @@ def analyze(
         isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 < float(alpha) < 1.0
     ):
         raise ValueError(f"alpha must be strictly between 0 and 1, got {alpha!r}")
+    # Parallel workers sum floats in an order that changes from run to run: one plan, one
+    # result, byte for byte.
+    engine = with_local_settings(engine, {"max_parallel_workers_per_gather": "0"})
+    refresh_planner_statistics(engine)
     with transaction(engine) as session:
         stored = get_experiment(session, key)
         config = stored.config

@@ -49,7 +49,10 @@ _DESCRIPTIONS = {
     409: "The experiment is not in a state that allows this (or cannot be served)",
     413: "Request body too large",
     422: "Invalid request (the problem names the field)",
-    503: "Write queue full or shutting down; retry after `Retry-After` seconds",
+    503: (
+        "Write queue full, shutting down or analysis over its time bound; "
+        "retry after `Retry-After` seconds"
+    ),
 }
 
 

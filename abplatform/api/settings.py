@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,5 +25,7 @@ class Settings(BaseSettings):
     # (the two-tower top-k) with one batch call (see api/README.md, Coalescing).
     api_coalesce: bool = True
     api_key_cache_seconds: float = 60.0
+    # Bound on each statement of an HTTP-triggered analysis (/results, /report): 503 after.
+    api_analysis_timeout_seconds: float = Field(default=60.0, gt=0.0)
     # FastAPI's native OpenTelemetry instrumentation (when a provider is configured).
     api_telemetry: bool = False

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from abplatform.errors import AbplatformError
@@ -69,6 +70,106 @@ def make_engine(url: str | None = None) -> Engine:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """A session factory bound to `engine`."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+ANALYSED_TABLES = ("exposures", "events", "impressions", "interactions")
+"""The tables an analysis scans, whose PostgreSQL planner statistics must be current."""
+
+
+def refresh_planner_statistics(
+    engine: Engine, tables: tuple[str, ...] = ANALYSED_TABLES
+) -> list[str]:
+    """On PostgreSQL, ``ANALYZE`` those of ``tables`` whose planner statistics are stale.
+
+    Stale: never analysed (``reltuples < 0``, cheap when empty), or the table's file grew
+    by more than 10 % since (``relpages``). Right after a bulk load the planner takes these
+    tables for a few rows and joins the analysis's per-unit CTEs with nested loops,
+    quadratic in the units (640 s instead of 1 s for 40,000 users); autovacuum may be off
+    or not have run yet. The file size, unlike the ``pg_stat`` counters, is current and
+    deterministic: the same data gets the same plan. A no-op on SQLite. Returns the tables
+    analysed.
+    """
+    if engine.dialect.name != "postgresql":
+        return []
+    stale: list[str] = []
+    with engine.begin() as conn:
+        for table in tables:
+            row = conn.execute(
+                text(
+                    "SELECT reltuples, relpages, "
+                    "pg_relation_size(oid) / current_setting('block_size')::int "
+                    "FROM pg_class WHERE oid = to_regclass(:t)"
+                ),
+                {"t": table},
+            ).first()
+            if row is None:
+                continue
+            estimated_rows, planned_pages, pages = float(row[0]), int(row[1]), int(row[2])
+            if estimated_rows < 0 or pages > planned_pages * 1.1 + 8:
+                stale.append(table)
+        if stale:
+            # Table names come from our own constant, never from input.
+            conn.execute(text("ANALYZE " + ", ".join(stale)))
+    return stale
+
+
+def with_local_settings(engine: Engine, settings: dict[str, str]) -> Engine:
+    """``engine`` (same pool) running ``SET LOCAL name = value`` before each statement.
+
+    PostgreSQL only (``engine`` itself elsewhere). ``SET LOCAL`` ends with the statement's
+    transaction, so the pooled connections keep the server's settings for other work.
+    """
+    if engine.dialect.name != "postgresql":
+        return engine
+    local = engine.execution_options()
+    # Names and values come from our own code, never from input.
+    commands = [f"SET LOCAL {name} = {value}" for name, value in settings.items()]
+
+    @event.listens_for(local, "before_cursor_execute")
+    def _set(_conn: Any, cursor: Any, *_: Any) -> None:
+        for command in commands:
+            cursor.execute(command)
+
+    return local
+
+
+def with_statement_timeout(engine: Engine, seconds: float) -> Engine:
+    """``engine`` (same pool) whose every statement is cancelled after ``seconds``.
+
+    PostgreSQL: ``SET LOCAL statement_timeout`` on the statement's cursor, in its
+    transaction. SQLite: a progress handler that interrupts the statement at the deadline.
+    A cancelled statement raises a ``DBAPIError`` that `is_statement_timeout` recognises.
+    """
+    if not is_sqlite(engine):
+        return with_local_settings(
+            engine, {"statement_timeout": str(max(1, round(seconds * 1000)))}
+        )
+    bounded = engine.execution_options()
+
+    @event.listens_for(bounded, "before_cursor_execute")
+    def _bound(conn: Any, *_: Any) -> None:
+        deadline = time.monotonic() + seconds
+        conn.connection.driver_connection.set_progress_handler(
+            lambda: int(time.monotonic() > deadline), 1000
+        )
+
+    def _clear(conn: Any, *_: Any) -> None:
+        if conn is not None and not conn.invalidated:
+            conn.connection.driver_connection.set_progress_handler(None, 0)
+
+    event.listen(bounded, "after_cursor_execute", _clear)
+    event.listen(bounded, "handle_error", lambda ctx: _clear(ctx.connection))
+    return bounded
+
+
+def is_statement_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a statement cancelled by `with_statement_timeout`'s bound."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    if type(orig).__name__ == "QueryCanceled":  # psycopg: canceling statement due to timeout
+        return True
+    return type(orig).__name__ == "OperationalError" and str(orig) == "interrupted"
 
 
 @contextmanager

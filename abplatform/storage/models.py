@@ -109,7 +109,11 @@ class Exposure(Base):
     """A unit shown a variant's slate: the assignment decision with its propensity."""
 
     __tablename__ = "exposures"
-    __table_args__ = (Index("ix_exposures_experiment_unit", "experiment_id", "unit_id"),)
+    __table_args__ = (
+        Index("ix_exposures_experiment_unit", "experiment_id", "unit_id"),
+        # A unit's first exposure (MIN(ts)) in one probe: the CUPED pre-period (migration 0006).
+        Index("ix_exposures_experiment_unit_ts", "experiment_id", "unit_id", "ts"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))

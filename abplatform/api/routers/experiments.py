@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import math
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import AfterValidator
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from abplatform.api.deps import AdminScope, ReadScope, ServicesDep, SessionDep
 from abplatform.api.errors import error_responses
@@ -19,6 +21,7 @@ from abplatform.config.loader import load_experiment_text, validate_config
 from abplatform.config.models import ExperimentConfig
 from abplatform.errors import ConfigError, ConfigProblem
 from abplatform.storage import models as m
+from abplatform.storage.db import is_statement_timeout, with_statement_timeout
 from abplatform.storage.repository import (
     StoredExperiment,
     get_experiment,
@@ -27,6 +30,9 @@ from abplatform.storage.repository import (
     utcnow,
 )
 from abplatform.values import storable
+
+if TYPE_CHECKING:
+    from reports.results import AnalysisResult
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
@@ -159,15 +165,12 @@ _status_route("stop", "stopped", "Stop assigning: further assignments answer 409
     dependencies=[ReadScope],
     responses={
         200: {"description": "The same JSON as `abplatform analyze --json`"},
-        **error_responses(404, 409),
+        **error_responses(404, 409, 503),
     },
 )
 def results(key: Key, services: ServicesDep) -> JSONResponse:
     """Significance of every metric against the control, plus the SRM check."""
-    from reports.analysis import analyze
-
-    result = analyze(services.engine, key)
-    return JSONResponse(result.to_dict())
+    return JSONResponse(_bounded_analysis(key, services).to_dict())
 
 
 @router.get(
@@ -179,12 +182,29 @@ def results(key: Key, services: ServicesDep) -> JSONResponse:
             "description": "The HTML report",
             "content": {"text/html": {"schema": {"type": "string"}}},
         },
-        **error_responses(404, 409),
+        **error_responses(404, 409, 503),
     },
 )
 def report(key: Key, services: ServicesDep) -> HTMLResponse:
     """The self-contained HTML report."""
-    from reports.analysis import analyze
     from reports.render import render_report
 
-    return HTMLResponse(render_report(analyze(services.engine, key)))
+    return HTMLResponse(render_report(_bounded_analysis(key, services)))
+
+
+def _bounded_analysis(key: str, services: ServicesDep) -> AnalysisResult:
+    """`analyze` with each statement bounded by ``api_analysis_timeout_seconds`` (else 503)."""
+    from reports.analysis import analyze
+
+    seconds = services.settings.api_analysis_timeout_seconds
+    try:
+        return analyze(with_statement_timeout(services.engine, seconds), key)
+    except DBAPIError as exc:
+        if not is_statement_timeout(exc):
+            raise
+        raise HTTPException(
+            503,
+            f"the analysis of {key!r} ran longer than api_analysis_timeout_seconds="
+            f"{seconds:g} and was cancelled; retry later, or run: abplatform analyze {key}",
+            headers={"Retry-After": str(max(1, math.ceil(seconds)))},
+        ) from exc
