@@ -219,17 +219,3 @@ def clear_experiment_data(session: Session, experiment_id: int) -> None:
         .execution_options(synchronize_session=False)
     )
     delete_bandit_rows(session.connection(), experiment_id)
-
-
-def run_summary(run: StoredRun | None) -> dict[str, Any] | None:
-    """A JSON-able description of a simulation run."""
-    if run is None:
-        return None
-    return {
-        "id": run.id,
-        "seed": run.seed,
-        "status": run.status,
-        "started_at": run.started_at.isoformat(),
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "summary": run.summary,
-    }

@@ -11,7 +11,6 @@ from abplatform.storage.repository import (
     clear_experiment_data,
     finish_run,
     latest_simulation,
-    run_summary,
     save_experiment,
     start_run,
 )
@@ -43,8 +42,7 @@ def test_runs_are_started_finished_and_cleared(db_url: str) -> None:
     )
     assert latest.ground_truth == {"metrics": {}}
     assert latest.finished_at is not None and latest.finished_at >= latest.started_at
-    summary = run_summary(latest)
-    assert summary is not None and summary["summary"] == {"users": 10}
+    assert latest.summary == {"users": 10}
     with engine.begin() as conn, Session(bind=conn) as session:
         insert_exposures(conn, [1], stored.id, ExposureColumns(["a"], ["u1"], [100], [0.5]))
         insert_impressions(conn, [1, 1], [0, 1], ["i1", "i2"])
