@@ -83,7 +83,7 @@ def run_verb(action: Callable[[], T], note: str | None = None) -> T:
         exit_with(exc, note)
 
 
-def run_with_progress(
+def run_tracked(
     action: Callable[[Progress], T],
     labels: Mapping[str, str] | None = None,
     note: str | None = None,

@@ -14,15 +14,7 @@ if TYPE_CHECKING:
     from abplatform.progress import Progress
     from simulator.runner import SimulationResult
 
-from abplatform.cli.base import (
-    DbOption,
-    app,
-    fail,
-    make_console,
-    open_db,
-    run_verb,
-    run_with_progress,
-)
+from abplatform.cli.base import DbOption, app, fail, make_console, open_db, run_tracked, run_verb
 
 
 @app.command()
@@ -55,7 +47,7 @@ def simulate(
         "fit": "fitting strategies",
         "traffic": "experiment traffic (days)",
     }
-    result = run_with_progress(
+    result = run_tracked(
         lambda progress: run_simulation(engine, config, users=users, seed=seed, progress=progress),
         labels,
     )
@@ -241,7 +233,7 @@ def ingest(
         )
         return None
 
-    summary = run_with_progress(load, note="nothing was written")
+    summary = run_tracked(load, note="nothing was written")
     if summary is not None:
         print(
             f"{config.key}: {summary.exposures:,} exposures, {summary.events:,} new events "

@@ -12,15 +12,7 @@ if TYPE_CHECKING:
     from abplatform.config.models import ExperimentConfig
     from strategies.offline import OfflineReport
 
-from abplatform.cli.base import (
-    DbOption,
-    app,
-    fail,
-    make_console,
-    open_db,
-    run_verb,
-    run_with_progress,
-)
+from abplatform.cli.base import DbOption, app, fail, make_console, open_db, run_tracked, run_verb
 
 
 @app.command()
@@ -47,7 +39,7 @@ def train(
     config = run_verb(lambda: load_experiment(file))
     engine = open_db(db)
     chosen = _history_catalog(config, catalog)
-    report = run_with_progress(
+    report = run_tracked(
         lambda progress: train_experiment(
             engine,
             config,
@@ -157,7 +149,7 @@ def evaluate(
     config = run_verb(lambda: load_experiment(file))
     engine = open_db(db)
     chosen = _history_catalog(config, catalog)
-    report = run_with_progress(
+    report = run_tracked(
         lambda progress: evaluate_offline(
             config,
             engine,
