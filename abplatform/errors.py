@@ -87,3 +87,11 @@ class WriteFailed(AbplatformError):
 
 class WriterClosed(AbplatformError):
     """The writer is shutting down and accepts no more rows."""
+
+
+class DatabaseUnavailable(AbplatformError):
+    """The database cannot be reached, or is locked past the wait bound; retry later.
+
+    Nothing of the request was written (a failed transaction writes nothing). The API
+    answers 503 + Retry-After with a JSON body.
+    """

@@ -13,6 +13,7 @@ from abplatform.api.schemas import Problem, ValidationProblem
 from abplatform.errors import (
     AbplatformError,
     ConfigError,
+    DatabaseUnavailable,
     NotFoundError,
     WriteFailed,
     WriterClosed,
@@ -123,6 +124,7 @@ _PROBLEMS: tuple[tuple[type[Exception], Callable[[Exception], FastJSON]], ...] =
     (WriterFull, _busy),
     (WriterClosed, _busy),
     (WriteFailed, _busy),
+    (DatabaseUnavailable, _busy),
     (AbplatformError, _conflict),
     (HTTPException, _http),
 )

@@ -172,6 +172,36 @@ def is_statement_timeout(exc: BaseException) -> bool:
     return type(orig).__name__ == "OperationalError" and str(orig) == "interrupted"
 
 
+_SQLITE_UNAVAILABLE = (
+    "database is locked",
+    "database table is locked",
+    "unable to open",
+    "disk i/o",
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable, gone mid-statement, or locked.
+
+    Connection refused or lost, server shutting down, a lock wait past its bound, SQLite's
+    "database is locked": the same request may succeed later. A statement timeout of an
+    analysis, a constraint or bad SQL is something else (SQLite reports bad SQL as an
+    OperationalError too, so there only the messages above count).
+    """
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if not isinstance(exc, DBAPIError) or is_statement_timeout(exc):
+        return False
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        message = str(exc.orig).lower()
+        return any(part in message for part in _SQLITE_UNAVAILABLE)
+    return True  # psycopg: connection failure, AdminShutdown, LockNotAvailable ...
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any error."""
