@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await writer.close()
+            app.state.services.keys.close()
             engine.dispose()
 
     app = FastAPI(

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
@@ -17,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from abplatform.api.runtime import ExperimentCache
 from abplatform.api.settings import Settings
-from abplatform.keys import KeyIdentity, verify_key
+from abplatform.api.verifier import KeyVerifier, VerifierLimits
+from abplatform.keys import KeyIdentity
 from abplatform.storage.db import transaction
 from abplatform.writer import BufferedWriter
 
@@ -30,9 +27,17 @@ class Services:
     engine: Engine
     writer: BufferedWriter
     experiments: ExperimentCache
-    # sha256(key) -> (identity, expiry): scrypt runs once per key per cache period.
-    verified_keys: dict[bytes, tuple[KeyIdentity, float]] = field(default_factory=dict)
-    verifying: dict[bytes, asyncio.Future[KeyIdentity | None]] = field(default_factory=dict)
+    keys: KeyVerifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        chosen = self.settings
+        limits = VerifierLimits(
+            cache_seconds=chosen.api_key_cache_seconds,
+            failures_allowed=chosen.api_key_failures_per_key,
+            client_failures_allowed=chosen.api_key_failures_per_client,
+            window_seconds=chosen.api_key_failure_window_seconds,
+        )
+        self.keys = KeyVerifier(self.engine, limits)
 
 
 async def get_services(request: Request) -> Services:
@@ -60,42 +65,18 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _verify(engine: Engine, plain: str) -> KeyIdentity | None:
-    with transaction(engine) as session:
-        return verify_key(session, plain)
+async def authorize(
+    services: Services, key: str | None, scope: str, client: str = ""
+) -> KeyIdentity | None:
+    """The identity of `key` if it holds `scope`; 401 if missing/unknown, 403 if lacking it.
 
-
-async def _identity(services: Services, plain: str) -> KeyIdentity | None:
-    """The key's identity: from the cache, else verified once (concurrent requests share it)."""
-    digest = hashlib.sha256(plain.encode("utf-8", "surrogatepass")).digest()
-    cached = services.verified_keys.get(digest)
-    if cached is not None and cached[1] > time.monotonic():
-        return cached[0]
-    task = services.verifying.get(digest)
-    if task is None:
-        task = asyncio.ensure_future(asyncio.to_thread(_verify, services.engine, plain))
-        services.verifying[digest] = task
-        task.add_done_callback(partial(_verified, services, digest))
-    return await asyncio.shield(task)
-
-
-def _verified(services: Services, digest: bytes, task: asyncio.Future[KeyIdentity | None]) -> None:
-    services.verifying.pop(digest, None)
-    if task.cancelled() or task.exception() is not None:
-        return
-    identity = task.result()
-    if identity is not None:
-        expiry = time.monotonic() + services.settings.api_key_cache_seconds
-        services.verified_keys[digest] = (identity, expiry)
-
-
-async def authorize(services: Services, key: str | None, scope: str) -> KeyIdentity | None:
-    """The identity of `key` if it holds `scope`; 401 if missing/unknown, 403 if lacking it."""
+    `client` (the peer's address) keys the failed-verification limit: 429 past it.
+    """
     if not services.settings.api_auth:
         return None
     if not key:
         raise _unauthorized("missing API key; send `Authorization: Bearer <key>`")
-    identity = await _identity(services, key)
+    identity = await services.keys.identity(key, client)
     if identity is None:
         raise _unauthorized("unknown or revoked API key")
     if scope not in identity.scopes:
@@ -113,11 +94,15 @@ def bearer_key(authorization: str | None) -> str | None:
 
 def require_scope(
     scope: str,
-) -> Callable[[ServicesDep, BearerDep], Coroutine[Any, Any, KeyIdentity | None]]:
+) -> Callable[[Request, ServicesDep, BearerDep], Coroutine[Any, Any, KeyIdentity | None]]:
     """A dependency that lets the request through only with a key holding `scope`."""
 
-    async def check(services: ServicesDep, credentials: BearerDep) -> KeyIdentity | None:
-        return await authorize(services, credentials.credentials if credentials else None, scope)
+    async def check(
+        request: Request, services: ServicesDep, credentials: BearerDep
+    ) -> KeyIdentity | None:
+        key = credentials.credentials if credentials else None
+        client = request.client.host if request.client else ""
+        return await authorize(services, key, scope, client)
 
     return check
 

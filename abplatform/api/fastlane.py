@@ -88,7 +88,8 @@ class FastLane:
         services: Services = scope["app"].state.services
         try:
             key = bearer_key(authorization.decode("latin-1") if authorization else None)
-            await authorize(services, key, route.scope)
+            client = scope.get("client")
+            await authorize(services, key, route.scope, client[0] if client else "")
             if not _is_json(content_type):  # FastAPI keeps such a body as bytes: not an object
                 await validation_problem([_NOT_AN_OBJECT], ("body",))(scope, receive, send)
                 return

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     # (the two-tower top-k) with one batch call (see api/README.md, Coalescing).
     api_coalesce: bool = True
     api_key_cache_seconds: float = 60.0
+    # Failed key verifications allowed per (key id, client) and per client within the
+    # window; past them 429 + Retry-After, without a look-up or scrypt (api/verifier.py).
+    api_key_failures_per_key: int = Field(default=5, ge=1)
+    api_key_failures_per_client: int = Field(default=50, ge=1)
+    api_key_failure_window_seconds: float = Field(default=60.0, gt=0.0)
     # Bound on each statement of an HTTP-triggered analysis (/results, /report): 503 after.
     api_analysis_timeout_seconds: float = Field(default=60.0, gt=0.0)
     # FastAPI's native OpenTelemetry instrumentation (when a provider is configured).
