@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from abplatform.bandit import BanditFeedback
-from abplatform.errors import WriteFailed, WriterClosed, WriterFull
+from abplatform.errors import DatabaseUnavailable, WriteFailed, WriterClosed, WriterFull
 from abplatform.journal import Journal, Segment
 from abplatform.storage.rows import (
     EventRow,
@@ -324,6 +324,9 @@ class BufferedWriter:
             if self.exposure_ids.low:
                 try:
                     self.exposure_ids.refill()
+                except DatabaseUnavailable as exc:  # retried; requests use the ids left
+                    log.warning("%s; %d ids left", exc.message, self.exposure_ids.available)
+                    time.sleep(0.2)
                 except Exception:  # take() reserves synchronously if the reserve runs dry
                     log.exception("reserving exposure ids failed")
                     time.sleep(0.2)

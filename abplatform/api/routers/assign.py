@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
@@ -102,6 +103,11 @@ async def _assign(
             )
         )
     if exposures:
+        reserve = writer.exposure_ids
+        if reserve.available < len(exposures) and not reserve.unreachable:
+            # Reserve in a thread, bounded, rather than on the event loop inside `record`.
+            more = max(reserve.block, len(exposures))
+            await cache.health.call(partial(reserve.refill, more))
         for slot, exposure_id in zip(slots, writer.record(exposures), strict=True):
             answers[slot]["exposure_id"] = exposure_id
     return answers
