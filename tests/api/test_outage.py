@@ -10,6 +10,7 @@ stored exactly once. One test restarts the real cluster.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -27,7 +28,9 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from abplatform.api.app import create_app
 from abplatform.api.outage import DatabaseHealth
+from abplatform.api.settings import Settings
 from abplatform.errors import DatabaseUnavailable
 from abplatform.storage import models as m
 from abplatform.storage.db import make_engine, open_database
@@ -458,3 +461,79 @@ async def test_health_fails_fast_after_a_failure_and_recovers() -> None:
     time.sleep(0.3)
     assert await health.call(lambda: 42) == 42
     assert not health.unreachable
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_every_route_answers_503_while_stopped_and_200_after(
+    running_url: str, proxy: PgProxy, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=proxy.url(running_url),
+        api_auth=False,
+        api_journal_dir=str(tmp_path / "journal"),
+        api_db_connect_timeout_seconds=1.0,
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        assign = {"experiment": KEY, "unit_id": "u1"}
+        assert (await http.post("/v1/assign", json=assign)).status_code == 200
+        proxy.stop()
+        # The running hashed experiment is cached and ids are reserved: still assigned.
+        assert (await http.post("/v1/assign", json=assign)).status_code == 200
+        refused = [
+            await http.get("/readyz"),
+            await http.get("/v1/experiments"),
+            await http.get(f"/v1/experiments/{KEY}/results"),
+            await http.post("/v1/assign", json={"experiment": "other", "unit_id": "u1"}),
+            await http.post(
+                "/v1/events",
+                json={"events": [{"event_id": "e1", "unit_id": "u1", "type": "click"}]},
+            ),
+        ]
+        for response in refused:
+            assert response.status_code == 503, (response.request.url, response.text)
+            assert response.headers["retry-after"] == "1"
+            assert isinstance(response.json().get("detail", response.json().get("status")), str)
+        assert refused[0].json()["status"] == "database unreachable"
+        assert refused[0].json()["serving_from_cache"] == [KEY]
+        assert refused[0].json()["accepted_not_written"] >= 1
+        proxy.resume()
+        await asyncio.sleep(1.0)  # the retry period of the last failure
+        for _ in range(50):
+            if (await http.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await http.get("/v1/experiments")).status_code == 200
+        assert (
+            await http.post(
+                "/v1/events",
+                json={"events": [{"event_id": "e1", "unit_id": "u1", "type": "click"}]},
+            )
+        ).json()["new"] == 1
+
+
+@pytest.mark.anyio
+async def test_an_unexpected_error_is_a_json_500(sqlite_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=sqlite_url, api_auth=False, api_journal_dir=str(tmp_path / "journal")
+    )
+    app = create_app(settings)
+
+    @app.get("/broken")
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        response = await http.get("/broken")
+        assert response.status_code == 500
+        assert response.json()["detail"].startswith("internal server error")
+        assert "a bug" not in response.text
