@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -69,13 +69,16 @@ class DatabaseHealth:
         return DatabaseUnavailable(f"the database is unreachable ({cause})")
 
     async def call(self, work: Callable[[], T], *, bounded: bool = True) -> T:
-        """`work()` in a thread, waited for at most `wait_seconds` (if `bounded`);
-        DatabaseUnavailable if the database is away (a thread that timed out finishes on its
-        own, its result unused)."""
+        """`work()` in a thread, unless a call failed a moment ago (`check`); see `wait`."""
         self.check()
+        return await self.wait(asyncio.to_thread(work), bounded=bounded)
+
+    async def wait(self, pending: Awaitable[T], *, bounded: bool = True) -> T:
+        """`pending` (database work in a thread), waited for at most `wait_seconds` if
+        `bounded`; DatabaseUnavailable if the database is away (a thread that timed out
+        finishes on its own, its result unused)."""
         try:
-            wait = self.wait_seconds if bounded else None
-            result = await asyncio.wait_for(asyncio.to_thread(work), wait)
+            result = await asyncio.wait_for(pending, self.wait_seconds if bounded else None)
         except TimeoutError as exc:
             self.failed(exc)
             raise self.error(exc) from None

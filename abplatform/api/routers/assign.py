@@ -53,7 +53,14 @@ async def _assign(
             loc = ("body",) if single else ("body", "requests", index)
             raise missing_context(runtime.key, missing, loc) from None
         if decision is not None and policy.sticky:
-            decision = await settle(policy, request.unit_id, scene, decision)
+            # A unit this process has seen is settled from memory (during an outage too); a
+            # new one is stored, bounded by the database wait.
+            known = policy.known(request.unit_id, scene)
+            if known is not None:
+                decision = known
+            else:
+                settled = settle(policy, request.unit_id, scene, decision)
+                decision = await cache.health.wait(settled)
         if decision is None:
             answers.append(
                 {
