@@ -12,6 +12,7 @@ from functools import partial
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from abplatform.api.bandit import build_server_policy
 from abplatform.api.errors import Unservable
@@ -329,7 +330,7 @@ class ExperimentCache:
         if fit and entry.status == "running" and entry.strategies is None:
             try:
                 _fit(self.engine, entry, self.coalesce)
-            except DBAPIError:
+            except (DBAPIError, PoolTimeout):  # the database, not the experiment
                 raise
             except Exception as exc:  # e.g. an empty catalogue: this experiment only
                 raise Unservable(key, f"cannot be fitted: {exc}") from exc

@@ -537,3 +537,35 @@ async def test_an_unexpected_error_is_a_json_500(sqlite_url: str, tmp_path: Path
         assert response.status_code == 500
         assert response.json()["detail"].startswith("internal server error")
         assert "a bug" not in response.text
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_cached_state_older_than_the_bound_is_not_served(
+    running_url: str, proxy: PgProxy, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=proxy.url(running_url),
+        api_auth=False,
+        api_journal_dir=str(tmp_path / "journal"),
+        api_db_connect_timeout_seconds=1.0,
+        api_outage_serve_seconds=0.5,
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        assign = {"experiment": KEY, "unit_id": "u1"}
+        assert (await http.post("/v1/assign", json=assign)).status_code == 200
+        proxy.stop()
+        assert (await http.get("/readyz")).status_code == 503
+        assert (await http.post("/v1/assign", json=assign)).status_code == 200  # read < 0.5 s ago
+        await asyncio.sleep(0.6)
+        late = await http.post("/v1/assign", json=assign)
+        assert (late.status_code, late.headers["retry-after"]) == (503, "1")
+        proxy.resume()
+        await asyncio.sleep(1.0)
+        assert (await http.get("/readyz")).status_code == 200
+        assert (await http.post("/v1/assign", json=assign)).status_code == 200
