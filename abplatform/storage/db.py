@@ -53,12 +53,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(
-    url: str | None = None, *, connect_timeout: float = 10.0, pool_timeout: float = 30.0
+    url: str | None = None, *, connect_timeout: float | None = None, pool_timeout: float = 30.0
 ) -> Engine:
     """Create an engine for `url` (see `resolve_url`) with sensible per-dialect settings.
 
-    PostgreSQL: a connection attempt gives up after `connect_timeout` seconds (a paused or
-    blackholed server must not hang its callers), a pool checkout after `pool_timeout`.
+    PostgreSQL: a connection attempt gives up after `connect_timeout` seconds (None: the
+    driver's default, no bound; the API server sets one so a paused or blackholed server
+    cannot hang requests), a pool checkout after `pool_timeout`.
     """
     resolved = resolve_url(url)
     if resolved.startswith("sqlite"):
@@ -70,7 +71,9 @@ def make_engine(
             resolved,
             pool_pre_ping=True,
             pool_timeout=pool_timeout,
-            connect_args={"connect_timeout": max(1, math.ceil(connect_timeout))},
+            connect_args={}
+            if connect_timeout is None
+            else {"connect_timeout": max(1, math.ceil(connect_timeout))},
         )
     except ModuleNotFoundError as exc:
         raise AbplatformError(
@@ -282,8 +285,10 @@ def table_names(engine: Engine) -> list[str]:
     return sorted(inspect(engine).get_table_names())
 
 
-def open_database(url: str | None = None, **bounds: float) -> Engine:
-    """An engine whose schema is ready to use (`bounds`: `make_engine`'s timeouts)."""
-    engine = make_engine(url, **bounds)
+def open_database(
+    url: str | None = None, *, connect_timeout: float | None = None, pool_timeout: float = 30.0
+) -> Engine:
+    """An engine whose schema is ready to use (timeouts: see `make_engine`)."""
+    engine = make_engine(url, connect_timeout=connect_timeout, pool_timeout=pool_timeout)
     ensure_schema(engine)
     return engine

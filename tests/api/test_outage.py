@@ -20,24 +20,27 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import create_engine, text, update
+from sqlalchemy.pool import NullPool
 
 from abplatform.api.app import create_app
 from abplatform.api.outage import DatabaseHealth
 from abplatform.api.settings import Settings
 from abplatform.errors import DatabaseUnavailable
 from abplatform.storage import models as m
-from abplatform.storage.db import make_engine, open_database
+from abplatform.storage.db import make_engine, open_database, upgrade
 from abplatform.storage.rows import ExposureIds
 from simulator.runner import simulate
 from tests.api.conftest import KEY, ROOT, small_config
 from tests.api.test_shutdown import _assert_all_stored, _free_port, _stored
+from tests.conftest import PG_ADMIN_URL, _pg_available
 
 UPSTREAM = ("127.0.0.1", 5432)
 RECOVERY_SECONDS = 5.0
@@ -118,12 +121,39 @@ def _close(sock: socket.socket) -> None:
 @pytest.fixture
 def running_url(pg_url: str) -> str:
     """A fresh PostgreSQL database holding the small experiment, running."""
-    engine = open_database(pg_url)
+    return _seeded_running(pg_url)
+
+
+@pytest.fixture
+def own_running_url() -> Iterator[str]:
+    """As `running_url`, in a database of this test's own: the session's admin connection
+    would not survive a cluster restart (NullPool: every statement connects afresh)."""
+    problem = _pg_available()
+    if problem is not None:
+        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {problem}")
+    name = f"abp_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield _seeded_running(url)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _seeded_running(url: str) -> str:
+    engine = open_database(url)
     simulate(engine, small_config())
     with engine.begin() as conn:
         conn.execute(update(m.Experiment).values(status="running"))
     engine.dispose()
-    return pg_url
+    return url
 
 
 @pytest.fixture
@@ -384,7 +414,8 @@ def _pg_ready() -> bool:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="no pg_ctlcluster")
-def test_real_cluster_restart_under_load(running_url: str, tmp_path: Path) -> None:
+def test_real_cluster_restart_under_load(own_running_url: str, tmp_path: Path) -> None:
+    running_url = own_running_url
     port = _free_port()
     server = _serve(running_url, port, tmp_path / "journal")
     stop = threading.Event()
