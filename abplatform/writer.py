@@ -39,8 +39,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from abplatform.bandit import BanditFeedback
-from abplatform.errors import WriteFailed, WriterClosed, WriterFull
+from abplatform.errors import DatabaseUnavailable, WriteFailed, WriterClosed, WriterFull
 from abplatform.journal import Journal, Segment
+from abplatform.storage.db import is_unavailable
 from abplatform.storage.rows import (
     EventRow,
     ExposureIds,
@@ -324,6 +325,9 @@ class BufferedWriter:
             if self.exposure_ids.low:
                 try:
                     self.exposure_ids.refill()
+                except DatabaseUnavailable as exc:  # retried; requests use the ids left
+                    log.warning("%s; %d ids left", exc.message, self.exposure_ids.available)
+                    time.sleep(0.2)
                 except Exception:  # take() reserves synchronously if the reserve runs dry
                     log.exception("reserving exposure ids failed")
                     time.sleep(0.2)
@@ -394,6 +398,11 @@ class BufferedWriter:
         try:
             return list(self._write(jobs, idempotent))
         except Exception as exc:
+            if is_unavailable(exc):  # each alone would fail the same way, one attempt each
+                log.warning("the database is unavailable: %d submissions wait", len(jobs))
+                return [_Transient(f"the database is unavailable: {type(exc).__name__}")] * len(
+                    jobs
+                )
             if len(jobs) == 1:
                 log.exception("writing a submission of %d rows failed", jobs[0].rows)
                 if isinstance(exc, OperationalError | InterfaceError):

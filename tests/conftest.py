@@ -39,7 +39,8 @@ def pg_engine() -> Iterator[Engine]:
             )
         pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {problem}")
     name = f"abp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # Pre-ping: the connection must survive a cluster restart (tests/api/test_outage.py).
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"

@@ -21,6 +21,7 @@ from abplatform.api.deps import Services
 from abplatform.api.errors import install_error_handlers
 from abplatform.api.fastlane import FastLane, HotRoute
 from abplatform.api.middleware import BodySizeLimit
+from abplatform.api.outage import DatabaseHealth
 from abplatform.api.responses import FastJSON
 from abplatform.api.routers import assign, events, experiments, health
 from abplatform.api.runtime import ExperimentCache
@@ -52,7 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = open_database(chosen.database_url)
+        engine = open_database(
+            chosen.database_url,
+            connect_timeout=chosen.api_db_connect_timeout_seconds,
+            pool_timeout=chosen.api_db_pool_timeout_seconds,
+        )
         directory = journal_directory(engine, chosen.api_journal_dir)
         bandit = BanditFeedback()  # bandit trials and rewards, counted by the writer
         if directory is not None:
@@ -69,7 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         writer.start()
         cache = ExperimentCache(
-            engine, chosen.api_status_ttl_seconds, coalesce=chosen.api_coalesce, bandit=bandit
+            engine,
+            chosen.api_status_ttl_seconds,
+            coalesce=chosen.api_coalesce,
+            bandit=bandit,
+            # A database call waits a connect timeout, plus a second for the query.
+            health=DatabaseHealth(chosen.api_db_connect_timeout_seconds + 1.0),
+            outage_serve=chosen.api_outage_serve_seconds,
         )
         app.state.services = Services(
             settings=chosen, engine=engine, writer=writer, experiments=cache

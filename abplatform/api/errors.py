@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import Problem, ValidationProblem
@@ -19,8 +22,11 @@ from abplatform.errors import (
     WriterClosed,
     WriterFull,
 )
+from abplatform.storage.db import is_unavailable
 
 RETRY_AFTER_SECONDS = "1"
+
+log = logging.getLogger(__name__)
 
 
 class NotRunning(AbplatformError):
@@ -51,8 +57,8 @@ _DESCRIPTIONS = {
     413: "Request body too large",
     422: "Invalid request (the problem names the field)",
     503: (
-        "Write queue full, shutting down or analysis over its time bound; "
-        "retry after `Retry-After` seconds"
+        "Write queue full, shutting down, database unreachable or analysis over its time "
+        "bound; retry after `Retry-After` seconds"
     ),
 }
 
@@ -96,6 +102,23 @@ def _busy(exc: Exception) -> FastJSON:
     )
 
 
+def _database(exc: Exception) -> FastJSON | None:
+    """503 for a database that cannot be reached (or a pool with no connection to give)."""
+    if isinstance(exc, PoolTimeout) or (isinstance(exc, DBAPIError) and is_unavailable(exc)):
+        reason = type(getattr(exc, "orig", None) or exc).__name__
+        return _busy(DatabaseUnavailable(f"the database is unreachable ({reason})"))
+    return None
+
+
+def server_error(exc: BaseException) -> FastJSON:
+    """The JSON 500 of an unexpected error (logged with its traceback, never sent)."""
+    log.error("unexpected error answering a request", exc_info=exc)
+    return FastJSON(
+        {"detail": "internal server error; the server log has the details", "problems": []},
+        status_code=500,
+    )
+
+
 def _http(exc: Exception) -> FastJSON:
     assert isinstance(exc, HTTPException)
     return FastJSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
@@ -131,15 +154,20 @@ _PROBLEMS: tuple[tuple[type[Exception], Callable[[Exception], FastJSON]], ...] =
 
 
 def problem_response(exc: Exception) -> FastJSON | None:
-    """The error response of a platform error (None: not ours, a server error)."""
+    """The error response of a platform or database-outage error (None: a server error)."""
     for kind, render in _PROBLEMS:
         if isinstance(exc, kind):
             return render(exc)
-    return None
+    return _database(exc)
+
+
+async def _unexpected(_: Request, exc: Exception) -> FastJSON:
+    return _database(exc) or server_error(exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map platform errors to statuses (the same mapping as `problem_response`)."""
+    """Map platform errors to statuses (the same mapping as `problem_response`); a database
+    outage is a 503, any other database error a JSON 500 (the fast lane catches the rest)."""
     app.add_exception_handler(RequestValidationError, _invalid)
     for kind, render in _PROBLEMS[:-1]:  # HTTPException keeps FastAPI's own handler
 
@@ -147,3 +175,5 @@ def install_error_handlers(app: FastAPI) -> None:
             return render(exc)  # type: ignore[no-any-return]
 
         app.add_exception_handler(kind, handle)
+    for kind in (DBAPIError, PoolTimeout):
+        app.add_exception_handler(kind, _unexpected)

@@ -7,6 +7,10 @@ answers before FastAPI: body read with the size limit (413), API key and scope (
 `model_validate_json` straight from the bytes (422 naming the field, same shape as
 FastAPI's), the route's handler, orjson out. The handlers, models and error mapping are
 the same objects the FastAPI routes declare, so `/openapi.json` still documents them.
+
+Being the outermost layer, it also answers what nothing inside handled: a database outage
+as 503 + Retry-After, anything else as a JSON 500. Starlette's last-resort handler would
+send a plain-text 500 and re-raise, and uvicorn then closes the keep-alive connection.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from abplatform.api.deps import Services, authorize, bearer_key
-from abplatform.api.errors import problem_response, validation_problem
+from abplatform.api.errors import problem_response, server_error, validation_problem
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ class FastLane:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+            await self._guarded(scope, receive, send)
             return
         length = content_type = authorization = None
         for name, value in scope["headers"]:
@@ -99,12 +103,28 @@ class FastLane:
             await validation_problem(exc.errors(), ("body",))(scope, receive, send)
             return
         except Exception as exc:
-            response = problem_response(exc)
-            if response is None:
-                raise
-            await response(scope, receive, send)
+            await (problem_response(exc) or server_error(exc))(scope, receive, send)
             return
         await _send(send, 200, orjson.dumps(payload))
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The rest of the app; an error escaping it still gets a JSON answer."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:  # too late for another answer: uvicorn closes the connection
+                raise
+            await (problem_response(exc) or server_error(exc))(scope, receive, send)
 
     async def _body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []

@@ -12,14 +12,16 @@ from functools import partial
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from abplatform.api.bandit import build_server_policy
 from abplatform.api.errors import Unservable
+from abplatform.api.outage import DatabaseHealth, unavailable
 from abplatform.assignment.base import AssignmentPolicy
 from abplatform.bandit import BanditFeedback
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import RecRequest, Slate
-from abplatform.errors import NotFoundError
+from abplatform.errors import DatabaseUnavailable, NotFoundError
 from abplatform.storage import models as m
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import get_experiment
@@ -30,6 +32,10 @@ DEFAULT_K = 10
 # An experiment that could not be fitted or loaded is tried again after this many seconds
 # (at once after a create/start/stop in this process); meanwhile its assigns answer 409.
 UNSERVABLE_RETRY_SECONDS = 5.0
+# Defaults of the outage bounds (see Settings: api_db_connect_timeout_seconds + 1 s, and
+# api_outage_serve_seconds).
+DATABASE_WAIT_SECONDS = 4.0
+OUTAGE_SERVE_SECONDS = 300.0
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +164,10 @@ class ExperimentCache:
 
     A new `updated_at` (re-created, started, stopped) rebuilds the entry, so strategies are
     refitted on the next assignment; between checks a request only hashes and slates.
+
+    While the database is unreachable (`health`), a cached entry keeps being served as it
+    was last read, for at most `outage_serve` seconds after that read; a re-read that fails
+    for want of the database keeps it. Anything not cached answers 503.
     """
 
     def __init__(
@@ -167,8 +177,12 @@ class ExperimentCache:
         *,
         coalesce: bool = True,
         bandit: BanditFeedback | None = None,
+        health: DatabaseHealth | None = None,
+        outage_serve: float = OUTAGE_SERVE_SECONDS,
     ) -> None:
         self.engine = engine
+        self.health = health or DatabaseHealth(DATABASE_WAIT_SECONDS)
+        self.outage_serve = outage_serve
         self.bandit = bandit
         self.ttl = ttl
         self.coalesce = coalesce
@@ -200,6 +214,14 @@ class ExperimentCache:
         """{key: reason} of the experiments whose last fit or load failed."""
         return {key: reason for key, (reason, _) in sorted(self._unservable.items())}
 
+    def cached(self) -> list[str]:
+        """Keys of the running experiments this process can assign from memory."""
+        return sorted(
+            key
+            for key, entry in self._entries.items()
+            if entry.status == "running" and entry.strategies is not None
+        )
+
     def invalidate(self, key: str) -> None:
         """Forget an experiment (after create/start/stop in this process)."""
         self._entries.pop(key, None)
@@ -222,6 +244,8 @@ class ExperimentCache:
             not fit or entry.strategies is not None or entry.status != "running"
         )
         if entry is not None and usable:
+            if self.health.unreachable and self._too_old(entry):
+                raise self.health.error()
             if not self._fresh(entry) and key not in self._refreshing:
                 self._refreshing.add(key)
                 task = asyncio.get_running_loop().create_task(self._load(key, fit=False))
@@ -229,20 +253,32 @@ class ExperimentCache:
             return entry
         return await self._load(key, fit=fit)
 
+    def _too_old(self, entry: ExperimentRuntime) -> bool:
+        """Whether the entry was last read from the database over `outage_serve` s ago."""
+        return time.monotonic() - entry.checked_at > self.outage_serve
+
     def _refreshed(self, key: str, task: asyncio.Task[ExperimentRuntime]) -> None:
         self._refreshing.discard(key)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        failure = task.exception()
+        if failure is not None and not unavailable(failure):
             self._entries.pop(key, None)  # e.g. deleted: the next request sees the error
+        # The database is away: the entry is kept and served (see the class docstring).
 
     async def _load(self, key: str, *, fit: bool) -> ExperimentRuntime:
+        self.health.check()  # the database failed a moment ago: 503 at once
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
+            self.health.check()  # the request this one waited for found it away
+            work = partial(self._refresh, key, self._entries.get(key), fit)
             try:
-                entry = await asyncio.to_thread(self._refresh, key, self._entries.get(key), fit)
+                # Fitting reads the history and may take long: only status reads are bounded.
+                entry = await self.health.call(work, bounded=not fit)
             except Unservable as exc:
                 self._mark(key, exc.reason)
                 raise
-            except (NotFoundError, DBAPIError):  # deleted, or the database is in trouble
+            except (NotFoundError, DBAPIError, DatabaseUnavailable):  # deleted, or db trouble
                 raise
             except Exception as exc:  # a stored config or policy that no longer loads
                 reason = f"cannot be loaded: {type(exc).__name__}: {exc}"
@@ -255,7 +291,7 @@ class ExperimentCache:
             # Shared policy state that is due (e.g. a bandit's weight version) is published
             # and fetched in a thread, then put in force here, on the loop's thread, where
             # decisions are drawn.
-            apply = await asyncio.to_thread(entry.policy.sync)
+            apply = await self.health.call(entry.policy.sync)
             if apply is not None:
                 apply()
             return entry
@@ -294,7 +330,7 @@ class ExperimentCache:
         if fit and entry.status == "running" and entry.strategies is None:
             try:
                 _fit(self.engine, entry, self.coalesce)
-            except DBAPIError:
+            except (DBAPIError, PoolTimeout):  # the database, not the experiment
                 raise
             except Exception as exc:  # e.g. an empty catalogue: this experiment only
                 raise Unservable(key, f"cannot be fitted: {exc}") from exc

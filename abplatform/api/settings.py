@@ -32,5 +32,14 @@ class Settings(BaseSettings):
     api_key_failure_window_seconds: float = Field(default=60.0, gt=0.0)
     # Bound on each statement of an HTTP-triggered analysis (/results, /report): 503 after.
     api_analysis_timeout_seconds: float = Field(default=60.0, gt=0.0)
+    # When the database is in trouble (api/README.md, "When the database is in trouble"):
+    # a PostgreSQL connection attempt gives up after this (libpq counts whole seconds), and
+    # a request waits at most this + 1 s on a database call before answering 503.
+    api_db_connect_timeout_seconds: float = Field(default=3.0, gt=0.0)
+    # A database connection is waited for at most this long from the pool (then 503).
+    api_db_pool_timeout_seconds: float = Field(default=5.0, gt=0.0)
+    # While the database is unreachable, a cached running experiment keeps assigning from
+    # the state last read this many seconds ago at most; older state answers 503.
+    api_outage_serve_seconds: float = Field(default=300.0, ge=0.0)
     # FastAPI's native OpenTelemetry instrumentation (when a provider is configured).
     api_telemetry: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -51,15 +52,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """Create an engine for `url` (see `resolve_url`) with sensible per-dialect settings."""
+def make_engine(
+    url: str | None = None, *, connect_timeout: float | None = None, pool_timeout: float = 30.0
+) -> Engine:
+    """Create an engine for `url` (see `resolve_url`) with sensible per-dialect settings.
+
+    PostgreSQL: a connection attempt gives up after `connect_timeout` seconds (None: the
+    driver's default, no bound; the API server sets one so a paused or blackholed server
+    cannot hang requests), a pool checkout after `pool_timeout`.
+    """
     resolved = resolve_url(url)
     if resolved.startswith("sqlite"):
         engine = create_engine(resolved, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:
-        return create_engine(resolved, pool_pre_ping=True)
+        return create_engine(
+            resolved,
+            pool_pre_ping=True,
+            pool_timeout=pool_timeout,
+            connect_args={}
+            if connect_timeout is None
+            else {"connect_timeout": max(1, math.ceil(connect_timeout))},
+        )
     except ModuleNotFoundError as exc:
         raise AbplatformError(
             f"no database driver for {resolved.split(':', 1)[0]!r}: {exc}",
@@ -270,8 +285,10 @@ def table_names(engine: Engine) -> list[str]:
     return sorted(inspect(engine).get_table_names())
 
 
-def open_database(url: str | None = None) -> Engine:
-    """An engine whose schema is ready to use."""
-    engine = make_engine(url)
+def open_database(
+    url: str | None = None, *, connect_timeout: float | None = None, pool_timeout: float = 30.0
+) -> Engine:
+    """An engine whose schema is ready to use (timeouts: see `make_engine`)."""
+    engine = make_engine(url, connect_timeout=connect_timeout, pool_timeout=pool_timeout)
     ensure_schema(engine)
     return engine

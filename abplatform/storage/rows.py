@@ -15,7 +15,10 @@ import numpy.typing as npt
 import orjson
 from sqlalchemy import Connection, Engine, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from abplatform.errors import DatabaseUnavailable
 from abplatform.storage import models as m
 from abplatform.storage.bulk import (
     Column,
@@ -26,6 +29,7 @@ from abplatform.storage.bulk import (
     reserve_ids,
     seconds_to_sql,
 )
+from abplatform.storage.db import is_unavailable
 
 EXPOSURE_COLUMNS = (
     "id",
@@ -282,9 +286,19 @@ class ExposureIds:
         if engine.dialect.name == "sqlite":
             self._mark = id_mark_path(engine.url.database, "exposures")
         self._local_next = 0  # in-memory SQLite: one process, ids above MAX(id)
+        # The last reservation failed for want of the database (cleared by the next success).
+        self.unreachable = False
 
     def take(self, n: int) -> list[int]:
-        """`n` fresh ids; reserves a block synchronously only if the reserve ran dry."""
+        """`n` fresh ids; reserves a block synchronously only if the reserve ran dry.
+
+        While the database is away the ids left keep being handed out; once too few are
+        left for `n`, DatabaseUnavailable (no id taken). After a failed reservation no
+        request waits on the database: the writer thread retries until one succeeds.
+        """
+        if (self.unreachable or self._refilling) and self._available < n:
+            # Never wait in a request for a reservation that failed or hangs in a thread.
+            raise DatabaseUnavailable("the database is unreachable: no exposure ids are left")
         ids: list[int] = []
         while len(ids) < n:
             with self._lock:
@@ -298,7 +312,14 @@ class ExposureIds:
                     else:
                         self._free[0] = first[count:]
             if len(ids) < n:
-                self.refill(max(self.block, n - len(ids)))
+                try:
+                    self.refill(max(self.block, n - len(ids)))
+                except DatabaseUnavailable:
+                    with self._lock:  # all or nothing: the ids go back, in order
+                        runs = _runs(ids)
+                        self._free.extendleft(reversed(runs))
+                        self._available += len(ids)
+                    raise
         return ids
 
     @property
@@ -306,13 +327,31 @@ class ExposureIds:
         """Whether less than half a block is left (time to reserve the next one)."""
         return self._available < self.block // 2 and not self._refilling
 
+    @property
+    def available(self) -> int:
+        """Ids reserved and not yet handed out."""
+        return self._available
+
     def refill(self, n: int | None = None) -> None:
-        """Reserve another block (called from a thread; one database round trip)."""
+        """Reserve another block (called from a thread; one database round trip).
+
+        Raises DatabaseUnavailable if the database is away (and `unreachable` stays true
+        until a reservation succeeds).
+        """
         self._refilling = True
         try:
             fresh = self._reserve(n or self.block)
+        except (DBAPIError, PoolTimeout) as exc:
+            if isinstance(exc, DBAPIError) and not is_unavailable(exc):
+                raise
+            self.unreachable = True
+            reason = type(getattr(exc, "orig", None) or exc).__name__
+            raise DatabaseUnavailable(
+                f"the database is unreachable ({reason}): reserving exposure ids failed"
+            ) from exc
         finally:
             self._refilling = False
+        self.unreachable = False
         with self._lock:
             self._free.extend(fresh)
             self._available += sum(len(run) for run in fresh)
@@ -323,15 +362,7 @@ class ExposureIds:
                 ids = reserve_exposure_ids(conn, n).tolist()
             # nextval hands out increasing values, interleaved with other sessions': keep
             # the contiguous runs.
-            runs: list[range] = []
-            start = previous = ids[0]
-            for value in ids[1:]:
-                if value != previous + 1:
-                    runs.append(range(start, previous + 1))
-                    start = value
-                previous = value
-            runs.append(range(start, previous + 1))
-            return runs
+            return _runs(ids)
         with self.engine.connect() as conn:
             top = int(conn.execute(select(func.coalesce(func.max(m.Exposure.id), 0))).scalar_one())
         if self._mark is None:
@@ -340,6 +371,21 @@ class ExposureIds:
             return [range(start, start + n)]
         start = reserve_above_mark(self._mark, top, n)
         return [range(start, start + n)]
+
+
+def _runs(values: Sequence[int]) -> list[range]:
+    """Increasing `values` as their contiguous runs."""
+    runs: list[range] = []
+    if not values:
+        return runs
+    start = previous = values[0]
+    for value in values[1:]:
+        if value != previous + 1:
+            runs.append(range(start, previous + 1))
+            start = value
+        previous = value
+    runs.append(range(start, previous + 1))
+    return runs
 
 
 def write_exposures(

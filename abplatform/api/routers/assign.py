@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
@@ -52,7 +53,14 @@ async def _assign(
             loc = ("body",) if single else ("body", "requests", index)
             raise missing_context(runtime.key, missing, loc) from None
         if decision is not None and policy.sticky:
-            decision = await settle(policy, request.unit_id, scene, decision)
+            # A unit this process has seen is settled from memory (during an outage too); a
+            # new one is stored, bounded by the database wait.
+            known = policy.known(request.unit_id, scene)
+            if known is not None:
+                decision = known
+            else:
+                settled = settle(policy, request.unit_id, scene, decision)
+                decision = await cache.health.wait(settled)
         if decision is None:
             answers.append(
                 {
@@ -102,6 +110,11 @@ async def _assign(
             )
         )
     if exposures:
+        reserve = writer.exposure_ids
+        if reserve.available < len(exposures) and not reserve.unreachable:
+            # Reserve in a thread, bounded, rather than on the event loop inside `record`.
+            more = max(reserve.block, len(exposures))
+            await cache.health.call(partial(reserve.refill, more))
         for slot, exposure_id in zip(slots, writer.record(exposures), strict=True):
             answers[slot]["exposure_id"] = exposure_id
     return answers

@@ -1,16 +1,17 @@
-"""GET and HEAD /healthz (process up) and /readyz (database reachable, unservable experiments)."""
+"""GET and HEAD /healthz (process up) and /readyz (database reachable, what is still served)."""
 
 from __future__ import annotations
 
-import asyncio
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 
-from abplatform.api.deps import ServicesDep
+from abplatform.api.deps import Services, ServicesDep
 from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import Health
+from abplatform.errors import DatabaseUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -29,25 +30,57 @@ def _ping(engine: Engine) -> None:
 class Readiness(BaseModel):
     """Readiness: the database answers; running experiments this process cannot serve."""
 
-    status: str
+    status: str = Field(description='"ok", or "database unreachable" (then 503)')
     unservable: dict[str, str] = Field(
         default_factory=dict,
         description="{experiment key: reason} of running experiments that cannot be fitted "
         "or loaded (their assigns answer 409); every other experiment is served",
     )
+    unreachable_since: str | None = Field(
+        default=None,
+        description="while unreachable: when this process first found the database away "
+        "(ISO 8601, UTC)",
+    )
+    serving_from_cache: list[str] = Field(
+        default_factory=list,
+        description="while unreachable: running experiments still assigned from memory "
+        "(while exposure ids are left)",
+    )
+    exposure_ids_left: int | None = Field(
+        default=None,
+        description="while unreachable: assignments this process can still accept",
+    )
+    accepted_not_written: int | None = Field(
+        default=None,
+        description="while unreachable: rows accepted (journaled) and not yet written",
+    )
+
+
+def _outage(services: Services) -> dict[str, object]:
+    """What the 503 of /readyz says is still served."""
+    health = services.experiments.health
+    since = health.unreachable_since
+    return {
+        "status": "database unreachable",
+        "unservable": services.experiments.unservable(),
+        "unreachable_since": None
+        if since is None
+        else datetime.fromtimestamp(since, UTC).isoformat(timespec="milliseconds"),
+        "serving_from_cache": services.experiments.cached(),
+        "exposure_ids_left": services.writer.exposure_ids.available,
+        "accepted_not_written": services.writer.pending_rows,
+    }
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(services: ServicesDep) -> FastJSON:
-    """The database answers (200 even with unservable experiments: the rest are served)."""
-    unservable = services.experiments.unservable()
+    """The database answers `SELECT 1` (200 even with unservable experiments: the rest are
+    served); 503 while it does not, saying since when and what is still served."""
     try:
-        await asyncio.wait_for(asyncio.to_thread(_ping, services.engine), timeout=5)
-    except Exception:
-        return FastJSON(
-            {"status": "database unreachable", "unservable": unservable}, status_code=503
-        )
-    return FastJSON({"status": "ok", "unservable": unservable})
+        await services.experiments.health.call(lambda: _ping(services.engine))
+    except DatabaseUnavailable:
+        return FastJSON(_outage(services), status_code=503, headers={"Retry-After": "1"})
+    return FastJSON({"status": "ok", "unservable": services.experiments.unservable()})
 
 
 def _headers_only(answer: Response) -> Response:
