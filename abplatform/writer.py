@@ -401,7 +401,17 @@ class BufferedWriter:
             if self._finish(jobs, outcomes):
                 if self._closed and time.monotonic() > self._give_up_at:
                     return  # shutting down with the database away: the journal keeps them
-                time.sleep(0.2)  # the database is unavailable: back off, then try again
+                self._back_off(0.2)  # the database is unavailable: wait, then try again
+
+    def _back_off(self, seconds: float) -> None:
+        """Sleep before retrying accepted rows; a caller awaiting its commit ends the sleep
+        (its transaction waits for the lock itself, bounded: no busy loop)."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while (
+                not self._urgent and not self._closed and (left := deadline - time.monotonic()) > 0
+            ):
+                self._cond.wait(left)
 
     def _finish(self, jobs: list[_Job], outcomes: list[WriteResult | BaseException]) -> bool:
         """Release committed rows, answer waiting callers; re-queue accepted rows that failed
@@ -417,16 +427,22 @@ class BufferedWriter:
                 if isinstance(outcome, BaseException):
                     self._reject(job)
                 self.journal.committed(job.segment)
-            if job.future is not None and job.loop is not None:
-                # RuntimeError: the loop is closed, nobody is waiting any more.
-                with contextlib.suppress(RuntimeError):
-                    job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+            if job.future is not None:
+                self._answer(job, outcome)
             elif isinstance(outcome, WriteFailed):
                 log.error("accepted exposures %s were refused for good", list(job.exposure_ids))
         if retry:
             with self._cond:  # `_withdraw` scans the queue under this lock
                 self._jobs.extendleft(reversed(retry))
         return bool(retry)
+
+    @staticmethod
+    def _answer(job: _Job, outcome: WriteResult | BaseException) -> None:
+        """Resolve a waiting caller's future (once: a second answer is ignored)."""
+        if job.future is not None and job.loop is not None:
+            # RuntimeError: the loop is closed, nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -463,9 +479,12 @@ class BufferedWriter:
         waiting = [job for job in jobs if job.future is not None]
         accepted = [job for job in jobs if job.future is None]
         outcomes: dict[int, WriteResult | BaseException] = {}
-        for group in (waiting, accepted):
-            if group:
-                outcomes.update(zip(map(id, group), self._write_group(group), strict=True))
+        if waiting:
+            outcomes.update(zip(map(id, waiting), self._write_group(waiting), strict=True))
+            for job in waiting:  # answered now, not after the accepted rows' lock wait
+                self._answer(job, outcomes[id(job)])
+        if accepted:
+            outcomes.update(zip(map(id, accepted), self._write_group(accepted), strict=True))
         return [outcomes[id(job)] for job in jobs]
 
     def _write_group(

@@ -202,7 +202,15 @@ def _check(
         assert isinstance(answer.body, dict) and isinstance(answer.body["detail"], str)
     # Sent once the lock was held and answered before its release.
     during = [a for a in events if a.sent > lock_start + 0.1 and a.answered < released]
-    assert len(during) >= 6
+    assert len(during) >= 3  # the load ran during the lock (each request waits ~1-2 s)
+    assigned = [a for a in assigns if a.sent > lock_start + 0.1 and a.answered < released]
+    waits = sorted(a.answered - a.sent for a in during)
+    print(
+        f"during the lock: events {[a.status for a in during].count(200)} x 200, "
+        f"{[a.status for a in during].count(503)} x 503, median {waits[len(waits) // 2]:.2f} s; "
+        f"{len(assigned)} assignments"
+    )
+    assert len(assigned) >= 20  # assignments never wait on the lock
     if events_locked:
         assert {a.status for a in during} == {503}
     else:  # a lock on exposures holds up the accepted exposures, not the events
