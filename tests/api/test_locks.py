@@ -7,6 +7,7 @@ fast checks of the bounds over the ASGI app and on the writer itself.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sqlite3
@@ -29,7 +30,7 @@ from abplatform.api.settings import Settings
 from abplatform.errors import DatabaseUnavailable
 from abplatform.storage.db import open_database
 from abplatform.storage.rows import EventRow
-from abplatform.writer import BufferedWriter
+from abplatform.writer import BufferedWriter, CommitPending
 from simulator.runner import simulate
 from tests.api.conftest import KEY, Keys, _http, small_config
 from tests.api.test_shutdown import _assert_all_stored, _free_port, _running, _stored
@@ -359,4 +360,30 @@ async def test_a_commit_past_its_bound_withdraws_queued_rows(sqlite_url: str) ->
     result = await again.commit((), rows)  # the retry: every event new, none lost
     assert (result.new_events, result.duplicate_events) == (3, 0)
     await again.close()
+    engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_a_commit_past_its_bound_in_flight_may_land_and_a_retry_counts_it_once(
+    sqlite_url: str,
+) -> None:
+    engine = open_database(sqlite_url)
+    writer = BufferedWriter(engine, lock_wait=1.0, commit_wait=0.3)
+    turn = Path(sqlite_url.removeprefix("sqlite:///") + ".writer-turn")
+    stamp = datetime(2026, 12, 2, 12)
+    rows = [EventRow(f"f{i}", None, None, "u", "click", None, None, stamp) for i in range(4)]
+    # Another server process' writer holds the turn: this writer takes the rows, then waits.
+    fd = os.open(turn, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    writer.start()
+    try:
+        with pytest.raises(CommitPending, match="ABPLATFORM_API_EVENTS_WAIT_SECONDS"):
+            await writer.commit((), rows)
+    finally:
+        os.close(fd)  # the turn passes: the taken rows commit after their caller gave up
+    await writer.flush()
+    assert _stored(sqlite_url, [r.event_id for r in rows]) == {r.event_id: 1 for r in rows}
+    result = await writer.commit((), rows)  # the client's retry of its 503
+    assert (result.new_events, result.duplicate_events) == (0, 4)
+    await writer.close()
     engine.dispose()
