@@ -9,7 +9,13 @@ Two ways to hand rows over:
   journal is replayed (idempotently, by exposure id) at the next start-up.
 - `submit(exposures, events)` (events): the returned future resolves after the
   transaction holding the rows has committed, so the answer can say how many events were
-  new and how many duplicates (ON CONFLICT (event_id) DO NOTHING).
+  new and how many duplicates (ON CONFLICT (event_id) DO NOTHING). `commit` awaits it for
+  at most `commit_wait` seconds (the API's bound; see `commit`).
+
+Lock waits: each transaction of the writer waits at most `lock_wait` seconds for a lock
+(`storage.db.bounded_lock_wait`), less when a waiting submission's bound is nearer, so a
+locked table fails the transaction (rolled back, retried or answered 503) instead of
+holding the writer and its callers for as long as the lock is held.
 
 One writer thread drains the queue every `flush_interval` seconds or `flush_rows` rows
 (at once when a submission is waiting for its commit). The queue is bounded in rows; a
@@ -41,7 +47,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from abplatform.bandit import BanditFeedback
 from abplatform.errors import DatabaseUnavailable, WriteFailed, WriterClosed, WriterFull
 from abplatform.journal import Journal, Segment
-from abplatform.storage.db import is_unavailable
+from abplatform.storage.db import bounded_lock_wait, is_sqlite, is_unavailable
 from abplatform.storage.rows import (
     EventRow,
     ExposureIds,
@@ -58,6 +64,11 @@ DEFAULT_FLUSH_INTERVAL = 0.005
 # Accepted rows the database refuses for good (e.g. their experiment was deleted) are kept
 # here, one JSON line per submission, instead of being retried forever.
 REJECTED_FILE = "rejected.jsonl"
+# Time kept free between a transaction's lock wait and its submission's bound: the commit
+# and the answer.
+COMMIT_MARGIN_SECONDS = 0.25
+# The shortest lock wait worth a try: a lock released by then is taken.
+MIN_LOCK_WAIT_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,9 @@ class _Job:
     loop: asyncio.AbstractEventLoop | None = None
     segment: Segment | None = None
     line: bytes = b""
+    # When the caller stops waiting for the commit (time.monotonic(); inf: never).
+    deadline: float = float("inf")
+    retries: int = 0  # failed transient attempts of accepted rows
     rows: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -185,8 +199,14 @@ class BufferedWriter:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         journal: Journal | None = None,
         bandit: BanditFeedback | None = None,
+        lock_wait: float | None = None,
+        commit_wait: float | None = None,
     ) -> None:
         self.engine = engine
+        # Bounds in seconds (None: unbounded): each lock wait of a transaction, and a
+        # `commit` caller's wait for its rows' commit.
+        self.lock_wait = lock_wait
+        self.commit_wait = commit_wait
         # Bandit trials and rewards are counted in the transaction of their rows.
         self.bandit = bandit
         self.max_rows = max_rows
@@ -237,14 +257,60 @@ class BufferedWriter:
         return ids
 
     def submit(
-        self, exposures: Sequence[ExposureRow], events: Sequence[EventRow]
+        self,
+        exposures: Sequence[ExposureRow],
+        events: Sequence[EventRow],
+        deadline: float = float("inf"),
     ) -> asyncio.Future[WriteResult]:
-        """Queue rows; the future resolves after their commit. Raises WriterFull/WriterClosed."""
+        """Queue rows; the future resolves after their commit. Raises WriterFull/WriterClosed.
+
+        `deadline` (time.monotonic()): when the caller stops waiting; the transaction
+        holding the rows then waits for locks only until shortly before it.
+        """
         self._check(len(exposures) + len(events))
         loop = asyncio.get_running_loop()
         job = _Job(exposures, self._ids(len(exposures)), events, loop.create_future(), loop)
+        job.deadline = deadline
         self._enqueue(job)
         return job.future  # type: ignore[return-value]
+
+    async def commit(
+        self, exposures: Sequence[ExposureRow], events: Sequence[EventRow]
+    ) -> WriteResult:
+        """Queue rows and wait for their commit, at most `commit_wait` seconds.
+
+        Past the bound, rows not yet taken by the writer thread are withdrawn (nothing
+        written) and DatabaseUnavailable is raised; rows already in a transaction raise
+        CommitPending (they may still be stored). Both also when the transaction failed
+        for a busy or unreachable database (then nothing was written).
+        """
+        if self.commit_wait is None:
+            return await self.submit(exposures, events)
+        future = self.submit(exposures, events, deadline=time.monotonic() + self.commit_wait)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.commit_wait)
+        except TimeoutError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                return future.result()  # committed just as the bound passed
+            if self._withdraw(future):
+                raise DatabaseUnavailable(
+                    f"the rows were not written within {self.commit_wait:g} s "
+                    "(ABPLATFORM_API_EVENTS_WAIT_SECONDS): the database is locked or busy"
+                ) from None
+            raise CommitPending(
+                f"the commit did not finish within {self.commit_wait:g} s "
+                "(ABPLATFORM_API_EVENTS_WAIT_SECONDS)"
+            ) from None
+
+    def _withdraw(self, future: asyncio.Future[WriteResult]) -> bool:
+        """Take the job of `future` out of the queue if the writer has not taken it yet."""
+        with self._cond:  # `_take` pops under the same lock: taken or withdrawn, not both
+            for job in self._jobs:
+                if job.future is future:
+                    self._jobs.remove(job)
+                    self._accepted_rows -= job.rows
+                    return True
+        return False
 
     async def flush(self) -> None:
         """Wait until everything accepted before this call has committed."""
@@ -311,13 +377,14 @@ class BufferedWriter:
                     return []
                 else:
                     self._cond.wait(self.flush_interval)
-        self._urgent = False  # cleared before taking: a later waiting job sets it again
-        jobs: list[_Job] = []
-        rows = 0
-        while self._jobs and (not jobs or rows + self._jobs[0].rows <= self.flush_rows):
-            job = self._jobs.popleft()
-            jobs.append(job)
-            rows += job.rows
+            self._urgent = False  # cleared before taking: a later waiting job sets it again
+            jobs: list[_Job] = []
+            rows = 0
+            # Popped under the lock, so `_withdraw` sees each job either queued or taken.
+            while self._jobs and (not jobs or rows + self._jobs[0].rows <= self.flush_rows):
+                job = self._jobs.popleft()
+                jobs.append(job)
+                rows += job.rows
         return jobs
 
     def _run(self) -> None:
@@ -337,7 +404,17 @@ class BufferedWriter:
             if self._finish(jobs, outcomes):
                 if self._closed and time.monotonic() > self._give_up_at:
                     return  # shutting down with the database away: the journal keeps them
-                time.sleep(0.2)  # the database is unavailable: back off, then try again
+                self._back_off(0.2)  # the database is unavailable: wait, then try again
+
+    def _back_off(self, seconds: float) -> None:
+        """Sleep before retrying accepted rows; a caller awaiting its commit ends the sleep
+        (its transaction waits for the lock itself, bounded: no busy loop)."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while (
+                not self._urgent and not self._closed and (left := deadline - time.monotonic()) > 0
+            ):
+                self._cond.wait(left)
 
     def _finish(self, jobs: list[_Job], outcomes: list[WriteResult | BaseException]) -> bool:
         """Release committed rows, answer waiting callers; re-queue accepted rows that failed
@@ -345,6 +422,7 @@ class BufferedWriter:
         retry: list[_Job] = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             if job.future is None and isinstance(outcome, _Transient):
+                job.retries += 1
                 retry.append(job)  # accepted rows: keep them queued, in order
                 continue
             self._written_rows += job.rows
@@ -352,15 +430,22 @@ class BufferedWriter:
                 if isinstance(outcome, BaseException):
                     self._reject(job)
                 self.journal.committed(job.segment)
-            if job.future is not None and job.loop is not None:
-                # RuntimeError: the loop is closed, nobody is waiting any more.
-                with contextlib.suppress(RuntimeError):
-                    job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+            if job.future is not None:
+                self._answer(job, outcome)
             elif isinstance(outcome, WriteFailed):
                 log.error("accepted exposures %s were refused for good", list(job.exposure_ids))
         if retry:
-            self._jobs.extendleft(reversed(retry))
+            with self._cond:  # `_withdraw` scans the queue under this lock
+                self._jobs.extendleft(reversed(retry))
         return bool(retry)
+
+    @staticmethod
+    def _answer(job: _Job, outcome: WriteResult | BaseException) -> None:
+        """Resolve a waiting caller's future (once: a second answer is ignored)."""
+        if job.future is not None and job.loop is not None:
+            # RuntimeError: the loop is closed, nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -388,33 +473,70 @@ class BufferedWriter:
     def _write_isolated(
         self, jobs: list[_Job], idempotent: bool = False
     ) -> list[WriteResult | BaseException]:
+        """Write a group; on PostgreSQL, once accepted rows are being retried (a table may
+        be locked), waiting submissions go first in a transaction of their own, so a lock on
+        the exposures table does not hold up events."""
+        retrying = any(job.retries for job in jobs)
+        if idempotent or not retrying or is_sqlite(self.engine):  # SQLite locks everything
+            return self._write_group(jobs, idempotent)
+        waiting = [job for job in jobs if job.future is not None]
+        accepted = [job for job in jobs if job.future is None]
+        outcomes: dict[int, WriteResult | BaseException] = {}
+        if waiting:
+            outcomes.update(zip(map(id, waiting), self._write_group(waiting), strict=True))
+            for job in waiting:  # answered now, not after the accepted rows' lock wait
+                self._answer(job, outcomes[id(job)])
+        if accepted:
+            outcomes.update(zip(map(id, accepted), self._write_group(accepted), strict=True))
+        return [outcomes[id(job)] for job in jobs]
+
+    def _write_group(
+        self, jobs: list[_Job], idempotent: bool = False
+    ) -> list[WriteResult | BaseException]:
         """One commit for the group; if it fails, each submission alone, so one bad
         submission cannot fail the others (a failed transaction wrote nothing).
 
-        A submission that fails alone because the database is unavailable (connection lost,
-        database locked) gets `_Transient`, and accepted rows are retried; on anything else
-        (a constraint, bad data) WriteFailed.
+        If the database is unavailable (connection lost, a lock wait past its bound,
+        SQLite's "database is locked"), each alone would fail the same way after the same
+        wait: every submission gets `_Transient` at once (accepted rows are retried, waiting
+        callers answered 503). On anything else (a constraint, bad data) a submission
+        failing alone gets WriteFailed.
         """
         try:
             return list(self._write(jobs, idempotent))
         except Exception as exc:
-            if is_unavailable(exc):  # each alone would fail the same way, one attempt each
-                log.warning("the database is unavailable: %d submissions wait", len(jobs))
-                return [_Transient(f"the database is unavailable: {type(exc).__name__}")] * len(
-                    jobs
+            if is_unavailable(exc) or isinstance(exc, OperationalError | InterfaceError):
+                log.warning(
+                    "the database is unavailable (%s): %d submissions wait",
+                    type(exc).__name__,
+                    len(jobs),
                 )
+                failed = _Transient(f"the database is unavailable: {type(exc).__name__}")
+                return [failed] * len(jobs)
             if len(jobs) == 1:
                 log.exception("writing a submission of %d rows failed", jobs[0].rows)
-                if isinstance(exc, OperationalError | InterfaceError):
-                    return [_Transient(f"the database is unavailable: {type(exc).__name__}")]
                 return [WriteFailed(f"the database refused the rows: {type(exc).__name__}")]
         # After an unknown outcome (e.g. a lost connection at COMMIT) a retry must not
         # fail on rows that did get stored: write exposures idempotently from here on.
-        return [self._write_isolated([job], idempotent=True)[0] for job in jobs]
+        return [self._write_group([job], idempotent=True)[0] for job in jobs]
+
+    def _lock_wait(self, jobs: list[_Job]) -> float | None:
+        """The group's lock wait: `lock_wait`, shortened to end before a waiting caller's
+        deadline (so its answer is a definite one)."""
+        deadline = min(job.deadline for job in jobs)
+        if deadline == float("inf"):
+            return self.lock_wait
+        left = max(MIN_LOCK_WAIT_SECONDS, deadline - time.monotonic() - COMMIT_MARGIN_SECONDS)
+        return left if self.lock_wait is None else min(self.lock_wait, left)
 
     def _write(self, jobs: list[_Job], idempotent: bool) -> list[WriteResult]:
         self.commits += 1
-        with self._turn(), self.engine.begin() as conn:
+        with (
+            self._turn(),
+            self.engine.connect() as conn,
+            bounded_lock_wait(conn, self._lock_wait(jobs)),
+            conn.begin(),
+        ):
             ids = [i for job in jobs for i in job.exposure_ids]
             exposures = [e for job in jobs for e in job.exposures]
             write_exposures(conn, ids, exposures, idempotent=idempotent)
@@ -435,3 +557,8 @@ class BufferedWriter:
 
 class _Transient(WriteFailed):
     """The database could not be reached or was busy; the same rows may succeed later."""
+
+
+class CommitPending(DatabaseUnavailable):
+    """A `commit` caller's bound passed while its rows were in a transaction: they may
+    still be stored (a retry then counts them as duplicates)."""

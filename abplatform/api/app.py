@@ -71,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             flush_interval=chosen.api_writer_flush_seconds,
             journal=Journal(directory) if directory is not None else None,
             bandit=bandit,
+            lock_wait=chosen.api_lock_wait_seconds,
+            commit_wait=chosen.api_events_wait_seconds,
         )
         writer.start()
         cache = ExperimentCache(

@@ -41,5 +41,10 @@ class Settings(BaseSettings):
     # While the database is unreachable, a cached running experiment keeps assigning from
     # the state last read this many seconds ago at most; older state answers 503.
     api_outage_serve_seconds: float = Field(default=300.0, ge=0.0)
+    # Lock waits of the API's writes (api/README.md, Writes): each lock a writer transaction
+    # waits for, at most this long (PostgreSQL lock_timeout, SQLite busy timeout) ...
+    api_lock_wait_seconds: float = Field(default=3.0, gt=0.0)
+    # ... and a /v1/events request waits at most this long for its commit, then 503.
+    api_events_wait_seconds: float = Field(default=5.0, gt=0.0)
     # FastAPI's native OpenTelemetry instrumentation (when a provider is configured).
     api_telemetry: bool = False

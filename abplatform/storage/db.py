@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from abplatform.errors import AbplatformError
@@ -41,13 +42,17 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite connection waits for a lock unless bounded (`bounded_lock_wait`)."""
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers work during a long simulation write; NORMAL is durable in WAL mode.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache for bulk index work
     cursor.close()
 
@@ -148,6 +153,36 @@ def with_local_settings(engine: Engine, settings: dict[str, str]) -> Engine:
     return local
 
 
+@contextmanager
+def bounded_lock_wait(conn: Connection, seconds: float | None) -> Iterator[None]:
+    """Within the block, ``conn`` waits at most ``seconds`` for each lock (None: unbounded).
+
+    Enter it before ``conn.begin()`` and leave it after the commit. PostgreSQL: ``SET
+    LOCAL lock_timeout`` as the transaction's first statement (it ends with the
+    transaction); a wait past it raises LockNotAvailable. SQLite: the connection's busy
+    timeout, set back to `SQLITE_BUSY_TIMEOUT_MS` after the block; a wait past it raises
+    "database is locked". `is_unavailable` recognises both.
+    """
+    if seconds is None:
+        yield
+        return
+    milliseconds = max(1, round(seconds * 1000))
+    raw: Any = conn.connection.driver_connection
+    if not is_sqlite(conn.engine):
+        # The driver opens the transaction with this statement; SQLAlchemy's begin() that
+        # follows joins it (psycopg begins implicitly) and its commit ends both.
+        with raw.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = {milliseconds}")
+        yield
+        return
+    raw.execute(f"PRAGMA busy_timeout = {milliseconds}")
+    try:
+        yield
+    finally:
+        if not conn.invalidated:
+            raw.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+
 def with_statement_timeout(engine: Engine, seconds: float) -> Engine:
     """``engine`` (same pool) whose every statement is cancelled after ``seconds``.
 
@@ -205,16 +240,31 @@ def is_unavailable(exc: BaseException) -> bool:
     """
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-    if not isinstance(exc, DBAPIError) or is_statement_timeout(exc):
+    if not isinstance(exc, DBAPIError):
+        return _driver_unavailable(exc)  # raised by a driver cursor (COPY, bulk inserts)
+    if is_statement_timeout(exc):
         return False
     if exc.connection_invalidated or isinstance(exc, InterfaceError):
         return True
     if not isinstance(exc, OperationalError):
         return False
-    if type(exc.orig).__module__.startswith("sqlite3"):
-        message = str(exc.orig).lower()
-        return any(part in message for part in _SQLITE_UNAVAILABLE)
-    return True  # psycopg: connection failure, AdminShutdown, LockNotAvailable ...
+    return exc.orig is not None and _driver_unavailable(exc.orig)
+
+
+def _driver_unavailable(orig: BaseException) -> bool:
+    """`is_unavailable` for the driver's own exception (sqlite3 or psycopg)."""
+    module = type(orig).__module__
+    if module.startswith("sqlite3"):
+        message = str(orig).lower()
+        return isinstance(orig, sqlite3.OperationalError) and any(
+            part in message for part in _SQLITE_UNAVAILABLE
+        )
+    if not module.startswith("psycopg") or type(orig).__name__ == "QueryCanceled":
+        return False
+    import psycopg
+
+    # Connection failure, AdminShutdown, LockNotAvailable (lock_timeout) ...
+    return isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 @contextmanager

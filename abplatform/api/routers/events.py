@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from abplatform.api.deps import AssignScope, Services, ServicesDep
-from abplatform.api.errors import error_responses
+from abplatform.api.errors import RETRY_AFTER_SECONDS, error_responses
 from abplatform.api.responses import FastJSON
 from abplatform.api.schemas import EventBatch, EventsResponse
 from abplatform.errors import NotFoundError
 from abplatform.storage.repository import utcnow
 from abplatform.storage.rows import EventRow
+from abplatform.writer import CommitPending
 
 router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[AssignScope])
 
@@ -18,6 +19,9 @@ router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[AssignSco
 @router.post("", response_model=EventsResponse, responses=error_responses(422, 503))
 async def record_events(body: EventBatch, services: ServicesDep) -> FastJSON:
     """Record a batch of events; 2xx only after commit. Retries record nothing twice.
+
+    503 + Retry-After when the batch could not be committed within
+    ABPLATFORM_API_EVENTS_WAIT_SECONDS (see api/README.md, Writes).
 
     `new` counts events stored by this call, `duplicates` those already stored (by an
     earlier call or earlier in this batch).
@@ -61,5 +65,13 @@ async def record_batch(services: Services, body: EventBatch) -> dict[str, int]:
                 ts=event.timestamp or now,
             )
         )
-    result = await services.writer.submit((), rows)
+    try:
+        result = await services.writer.commit((), rows)
+    except CommitPending as exc:
+        # Not `nothing was recorded`: the batch may still commit; a retry is safe.
+        detail = (
+            f"{exc.message}; the batch may still be stored: retry it, "
+            "events already stored count as duplicates"
+        )
+        raise HTTPException(503, detail, headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
     return {"received": len(rows), "new": result.new_events, "duplicates": result.duplicate_events}
