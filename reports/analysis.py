@@ -372,7 +372,9 @@ def analyze(
         raise ValueError(f"alpha must be strictly between 0 and 1, got {alpha!r}")
     # Parallel workers sum floats in an order that changes from run to run: one plan, one
     # result, byte for byte.
-    engine = with_local_settings(engine, {"max_parallel_workers_per_gather": "0"})
+    engine = with_local_settings(
+        engine, {"max_parallel_workers_per_gather": "0", "work_mem": "'64MB'"}
+    )
     refresh_planner_statistics(engine)
     with transaction(engine) as session:
         stored = get_experiment(session, key)

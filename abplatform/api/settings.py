@@ -27,5 +27,11 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = 60.0
     # Bound on each statement of an HTTP-triggered analysis (/results, /report): 503 after.
     api_analysis_timeout_seconds: float = Field(default=60.0, gt=0.0)
+    # Results cache (/results, /report): an analysis younger than this is served without a
+    # statement; an older one is served at once while one background task recomputes it.
+    api_results_ttl_seconds: float = Field(default=30.0, ge=0.0)
+    # How many experiments' analyses each server process keeps (least recently computed
+    # dropped first).
+    api_results_cache_experiments: int = Field(default=64, ge=1)
     # FastAPI's native OpenTelemetry instrumentation (when a provider is configured).
     api_telemetry: bool = False
