@@ -47,7 +47,7 @@ def ranking_quality(engine: Engine, experiment_id: int, catalog: str) -> dict[st
         shown, impressions_per_item = _item_counts(conn, experiment_id)
         items = load_catalog(conn, catalog)
         popularity = _popularity(conn, catalog)
-        sample = _slate_sample(conn, experiment_id)
+        sample = _slate_sample(conn, experiment_id, sorted(slates))
     index = items.index()
     vectors = feature_vectors(items) if len(items) else np.zeros((0, 1))
     total_interactions = sum(popularity.values())
@@ -126,25 +126,31 @@ def _popularity(conn: Connection, catalog: str) -> dict[str, int]:
     return {item: int(count) for item, count in rows}
 
 
-def _slate_sample(conn: Connection, experiment_id: int) -> dict[str, list[list[str]]]:
-    """A deterministic sample of slates per variant (the lowest exposure ids)."""
-    rows = conn.execute(
-        text(
-            "SELECT x.variant, i.exposure_id, i.item_id FROM impressions i JOIN ("
-            "  SELECT id, variant FROM ("
-            "    SELECT id, variant, ROW_NUMBER() OVER (PARTITION BY variant ORDER BY id) AS rn"
-            "    FROM exposures WHERE experiment_id = :e AND slate_size > 0) ranked"
-            "  WHERE rn <= :n) x ON x.id = i.exposure_id "
-            "ORDER BY i.exposure_id, i.position"
-        ),
-        {"e": experiment_id, "n": DIVERSITY_SAMPLE},
-    ).all()
-    slates: dict[tuple[str, int], list[str]] = {}
-    for variant, exposure, item in rows:
-        slates.setdefault((variant, exposure), []).append(item)
+def _slate_sample(
+    conn: Connection, experiment_id: int, variants: list[str]
+) -> dict[str, list[list[str]]]:
+    """A deterministic sample of slates per variant (the lowest exposure ids).
+
+    One query per variant, each reading its lowest ids in id order (the primary key) and
+    stopping at the sample size, rather than numbering every exposure of the experiment.
+    """
     out: dict[str, list[list[str]]] = {}
-    for (variant, _), items in slates.items():
-        out.setdefault(variant, []).append(items)
+    for variant in variants:
+        rows = conn.execute(
+            text(
+                "SELECT i.exposure_id, i.item_id FROM impressions i JOIN ("
+                "  SELECT id FROM exposures"
+                "  WHERE experiment_id = :e AND variant = :v AND slate_size > 0"
+                "  ORDER BY id LIMIT :n) x ON x.id = i.exposure_id "
+                "ORDER BY i.exposure_id, i.position"
+            ),
+            {"e": experiment_id, "v": variant, "n": DIVERSITY_SAMPLE},
+        ).all()
+        slates: dict[int, list[str]] = {}
+        for exposure, item in rows:
+            slates.setdefault(exposure, []).append(item)
+        if slates:
+            out[variant] = list(slates.values())
     return out
 
 
