@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from timing import peak_rss_mib
 
 from abplatform.config.loader import load_experiment
@@ -167,7 +168,10 @@ def _targets(args: argparse.Namespace, users: int) -> list[tuple[str, str]]:
     args.data_dir.mkdir(parents=True, exist_ok=True)
     targets = [("sqlite", f"sqlite:///{args.data_dir / f'analyze-{users}.db'}")]
     if not args.no_pg:
-        targets.append(("postgresql", _scratch_pg(args.pg, f"abp_bench_analyze_{users}")))
+        try:
+            targets.append(("postgresql", _scratch_pg(args.pg, f"abp_bench_analyze_{users}")))
+        except OperationalError as exc:  # no server: SQLite alone, and say so
+            print(f"PostgreSQL at {args.pg} unreachable, skipped: {exc.orig}", flush=True)
     return targets
 
 
