@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.measure_stages:
         print(json.dumps(realistic.measure_stages(url, args.measure_stages)))
         return
-    if not args.synthetic:
+    if not (args.synthetic or args.build or args.measure):  # the children are synthetic's
         realistic.run(args, _child)
         return
     args.users = args.users or 1_000_000
