@@ -1,16 +1,30 @@
-"""Benchmark of `reports.analysis.analyze` on a synthetic experiment: seconds and peak memory.
+"""Benchmark of `reports.analysis.analyze`: seconds per stage, per 10M impressions, peak memory.
 
 Usage::
 
-    .venv/bin/python bench/bench_analyze.py                       # 1M users x 10 impressions
-    .venv/bin/python bench/bench_analyze.py --users 100000 --db postgresql://HOST/SCRATCH_DB
+    .venv/bin/python bench/bench_analyze.py                        # realistic, 40,000 users
+    .venv/bin/python bench/bench_analyze.py --users 400000         # realistic, 10x
+    .venv/bin/python bench/bench_analyze.py --db postgresql://HOST/DB --db sqlite:///x.db
+    .venv/bin/python bench/bench_analyze.py --synthetic            # 1M users x 10 impressions
+    .venv/bin/python bench/bench_analyze.py --synthetic --users 100000 --db postgresql://HOST/DB
 
-The data (exposures with a slate size, a few % click events, purchases with a
-value, and some events before the first exposure) is written by
-`simulator.synthetic`. The experiment is analysed at the full
-size and at 1/10 of it, each time in a fresh child process, so the peak RSS
-reported is that of the analysis alone: it should not grow with impressions,
-because per-unit rows never leave the database.
+Realistic mode (the default) simulates `examples/homepage_popularity.yaml` and
+`examples/multi_scene.yaml` at ``--users`` with the real simulator (strategies fitted,
+slates served, clicks and purchases from the choice model), once per database, on SQLite
+(a file under ``--data-dir``) and on PostgreSQL (a scratch database per example, created
+on the server at ``--pg``, kept for the next run unless ``--drop``). A database that
+already holds the completed run is reused: simulating is slower than analysing. Each
+analysis runs in a fresh child process and prints its stages (`reports.stages`): the
+aggregate SQL (units, metrics and CUPED sums are one query; its parts are timed apart
+by re-running it with fewer terms), the statistics in Python, ranking quality, ground
+truth, rendering of the HTML report, the total, seconds per 10M impressions and the peak
+RSS.
+
+Synthetic mode writes the data with `simulator.synthetic` (exposures with a slate size,
+a few % click events, purchases with a value, and some events before the first exposure)
+and analyses the experiment at the full size and at 1/10 of it, each time in a fresh
+child process, so the peak RSS reported is that of the analysis alone: it should not
+grow with impressions, because per-unit rows never leave the database.
 """
 
 from __future__ import annotations
@@ -23,9 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import realistic_runs as realistic
 from sqlalchemy import Engine, func, select, text
 
 from abplatform.config.loader import load_experiment_text
@@ -119,7 +135,7 @@ def query_plan(engine: Engine, key: str) -> list[str]:
     return [str(row[-1]) for row in rows]
 
 
-def measure(url: str, key: str) -> dict[str, Any]:
+def measure(url: str | None, key: str) -> dict[str, Any]:
     """Time `analyze` in this process; peak RSS before and after."""
     engine = open_database(url)
     rss_before = peak_rss_mb()
@@ -152,28 +168,55 @@ def _child(*args: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Build the synthetic experiments (full size and 1/10) and time their analysis."""
+    """Realistic (default) or synthetic benchmark, per the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default=None, help="database URL (default: a temp SQLite file)")
-    parser.add_argument("--users", type=int, default=1_000_000)
-    parser.add_argument("--impressions-per-user", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--synthetic", action="store_true", help="the synthetic experiment instead of examples"
+    )
+    parser.add_argument(
+        "--db",
+        action="append",
+        default=None,
+        help="database URL (repeatable; default: SQLite under --data-dir and a scratch "
+        "PostgreSQL database at --pg; synthetic mode: a temp SQLite file)",
+    )
+    parser.add_argument("--users", type=int, default=None, help="40,000 (synthetic: 1M)")
+    parser.add_argument("--impressions-per-user", type=int, default=10, help="synthetic only")
+    parser.add_argument("--seed", type=int, default=7, help="synthetic only")
+    parser.add_argument("--data-dir", type=Path, default=realistic.DATA_DIR)
+    parser.add_argument("--pg", default=realistic.PG_ADMIN_URL, help="PostgreSQL server URL")
+    parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--drop", action="store_true", help="drop the scratch databases after")
+    parser.add_argument("--examples", nargs="+", default=list(realistic.EXAMPLES))
     parser.add_argument("--measure", metavar="KEY", help=argparse.SUPPRESS)
+    parser.add_argument("--measure-stages", metavar="KEY", help=argparse.SUPPRESS)
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--simulate-example", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    url = args.db[0] if args.db else None
 
+    if args.simulate_example:
+        print(json.dumps(realistic.simulate_example(url, args.simulate_example, args.users)))
+        return
+
+    if args.measure_stages:
+        print(json.dumps(realistic.measure_stages(url, args.measure_stages)))
+        return
+    if not (args.synthetic or args.build or args.measure):  # the children are synthetic's
+        realistic.run(args, _child)
+        return
+    args.users = args.users or 1_000_000
     if args.measure:
-        print(json.dumps(measure(args.db, args.measure)))
+        print(json.dumps(measure(url, args.measure)))
         return
     if args.build:
-        engine = make_engine(args.db)
+        engine = make_engine(url)
         upgrade(engine)  # idempotent; a fresh PostgreSQL database needs the schema
         key, impressions = build(engine, args.users, args.impressions_per_user, args.seed)
         engine.dispose()
         print(json.dumps({"key": key, "impressions": impressions}))
         return
 
-    url = args.db
     if url is None:
         folder = tempfile.mkdtemp(prefix="abp-bench-")
         url = f"sqlite:///{os.path.join(folder, 'bench.db')}"

@@ -8,6 +8,7 @@ inverse-propensity sums; Python only sees one row per variant or (context, arm).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -271,6 +272,9 @@ def aggregate_experiment(
     variants = list(variants)
     covariates = [metric for metric in covariates if cuped_eligible(metric)]
     labels = _plan(metrics, covariates)
+    bind = connection.get_bind() if isinstance(connection, Session) else connection
+    if pre_period is not None and bind.dialect.name == "postgresql":
+        pre_period = dataclasses.replace(pre_period, hash_first_exposure=True)
     query = build_aggregate_query(experiment_id, variants, metrics, covariates, pre_period)
     by_code = {int(row["code"]): row for row in connection.execute(query).mappings()}
     units = {key: int(by_code[i]["n"]) for i, key in enumerate(variants)}

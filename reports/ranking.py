@@ -18,6 +18,7 @@ catalogue size per variant) and a bounded sample of slates reach Python.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Connection, Engine, text
@@ -32,22 +33,22 @@ DIVERSITY_SAMPLE = 2_000  # slates per variant used for intra-list diversity
 def ranking_quality(engine: Engine, experiment_id: int, catalog: str) -> dict[str, RankingQuality]:
     """{variant: RankingQuality} for an experiment's exposures."""
     with engine.connect() as conn:
-        slates: dict[str, int] = dict(
-            conn.execute(
-                text(
-                    "SELECT variant, COUNT(*) FROM exposures "
-                    "WHERE experiment_id = :e AND slate_size > 0 GROUP BY variant"
-                ),
-                {"e": experiment_id},
-            ).all()
-        )
+        rows = conn.execute(
+            text(
+                "SELECT variant, COUNT(*), MIN(id), MAX(id) FROM exposures "
+                "WHERE experiment_id = :e AND slate_size > 0 GROUP BY variant"
+            ),
+            {"e": experiment_id},
+        ).all()
+        slates: dict[str, int] = {variant: int(n) for variant, n, _, _ in rows}
         if not slates:
             return {}
-        hits, dcg = _click_gains(conn, experiment_id)
-        shown, impressions_per_item = _item_counts(conn, experiment_id)
+        ids = _ExposureIds(experiment_id, min(r[2] for r in rows), max(r[3] for r in rows))
+        hits, dcg = _click_gains(conn, ids)
+        shown, impressions_per_item = _item_counts(conn, ids)
         items = load_catalog(conn, catalog)
         popularity = _popularity(conn, catalog)
-        sample = _slate_sample(conn, experiment_id)
+        sample = _slate_sample(conn, experiment_id, sorted(slates))
     index = items.index()
     vectors = feature_vectors(items) if len(items) else np.zeros((0, 1))
     total_interactions = sum(popularity.values())
@@ -76,7 +77,25 @@ def ranking_quality(engine: Engine, experiment_id: int, catalog: str) -> dict[st
     return out
 
 
-def _click_gains(conn: Connection, experiment_id: int) -> tuple[dict[str, int], dict[str, float]]:
+@dataclass(frozen=True)
+class _ExposureIds:
+    """An experiment and the range of its exposure ids with a slate.
+
+    The range bounds the scans of ``impressions`` (keyed by exposure id, position), which
+    holds every experiment's slates: without it each query read them all (40,000 users'
+    ranking quality: 3.1 s alone in the database, 5.2 s beside a second such experiment).
+    It adds no row: every impression of the experiment's exposures lies in it.
+    """
+
+    experiment_id: int
+    low: int
+    high: int
+
+    def params(self) -> dict[str, int]:
+        return {"e": self.experiment_id, "lo": self.low, "hi": self.high}
+
+
+def _click_gains(conn: Connection, ids: _ExposureIds) -> tuple[dict[str, int], dict[str, float]]:
     """Per variant: slates with a click, and the sum over slates of their NDCG."""
     rows = conn.execute(
         text(
@@ -84,9 +103,10 @@ def _click_gains(conn: Connection, experiment_id: int) -> tuple[dict[str, int], 
             "JOIN events e ON e.exposure_id = x.id AND e.type = 'click' "
             "JOIN impressions i ON i.exposure_id = x.id AND i.item_id = e.item_id "
             "WHERE x.experiment_id = :e AND e.experiment_id = :e "
+            "AND i.exposure_id BETWEEN :lo AND :hi "
             "GROUP BY x.variant, x.id, i.position"
         ),
-        {"e": experiment_id},
+        ids.params(),
     ).all()
     clicked: dict[tuple[str, int], list[int]] = {}
     for variant, exposure, position in rows:
@@ -102,15 +122,17 @@ def _click_gains(conn: Connection, experiment_id: int) -> tuple[dict[str, int], 
 
 
 def _item_counts(
-    conn: Connection, experiment_id: int
+    conn: Connection, ids: _ExposureIds
 ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Per variant: the number of distinct items shown, and the impressions of each item."""
     rows = conn.execute(
         text(
             "SELECT x.variant, i.item_id, COUNT(*) FROM impressions i "
             "JOIN exposures x ON x.id = i.exposure_id WHERE x.experiment_id = :e "
+            "AND i.exposure_id BETWEEN :lo AND :hi "
             "GROUP BY x.variant, i.item_id"
         ),
-        {"e": experiment_id},
+        ids.params(),
     ).all()
     per_item: dict[str, dict[str, int]] = {}
     for variant, item, count in rows:
@@ -126,25 +148,31 @@ def _popularity(conn: Connection, catalog: str) -> dict[str, int]:
     return {item: int(count) for item, count in rows}
 
 
-def _slate_sample(conn: Connection, experiment_id: int) -> dict[str, list[list[str]]]:
-    """A deterministic sample of slates per variant (the lowest exposure ids)."""
-    rows = conn.execute(
-        text(
-            "SELECT x.variant, i.exposure_id, i.item_id FROM impressions i JOIN ("
-            "  SELECT id, variant FROM ("
-            "    SELECT id, variant, ROW_NUMBER() OVER (PARTITION BY variant ORDER BY id) AS rn"
-            "    FROM exposures WHERE experiment_id = :e AND slate_size > 0) ranked"
-            "  WHERE rn <= :n) x ON x.id = i.exposure_id "
-            "ORDER BY i.exposure_id, i.position"
-        ),
-        {"e": experiment_id, "n": DIVERSITY_SAMPLE},
-    ).all()
-    slates: dict[tuple[str, int], list[str]] = {}
-    for variant, exposure, item in rows:
-        slates.setdefault((variant, exposure), []).append(item)
+def _slate_sample(
+    conn: Connection, experiment_id: int, variants: list[str]
+) -> dict[str, list[list[str]]]:
+    """A deterministic sample of slates per variant (the lowest exposure ids).
+
+    One query per variant, each reading its lowest ids in id order (the primary key) and
+    stopping at the sample size, rather than numbering every exposure of the experiment.
+    """
     out: dict[str, list[list[str]]] = {}
-    for (variant, _), items in slates.items():
-        out.setdefault(variant, []).append(items)
+    for variant in variants:
+        rows = conn.execute(
+            text(
+                "SELECT i.exposure_id, i.item_id FROM impressions i JOIN ("
+                "  SELECT id FROM exposures"
+                "  WHERE experiment_id = :e AND variant = :v AND slate_size > 0"
+                "  ORDER BY id LIMIT :n) x ON x.id = i.exposure_id "
+                "ORDER BY i.exposure_id, i.position"
+            ),
+            {"e": experiment_id, "v": variant, "n": DIVERSITY_SAMPLE},
+        ).all()
+        slates: dict[int, list[str]] = {}
+        for exposure, item in rows:
+            slates.setdefault(exposure, []).append(item)
+        if slates:
+            out[variant] = list(slates.values())
     return out
 
 

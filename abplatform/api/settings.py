@@ -46,5 +46,11 @@ class Settings(BaseSettings):
     api_lock_wait_seconds: float = Field(default=3.0, gt=0.0)
     # ... and a /v1/events request waits at most this long for its commit, then 503.
     api_events_wait_seconds: float = Field(default=5.0, gt=0.0)
+    # Results cache (/results, /report): an analysis younger than this is served without a
+    # statement; an older one is served at once while one background task recomputes it.
+    api_results_ttl_seconds: float = Field(default=30.0, ge=0.0)
+    # How many experiments' analyses each server process keeps (least recently computed
+    # dropped first).
+    api_results_cache_experiments: int = Field(default=64, ge=1)
     # FastAPI's native OpenTelemetry instrumentation (when a provider is configured).
     api_telemetry: bool = False

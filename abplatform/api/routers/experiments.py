@@ -6,22 +6,23 @@ import math
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import AfterValidator
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
 from abplatform.api.deps import AdminScope, ReadScope, ServicesDep, SessionDep
 from abplatform.api.errors import error_responses
 from abplatform.api.responses import FastJSON
+from abplatform.api.results import Served, results_cache
 from abplatform.api.schemas import ExperimentList, ExperimentOut
 from abplatform.config.loader import load_experiment_text, validate_config
 from abplatform.config.models import ExperimentConfig
 from abplatform.errors import ConfigError, ConfigProblem
 from abplatform.storage import models as m
-from abplatform.storage.db import is_statement_timeout, with_statement_timeout
+from abplatform.storage.db import is_statement_timeout
 from abplatform.storage.repository import (
     StoredExperiment,
     get_experiment,
@@ -129,19 +130,30 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
 
     out = await run_in_threadpool(save)
     services.experiments.invalidate(config.key)
+    _forget_results(request, config.key)
     return JSONResponse(out, status_code=201)
+
+
+def _forget_results(request: Request, key: str) -> None:
+    """Drop this process' cached analysis of ``key`` (its config or status changed)."""
+    cache = getattr(request.app.state, "results_cache", None)
+    if cache is not None:
+        cache.invalidate(key)
 
 
 def _status_route(verb: str, status: str, summary: str) -> None:
     """Register `POST /{key}/<verb>`, which sets the experiment's status."""
 
-    def change(key: Key, session: SessionDep, services: ServicesDep) -> dict[str, Any]:
+    def change(
+        key: Key, request: Request, session: SessionDep, services: ServicesDep
+    ) -> dict[str, Any]:
         get_experiment(session, key)  # 404 listing the known keys
         row = session.scalars(select(m.Experiment).where(m.Experiment.key == key)).one()
         row.status = status
         row.updated_at = utcnow()
         session.flush()
         services.experiments.invalidate(key)
+        _forget_results(request, key)
         return _out(get_experiment(session, key))
 
     change.__name__ = change.__qualname__ = verb
@@ -160,17 +172,45 @@ _status_route(
 _status_route("stop", "stopped", "Stop assigning: further assignments answer 409.")
 
 
+_FRESH = Query(
+    description="Recompute now instead of serving the cached analysis (as `Cache-Control: "
+    "no-cache`); a cached one is still served, with its age, when the database is unavailable"
+)
+_CACHE_HEADERS = {
+    "Age": {
+        "description": "Seconds since the analysis was computed",
+        "schema": {"type": "integer"},
+    },
+    "Computed-At": {
+        "description": "When the analysis was computed (ISO 8601, UTC)",
+        "schema": {"type": "string"},
+    },
+    "Analysis-Cache": {
+        "description": "fresh (cached, within the TTL), stale (cached; a refresh is under way), "
+        "computed (just now), offline (cached; the database is unavailable)",
+        "schema": {"type": "string"},
+    },
+}
+
+
 @router.get(
     "/{key}/results",
     dependencies=[ReadScope],
     responses={
-        200: {"description": "The same JSON as `abplatform analyze --json`"},
+        200: {
+            "description": "The same JSON as `abplatform analyze --json`",
+            "headers": _CACHE_HEADERS,
+        },
         **error_responses(404, 409, 503),
     },
 )
-def results(key: Key, services: ServicesDep) -> JSONResponse:
-    """Significance of every metric against the control, plus the SRM check."""
-    return JSONResponse(_bounded_analysis(key, services).to_dict())
+async def results(
+    key: Key, request: Request, services: ServicesDep, fresh: Annotated[bool, _FRESH] = False
+) -> JSONResponse:
+    """Significance of every metric against the control, plus the SRM check (cached)."""
+    served = await _cached_analysis(key, request, services, fresh)
+    body = await run_in_threadpool(served.cached.result.to_dict)
+    return JSONResponse(body, headers=served.headers())
 
 
 @router.get(
@@ -181,27 +221,43 @@ def results(key: Key, services: ServicesDep) -> JSONResponse:
         200: {
             "description": "The HTML report",
             "content": {"text/html": {"schema": {"type": "string"}}},
+            "headers": _CACHE_HEADERS,
         },
         **error_responses(404, 409, 503),
     },
 )
-def report(key: Key, services: ServicesDep) -> HTMLResponse:
-    """The self-contained HTML report."""
+async def report(
+    key: Key, request: Request, services: ServicesDep, fresh: Annotated[bool, _FRESH] = False
+) -> HTMLResponse:
+    """The self-contained HTML report (of the cached analysis, as `/results`)."""
     from reports.render import render_report
 
-    return HTMLResponse(render_report(_bounded_analysis(key, services)))
+    served = await _cached_analysis(key, request, services, fresh)
+    html = await run_in_threadpool(render_report, served.cached.result)
+    return HTMLResponse(html, headers=served.headers())
 
 
-def _bounded_analysis(key: str, services: ServicesDep) -> AnalysisResult:
-    """`analyze` with each statement bounded by ``api_analysis_timeout_seconds`` (else 503)."""
+def _analyse(engine: Engine, key: str) -> AnalysisResult:
+    """`reports.analysis.analyze` (imported on first use: the API starts without it)."""
     from reports.analysis import analyze
 
-    seconds = services.settings.api_analysis_timeout_seconds
+    return analyze(engine, key)
+
+
+async def _cached_analysis(
+    key: str, request: Request, services: ServicesDep, fresh: bool
+) -> Served:
+    """The experiment's analysis from the results cache; 503 past the statement timeout."""
+    cache = results_cache(request.app.state, _analyse, services.settings)
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     try:
-        return analyze(with_statement_timeout(services.engine, seconds), key)
+        return await cache.get(
+            services.engine, key, fresh=fresh or no_cache, disconnected=request.is_disconnected
+        )
     except DBAPIError as exc:
         if not is_statement_timeout(exc):
             raise
+        seconds = services.settings.api_analysis_timeout_seconds
         raise HTTPException(
             503,
             f"the analysis of {key!r} ran longer than api_analysis_timeout_seconds="
