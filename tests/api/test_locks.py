@@ -155,9 +155,10 @@ def _lock_under_load(
         assert locked.wait(10), "the lock was not taken"
         lock_start = time.monotonic()
         time.sleep(LOCK_HELD)
+        # Taken before the release: a request answered after it may have seen the lock go.
+        released = time.monotonic()
         release.set()
         holder.join(10)
-        released = time.monotonic()
         time.sleep(3.0)  # the service recovers
         stop.set()
         for load in loads:
