@@ -33,7 +33,7 @@ from abplatform.storage.rows import EventRow
 from abplatform.writer import BufferedWriter, CommitPending
 from simulator.runner import simulate
 from tests.api.conftest import KEY, Keys, _http, small_config
-from tests.api.test_shutdown import _assert_all_stored, _free_port, _running, _stored
+from tests.api.test_shutdown import _assert_all_stored, _free_port, _running, _stored, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 20
@@ -114,14 +114,8 @@ def _serve(url: str, port: int, journal: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    if wait_ready(process, port, 40):
+        return process
     process.kill()
     pytest.fail(f"server did not start: {process.communicate()[1].decode()[-2000:]}")
 

@@ -39,7 +39,7 @@ from abplatform.storage.db import make_engine, open_database, upgrade
 from abplatform.storage.rows import ExposureIds
 from simulator.runner import simulate
 from tests.api.conftest import KEY, ROOT, small_config
-from tests.api.test_shutdown import _assert_all_stored, _free_port, _stored
+from tests.api.test_shutdown import _assert_all_stored, _free_port, _stored, wait_ready
 from tests.conftest import PG_ADMIN_URL, _pg_available
 
 UPSTREAM = ("127.0.0.1", 5432)
@@ -183,14 +183,8 @@ def _serve(url: str, port: int, journal: Path) -> subprocess.Popen[bytes]:
         start_new_session=True,
     )
     log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    if wait_ready(process, port, 60):
+        return process
     process.kill()
     process.wait()
     pytest.fail(f"server did not start: {_log(journal)[-2000:]}")

@@ -23,7 +23,7 @@ from abplatform.api.settings import Settings
 from abplatform.storage.db import make_engine, open_database
 from reports.analysis import analyze
 from tests.api.conftest import KEY, Keys, _http
-from tests.api.test_shutdown import _free_port
+from tests.api.test_shutdown import _free_port, wait_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -216,16 +216,8 @@ def _serve(url: str, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
+    if wait_ready(process, port, 30):
+        return process
     process.kill()
     _, err = process.communicate()
     pytest.fail(f"server did not start: {err.decode()[-2000:]}")

@@ -29,6 +29,19 @@ CLIENTS = 6
 BATCH = 50
 
 
+def wait_ready(process: subprocess.Popen[bytes], port: int, seconds: float) -> bool:
+    """Whether the server on `port` answers `/readyz` 200 within `seconds` while it runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -61,16 +74,8 @@ def _serve(
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: SIGKILL reaches every worker
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
+    if wait_ready(process, port, 30):
+        return process
     process.kill()
     _, err = process.communicate()
     pytest.fail(f"server did not start: {err.decode()[-2000:]}")
