@@ -147,8 +147,10 @@ def with_local_settings(engine: Engine, settings: dict[str, str]) -> Engine:
 
     @event.listens_for(local, "before_cursor_execute")
     def _set(_conn: Any, cursor: Any, *_: Any) -> None:
+        # On the connection, not the cursor: a server-side (streaming) cursor can only
+        # DECLARE a query.
         for command in commands:
-            cursor.execute(command)
+            cursor.connection.execute(command)
 
     return local
 
