@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+# One ArtifactError for every kind of artifact; re-exported for the two-tower callers.
+from abplatform.artifacts import ArtifactError as ArtifactError
+from abplatform.artifacts import file_sha256
 from abplatform.domain import Catalog
-from abplatform.errors import AbplatformError
 from strategies.two_tower.data import UserFeatureEncoder
 from strategies.two_tower.numpy_tower import UserTowerWeights
 
@@ -44,10 +46,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
 LIBRARIES = ("numpy", "tensorflow", "tf-keras", "tensorflow-recommenders", "abplatform")
-
-
-class ArtifactError(AbplatformError):
-    """An artifact directory that is missing, incomplete, corrupted or of another format."""
 
 
 @dataclass(frozen=True)
@@ -132,14 +130,6 @@ def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
     return files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _content_hash(files: Mapping[str, Mapping[str, npt.NDArray[Any]]], params: Any) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for name in sorted(files):
@@ -202,7 +192,7 @@ def export_artifact(
                     np.save(handle, arrays[""], allow_pickle=False)
                 else:
                     np.savez(handle, **arrays)  # type: ignore[arg-type]
-            checksums[name] = _sha256(path)
+            checksums[name] = file_sha256(path)
         manifest = {
             **artifact.manifest,
             "format": FORMAT,
@@ -286,7 +276,7 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> TwoTowerArtifact:
         file = directory / name
         if not file.is_file():
             raise ArtifactError(f"{file} is missing")
-        if verify and _sha256(file) != expected:
+        if verify and file_sha256(file) != expected:
             raise ArtifactError(f"{file} does not match its checksum in the manifest")
         loaded = np.load(file, allow_pickle=False)
         arrays[name] = dict(loaded.items()) if name.endswith(".npz") else loaded
