@@ -9,11 +9,16 @@ This module needs neither TensorFlow nor the strategy plug-ins.
 from __future__ import annotations
 
 import hashlib
+import platform
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from abplatform.errors import AbplatformError
 
 _BLOCK = 1 << 20
+LIBRARIES = ("numpy", "tensorflow", "tf-keras", "tensorflow-recommenders", "abplatform")
+"""Packages whose versions a manifest records (looked up, never imported)."""
 
 
 class ArtifactError(AbplatformError):
@@ -69,3 +74,14 @@ def verify_artifact(directory: str | Path, expected_sha256: str) -> Path:
     if actual != expected_sha256:
         raise ArtifactMismatch(root, expected_sha256, actual)
     return root
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
+    """Python's and the installed versions of `names` (None: not installed), not imported."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

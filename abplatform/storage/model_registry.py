@@ -130,9 +130,9 @@ def _check_register(
     experiment: str, variant: str, kind: str, artifact_sha256: str, metrics: Mapping[str, float]
 ) -> dict[str, float]:
     """The metrics as floats, or an error naming the bad field and its value."""
-    for field, value in (("experiment", experiment), ("variant", variant), ("kind", kind)):
-        if not value or len(value) > (64 if field == "kind" else 128) or "\x00" in value:
-            raise AbplatformError(f"cannot register a model: bad {field} {value!r}")
+    for field, text in (("experiment", experiment), ("variant", variant), ("kind", kind)):
+        if not text or len(text) > (64 if field == "kind" else 128) or "\x00" in text:
+            raise AbplatformError(f"cannot register a model: bad {field} {text!r}")
     if len(artifact_sha256) != 64 or any(c not in "0123456789abcdef" for c in artifact_sha256):
         raise AbplatformError(
             f"cannot register a model: artifact_sha256 must be 64 hex digits "

@@ -23,20 +23,17 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-# One ArtifactError for every kind of artifact; re-exported for the two-tower callers.
-from abplatform.artifacts import ArtifactError as ArtifactError
-from abplatform.artifacts import file_sha256
+# One ArtifactError for every kind of artifact (`abplatform.artifacts`), still importable here.
+from abplatform.artifacts import ArtifactError, file_sha256, library_versions
 from abplatform.domain import Catalog
 from strategies.two_tower.data import UserFeatureEncoder
 from strategies.two_tower.numpy_tower import UserTowerWeights
@@ -45,7 +42,6 @@ FORMAT = "abplatform.two_tower"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
-LIBRARIES = ("numpy", "tensorflow", "tf-keras", "tensorflow-recommenders", "abplatform")
 
 
 @dataclass(frozen=True)
@@ -77,17 +73,6 @@ class TwoTowerArtifact:
     def with_manifest(self, **entries: Any) -> TwoTowerArtifact:
         """A copy whose manifest has `entries` added or replaced."""
         return replace(self, manifest={**self.manifest, **entries})
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries an artifact depends on (without importing them)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]]:

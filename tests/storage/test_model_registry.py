@@ -79,7 +79,9 @@ def test_register_counts_versions_per_experiment_and_variant(
 
 
 def test_params_hash_is_canonical() -> None:
-    assert params_hash("popularity", {"a": 1, "b": 2}) == params_hash("popularity", {"b": 2, "a": 1})
+    assert params_hash("popularity", {"a": 1, "b": 2}) == params_hash(
+        "popularity", {"b": 2, "a": 1}
+    )
     assert params_hash("popularity", {"a": 1}) != params_hash("random", {"a": 1})
 
 
@@ -161,9 +163,7 @@ def test_promote_refuses_a_changed_artifact(engine: Engine, tmp_path: Path) -> N
         assert get_model(session, model).status == "candidate"
 
 
-def test_resolve_latest_pinned_none_retired_and_wrong_kind(
-    engine: Engine, tmp_path: Path
-) -> None:
+def test_resolve_latest_pinned_none_retired_and_wrong_kind(engine: Engine, tmp_path: Path) -> None:
     with transaction(engine) as session, pytest.raises(NoServingModel) as none:
         resolve(session, "exp", "a", "latest")
     assert none.value.hint is not None
