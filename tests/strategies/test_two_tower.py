@@ -502,9 +502,7 @@ def test_train_experiment_evaluates_exports_and_reports(sqlite_url: str, tmp_pat
     assert records["treatment"]["id"] == treatment.model_id
     assert records["treatment"]["kind"] == "two_tower" and records["treatment"]["version"] == 1
     assert records["treatment"]["status"] == "candidate"
-    assert records["treatment"]["metrics"] == {
-        k: v for k, v in treatment.metrics.items() if v == v
-    }
+    assert records["treatment"]["metrics"] == {k: v for k, v in treatment.metrics.items() if v == v}
     assert records["control"]["catalog"] == simulation_catalog(config)
     assert records["control"]["history_rows"] == report.data.interactions
     assert report.data.end is not None
