@@ -11,7 +11,8 @@ as the two-tower artifact's, so artifacts of two databases never collide)::
     manifest.json        format, format version, kind, params, seed, data range, metrics,
                          library versions, sha256 of every file below
     items.npz            the catalogue: item_ids, categories, brands, prices (, tags)
-    interactions.npz     user_ids, item_ids, event_types, values, timestamps (time order)
+    interactions.npz     user, item and event type columns (distinct values + int32 codes),
+                         values, timestamps; in the history's (time) order
     user_features.json   {user_id: {feature: value}} of the catalogue's users
 
 ``<root>/<experiment>/<variant>/LATEST`` names the newest version. A version is written
@@ -107,13 +108,26 @@ def _arrays(history: InteractionLog) -> dict[str, dict[str, npt.NDArray[Any]]]:
             **({} if catalog.tags is None else {"tags": catalog.tags.astype(str)}),
         },
         "interactions.npz": {
-            "user_ids": history.user_ids.astype(str),
-            "item_ids": history.item_ids.astype(str),
-            "event_types": history.event_types.astype(str),
+            **_coded("user", history.user_ids),
+            **_coded("item", history.item_ids),
+            **_coded("type", history.event_types),
             "values": history.values.astype(np.float64),
             "timestamps": history.timestamps.astype(np.int64),
         },
     }
+
+
+def _coded(name: str, column: npt.NDArray[np.str_]) -> dict[str, npt.NDArray[Any]]:
+    """A text column as its sorted distinct values and int32 codes (a tenth of the bytes)."""
+    vocabulary, codes = np.unique(column.astype(str), return_inverse=True)
+    return {f"{name}_vocabulary": vocabulary, f"{name}_codes": codes.astype(np.int32)}
+
+
+def _decoded(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> npt.NDArray[np.str_]:
+    """The text column `_coded` stored, in its original order."""
+    vocabulary = arrays[f"{name}_vocabulary"]
+    decoded: npt.NDArray[np.str_] = vocabulary[arrays[f"{name}_codes"]].astype(vocabulary.dtype)
+    return decoded
 
 
 def _content_hash(files: Mapping[str, Mapping[str, npt.NDArray[Any]]], head: bytes) -> str:
@@ -253,9 +267,9 @@ def load_snapshot(path: str | Path) -> Snapshot:
             prices=items["prices"],
             tags=items.get("tags"),
         ),
-        user_ids=rows["user_ids"],
-        item_ids=rows["item_ids"],
-        event_types=rows["event_types"],
+        user_ids=_decoded(rows, "user"),
+        item_ids=_decoded(rows, "item"),
+        event_types=_decoded(rows, "type"),
         values=rows["values"],
         timestamps=rows["timestamps"],
         user_features=features,
