@@ -203,3 +203,10 @@ def test_loading_a_model_never_imports_tensorflow(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_there_is_one_artifact_error_class() -> None:
+    from strategies.two_tower import artifact
+
+    assert artifact.ArtifactError is ArtifactError
+    assert issubclass(ArtifactMismatch, ArtifactError)
