@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -173,6 +173,10 @@ class StrategyScore:
     fit_seconds: float
     serve_seconds: float
     artifact: Path | None = None
+    model_id: int | None = None
+    """The id `train` registered the exported fit under (None: not registered)."""
+    version: int | None = None
+    """Its version among the variant's registered models."""
 
     @property
     def serve_ms_per_user(self) -> float:
@@ -188,6 +192,8 @@ class StrategyScore:
         out["serve_seconds"] = round(self.serve_seconds, 3)
         out["serve_ms_per_user"] = self.serve_ms_per_user
         out["artifact"] = str(self.artifact) if self.artifact is not None else None
+        out["model_id"] = self.model_id
+        out["version"] = self.version
         return out
 
 
@@ -203,6 +209,8 @@ class OfflineReport:
     include_seen: bool
     results: list[StrategyScore]
     skipped: tuple[str, ...] = ()
+    unregistered: dict[str, str] = field(default_factory=dict)
+    """Variants `train` fitted but could not register, with the reason."""
 
     def result(self, name: str) -> StrategyScore:
         """The score of a variant key or baseline name."""
@@ -217,7 +225,8 @@ class OfflineReport:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"experiment", "catalog", "data", "ks", "include_seen", "variants": {name:
-        {...}}, "split": {...}, "skipped"}`` (baselines are listed with the variants)."""
+        {...}}, "split": {...}, "skipped", "unregistered"}`` (baselines are listed with the
+        variants)."""
         return {
             "experiment": self.experiment,
             "catalog": self.catalog,
@@ -227,6 +236,7 @@ class OfflineReport:
             "variants": {r.name: r.to_dict() for r in self.results},
             "split": self.split.to_dict(),
             "skipped": list(self.skipped),
+            "unregistered": dict(self.unregistered),
         }
 
 

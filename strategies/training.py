@@ -1,22 +1,28 @@
-"""The `train` verb: evaluate every variant's strategy on the SQL history, then export it."""
+"""The `train` verb: evaluate every variant's strategy on the SQL history, export, register it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Engine
 
+from abplatform.artifacts import artifact_sha256
 from abplatform.config.models import ExperimentConfig
 from abplatform.domain import InteractionLog
 from abplatform.progress import Progress, no_progress
+from abplatform.storage.db import transaction
+from abplatform.storage.model_registry import ModelRecord, register
 from strategies.base import ExportableStrategy
 from strategies.fitting import FittedStrategy, fit_strategy, strategy_seed
 from strategies.offline import DEFAULT_KS, OfflineReport, evaluate_offline
+from strategies.snapshot import export_snapshot, needs_tensorflow, nested_kinds
 from strategies.splits import NewItemsSplit
 
 REPORT_FILE = "train_report.json"
@@ -25,6 +31,26 @@ REPORT_FILE = "train_report.json"
 def report_path(artifacts_dir: str | Path, experiment: str) -> Path:
     """Where `train_experiment` writes the report of an experiment."""
     return Path(artifacts_dir) / experiment / REPORT_FILE
+
+
+@dataclass(frozen=True)
+class ExportedVariant:
+    """A variant's exported artifact, waiting to be registered with what it was fitted on."""
+
+    variant: str
+    kind: str
+    params: dict[str, Any]
+    artifact: Path
+    metrics: dict[str, float]
+    history_cutoff: dt.datetime | None
+    history_rows: int
+
+
+def history_cutoff(history: InteractionLog) -> dt.datetime | None:
+    """The time of the newest interaction (naive UTC, as stored), None for an empty log."""
+    if len(history) == 0:
+        return None
+    return dt.datetime.fromtimestamp(history.end_timestamp, dt.UTC).replace(tzinfo=None)
 
 
 def train_experiment(
@@ -37,14 +63,14 @@ def train_experiment(
     seed: int | None = None,
     holdout_per_user: int = 1,
     ks: Sequence[int] = DEFAULT_KS,
-    refit_on_full_history: bool = True,
 ) -> OfflineReport:
-    """Fit, evaluate and export every variant's strategy from the catalogue's SQL history.
+    """Fit, evaluate, export and register every variant's strategy from the SQL history.
 
     Parameters
     ----------
     engine
-        The database holding the catalogue and its interactions.
+        The database holding the catalogue and its interactions; the models are
+        registered in its `models` table.
     config
         The experiment; each variant with a strategy is trained (variants without one are
         listed in `OfflineReport.skipped`).
@@ -62,41 +88,74 @@ def train_experiment(
         New items held out per user (`NewItemsSplit`).
     ks
         Cut-offs of the offline metrics.
-    refit_on_full_history
-        Export strategies refitted on the whole history (the held-out interactions are the
-        most recent ones, the most useful to serve); False exports the evaluated fit.
 
     Returns
     -------
     OfflineReport
         The variants' and the baselines' (popularity, random) metrics on the same split,
-        with the artifact of every exported variant.
+        with the artifact, model id and version of every registered variant.
 
     Notes
     -----
     This is `evaluate_offline` with ``NewItemsSplit(holdout_per_user)``, seen items
-    excluded and every target type. Strategies that implement `ExportableStrategy` are
-    exported with their metrics written into the manifest; the metrics describe the same
-    configuration fitted without the held-out interactions.
+    excluded and every target type. The exported fit is the same configuration refitted
+    on the whole history (the held-out interactions are the most recent ones, the most
+    useful to serve); the metrics describe it fitted without them. Two-tower variants
+    (`ExportableStrategy`) write their embeddings; every other kind writes a snapshot of
+    that history (`strategies.snapshot`). Each is registered as a `candidate` with its
+    finite metrics, the catalogue and the history's cut-off, all in one transaction after
+    the last fit (nothing is registered if any fails). A composite nesting a two-tower
+    strategy cannot be snapshotted: it is exported nowhere and listed in `unregistered`.
     """
     started = time.perf_counter()
     chosen_seed = strategy_seed(config, seed)
     root = Path(artifacts_dir)
+    exported: list[ExportedVariant] = []
+    unregistered: dict[str, str] = {}
 
     def export(
         fitted: FittedStrategy, metrics: dict[str, float], history: InteractionLog
     ) -> Path | None:
-        if fitted.planned.role != "variant" or not isinstance(fitted.strategy, ExportableStrategy):
+        planned = fitted.planned
+        if planned.role != "variant":
             return None
-        exportable: ExportableStrategy = fitted.strategy
-        if refit_on_full_history:  # the same kind and params: exportable as well
-            refitted = fit_strategy(fitted.planned, history, chosen_seed).strategy
-            exportable = cast(ExportableStrategy, refitted)
-        # A manifest is strict JSON: an undefined metric (e.g. diversity@1) is left out.
+        params = fitted.strategy.Params.model_validate(dict(planned.params)).model_dump(mode="json")
+        # The registry and the manifests are strict JSON: an undefined metric is left out.
         defined = {name: value for name, value in metrics.items() if math.isfinite(value)}
-        return exportable.export(
-            root, experiment=config.key, variant=fitted.planned.name, metrics=defined
+        if isinstance(fitted.strategy, ExportableStrategy):
+            refitted = fit_strategy(planned, history, chosen_seed).strategy
+            path = cast(ExportableStrategy, refitted).export(
+                root, experiment=config.key, variant=planned.name, metrics=defined
+            )
+        elif needs_tensorflow(planned.kind, params):
+            inner = sorted(nested_kinds(planned.kind, params) - {planned.kind})
+            unregistered[planned.name] = (
+                f"a {planned.kind} nesting {', '.join(inner)} has no artifact format"
+            )
+            return None
+        else:  # the snapshot's loader refits on exactly this history
+            path = export_snapshot(
+                root,
+                experiment=config.key,
+                variant=planned.name,
+                kind=planned.kind,
+                params=params,
+                seed=chosen_seed,
+                history=history,
+                metrics=defined,
+            )
+        exported.append(
+            ExportedVariant(
+                planned.name,
+                planned.kind,
+                params,
+                path.resolve(),
+                defined,
+                history_cutoff(history),
+                len(history),
+            )
         )
+        return path
 
     report = evaluate_offline(
         config,
@@ -108,8 +167,43 @@ def train_experiment(
         progress=progress,
         export=export,
     )
+    registered = register_exported(engine, config.key, catalog, chosen_seed, exported)
+    report = replace(
+        report,
+        results=[
+            replace(r, model_id=registered[r.name].id, version=registered[r.name].version)
+            if r.name in registered and r.role == "variant"
+            else r
+            for r in report.results
+        ],
+        unregistered=unregistered,
+    )
     path = report_path(root, config.key)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**report.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
     path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return report
+
+
+def register_exported(
+    engine: Engine, experiment: str, catalog: str, seed: int, exported: Sequence[ExportedVariant]
+) -> dict[str, ModelRecord]:
+    """Register every exported variant as a candidate, in one transaction; by variant."""
+    with transaction(engine) as session:
+        return {
+            one.variant: register(
+                session,
+                experiment=experiment,
+                variant=one.variant,
+                kind=one.kind,
+                params=one.params,
+                seed=seed,
+                catalog=catalog,
+                history_cutoff=one.history_cutoff,
+                history_rows=one.history_rows,
+                artifact_path=one.artifact,
+                artifact_sha256=artifact_sha256(one.artifact),
+                metrics=one.metrics,
+            )
+            for one in exported
+        }

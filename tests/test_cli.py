@@ -28,7 +28,7 @@ def test_import_is_light() -> None:
 def test_help_lists_commands() -> None:
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("validate", "simulate", "analyze", "report", "ingest", "db"):
+    for command in ("validate", "simulate", "analyze", "report", "ingest", "db", "models"):
         assert command in out.stdout
 
 
@@ -157,3 +157,65 @@ def test_train_prints_offline_metrics_and_writes_a_report(tmp_path: Path) -> Non
     names = set(report["variants"])
     assert {"a", "b", "baseline:popularity", "baseline:random"} <= names
     assert (tmp_path / "art" / "train_small" / "train_report.json").exists()
+    assert {report["variants"][v]["model_id"] for v in ("a", "b")} == {1, 2}
+    for variant in ("a", "b"):
+        assert report["variants"][variant]["version"] == 1
+    assert report["variants"]["baseline:random"]["model_id"] is None
+    assert report["unregistered"] == {}
+
+
+def test_models_list_show_promote_retire(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/models.db"
+    experiment = tmp_path / "small.yaml"
+    experiment.write_text(
+        "key: reg_small\n"
+        "variants:\n"
+        "  - {key: a, weight: 0.5, strategy: {kind: popularity}}\n"
+        "  - {key: b, weight: 0.5, strategy: {kind: random}}\n"
+        "simulation: {users: 200, days: 1, items: 60, slate_size: 5, seed: 3}\n"
+    )
+    assert cli("simulate", str(experiment), "--db", url).returncode == 0
+    artifacts = tmp_path / "art"
+    trained = cli("train", str(experiment), "--db", url, "--artifacts", str(artifacts))
+    assert trained.returncode == 0, trained.stderr
+    assert "model id (version)" in trained.stdout
+    assert "registered candidates: a = model 1 (v1), b = model 2 (v1)" in trained.stderr
+    again = cli("train", str(experiment), "--db", url, "--artifacts", str(artifacts), "--json")
+    retrained = json.loads(again.stdout)["variants"]
+    assert [retrained[v]["model_id"] for v in ("a", "b")] == [3, 4]  # versions 2
+
+    listed = cli("models", "list", "--db", url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)["models"]
+    assert [(r["id"], r["variant"], r["version"]) for r in rows] == [
+        (1, "a", 1), (3, "a", 2), (2, "b", 1), (4, "b", 2),
+    ]  # fmt: skip
+    table = cli("models", "list", "--experiment", "reg_small", "--db", url)
+    assert table.returncode == 0 and "candidate" in table.stdout and "random" in table.stdout
+    assert (
+        "no registered models of experiment 'nope'"
+        in cli("models", "list", "--experiment", "nope", "--db", url).stderr
+    )
+
+    shown = json.loads(cli("models", "show", "3", "--db", url, "--json").stdout)
+    assert shown["kind"] == "popularity" and shown["status"] == "candidate"
+    assert Path(shown["artifact_path"]).is_relative_to(artifacts.resolve())
+    assert "hit@10" in shown["metrics"]
+    text = cli("models", "show", "3", "--db", url).stdout
+    for part in (shown["artifact_path"], shown["artifact_sha256"], "metrics", "hit@10"):
+        assert part in text
+
+    promoted = cli("models", "promote", "3", "--db", url)
+    assert promoted.returncode == 0, promoted.stderr
+    assert promoted.stdout.strip() == "model 3 (reg_small/a v2) is serving"
+    assert cli("models", "retire", "3", "--db", url).stdout.strip() == (
+        "model 3 (reg_small/a v2) is retired"
+    )
+    refused = cli("models", "promote", "3", "--db", url)
+    assert refused.returncode == 2
+    assert "error: model 3 (reg_small/a v2) is retired and cannot be promoted" in refused.stderr
+    for verb in ("show", "promote", "retire"):
+        unknown = cli("models", verb, "77", "--db", url)
+        assert unknown.returncode == 2, verb
+        assert "no model 77 in this database" in unknown.stderr
+        assert "Traceback" not in unknown.stderr

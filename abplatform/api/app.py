@@ -23,7 +23,7 @@ from abplatform.api.fastlane import FastLane, HotRoute
 from abplatform.api.middleware import BodySizeLimit
 from abplatform.api.outage import DatabaseHealth
 from abplatform.api.responses import FastJSON
-from abplatform.api.routers import assign, events, experiments, health
+from abplatform.api.routers import assign, events, experiments, health, models
 from abplatform.api.runtime import ExperimentCache
 from abplatform.api.schemas import AssignBatchRequest, AssignRequest, EventBatch
 from abplatform.api.settings import Settings
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         **_telemetry(chosen.api_telemetry),
     )
-    for module in (health, assign, events, experiments):
+    for module in (health, assign, events, experiments, models):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=chosen.api_max_body_bytes)

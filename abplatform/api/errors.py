@@ -52,8 +52,8 @@ class Unservable(AbplatformError):
 
 
 _DESCRIPTIONS = {
-    404: "No such experiment",
-    409: "The experiment is not in a state that allows this (or cannot be served)",
+    404: "No such experiment (or model)",
+    409: "The experiment (or model) is not in a state that allows this (or cannot be served)",
     413: "Request body too large",
     422: "Invalid request (the problem names the field)",
     503: (

@@ -165,6 +165,34 @@ class ExperimentList(BaseModel):
     experiments: list[ExperimentOut]
 
 
+class ModelOut(BaseModel):
+    """A registered model (`abplatform models show --json`); times are ISO 8601 UTC."""
+
+    id: int
+    experiment: str
+    variant: str
+    version: int
+    kind: str
+    params: dict[str, Any]
+    params_hash: str
+    seed: int
+    catalog: str
+    history_cutoff: datetime | None
+    history_rows: int
+    artifact_path: str
+    artifact_sha256: str
+    metrics: dict[str, float]
+    status: Literal["candidate", "serving", "retired"]
+    created_at: datetime
+    status_changed_at: datetime
+
+
+class ModelList(BaseModel):
+    """Registered models by experiment, variant and version."""
+
+    models: list[ModelOut]
+
+
 class Problem(BaseModel):
     """An error: what is wrong, what to do, and for configs one line per problem."""
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from abplatform.cli import admin, experiments, offline, statistics
+from abplatform.cli import admin, experiments, models, offline, statistics
 from abplatform.cli.base import app
 
-__all__ = ["admin", "app", "experiments", "main", "offline", "statistics"]
+__all__ = ["admin", "app", "experiments", "main", "models", "offline", "statistics"]
 
 
 def main() -> None:

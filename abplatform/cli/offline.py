@@ -32,7 +32,8 @@ def train(
     holdout: Annotated[int, typer.Option(min=1, help="New items held out per user.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Fit every variant's strategy on the SQL history, print offline metrics, export artifacts."""
+    """Fit every variant's strategy on the SQL history, print offline metrics, export artifacts
+    and register each variant's as a candidate model (`abplatform models list`)."""
     from abplatform.config.loader import load_experiment
     from strategies.training import train_experiment
 
@@ -52,7 +53,18 @@ def train(
     )
     _show(report, as_json)
     if not as_json:
-        make_console(stderr=True).print(f"artifacts in {artifacts}", markup=False)
+        console = make_console(stderr=True)
+        console.print(f"artifacts in {artifacts}", markup=False)
+        registered = [r for r in report.results if r.model_id is not None]
+        if registered:
+            console.print(
+                "registered candidates: "
+                + ", ".join(f"{r.name} = model {r.model_id} (v{r.version})" for r in registered)
+                + "; serve one with `abplatform models promote ID`",
+                markup=False,
+            )
+        for name, reason in report.unregistered.items():
+            console.print(f"not registered: {name} ({reason})", markup=False)
 
 
 def _history_catalog(config: ExperimentConfig, catalog: str | None) -> str:
@@ -188,6 +200,9 @@ def _print_offline(report: OfflineReport) -> None:
     table.add_row("fit seconds", *[f"{r.fit_seconds:.2f}" for r in report.results])
     table.add_row("serve seconds", *[f"{r.serve_seconds:.2f}" for r in report.results])
     table.add_row("serve ms/user", *[f"{r.serve_ms_per_user:.3f}" for r in report.results])
+    if any(r.model_id is not None for r in report.results):  # `train` registered them
+        ids = [f"{r.model_id} (v{r.version})" if r.model_id else "-" for r in report.results]
+        table.add_row("model id (version)", *ids)
     console = make_console()
     console.print(table)
     split = report.split

@@ -244,3 +244,37 @@ class BanditExposure(Base):
     context: Mapped[str] = mapped_column(String(64))
     arm: Mapped[str] = mapped_column(String(128))
     reward: Mapped[float] = mapped_column(Float, server_default=text("0"))
+
+
+class RegisteredModel(Base):
+    """A trained variant strategy, exported as an artifact: version, checksum, metrics, status.
+
+    Read and written only by `abplatform.storage.model_registry`.
+    """
+
+    __tablename__ = "models"
+    __table_args__ = (
+        # Versions count per experiment and variant; two writers racing for the same
+        # version meet here (the registry retries with the next one).
+        UniqueConstraint("experiment", "variant", "version", name="uq_models_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment: Mapped[str] = mapped_column(String(128))
+    variant: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # sha256 of the canonical JSON of {"kind", "params"}: equal configurations, equal hash.
+    params_hash: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    catalog: Mapped[str] = mapped_column(String(128))
+    # The newest interaction of the history the exported fit used (None: empty history).
+    history_cutoff: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    history_rows: Mapped[int] = mapped_column(BigInteger)
+    artifact_path: Mapped[str] = mapped_column(Text)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    status_changed_at: Mapped[datetime] = mapped_column(DateTime)

@@ -23,19 +23,18 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+# One ArtifactError for every kind of artifact (`abplatform.artifacts`), still importable here.
+from abplatform.artifacts import ArtifactError, file_sha256, library_versions
 from abplatform.domain import Catalog
-from abplatform.errors import AbplatformError
 from strategies.two_tower.data import UserFeatureEncoder
 from strategies.two_tower.numpy_tower import UserTowerWeights
 
@@ -43,11 +42,6 @@ FORMAT = "abplatform.two_tower"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
-LIBRARIES = ("numpy", "tensorflow", "tf-keras", "tensorflow-recommenders", "abplatform")
-
-
-class ArtifactError(AbplatformError):
-    """An artifact directory that is missing, incomplete, corrupted or of another format."""
 
 
 @dataclass(frozen=True)
@@ -79,17 +73,6 @@ class TwoTowerArtifact:
     def with_manifest(self, **entries: Any) -> TwoTowerArtifact:
         """A copy whose manifest has `entries` added or replaced."""
         return replace(self, manifest={**self.manifest, **entries})
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries an artifact depends on (without importing them)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]]:
@@ -130,14 +113,6 @@ def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
         weights.update({f"bias_{i}": b for i, b in enumerate(tower.biases)})
         files["user_tower.npz"] = weights
     return files
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _content_hash(files: Mapping[str, Mapping[str, npt.NDArray[Any]]], params: Any) -> str:
@@ -202,7 +177,7 @@ def export_artifact(
                     np.save(handle, arrays[""], allow_pickle=False)
                 else:
                     np.savez(handle, **arrays)  # type: ignore[arg-type]
-            checksums[name] = _sha256(path)
+            checksums[name] = file_sha256(path)
         manifest = {
             **artifact.manifest,
             "format": FORMAT,
@@ -286,7 +261,7 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> TwoTowerArtifact:
         file = directory / name
         if not file.is_file():
             raise ArtifactError(f"{file} is missing")
-        if verify and _sha256(file) != expected:
+        if verify and file_sha256(file) != expected:
             raise ArtifactError(f"{file} does not match its checksum in the manifest")
         loaded = np.load(file, allow_pickle=False)
         arrays[name] = dict(loaded.items()) if name.endswith(".npz") else loaded

@@ -68,3 +68,12 @@ def test_empty_postgres_is_not_migrated_silently(pg_engine: object) -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_the_models_table_downgrades(sqlite_url: str) -> None:
+    engine = open_database(sqlite_url)
+    assert "models" in inspect(engine).get_table_names()
+    downgrade(engine, "0006")
+    assert "models" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    assert "models" in inspect(engine).get_table_names()

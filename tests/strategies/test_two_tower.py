@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -456,7 +457,8 @@ def test_train_experiment_evaluates_exports_and_reports(sqlite_url: str, tmp_pat
     assert {"load", "fit"} <= set(stages)
     assert report.split.test_users > 0 and report.data.items == 120
     control = report.result("control")
-    assert control.artifact is None  # popularity has nothing to export
+    assert control.artifact is not None  # a snapshot of the history popularity fits on
+    assert json.loads((control.artifact / "manifest.json").read_text())["kind"] == "popularity"
     assert control.metrics == report.result("baseline:popularity").metrics
     treatment = report.result("treatment")
     assert treatment.artifact is not None
@@ -465,9 +467,49 @@ def test_train_experiment_evaluates_exports_and_reports(sqlite_url: str, tmp_pat
     assert manifest["experiment"] == "tt_small" and manifest["variant"] == "treatment"
     stored = json.loads((tmp_path / "tt_small" / "train_report.json").read_text())
     assert list(stored["variants"]) == [r.name for r in report.results]
+    assert stored["variants"]["treatment"]["model_id"] == treatment.model_id
+    assert stored["variants"]["baseline:random"]["model_id"] is None
     served = TwoTowerStrategy.from_artifact(tmp_path / "tt_small" / "treatment")
     assert len(served.recommend(RecRequest("u000001"), 5).items) == 5
     engine.dispose()
+
+    # Both variants are registered candidates; the two-tower one loads without TensorFlow.
+    out = run_python(
+        f"""
+        import json, sys
+        from abplatform.domain import RecRequest
+        from abplatform.storage.db import open_database, transaction
+        from abplatform.storage.model_registry import list_models
+        from strategies.registered import load_model
+
+        with transaction(open_database({sqlite_url!r})) as session:
+            records = {{r.variant: r for r in list_models(session, "tt_small")}}
+        slates = {{
+            name: list(load_model(r).recommend(RecRequest("u000001"), 5).items)
+            for name, r in records.items()
+        }}
+        print(json.dumps({{
+            "tf": [m for m in sys.modules if m.split(".")[0] == "tensorflow"],
+            "records": {{name: r.to_dict() for name, r in records.items()}},
+            "slates": slates,
+        }}))
+        """
+    )
+    loaded = json.loads(out)
+    assert loaded["tf"] == []
+    records = loaded["records"]
+    assert set(records) == {"control", "treatment"}
+    assert records["treatment"]["id"] == treatment.model_id
+    assert records["treatment"]["kind"] == "two_tower" and records["treatment"]["version"] == 1
+    assert records["treatment"]["status"] == "candidate"
+    assert records["treatment"]["metrics"] == {k: v for k, v in treatment.metrics.items() if v == v}
+    assert records["control"]["catalog"] == simulation_catalog(config)
+    assert records["control"]["history_rows"] == report.data.interactions
+    assert report.data.end is not None
+    cutoff = datetime.fromtimestamp(report.data.end, UTC).replace(tzinfo=None)
+    assert records["control"]["history_cutoff"] == cutoff.isoformat()
+    expected = [RecRequest("u000001")]
+    assert loaded["slates"]["treatment"] == list(served.recommend_batch(expected, 5)[0].items)
 
 
 def test_profile_features_feed_the_user_tower() -> None:

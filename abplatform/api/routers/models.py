@@ -1,0 +1,59 @@
+"""The model registry over HTTP: list, show, promote and retire registered models."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import AfterValidator
+
+from abplatform.api.deps import AdminScope, ReadScope, SessionDep
+from abplatform.api.errors import error_responses
+from abplatform.api.schemas import ModelList, ModelOut
+from abplatform.storage.model_registry import get_model, list_models, promote, retire
+from abplatform.values import storable
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ModelId = Annotated[int, Path(description="The model's id", ge=1, le=2**63 - 1)]
+ExperimentKey = Annotated[
+    str | None,
+    Query(description="Only this experiment's models", min_length=1, max_length=128),
+    AfterValidator(lambda key: key if key is None else storable(key)),
+]
+
+
+@router.get("", response_model=ModelList, dependencies=[ReadScope])
+def list_all(session: SessionDep, experiment: ExperimentKey = None) -> dict[str, Any]:
+    """Registered models (of one experiment), by experiment, variant and version."""
+    return {"models": [r.to_dict() for r in list_models(session, experiment)]}
+
+
+@router.get(
+    "/{model_id}", response_model=ModelOut, dependencies=[ReadScope], responses=error_responses(404)
+)
+def show(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
+    """One registered model: params, catalogue, cut-off, artifact and its sha256, metrics."""
+    return get_model(session, model_id).to_dict()
+
+
+@router.post(
+    "/{model_id}/promote",
+    response_model=ModelOut,
+    dependencies=[AdminScope],
+    responses=error_responses(404, 409),
+)
+def promote_model(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
+    """Make a model `serving` (its artifact must match its sha256); a retired one is a 409."""
+    return promote(session, model_id).to_dict()
+
+
+@router.post(
+    "/{model_id}/retire",
+    response_model=ModelOut,
+    dependencies=[AdminScope],
+    responses=error_responses(404),
+)
+def retire_model(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
+    """Retire a model for good: never served or promoted again."""
+    return retire(session, model_id).to_dict()

@@ -1,0 +1,283 @@
+"""Snapshot artifacts of the strategies that need no TensorFlow: the frozen data of a fit.
+
+Popularity, co-purchase statistics, similar items, random, scene routers and diversity
+re-rankers fit in a fraction of a second and deterministically from (kind, params, seed,
+history). Their artifact is therefore that fit's input, not its output: loading a snapshot
+refits the kind on the frozen data and serves exactly the slates the exported fit served.
+
+Layout of ``<root>/<experiment>/<variant>/<version>/`` (version = UTC time + content hash,
+as the two-tower artifact's, so artifacts of two databases never collide)::
+
+    manifest.json        format, format version, kind, params, seed, data range, metrics,
+                         library versions, sha256 of every file below
+    items.npz            the catalogue: item_ids, categories, brands, prices (, tags)
+    interactions.npz     user, item and event type columns (distinct values + int32 codes),
+                         values, timestamps; in the history's (time) order
+    user_features.json   {user_id: {feature: value}} of the catalogue's users
+
+``<root>/<experiment>/<variant>/LATEST`` names the newest version. A version is written
+into a hidden temporary directory and renamed into place, so readers never see half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from abplatform.artifacts import ArtifactError, file_sha256, library_versions
+from abplatform.domain import Catalog, InteractionLog
+from abplatform.registry import build_strategy, strategies
+from abplatform.strategy import Strategy
+
+FORMAT = "abplatform.snapshot"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+TENSORFLOW_KINDS = frozenset({"two_tower"})
+"""Kinds whose fit trains a TensorFlow model: never refitted from a snapshot."""
+_ARRAY_FILES = ("items.npz", "interactions.npz")
+_FEATURES = "user_features.json"
+
+
+def nested_kinds(kind: str, params: Mapping[str, Any]) -> set[str]:
+    """`kind` and every strategy kind nested in its params (routes, re-ranker bases)."""
+    found = {kind}
+    known = set(strategies.names())
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            inner = value.get("kind")
+            if isinstance(inner, str) and inner in known:
+                found.add(inner)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(params)
+    return found
+
+
+def needs_tensorflow(kind: str, params: Mapping[str, Any]) -> bool:
+    """Whether fitting (kind, params) trains TensorFlow, itself or in a nested strategy."""
+    return bool(nested_kinds(kind, params) & TENSORFLOW_KINDS)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A loaded snapshot: what to build and the history to fit it on."""
+
+    kind: str
+    params: dict[str, Any]
+    seed: int
+    history: InteractionLog
+    manifest: dict[str, Any]
+
+    def fit(self) -> Strategy:
+        """The strategy refitted on the frozen history: it serves what the exported fit did."""
+        if needs_tensorflow(self.kind, self.params):
+            raise ArtifactError(
+                f"snapshot of kind {self.kind!r} nests a TensorFlow strategy "
+                f"({', '.join(sorted(nested_kinds(self.kind, self.params) & TENSORFLOW_KINDS))})"
+                "; it cannot be refitted without training",
+            )
+        strategy = build_strategy(self.kind, self.params, seed=self.seed)
+        strategy.fit(self.history)
+        return strategy
+
+
+def _arrays(history: InteractionLog) -> dict[str, dict[str, npt.NDArray[Any]]]:
+    catalog = history.catalog
+    return {
+        "items.npz": {
+            "item_ids": catalog.item_ids.astype(str),
+            "categories": catalog.categories.astype(str),
+            "brands": catalog.brands.astype(str),
+            "prices": catalog.prices.astype(np.float64),
+            **({} if catalog.tags is None else {"tags": catalog.tags.astype(str)}),
+        },
+        "interactions.npz": {
+            **_coded("user", history.user_ids),
+            **_coded("item", history.item_ids),
+            **_coded("type", history.event_types),
+            "values": history.values.astype(np.float64),
+            "timestamps": history.timestamps.astype(np.int64),
+        },
+    }
+
+
+def _coded(name: str, column: npt.NDArray[np.str_]) -> dict[str, npt.NDArray[Any]]:
+    """A text column as its sorted distinct values and int32 codes (a tenth of the bytes)."""
+    vocabulary, codes = np.unique(column.astype(str), return_inverse=True)
+    return {f"{name}_vocabulary": vocabulary, f"{name}_codes": codes.astype(np.int32)}
+
+
+def _decoded(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> npt.NDArray[np.str_]:
+    """The text column `_coded` stored, in its original order."""
+    vocabulary = arrays[f"{name}_vocabulary"]
+    decoded: npt.NDArray[np.str_] = vocabulary[arrays[f"{name}_codes"]].astype(vocabulary.dtype)
+    return decoded
+
+
+def _content_hash(files: Mapping[str, Mapping[str, npt.NDArray[Any]]], head: bytes) -> str:
+    digest = hashlib.sha256(head)
+    for name in sorted(files):
+        for key in sorted(files[name]):
+            array = np.ascontiguousarray(files[name][key])
+            digest.update(f"{name}/{key}/{array.dtype.str}/{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _iso(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+
+
+def _check_name(label: str, name: str) -> None:
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ArtifactError(f"{label} {name!r} cannot be a directory name")
+
+
+def export_snapshot(
+    root: str | Path,
+    *,
+    experiment: str,
+    variant: str,
+    kind: str,
+    params: Mapping[str, Any],
+    seed: int,
+    history: InteractionLog,
+    metrics: Mapping[str, float] | None = None,
+    now: dt.datetime | None = None,
+) -> Path:
+    """Write a new snapshot version under ``root/experiment/variant``; return its directory.
+
+    `params` are the strategy's validated params; `history` is exactly what the exported
+    fit used. A kind nesting TensorFlow (see `needs_tensorflow`) is refused.
+    """
+    _check_name("experiment", experiment)
+    _check_name("variant", variant)
+    strategies.get(kind)  # an unknown kind names the known ones
+    if needs_tensorflow(kind, params):
+        raise ArtifactError(
+            f"variant {variant!r}: a {kind!r} strategy nesting TensorFlow cannot be snapshotted",
+            hint="serve the two-tower model as its own variant",
+        )
+    created = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    params_doc = json.loads(json.dumps(dict(params), allow_nan=False))
+    features = json.dumps(history.user_features, sort_keys=True, allow_nan=False).encode()
+    head = json.dumps({"kind": kind, "params": params_doc, "seed": seed}, sort_keys=True)
+    files = _arrays(history)
+    version_name = f"{created:%Y%m%dT%H%M%SZ}-{_content_hash(files, head.encode() + features)[:10]}"
+    parent = Path(root) / experiment / variant
+    parent.mkdir(parents=True, exist_ok=True)
+    target = parent / version_name
+    staging = parent / f".tmp-{version_name}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        checksums = {}
+        for name, arrays in files.items():
+            with (staging / name).open("wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]
+            checksums[name] = file_sha256(staging / name)
+        (staging / _FEATURES).write_bytes(features)
+        checksums[_FEATURES] = file_sha256(staging / _FEATURES)
+        stamps = history.timestamps
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "version": version_name,
+            "created_at": created.isoformat(timespec="seconds"),
+            "experiment": experiment,
+            "variant": variant,
+            "kind": kind,
+            "params": params_doc,
+            "seed": int(seed),
+            "data": {
+                "interactions": len(history),
+                "users": int(np.unique(history.user_ids).size),
+                "items": len(history.catalog),
+                "start": _iso(int(stamps.min())) if len(history) else None,
+                "end": _iso(int(stamps.max())) if len(history) else None,
+            },
+            "metrics": dict(metrics or {}),
+            "libraries": library_versions(),
+            "files": checksums,
+        }
+        (staging / MANIFEST).write_text(
+            json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n",
+            encoding="utf-8",
+        )
+        if target.exists():
+            shutil.rmtree(target)  # same second and same content: replace it
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    pointer = parent / f".{LATEST}.tmp-{os.getpid()}"
+    pointer.write_text(version_name + "\n", encoding="utf-8")
+    os.replace(pointer, parent / LATEST)
+    return target
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    """Read a snapshot version directory, checking every file against its manifest."""
+    directory = Path(path)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {directory / MANIFEST}: {exc}") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{directory} holds format {manifest.get('format')!r} version "
+            f"{manifest.get('format_version')!r}; expected {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    checksums: dict[str, str] = manifest.get("files", {})
+    for name in (*_ARRAY_FILES, _FEATURES):
+        file = directory / name
+        if name not in checksums:
+            raise ArtifactError(f"{directory} has no {name} in its manifest")
+        if not file.is_file():
+            raise ArtifactError(f"{file} is missing")
+        if file_sha256(file) != checksums[name]:
+            raise ArtifactError(f"{file} does not match its checksum in the manifest")
+    with np.load(directory / "items.npz", allow_pickle=False) as loaded:
+        items = dict(loaded.items())
+    with np.load(directory / "interactions.npz", allow_pickle=False) as loaded:
+        rows = dict(loaded.items())
+    features = json.loads((directory / _FEATURES).read_text(encoding="utf-8"))
+    history = InteractionLog(
+        catalog=Catalog(
+            item_ids=items["item_ids"],
+            categories=items["categories"],
+            brands=items["brands"],
+            prices=items["prices"],
+            tags=items.get("tags"),
+        ),
+        user_ids=_decoded(rows, "user"),
+        item_ids=_decoded(rows, "item"),
+        event_types=_decoded(rows, "type"),
+        values=rows["values"],
+        timestamps=rows["timestamps"],
+        user_features=features,
+    )
+    return Snapshot(
+        kind=str(manifest["kind"]),
+        params=dict(manifest.get("params", {})),
+        seed=int(manifest.get("seed", 0)),
+        history=history,
+        manifest=manifest,
+    )
