@@ -1,4 +1,5 @@
-"""Commands that fit strategies on the history and score them offline: train, evaluate."""
+"""Commands that fit strategies on the history, score them offline and export them: train,
+evaluate, export-model."""
 
 from __future__ import annotations
 
@@ -164,6 +165,41 @@ def evaluate(
         )
     )
     _show(report, as_json)
+
+
+EXPORT_FORMATS = ("saved_model",)
+
+
+@app.command("export-model")
+def export_model(
+    artifact: Annotated[
+        Path, typer.Argument(help="A two-tower artifact: version or variant directory.")
+    ],
+    out: Annotated[Path, typer.Argument(help="TensorFlow Serving's model base directory.")],
+    export_format: Annotated[
+        str, typer.Option("--format", help="Export format: saved_model.")
+    ] = "saved_model",
+    k: Annotated[
+        int, typer.Option("--k", help="Items per answer (capped at the catalogue).")
+    ] = 100,
+    model_name: Annotated[
+        str, typer.Option("--model-name", help="The model's name in TensorFlow Serving.")
+    ] = "two_tower",
+) -> None:
+    """Export a two-tower artifact as a TensorFlow SavedModel: OUT/MODEL_NAME/<next version>."""
+    if export_format not in EXPORT_FORMATS:
+        fail(f"unknown --format {export_format!r}", hint=f"use {', '.join(EXPORT_FORMATS)}")
+    if k < 1:
+        fail(f"--k must be a positive integer (got {k})", hint="e.g. --k 100")
+    from strategies.two_tower.saved_model import export_saved_model
+
+    result = run_verb(lambda: export_saved_model(artifact, out, k=k, model_name=model_name))
+    print(result.path)
+    make_console(stderr=True).print(
+        f"SavedModel version {result.version} of {result.model_name!r} (top {result.k}); "
+        f"inputs: {', '.join(f'{i.name} {i.dtype}{list(i.shape)}' for i in result.inputs)}",
+        markup=False,
+    )
 
 
 def _show(report: OfflineReport, as_json: bool) -> None:

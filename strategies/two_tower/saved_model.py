@@ -17,19 +17,24 @@ directory never loads half of one.
 Signature ``serving_default`` (one row per user; every input is required):
 
 ``user_id``
-    string ``[batch]``: the user's id ("" if unknown). A user the model was trained on gets
-    their id embedding and their purchases excluded (with ``exclude_purchased``).
+    string ``[batch]``: the user's id ("" if unknown). A known user (one the artifact stores
+    an embedding for) has their purchases ranked last (with ``exclude_purchased``), and their
+    id embedding when the tower has one.
 ``history``
     string ``[batch, any width]``: the user's recent item ids, most recent first, padded
     with "". Ids not in the catalogue are ignored and the first ``history_length`` known
     ones are used (as `TwoTowerStrategy.embed_history`). A user with no known item in it who
     is not a known user gets the default (popularity) query; a known one is embedded from
     the id and profile alone, with ``cold_popularity_weight`` on the popularity axis.
+    (`recommend` reads a known user's embedding stored at training, from their latest
+    items; the SavedModel embeds what it is sent, so send those items to get that slate.)
 ``feature_<name>``
     one per profile feature of the artifact's encoder (``manifest.json`` "user_features"),
     ``<name>`` with characters other than letters, digits and "_" replaced by "_":
     categorical ones string ``[batch]`` ("" when missing; unseen values count as missing;
     booleans as "True"/"False"), numeric ones float64 ``[batch]`` (NaN when missing).
+    (`recommend` embeds an unknown user's context items without a profile: send missing
+    features for its slate.)
 
 Outputs: ``item_ids`` string ``[batch, k]`` best first, ``scores`` float64 ``[batch, k]``
 (the exact dot products, excluded items keep their true score), with ``k`` the export's
@@ -50,7 +55,7 @@ import numpy as np
 
 from abplatform.errors import AbplatformError
 from strategies.two_tower.artifact import ArtifactError, TwoTowerArtifact, load_artifact
-from strategies.two_tower.numpy_tower import L2_EPSILON
+from strategies.two_tower.numpy_tower import L2_EPSILON, UserTowerWeights
 from strategies.two_tower.params import TwoTowerParams
 from strategies.two_tower.serving import EXCLUDED_PENALTY, QUANTUM
 
@@ -163,9 +168,11 @@ def export_saved_model(
         )
     inputs = signature_inputs(artifact)
     base = Path(out_dir) / model_name
-    if base.exists() and not base.is_dir():
-        raise AbplatformError(f"{base} exists and is not a directory")
-    base.mkdir(parents=True, exist_ok=True)
+    created = not base.exists()
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AbplatformError(f"cannot create the model directory {base}: {exc}") from None
     numbers = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
     version = max(numbers, default=0) + 1
     size = min(k, len(artifact.catalog))
@@ -196,6 +203,8 @@ def export_saved_model(
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(base.iterdir()):
+            base.rmdir()
         raise
     return SavedModelExport(
         path=target,
@@ -222,7 +231,9 @@ def _save(
             hint="install tensorflow (pinned in requirements.lock)",
         ) from exc
 
-    module = _retrieval_module(tf, artifact, inputs, k)
+    tower = artifact.user_tower
+    assert tower is not None  # checked by export_saved_model
+    module = _retrieval_module(tf, artifact, tower, inputs, k)
     specs = {
         i.name: tf.TensorSpec(list(i.shape), getattr(tf, i.dtype), name=i.name) for i in inputs
     }
@@ -234,11 +245,13 @@ def _save(
 
 
 def _retrieval_module(
-    tf: Any, artifact: TwoTowerArtifact, inputs: tuple[SignatureInput, ...], k: int
+    tf: Any,
+    artifact: TwoTowerArtifact,
+    tower: UserTowerWeights,
+    inputs: tuple[SignatureInput, ...],
+    k: int,
 ) -> Any:
     """A tf.Module whose `retrieve(features)` returns the top-k item ids and scores."""
-    tower = artifact.user_tower
-    assert tower is not None
     params = TwoTowerParams.model_validate(artifact.manifest.get("params", {}))
     f64 = tf.float64
     encoder = artifact.feature_encoder
@@ -375,7 +388,7 @@ def _retrieval_module(
     return Retrieval()
 
 
-def _tower_width(tower: Any) -> int:
+def _tower_width(tower: UserTowerWeights) -> int:
     """Width of the tower's input before its numeric profile features."""
     embedding = tower.user_table.shape[1]
     width = embedding + tower.item_table.shape[1]
