@@ -1,13 +1,14 @@
-"""Commands over the model registry: models list, show, promote, retire."""
+"""Commands over the model registry: models list, show, promote, retire, export."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from abplatform.cli.base import DbOption, app, make_console, open_db, run_verb
+from abplatform.cli.base import DbOption, app, fail, make_console, open_db, run_verb
 
 if TYPE_CHECKING:
     from abplatform.storage.model_registry import ModelRecord
@@ -113,3 +114,53 @@ def models_retire(model_id: ModelId, db: DbOption = None) -> None:
     with transaction(open_db(db)) as session:
         record = run_verb(lambda: retire(session, model_id))
     print(f"model {record.id} ({record.experiment}/{record.variant} v{record.version}) is retired")
+
+
+EXPORT_FORMATS = ("saved_model",)
+
+
+@models_app.command("export")
+def models_export(
+    model_id: ModelId,
+    out: Annotated[Path, typer.Argument(help="TensorFlow Serving's model base directory.")],
+    export_format: Annotated[
+        str, typer.Option("--format", help="Export format: saved_model.")
+    ] = "saved_model",
+    k: Annotated[
+        int, typer.Option("--k", help="Items per answer (capped at the catalogue).")
+    ] = 100,
+    model_name: Annotated[
+        str, typer.Option("--model-name", help="The model's name in TensorFlow Serving.")
+    ] = "two_tower",
+    db: DbOption = None,
+) -> None:
+    """Export a registered two-tower model as a TensorFlow SavedModel: OUT/MODEL_NAME/<version>."""
+    if export_format not in EXPORT_FORMATS:
+        fail(f"unknown --format {export_format!r}", hint=f"use {', '.join(EXPORT_FORMATS)}")
+    if k < 1:
+        fail(f"--k must be a positive integer (got {k})", hint="e.g. --k 100")
+    from abplatform.artifacts import verify_artifact
+    from abplatform.storage.db import transaction
+    from abplatform.storage.model_registry import get_model
+
+    with transaction(open_db(db)) as session:
+        record = run_verb(lambda: get_model(session, model_id))
+    if record.kind != "two_tower":
+        fail(
+            f"model {record.id} is a {record.kind!r} model: only two_tower models export "
+            "as a SavedModel",
+            hint="`abplatform models list` shows each model's kind",
+        )
+    run_verb(lambda: verify_artifact(record.artifact_path, record.artifact_sha256))
+    from strategies.two_tower.saved_model import export_saved_model
+
+    result = run_verb(
+        lambda: export_saved_model(record.artifact_path, out, k=k, model_name=model_name)
+    )
+    print(result.path)
+    make_console(stderr=True).print(
+        f"SavedModel version {result.version} of {result.model_name!r} (top {result.k}) "
+        f"from model {record.id} ({record.experiment}/{record.variant} v{record.version}); "
+        f"inputs: {', '.join(f'{i.name} {i.dtype}{list(i.shape)}' for i in result.inputs)}",
+        markup=False,
+    )

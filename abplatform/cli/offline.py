@@ -1,4 +1,5 @@
-"""Commands that fit strategies on the history and score them offline: train, evaluate."""
+"""Commands that fit strategies on the history, score them offline and export them: train,
+evaluate."""
 
 from __future__ import annotations
 
