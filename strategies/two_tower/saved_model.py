@@ -53,8 +53,9 @@ from typing import Any
 
 import numpy as np
 
+from abplatform.artifacts import ArtifactError
 from abplatform.errors import AbplatformError
-from strategies.two_tower.artifact import ArtifactError, TwoTowerArtifact, load_artifact
+from strategies.two_tower.artifact import TwoTowerArtifact, load_artifact
 from strategies.two_tower.numpy_tower import L2_EPSILON, UserTowerWeights
 from strategies.two_tower.params import TwoTowerParams
 from strategies.two_tower.serving import EXCLUDED_PENALTY, QUANTUM

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from abplatform.artifacts import ArtifactError
 from abplatform.domain import InteractionLog, RecRequest
 from abplatform.errors import AbplatformError
 from strategies.two_tower import TwoTowerStrategy
-from strategies.two_tower.artifact import ArtifactError, export_artifact, load_artifact
+from strategies.two_tower.artifact import export_artifact, load_artifact
 from strategies.two_tower.data import positive_sequences, user_inputs
 from strategies.two_tower.saved_model import (
     EXPORT_INFO,
