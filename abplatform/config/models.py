@@ -38,11 +38,29 @@ MetricEvent = Annotated[str, Field(min_length=1)]
 """The event a metric counts (checked against `abplatform.domain.EVENT_TYPES`)."""
 
 
+LATEST_MODEL = "latest"
+"""``model: latest``: the newest ``serving`` registered model of the experiment and variant."""
+
+
 class StrategySpec(_Strict):
-    """Which strategy a variant serves and with which parameters."""
+    """Which strategy a variant serves, with which parameters, and from which trained model.
+
+    ``model`` pins a registered model (``abplatform models list``) by id, or ``latest``;
+    without it, strategies that fit cheaply are fitted on the history when the experiment
+    starts, and one trained with TensorFlow serves its ``latest`` model.
+    """
 
     kind: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    model: int | str | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_pin(cls, value: object) -> object:
+        valid_id = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if value is None or valid_id or value == LATEST_MODEL:
+            return value
+        raise ValueError(f"must be a model id (a positive integer) or {LATEST_MODEL!r}")
 
 
 class VariantConfig(_Strict):

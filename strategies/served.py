@@ -1,0 +1,158 @@
+"""What each variant serves: its registered model, or (cheap strategies only) a fit at start.
+
+One function for the API and the simulator, so a simulated run and a served experiment load
+their strategies the same way:
+
+- a variant whose strategy pins ``model: ID`` or ``model: latest`` serves that registered
+  model, loaded from its artifact after the checksum is checked (NumPy only);
+- a variant whose strategy is trained with TensorFlow (``two_tower``, or a composite nesting
+  one) and pins nothing serves ``latest``; with no serving model it is refused
+  (`ModelRequired`), never trained inside a server;
+- every other strategy without a pin is fitted on the catalogue's history, as before the
+  registry existed, and serves without a model id.
+
+A pinned model must be of the variant's kind, trained on the experiment's catalogue and with
+the variant's parameters, and must not be retired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from abplatform.config.loader import build_params
+from abplatform.config.models import LATEST_MODEL, ExperimentConfig, VariantConfig
+from abplatform.domain import InteractionLog
+from abplatform.errors import AbplatformError
+from abplatform.storage.db import transaction
+from abplatform.storage.model_registry import (
+    ModelRecord,
+    ModelRefused,
+    NoServingModel,
+    params_hash,
+    resolve,
+)
+from abplatform.strategy import Strategy
+from strategies.fitting import (
+    HistorySource,
+    PlannedStrategy,
+    StrategyPlan,
+    fit_each,
+    read_history,
+    strategy_seed,
+)
+from strategies.snapshot import needs_tensorflow
+
+
+class ModelRequired(AbplatformError):
+    """A variant trained with TensorFlow has no registered model to serve."""
+
+
+@dataclass(frozen=True)
+class ServedVariant:
+    """A variant's strategy (None without one) and the registered model it came from."""
+
+    strategy: Strategy | None
+    model: ModelRecord | None = None  # None: fitted at start, or no strategy
+
+    @property
+    def model_id(self) -> int | None:
+        """The id exposures of this variant record (None when fitted at start)."""
+        return self.model.id if self.model is not None else None
+
+
+def normalised_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A strategy's parameters with their defaults, as `train` registers them."""
+    return build_params(kind, params).model_dump(mode="json")
+
+
+def _pin(variant: VariantConfig) -> int | str | None:
+    """The model a variant serves: its ``model:``, else ``latest`` if it needs training."""
+    spec = variant.strategy
+    if spec is None:
+        return None
+    if spec.model is not None:
+        return spec.model
+    if needs_tensorflow(spec.kind, normalised_params(spec.kind, spec.params)):
+        return LATEST_MODEL
+    return None
+
+
+def resolve_models(
+    engine: Engine, config: ExperimentConfig, catalog: str
+) -> dict[str, ModelRecord]:
+    """{variant: registered model} for the variants that serve one (see the module notes).
+
+    Raises `ModelRequired` (naming the variant and what to run) for a TensorFlow variant
+    with nothing serving, `ModelRefused` for a pin of another kind, catalogue, parameters or
+    a retired model, and NotFoundError for an unknown id. Artifacts are not read here.
+    """
+    out: dict[str, ModelRecord] = {}
+    with transaction(engine) as session:
+        for variant in config.variants:
+            pin = _pin(variant)
+            if pin is None or variant.strategy is None:
+                continue
+            spec = variant.strategy
+            try:
+                record = resolve(
+                    session, config.key, variant.key, pin, kind=spec.kind, catalog=catalog
+                )
+            except NoServingModel as exc:
+                if spec.model is None:  # implicit `latest` of a TensorFlow strategy
+                    raise ModelRequired(
+                        f"variant {variant.key!r} of experiment {config.key!r} serves "
+                        f"{spec.kind!r}, which is trained with TensorFlow and never fitted "
+                        "at start, and no model of it is serving",
+                        hint="run `abplatform train FILE`, then `abplatform models promote "
+                        "ID` (or pin one with `model: ID` in the variant's strategy)",
+                    ) from exc
+                raise
+            expected = params_hash(spec.kind, normalised_params(spec.kind, spec.params))
+            if record.params_hash != expected:
+                raise ModelRefused(
+                    f"variant {variant.key!r} of experiment {config.key!r} pins model "
+                    f"{record.id}, trained with other params than the variant's: "
+                    f"{record.params} vs {normalised_params(spec.kind, spec.params)}",
+                    hint="pin a model trained from this YAML, or train one (abplatform train FILE)",
+                )
+            out[variant.key] = record
+    return out
+
+
+def serve_variants(
+    engine: Engine,
+    config: ExperimentConfig,
+    catalog: str,
+    *,
+    history: HistorySource | None = None,
+    seed: int | None = None,
+) -> dict[str, ServedVariant]:
+    """Every variant's served strategy, in variant order (see the module notes).
+
+    Registered models are loaded from their artifacts (checksums checked first: a changed
+    or missing file raises `ArtifactMismatch` / `ArtifactError` naming it); the others are
+    fitted on `history` (default: the catalogue's history in `engine`) with `seed`
+    (`strategy_seed` when None).
+    """
+    from strategies.registered import load_model
+
+    models = resolve_models(engine, config, catalog)
+    served: dict[str, ServedVariant] = {v.key: ServedVariant(None) for v in config.variants}
+    for key, record in models.items():
+        served[key] = ServedVariant(load_model(record), record)
+    to_fit = StrategyPlan(
+        tuple(
+            PlannedStrategy(v.key, "variant", v.strategy.kind, dict(v.strategy.params))
+            for v in config.variants
+            if v.strategy is not None and v.key not in models
+        )
+    )
+    if to_fit.strategies:
+        log: InteractionLog = read_history(history if history is not None else engine, catalog)
+        for fitted in fit_each(to_fit, log, seed=strategy_seed(config, seed)):
+            served[fitted.planned.name] = ServedVariant(fitted.strategy)
+    return served
