@@ -21,13 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from abplatform.config.loader import build_params
 from abplatform.config.models import LATEST_MODEL, ExperimentConfig, VariantConfig
 from abplatform.domain import InteractionLog
 from abplatform.errors import AbplatformError
-from abplatform.storage.db import transaction
 from abplatform.storage.model_registry import (
     ModelRecord,
     ModelRefused,
@@ -82,7 +81,7 @@ def _pin(variant: VariantConfig) -> int | str | None:
 
 
 def resolve_models(
-    engine: Engine, config: ExperimentConfig, catalog: str
+    session: Session, config: ExperimentConfig, catalog: str
 ) -> dict[str, ModelRecord]:
     """{variant: registered model} for the variants that serve one (see the module notes).
 
@@ -91,40 +90,37 @@ def resolve_models(
     a retired model, and NotFoundError for an unknown id. Artifacts are not read here.
     """
     out: dict[str, ModelRecord] = {}
-    with transaction(engine) as session:
-        for variant in config.variants:
-            pin = _pin(variant)
-            if pin is None or variant.strategy is None:
-                continue
-            spec = variant.strategy
-            try:
-                record = resolve(
-                    session, config.key, variant.key, pin, kind=spec.kind, catalog=catalog
-                )
-            except NoServingModel as exc:
-                if spec.model is None:  # implicit `latest` of a TensorFlow strategy
-                    raise ModelRequired(
-                        f"variant {variant.key!r} of experiment {config.key!r} serves "
-                        f"{spec.kind!r}, which is trained with TensorFlow and never fitted "
-                        "at start, and no model of it is serving",
-                        hint="run `abplatform train FILE`, then `abplatform models promote "
-                        "ID` (or pin one with `model: ID` in the variant's strategy)",
-                    ) from exc
-                raise
-            expected = params_hash(spec.kind, normalised_params(spec.kind, spec.params))
-            if record.params_hash != expected:
-                raise ModelRefused(
-                    f"variant {variant.key!r} of experiment {config.key!r} pins model "
-                    f"{record.id}, trained with other params than the variant's: "
-                    f"{record.params} vs {normalised_params(spec.kind, spec.params)}",
-                    hint="pin a model trained from this YAML, or train one (abplatform train FILE)",
-                )
-            out[variant.key] = record
+    for variant in config.variants:
+        pin = _pin(variant)
+        if pin is None or variant.strategy is None:
+            continue
+        spec = variant.strategy
+        try:
+            record = resolve(session, config.key, variant.key, pin, kind=spec.kind, catalog=catalog)
+        except NoServingModel as exc:
+            if spec.model is None:  # implicit `latest` of a TensorFlow strategy
+                raise ModelRequired(
+                    f"variant {variant.key!r} of experiment {config.key!r} serves "
+                    f"{spec.kind!r}, which is trained with TensorFlow and never fitted "
+                    "at start, and no model of it is serving",
+                    hint="run `abplatform train FILE`, then `abplatform models promote "
+                    "ID` (or pin one with `model: ID` in the variant's strategy)",
+                ) from exc
+            raise
+        expected = params_hash(spec.kind, normalised_params(spec.kind, spec.params))
+        if record.params_hash != expected:
+            raise ModelRefused(
+                f"variant {variant.key!r} of experiment {config.key!r} pins model "
+                f"{record.id}, trained with other params than the variant's: "
+                f"{record.params} vs {normalised_params(spec.kind, spec.params)}",
+                hint="pin a model trained from this YAML, or train one (abplatform train FILE)",
+            )
+        out[variant.key] = record
     return out
 
 
 def serve_variants(
-    engine: Engine,
+    session: Session,
     config: ExperimentConfig,
     catalog: str,
     *,
@@ -135,12 +131,12 @@ def serve_variants(
 
     Registered models are loaded from their artifacts (checksums checked first: a changed
     or missing file raises `ArtifactMismatch` / `ArtifactError` naming it); the others are
-    fitted on `history` (default: the catalogue's history in `engine`) with `seed`
+    fitted on `history` (default: the catalogue's history, read in `session`) with `seed`
     (`strategy_seed` when None).
     """
     from strategies.registered import load_model
 
-    models = resolve_models(engine, config, catalog)
+    models = resolve_models(session, config, catalog)
     served: dict[str, ServedVariant] = {v.key: ServedVariant(None) for v in config.variants}
     for key, record in models.items():
         served[key] = ServedVariant(load_model(record), record)
@@ -152,7 +148,8 @@ def serve_variants(
         )
     )
     if to_fit.strategies:
-        log: InteractionLog = read_history(history if history is not None else engine, catalog)
+        source = history if history is not None else session.connection()
+        log: InteractionLog = read_history(source, catalog)
         for fitted in fit_each(to_fit, log, seed=strategy_seed(config, seed)):
             served[fitted.planned.name] = ServedVariant(fitted.strategy)
     return served
