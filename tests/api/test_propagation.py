@@ -10,6 +10,7 @@ answering 200; after `POST .../stop`, 409 likewise. The status TTL (1 s) alone w
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -26,9 +27,14 @@ AFTER = 5  # answers checked after the first expected one: the change sticks
 
 
 def pinned_clients(port: int, workers: int) -> dict[int, httpx.Client]:
-    """One client per worker process, each holding a single keep-alive connection to it."""
+    """One client per worker process, each holding a single keep-alive connection to it.
+
+    New connections are opened until every worker has answered one (a worker still warming
+    up answers none yet).
+    """
     found: dict[int, httpx.Client] = {}
-    for _ in range(200):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         http = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
             timeout=10,
@@ -37,6 +43,7 @@ def pinned_clients(port: int, workers: int) -> dict[int, httpx.Client]:
         process = int(http.get("/readyz").json()["process"])
         if process in found:
             http.close()
+            time.sleep(0.01)
             continue
         found[process] = http
         if len(found) == workers:
@@ -52,30 +59,55 @@ def assert_still_pinned(clients: dict[int, httpx.Client]) -> None:
         assert int(http.get("/readyz").json()["process"]) == process
 
 
+class Prober(threading.Thread):
+    """Assigns on one worker's connection until it answers `expected`, then `AFTER` more.
+
+    `lag`: seconds from `answered_at` to the first `expected` answer (inf: none in time);
+    `wrong`: later answers that were not `expected` (the change must stick).
+    """
+
+    def __init__(self, http: httpx.Client, answered_at: float, expected: int) -> None:
+        super().__init__(daemon=True)
+        self.http, self.answered_at, self.expected = http, answered_at, expected
+        self.lag = float("inf")
+        self.wrong: list[str] = []
+        self.unexpected: list[str] = []
+
+    def run(self) -> None:
+        number = 0
+        while time.monotonic() - self.answered_at < GIVE_UP_SECONDS:
+            number += 1
+            body = {"experiment": KEY, "unit_id": f"u{number}"}
+            response = self.http.post("/v1/assign", json=body)
+            if response.status_code == self.expected:
+                self.lag = time.monotonic() - self.answered_at
+                break
+            if response.status_code not in (200, 409):
+                self.unexpected.append(response.text)
+        if self.lag == float("inf"):
+            return
+        for later in range(AFTER):
+            body = {"experiment": KEY, "unit_id": f"v{later}"}
+            again = self.http.post("/v1/assign", json=body)
+            if again.status_code != self.expected:
+                self.wrong.append(again.text)
+
+
 def lags(clients: dict[int, httpx.Client], answered_at: float, expected: int) -> dict[int, float]:
     """Seconds from `answered_at` to each worker's first assign answering `expected`.
 
-    Workers are asked in turn, so each sees its first request within a few ms of the
-    change; once a worker answered `expected`, its next `AFTER` answers must too.
+    The workers are asked at the same time, one thread each; once a worker answered
+    `expected`, its next `AFTER` answers must too.
     """
-    found: dict[int, float] = {}
-    number = 0
-    while len(found) < len(clients) and time.monotonic() - answered_at < GIVE_UP_SECONDS:
-        for process, http in clients.items():
-            if process in found:
-                continue
-            number += 1
-            body = {"experiment": KEY, "unit_id": f"u{number}"}
-            response = http.post("/v1/assign", json=body)
-            if response.status_code == expected:
-                found[process] = time.monotonic() - answered_at
-                for later in range(AFTER):
-                    body = {"experiment": KEY, "unit_id": f"v{later}"}
-                    again = http.post("/v1/assign", json=body)
-                    assert again.status_code == expected, (process, again.text)
-            else:
-                assert response.status_code in (200, 409), response.text
-    return {process: found.get(process, float("inf")) for process in clients}
+    probers = {p: Prober(http, answered_at, expected) for p, http in clients.items()}
+    for prober in probers.values():
+        prober.start()
+    for prober in probers.values():
+        prober.join(timeout=GIVE_UP_SECONDS + 10)
+    for process, prober in probers.items():
+        assert prober.unexpected == [], (process, prober.unexpected)
+        assert prober.wrong == [], (process, prober.wrong)
+    return {process: prober.lag for process, prober in probers.items()}
 
 
 @pytest.mark.slow
