@@ -27,13 +27,16 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, Pool, event, text
 from sqlalchemy.orm import Session
 
 CHANNEL = "abplatform_experiments"
 """The PostgreSQL notification channel; the payload is the key ('' for every experiment)."""
 _NOTIFY = text("SELECT pg_notify(:channel, :key)")
-_PENDING = "abplatform_changed_experiments"  # session.info: a SQLite bump due at commit
+# Connection.info (per DBAPI connection): the SQLite counter to bump at commit, and once
+# committed, at the connection's return to the pool.
+_PENDING = "abplatform_experiment_change"
+_COMMITTED = "abplatform_experiment_change_committed"
 _COUNTER = struct.Struct("<Q")
 RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
@@ -57,17 +60,19 @@ def _sqlite_counter(engine: Engine) -> Path | None:
 
 
 def experiment_changed(session: Session, key: str) -> None:
-    """Signal, at the commit of `session`'s transaction, that experiment `key` changed.
+    """Signal, once `session`'s transaction commits, that experiment `key` changed.
 
     PostgreSQL: a NOTIFY in the transaction (delivered at commit, dropped on rollback).
-    SQLite: the counter file is bumped right after the commit (nothing on rollback).
+    SQLite: the counter file is bumped when the committed connection goes back to the pool
+    (nothing on rollback); that holds for a session bound to the caller's connection too.
     """
-    engine = session.get_bind().engine
-    if engine.dialect.name == "postgresql":
-        session.execute(_NOTIFY, {"channel": CHANNEL, "key": key})
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY, {"channel": CHANNEL, "key": key})
         return
-    if _sqlite_counter(engine) is not None:
-        session.info.setdefault(_PENDING, set()).add(key)
+    path = _sqlite_counter(conn.engine)
+    if path is not None:
+        conn.info[_PENDING] = path
 
 
 def experiments_changed(engine: Engine, keys: list[str] | None = None) -> None:
@@ -110,20 +115,30 @@ def bump(path: Path) -> int:
         os.close(fd)  # releases the lock
 
 
-@event.listens_for(Session, "after_commit")
-def _bump_after_commit(session: Session) -> None:
-    """The SQLite bump `experiment_changed` left for the commit."""
-    if not session.info.pop(_PENDING, None):
-        return
-    path = _sqlite_counter(session.get_bind().engine)
+@event.listens_for(Engine, "commit")
+def _committing(conn: Connection) -> None:
+    """A signalled change is committed (this fires just before the DBAPI commit) ..."""
+    path = conn.info.pop(_PENDING, None)
+    if path is not None:
+        conn.info[_COMMITTED] = path
+
+
+@event.listens_for(Engine, "rollback")
+def _rolling_back(conn: Connection) -> None:
+    """A rolled-back change is no change."""
+    conn.info.pop(_PENDING, None)
+
+
+@event.listens_for(Pool, "checkin")
+def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    """... and bumped once the connection is back in the pool, after its commit finished.
+
+    Bumped earlier, a reader could re-read before the commit and keep the old state at
+    the new version.
+    """
+    path = record.info.pop(_COMMITTED, None) if record is not None else None
     if path is not None:
         bump(path)
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_after_rollback(session: Session) -> None:
-    """A rolled-back change is no change."""
-    session.info.pop(_PENDING, None)
 
 
 class ChangeFeed(Protocol):
