@@ -1,14 +1,18 @@
-"""A real `abplatform serve --workers 2`: start and stop reach every worker within 100 ms.
+"""Start and stop reach every API worker: at once, and over a real server within 100 ms.
 
-One keep-alive connection is pinned to each worker (told apart by `/readyz`'s `process`),
-and each has cached the experiment as a draft. After `POST .../start` answers 200, every
-worker must answer `/v1/assign` with 200 within `BOUND_SECONDS` of that answer, and go on
-answering 200; after `POST .../stop`, 409 likewise. The status TTL (1 s) alone would take
-1-2 s: the change counter (SQLite) or LISTEN/NOTIFY (PostgreSQL) is what makes it.
+Two apps in one process (two workers' caches on one database, a status TTL of a minute):
+a start or stop through one is honoured by the other's next request after the signal.
+Then a real `abplatform serve --workers 2`: one keep-alive connection is pinned to each
+worker (told apart by `/readyz`'s `process`), and each has cached the experiment as a
+draft. After `POST .../start` answers 200, every worker must answer `/v1/assign` with 200
+within `BOUND_SECONDS` of that answer, and go on answering 200; after `POST .../stop`, 409
+likewise. The status TTL (1 s) alone takes 1-2 s: the change counter (SQLite) or
+LISTEN/NOTIFY (PostgreSQL) is what makes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -17,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from abplatform.api.app import create_app
+from abplatform.api.settings import Settings
 from tests.api.conftest import KEY
 from tests.api.test_shutdown import _free_port, _serve
 
@@ -136,3 +142,41 @@ def test_start_and_stop_reach_every_worker_within_100_ms(seeded_url: str, tmp_pa
         print(verb, {process: f"{lag * 1000:.1f} ms" for process, lag in found.items()})
     late = [(v, p, lag) for v, found in measured for p, lag in found.items() if lag > BOUND_SECONDS]
     assert late == [], f"workers that honoured a change after {BOUND_SECONDS * 1000:.0f} ms"
+
+
+@pytest.mark.anyio
+async def test_a_change_through_one_worker_is_honoured_by_the_other(
+    seeded_url: str, tmp_path: Path
+) -> None:
+    """The TTL is a minute: only the change signal can make the other worker see it."""
+    apps = [
+        create_app(
+            Settings(
+                database_url=seeded_url,
+                api_auth=False,
+                api_status_ttl_seconds=60.0,
+                api_journal_dir=str(tmp_path / f"journal-{n}"),
+            )
+        )
+        for n in range(2)
+    ]
+    first, second = apps
+    async with (
+        first.router.lifespan_context(first),
+        second.router.lifespan_context(second),
+        httpx.AsyncClient(transport=httpx.ASGITransport(first), base_url="http://a") as one,
+        httpx.AsyncClient(transport=httpx.ASGITransport(second), base_url="http://b") as other,
+    ):
+        feed = second.state.services.experiments.changes
+        assign = {"experiment": KEY, "unit_id": "u1"}
+        assert (await other.post("/v1/assign", json=assign)).status_code == 409  # draft, cached
+        for verb, expected in (("start", 200), ("stop", 409), ("start", 200)):
+            seen = feed.changed_at(KEY)
+            assert (await one.post(f"/v1/experiments/{KEY}/{verb}")).status_code == 200
+            assert (await one.post("/v1/assign", json=assign)).status_code == expected
+            for _ in range(500):  # PostgreSQL: the LISTEN thread gets it within milliseconds
+                if feed.changed_at(KEY) > seen:
+                    break
+                await asyncio.sleep(0.01)
+            answer = await other.post("/v1/assign", json=assign)
+            assert answer.status_code == expected, (verb, answer.text)
