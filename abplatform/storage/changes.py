@@ -191,11 +191,13 @@ class CounterFeed:
 
     def version(self) -> int:
         """The counter as it is in the file now."""
-        return int(_COUNTER.unpack_from(self._map, 0)[0])
+        value: int = _COUNTER.unpack_from(self._map, 0)[0]
+        return value
 
     def changed_at(self, key: str) -> int:
         """The counter: a bump concerns every experiment."""
-        return int(_COUNTER.unpack_from(self._map, 0)[0])
+        value: int = _COUNTER.unpack_from(self._map, 0)[0]
+        return value
 
     def close(self) -> None:
         """Unmap the counter."""

@@ -23,7 +23,9 @@ import pytest
 
 from abplatform.api.app import create_app
 from abplatform.api.settings import Settings
+from abplatform.storage.changes import CounterFeed, bump
 from tests.api.conftest import KEY
+from tests.api.test_outage import PgProxy, proxy, running_url  # noqa: F401 (fixtures)
 from tests.api.test_shutdown import _free_port, _serve
 
 WORKERS = 2
@@ -180,3 +182,45 @@ async def test_a_change_through_one_worker_is_honoured_by_the_other(
                 await asyncio.sleep(0.01)
             answer = await other.post("/v1/assign", json=assign)
             assert answer.status_code == expected, (verb, answer.text)
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_a_change_signalled_while_the_database_is_away_keeps_the_entry_served(
+    running_url: str,  # noqa: F811
+    proxy: PgProxy,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The re-read a signal asks for fails for want of the database: served as in an outage.
+
+    The cache's feed is swapped for a counter file the test bumps, so the signal arrives
+    exactly while the database is away (a NOTIFY could not).
+    """
+    settings = Settings(
+        database_url=proxy.url(running_url),
+        api_auth=False,
+        api_journal_dir=str(tmp_path / "journal"),
+        api_db_connect_timeout_seconds=1.0,
+    )
+    app = create_app(settings)
+    counter = tmp_path / "changes"
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as http,
+    ):
+        cache = app.state.services.experiments
+        cache.changes.close()
+        cache.changes = CounterFeed(counter)
+        cache.invalidate(KEY)  # read anew, at the version of this feed
+        assign = {"experiment": KEY, "unit_id": "u1"}
+        assert (await http.post("/v1/assign", json=assign)).status_code == 200
+        read_at = cache._entries[KEY].version
+        proxy.stop()
+        bump(counter)
+        served = await http.post("/v1/assign", json=assign)
+        assert served.status_code == 200, served.text  # from memory, as during an outage
+        assert cache._entries[KEY].version == read_at  # not re-read: asked again next time
+        proxy.resume()
+        await asyncio.sleep(1.0)  # the retry period of the failure
+        assert (await http.post("/v1/assign", json=assign)).status_code == 200
+        assert cache._entries[KEY].version > read_at  # re-read now
