@@ -237,12 +237,10 @@ def seed(url: str) -> None:
     The two-tower one is small (2,000 users, 1,000 items, 2 epochs) so that every server
     worker trains it at start-up in seconds; serving its slates is what is measured.
     """
-    from sqlalchemy import update
-
     from abplatform.config.loader import load_experiment
     from abplatform.config.models import SimulationConfig
-    from abplatform.storage import models as m
-    from abplatform.storage.db import open_database
+    from abplatform.storage.db import open_database, transaction
+    from abplatform.storage.repository import list_experiments, set_status
     from simulator.runner import simulate
 
     engine = open_database(url)
@@ -266,8 +264,9 @@ def seed(url: str) -> None:
     ]
     sim = SimulationConfig(users=2_000, days=1, items=1_000, slate_size=10)
     simulate(engine, config.model_copy(update={"simulation": sim, "variants": variants}))
-    with engine.begin() as conn:
-        conn.execute(update(m.Experiment).values(status="running"))
+    with transaction(engine) as session:
+        for stored in list_experiments(session):
+            set_status(session, stored.key, "running")
     engine.dispose()
 
 

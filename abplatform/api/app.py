@@ -29,6 +29,7 @@ from abplatform.api.schemas import AssignBatchRequest, AssignRequest, EventBatch
 from abplatform.api.settings import Settings
 from abplatform.bandit import BanditFeedback
 from abplatform.journal import Journal, replay
+from abplatform.storage.changes import open_feed
 from abplatform.storage.db import open_database
 from abplatform.writer import BufferedWriter, replay_journal
 
@@ -75,6 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             commit_wait=chosen.api_events_wait_seconds,
         )
         writer.start()
+        # Creates, starts, stops in any process reach this one's cache at once (the SQLite
+        # counter file, or a LISTEN thread on PostgreSQL): abplatform/storage/changes.py.
+        changes = open_feed(engine, chosen.api_db_connect_timeout_seconds)
         cache = ExperimentCache(
             engine,
             chosen.api_status_ttl_seconds,
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # A database call waits a connect timeout, plus a second for the query.
             health=DatabaseHealth(chosen.api_db_connect_timeout_seconds + 1.0),
             outage_serve=chosen.api_outage_serve_seconds,
+            changes=changes,
         )
         app.state.services = Services(
             settings=chosen, engine=engine, writer=writer, experiments=cache
@@ -100,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await writer.close()
+            await asyncio.to_thread(changes.close)
             app.state.services.keys.close()
             engine.dispose()
 

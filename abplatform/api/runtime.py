@@ -23,6 +23,7 @@ from abplatform.config.models import ExperimentConfig
 from abplatform.domain import RecRequest, Slate
 from abplatform.errors import DatabaseUnavailable, NotFoundError
 from abplatform.storage import models as m
+from abplatform.storage.changes import ChangeFeed, NoFeed
 from abplatform.storage.db import transaction
 from abplatform.storage.repository import get_experiment
 from abplatform.strategy import Strategy
@@ -120,6 +121,7 @@ class ExperimentRuntime:
     coalescers: dict[str, Coalescer] = field(default_factory=dict)
     n_items: int = 0
     checked_at: float = field(default_factory=time.monotonic)
+    version: int = 0  # of the change feed, taken before the status was last read
 
     async def slate(
         self, variant: str, request: RecRequest, k: int | None, *, together: bool = True
@@ -160,7 +162,13 @@ def _fit(engine: Engine, runtime: ExperimentRuntime, coalesce: bool) -> None:
 
 
 class ExperimentCache:
-    """Experiments by key; the status is re-read at most every `ttl` seconds per experiment.
+    """Experiments by key; re-read when the change feed signals a change, and every `ttl` s.
+
+    Every request compares the feed's version of its experiment's latest change with the
+    version its entry was read at (no database call): a signalled change (create, start,
+    stop, model switch, in any process) is re-read before the request is answered. The
+    re-read every `ttl` seconds is a safety net for a lost signal; it serves the entry as
+    is while one background task re-reads it (stale-while-revalidate).
 
     A new `updated_at` (re-created, started, stopped) rebuilds the entry, so strategies are
     refitted on the next assignment; between checks a request only hashes and slates.
@@ -179,8 +187,10 @@ class ExperimentCache:
         bandit: BanditFeedback | None = None,
         health: DatabaseHealth | None = None,
         outage_serve: float = OUTAGE_SERVE_SECONDS,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self.engine = engine
+        self.changes: ChangeFeed = changes or NoFeed()
         self.health = health or DatabaseHealth(DATABASE_WAIT_SECONDS)
         self.outage_serve = outage_serve
         self.bandit = bandit
@@ -233,25 +243,40 @@ class ExperimentCache:
     async def get(self, key: str, *, fit: bool) -> ExperimentRuntime:
         """The experiment's runtime; with `fit`, strategies are fitted if it is running.
 
-        A usable but stale entry is served as is while one background task re-reads the
-        status (stale-while-revalidate), so no request waits on that database read.
+        An entry whose experiment changed since it was read (the change feed says so) is
+        re-read first; one that could not be re-read for want of the database is served as
+        the outage rules say. A usable entry older than the TTL is served as is while one
+        background task re-reads the status (stale-while-revalidate).
         """
         failed = self._unservable.get(key) if fit else None
         if failed is not None and time.monotonic() - failed[1] < UNSERVABLE_RETRY_SECONDS:
             raise Unservable(key, failed[0])
         entry = self._entries.get(key)
-        usable = entry is not None and (
-            not fit or entry.strategies is not None or entry.status != "running"
-        )
+        usable = entry is not None and _usable(entry, fit)
         if entry is not None and usable:
             if self.health.unreachable and self._too_old(entry):
                 raise self.health.error()
+            if self.changes.changed_at(key) > entry.version:
+                return await self._reread(key, entry, fit)
             if not self._fresh(entry) and key not in self._refreshing:
                 self._refreshing.add(key)
                 task = asyncio.get_running_loop().create_task(self._load(key, fit=False))
                 task.add_done_callback(partial(self._refreshed, key))
             return entry
         return await self._load(key, fit=fit)
+
+    async def _reread(self, key: str, entry: ExperimentRuntime, fit: bool) -> ExperimentRuntime:
+        """The entry re-read after a signalled change; as it was if the database is away."""
+        try:
+            return await self._load(key, fit=fit)
+        except Exception as exc:
+            if not unavailable(exc):
+                if not isinstance(exc, Unservable):
+                    self._entries.pop(key, None)  # e.g. deleted
+                raise
+            if self._too_old(entry):
+                raise
+            return entry  # as during an outage (see the class docstring)
 
     def _too_old(self, entry: ExperimentRuntime) -> bool:
         """Whether the entry was last read from the database over `outage_serve` s ago."""
@@ -270,6 +295,14 @@ class ExperimentCache:
         self.health.check()  # the database failed a moment ago: 503 at once
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
+            current = self._entries.get(key)
+            if (
+                current is not None
+                and _usable(current, fit)
+                and self._fresh(current)
+                and current.version >= self.changes.changed_at(key)
+            ):
+                return current  # read, since the last change, by the request this one waited for
             self.health.check()  # the request this one waited for found it away
             work = partial(self._refresh, key, self._entries.get(key), fit)
             try:
@@ -302,6 +335,7 @@ class ExperimentCache:
         self._unservable[key] = (reason, time.monotonic())
 
     def _refresh(self, key: str, entry: ExperimentRuntime | None, fit: bool) -> ExperimentRuntime:
+        version = self.changes.version()  # before the read: a change after it is seen anew
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(m.Experiment.id, m.Experiment.status, m.Experiment.updated_at).where(
@@ -327,6 +361,7 @@ class ExperimentCache:
             )
         entry.status = row.status
         entry.checked_at = time.monotonic()
+        entry.version = version
         if fit and entry.status == "running" and entry.strategies is None:
             try:
                 _fit(self.engine, entry, self.coalesce)
@@ -335,3 +370,8 @@ class ExperimentCache:
             except Exception as exc:  # e.g. an empty catalogue: this experiment only
                 raise Unservable(key, f"cannot be fitted: {exc}") from exc
         return entry
+
+
+def _usable(entry: ExperimentRuntime, fit: bool) -> bool:
+    """Whether the entry can answer a request (with `fit`: fitted, unless not running)."""
+    return not fit or entry.strategies is not None or entry.status != "running"

@@ -14,6 +14,7 @@ from abplatform.config.loader import validate_config
 from abplatform.config.models import ExperimentConfig
 from abplatform.errors import AbplatformError, NotFoundError
 from abplatform.storage import models as m
+from abplatform.storage.changes import experiment_changed
 from abplatform.storage.rows import delete_experiment_rows
 
 
@@ -69,7 +70,31 @@ def save_experiment(
         row.config = document
         row.updated_at = now
     session.flush()
+    experiment_changed(session, row.key)  # every server process re-reads it
     return StoredExperiment(row.id, row.key, row.catalog, row.status, config)
+
+
+STATUSES = ("draft", "running", "stopped")
+
+
+def set_status(session: Session, key: str, status: str) -> StoredExperiment:
+    """Set the experiment's status (`STATUSES`); every server process re-reads it at commit.
+
+    NotFoundError lists the known keys; the strategies are refitted on the next assignment
+    (`updated_at` moves).
+    """
+    if status not in STATUSES:
+        raise AbplatformError(
+            f"status: {status!r} is not one of {', '.join(STATUSES)}",
+            hint="start an experiment with `running`, stop it with `stopped`",
+        )
+    stored = get_experiment(session, key)  # 404 listing the known keys
+    row = session.scalars(select(m.Experiment).where(m.Experiment.key == key)).one()
+    row.status = status
+    row.updated_at = utcnow()
+    session.flush()
+    experiment_changed(session, key)
+    return StoredExperiment(stored.id, stored.key, stored.catalog, status, stored.config)
 
 
 class OrphanedDataError(AbplatformError):

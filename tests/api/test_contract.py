@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from typing import Any
 
@@ -39,7 +40,11 @@ def _count(url: str, table: Any, *where: Any) -> int:
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    assert (await client.get("/readyz")).json() == {"status": "ok", "unservable": {}}
+    assert (await client.get("/readyz")).json() == {
+        "status": "ok",
+        "process": os.getpid(),
+        "unservable": {},
+    }
     for path in ("/healthz", "/readyz"):
         head = await client.head(path)
         assert (head.status_code, head.content) == (200, b""), path
@@ -347,7 +352,11 @@ async def test_an_unfittable_experiment_is_unservable_until_fixed(
     await _start(client)
     served = await client.post("/v1/assign", json={"experiment": KEY, "unit_id": "u1"})
     assert served.status_code == 200, served.text
-    assert (await client.get("/readyz")).json() == {"status": "ok", "unservable": {}}
+    assert (await client.get("/readyz")).json() == {
+        "status": "ok",
+        "process": os.getpid(),
+        "unservable": {},
+    }
 
 
 async def test_timestamps_are_unix_seconds_never_ms(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import AfterValidator
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from abplatform.api.deps import AdminScope, ReadScope, ServicesDep, SessionDep
@@ -21,14 +21,13 @@ from abplatform.api.schemas import ExperimentList, ExperimentOut
 from abplatform.config.loader import load_experiment_text, validate_config
 from abplatform.config.models import ExperimentConfig
 from abplatform.errors import ConfigError, ConfigProblem
-from abplatform.storage import models as m
-from abplatform.storage.db import is_statement_timeout
+from abplatform.storage.db import is_statement_timeout, transaction
 from abplatform.storage.repository import (
     StoredExperiment,
     get_experiment,
     list_experiments,
     save_experiment,
-    utcnow,
+    set_status,
 )
 from abplatform.values import storable
 
@@ -123,8 +122,6 @@ async def create(request: Request, services: ServicesDep) -> JSONResponse:
     config = _parse(await request.body(), request.headers.get("content-type", ""))
 
     def save() -> dict[str, Any]:
-        from abplatform.storage.db import transaction
-
         with transaction(services.engine) as session:
             return _out(save_experiment(session, config, config.catalog))
 
@@ -144,17 +141,18 @@ def _forget_results(request: Request, key: str) -> None:
 def _status_route(verb: str, status: str, summary: str) -> None:
     """Register `POST /{key}/<verb>`, which sets the experiment's status."""
 
-    def change(
-        key: Key, request: Request, session: SessionDep, services: ServicesDep
-    ) -> dict[str, Any]:
-        get_experiment(session, key)  # 404 listing the known keys
-        row = session.scalars(select(m.Experiment).where(m.Experiment.key == key)).one()
-        row.status = status
-        row.updated_at = utcnow()
-        session.flush()
+    async def change(key: Key, request: Request, services: ServicesDep) -> dict[str, Any]:
+        def store() -> dict[str, Any]:
+            with transaction(services.engine) as session:
+                return _out(set_status(session, key, status))
+
+        # Committed before this process forgets its entry and answers: a request served in
+        # between cannot cache the old status. Other processes hear of it at the commit
+        # (abplatform/storage/changes.py).
+        out = await run_in_threadpool(store)
         services.experiments.invalidate(key)
         _forget_results(request, key)
-        return _out(get_experiment(session, key))
+        return out
 
     change.__name__ = change.__qualname__ = verb
     change.__doc__ = summary

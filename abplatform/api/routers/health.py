@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
@@ -31,6 +32,9 @@ class Readiness(BaseModel):
     """Readiness: the database answers; running experiments this process cannot serve."""
 
     status: str = Field(description='"ok", or "database unreachable" (then 503)')
+    process: int = Field(
+        description="id of the server process that answered (one of `serve --workers N`)"
+    )
     unservable: dict[str, str] = Field(
         default_factory=dict,
         description="{experiment key: reason} of running experiments that cannot be fitted "
@@ -62,6 +66,7 @@ def _outage(services: Services) -> dict[str, object]:
     since = health.unreachable_since
     return {
         "status": "database unreachable",
+        "process": os.getpid(),
         "unservable": services.experiments.unservable(),
         "unreachable_since": None
         if since is None
@@ -80,7 +85,8 @@ async def readyz(services: ServicesDep) -> FastJSON:
         await services.experiments.health.call(lambda: _ping(services.engine))
     except DatabaseUnavailable:
         return FastJSON(_outage(services), status_code=503, headers={"Retry-After": "1"})
-    return FastJSON({"status": "ok", "unservable": services.experiments.unservable()})
+    ok = {"status": "ok", "process": os.getpid(), "unservable": services.experiments.unservable()}
+    return FastJSON(ok)
 
 
 def _headers_only(answer: Response) -> Response:
