@@ -70,6 +70,12 @@ def artifact_sha256(directory: str | Path) -> str:
 def verify_artifact(directory: str | Path, expected_sha256: str) -> Path:
     """The artifact directory, resolved, after checking its digest; `ArtifactMismatch` if not."""
     root = Path(directory).resolve()
+    if not root.is_dir():
+        raise ArtifactError(
+            f"artifact directory {root} does not exist (expected sha256 {expected_sha256})",
+            hint="the artifacts were moved or deleted; restore them or train again "
+            "(abplatform train FILE)",
+        )
     actual = artifact_sha256(root)
     if actual != expected_sha256:
         raise ArtifactMismatch(root, expected_sha256, actual)

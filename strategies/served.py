@@ -23,10 +23,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from abplatform.artifacts import verify_artifact
 from abplatform.config.loader import build_params
 from abplatform.config.models import LATEST_MODEL, ExperimentConfig, VariantConfig
 from abplatform.domain import InteractionLog
-from abplatform.errors import AbplatformError
+from abplatform.errors import AbplatformError, NotFoundError
 from abplatform.storage.model_registry import (
     ModelRecord,
     ModelRefused,
@@ -97,6 +98,12 @@ def resolve_models(
         spec = variant.strategy
         try:
             record = resolve(session, config.key, variant.key, pin, kind=spec.kind, catalog=catalog)
+        except NotFoundError as exc:  # a pinned id that was never registered
+            raise ModelRefused(
+                f"variant {variant.key!r} of experiment {config.key!r} pins model {pin}, "
+                "which is not registered",
+                hint="abplatform models list --experiment KEY shows the registered ids",
+            ) from exc
         except NoServingModel as exc:
             if spec.model is None:  # implicit `latest` of a TensorFlow strategy
                 raise ModelRequired(
@@ -117,6 +124,20 @@ def resolve_models(
             )
         out[variant.key] = record
     return out
+
+
+def check_servable(
+    session: Session, config: ExperimentConfig, catalog: str
+) -> dict[str, ModelRecord]:
+    """`resolve_models`, then every resolved model's artifact checked against its sha256.
+
+    What `POST /start` runs before it changes anything: a missing or changed artifact
+    raises `ArtifactError` / `ArtifactMismatch` naming its path and expected checksum.
+    """
+    models = resolve_models(session, config, catalog)
+    for record in models.values():
+        verify_artifact(record.artifact_path, record.artifact_sha256)
+    return models
 
 
 def serve_variants(
@@ -153,3 +174,30 @@ def serve_variants(
         for fitted in fit_each(to_fit, log, seed=strategy_seed(config, seed)):
             served[fitted.planned.name] = ServedVariant(fitted.strategy)
     return served
+
+
+def switch_model(session: Session, model_id: int, status: str) -> ModelRecord:
+    """Promote (``serving``) or retire (``retired``) a model; its experiment reloads at commit.
+
+    When the model's experiment is running, what it would serve afterwards is checked in
+    the same transaction (`check_servable`): a retire that would leave a variant with
+    nothing to serve (e.g. the model it pins, or the only serving one of a ``latest``) is
+    refused with `ModelRefused` and nothing changes. Every server process then reloads
+    the experiment's strategies, one switch per experiment at a time.
+    """
+    from abplatform.storage.model_registry import promote, retire
+    from abplatform.storage.repository import get_experiment, touch_experiment
+
+    record = promote(session, model_id) if status == "serving" else retire(session, model_id)
+    stored = touch_experiment(session, record.experiment)
+    if stored is not None and stored.status == "running":
+        try:
+            check_servable(session, get_experiment(session, stored.key).config, stored.catalog)
+        except AbplatformError as exc:
+            raise ModelRefused(
+                f"model {record.id} cannot be made {status}: running experiment "
+                f"{stored.key!r} would not be servable: {exc.message}",
+                hint=f"stop the experiment first (POST /v1/experiments/{stored.key}/stop), "
+                "or pin another model",
+            ) from exc
+    return record

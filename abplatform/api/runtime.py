@@ -1,4 +1,4 @@
-"""Per-process cache of running experiments: policy plus strategies fitted once on SQL history."""
+"""Per-process cache of running experiments: policy plus the strategies each variant serves."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ from abplatform.config.models import ExperimentConfig
 from abplatform.domain import RecRequest, Slate
 from abplatform.errors import DatabaseUnavailable, NotFoundError
 from abplatform.storage import models as m
+from abplatform.storage.catalog import item_count
 from abplatform.storage.changes import ChangeFeed, NoFeed
 from abplatform.storage.db import transaction
+from abplatform.storage.model_registry import ModelRecord
 from abplatform.storage.repository import get_experiment
 from abplatform.strategy import Strategy
-from strategies.fitting import fit_variants
+from strategies.served import serve_variants
 
 DEFAULT_K = 10
 # An experiment that could not be fitted or loaded is tried again after this many seconds
@@ -118,6 +120,7 @@ class ExperimentRuntime:
     policy: AssignmentPolicy
     default_k: int
     strategies: dict[str, Strategy | None] | None = None
+    models: dict[str, ModelRecord | None] = field(default_factory=dict)  # None: fit at start
     coalescers: dict[str, Coalescer] = field(default_factory=dict)
     n_items: int = 0
     checked_at: float = field(default_factory=time.monotonic)
@@ -145,19 +148,27 @@ class ExperimentRuntime:
             for item, score in zip(slate.items, slate.scores, strict=True)
         ]
 
+    def model_id(self, variant: str) -> int | None:
+        """The registered model serving `variant` (None: fitted at start, or no strategy)."""
+        model = self.models.get(variant)
+        return model.id if model is not None else None
 
-def _fit(engine: Engine, runtime: ExperimentRuntime, coalesce: bool) -> None:
-    with engine.connect() as conn:
-        stored_catalog = conn.execute(
+
+def _load_strategies(engine: Engine, runtime: ExperimentRuntime, coalesce: bool) -> None:
+    """Load each variant's registered model, or fit the cheap ones (`serve_variants`)."""
+    with transaction(engine) as session:
+        stored_catalog = session.execute(
             select(m.Experiment.catalog).where(m.Experiment.id == runtime.id)
         ).scalar_one()
-    fitted = fit_variants(engine, runtime.config, stored_catalog)
-    n_items = len(fitted.history.catalog)
+        served = serve_variants(session, runtime.config, stored_catalog)
+        n_items = item_count(session.connection(), stored_catalog)
     size = min(DEFAULT_K, n_items)
-    for key, strategy in fitted.strategies.items():
+    for key, one in served.items():
+        strategy = one.strategy
         if strategy is not None and coalesce and size and batching_pays(strategy, size):
             runtime.coalescers[key] = Coalescer(strategy)
-    runtime.strategies = fitted.strategies
+    runtime.models = {key: one.model for key, one in served.items()}
+    runtime.strategies = {key: one.strategy for key, one in served.items()}
     runtime.n_items = n_items
 
 
@@ -364,11 +375,11 @@ class ExperimentCache:
         entry.version = version
         if fit and entry.status == "running" and entry.strategies is None:
             try:
-                _fit(self.engine, entry, self.coalesce)
+                _load_strategies(self.engine, entry, self.coalesce)
             except (DBAPIError, PoolTimeout):  # the database, not the experiment
                 raise
             except Exception as exc:  # e.g. an empty catalogue: this experiment only
-                raise Unservable(key, f"cannot be fitted: {exc}") from exc
+                raise Unservable(key, f"cannot be fitted or loaded: {exc}") from exc
         return entry
 
 

@@ -98,10 +98,10 @@ def models_show(model_id: ModelId, db: DbOption = None, as_json: JsonOption = Fa
 def models_promote(model_id: ModelId, db: DbOption = None) -> None:
     """Make a model `serving` (what `model: latest` resolves to); its artifact is checked."""
     from abplatform.storage.db import transaction
-    from abplatform.storage.model_registry import promote
+    from strategies.served import switch_model
 
     with transaction(open_db(db)) as session:
-        record = run_verb(lambda: promote(session, model_id))
+        record = run_verb(lambda: switch_model(session, model_id, "serving"))
     print(f"model {record.id} ({record.experiment}/{record.variant} v{record.version}) is serving")
 
 
@@ -109,10 +109,10 @@ def models_promote(model_id: ModelId, db: DbOption = None) -> None:
 def models_retire(model_id: ModelId, db: DbOption = None) -> None:
     """Retire a model for good: it is neither served nor promoted again."""
     from abplatform.storage.db import transaction
-    from abplatform.storage.model_registry import retire
+    from strategies.served import switch_model
 
     with transaction(open_db(db)) as session:
-        record = run_verb(lambda: retire(session, model_id))
+        record = run_verb(lambda: switch_model(session, model_id, "retired"))
     print(f"model {record.id} ({record.experiment}/{record.variant} v{record.version}) is retired")
 
 

@@ -147,6 +147,14 @@ def delete_catalog(conn: Connection, catalog: str) -> None:
 # Reads.
 
 
+def item_count(conn: Connection, catalog: str) -> int:
+    """How many items the catalogue holds."""
+    count = conn.execute(
+        select(func.count()).select_from(ITEMS).where(ITEMS.c.catalog == catalog)
+    ).scalar_one()
+    return int(count)
+
+
 def stored_item_ids(conn: Connection, catalog: str) -> dict[str, int]:
     """Item id -> row id of the catalogue's stored items."""
     rows = conn.execute(select(ITEMS.c.item_id, ITEMS.c.id).where(ITEMS.c.catalog == catalog))

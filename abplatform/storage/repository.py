@@ -97,6 +97,20 @@ def set_status(session: Session, key: str, status: str) -> StoredExperiment:
     return StoredExperiment(stored.id, stored.key, stored.catalog, status, stored.config)
 
 
+def touch_experiment(session: Session, key: str) -> StoredExperiment | None:
+    """Mark the experiment changed (e.g. its served model), so servers reload it at commit.
+
+    None when no experiment has that key (a model may be trained before it is created).
+    """
+    row = session.scalars(select(m.Experiment).where(m.Experiment.key == key)).one_or_none()
+    if row is None:
+        return None
+    row.updated_at = utcnow()
+    session.flush()
+    experiment_changed(session, key)
+    return _stored(row)
+
+
 class OrphanedDataError(AbplatformError):
     """An experiment update that would leave stored exposures without their context."""
 

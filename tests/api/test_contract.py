@@ -341,7 +341,7 @@ async def test_an_unfittable_experiment_is_unservable_until_fixed(
         response = await client.post(path, json=body)
         assert response.status_code == 409, response.text
         assert (
-            "cannot be served: cannot be fitted: strategy 'popularity' cannot fit on an "
+            "cannot be served: cannot be fitted or loaded: strategy 'popularity' cannot fit on an "
             in (response.json()["detail"])
         )
     ready = (await client.get("/readyz")).json()

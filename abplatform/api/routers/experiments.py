@@ -30,6 +30,7 @@ from abplatform.storage.repository import (
     set_status,
 )
 from abplatform.values import storable
+from strategies.served import check_servable
 
 if TYPE_CHECKING:
     from reports.results import AnalysisResult
@@ -144,6 +145,9 @@ def _status_route(verb: str, status: str, summary: str) -> None:
     async def change(key: Key, request: Request, services: ServicesDep) -> dict[str, Any]:
         def store() -> dict[str, Any]:
             with transaction(services.engine) as session:
+                if status == "running":  # refused, and nothing changed, if it cannot serve
+                    stored = get_experiment(session, key)
+                    check_servable(session, stored.config, stored.catalog)
                 return _out(set_status(session, key, status))
 
         # Committed before this process forgets its entry and answers: a request served in
@@ -160,12 +164,17 @@ def _status_route(verb: str, status: str, summary: str) -> None:
         f"/{{key}}/{verb}",
         response_model=ExperimentOut,
         dependencies=[AdminScope],
-        responses=error_responses(404),
+        responses=error_responses(404, 409),
     )(change)
 
 
 _status_route(
-    "start", "running", "Start assigning (strategies are refitted on the next assignment)."
+    "start",
+    "running",
+    "Start assigning: each variant serves its registered model (`strategy.model`, or the "
+    "latest serving one for TensorFlow strategies) or is fitted on the history. 409 naming "
+    "the variant when a model is missing, retired, of another kind, catalogue or params, or "
+    "its artifact is missing or changed (path and expected sha256); nothing changes then.",
 )
 _status_route("stop", "stopped", "Stop assigning: further assignments answer 409.")
 

@@ -10,8 +10,9 @@ from pydantic import AfterValidator
 from abplatform.api.deps import AdminScope, ReadScope, SessionDep
 from abplatform.api.errors import error_responses
 from abplatform.api.schemas import ModelList, ModelOut
-from abplatform.storage.model_registry import get_model, list_models, promote, retire
+from abplatform.storage.model_registry import get_model, list_models
 from abplatform.values import storable
+from strategies.served import switch_model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -45,15 +46,16 @@ def show(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
 )
 def promote_model(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
     """Make a model `serving` (its artifact must match its sha256); a retired one is a 409."""
-    return promote(session, model_id).to_dict()
+    return switch_model(session, model_id, "serving").to_dict()
 
 
 @router.post(
     "/{model_id}/retire",
     response_model=ModelOut,
     dependencies=[AdminScope],
-    responses=error_responses(404),
+    responses=error_responses(404, 409),
 )
 def retire_model(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
-    """Retire a model for good: never served or promoted again."""
-    return retire(session, model_id).to_dict()
+    """Retire a model for good: never served or promoted again; 409 if a running
+    experiment would be left with nothing to serve."""
+    return switch_model(session, model_id, "retired").to_dict()
