@@ -315,10 +315,13 @@ class ExperimentCache:
             ):
                 return current  # read, since the last change, by the request this one waited for
             self.health.check()  # the request this one waited for found it away
-            work = partial(self._refresh, key, self._entries.get(key), fit)
+            read = partial(self._refresh, key, self._entries.get(key), False)
             try:
-                # Fitting reads the history and may take long: only status reads are bounded.
-                entry = await self.health.call(work, bounded=not fit)
+                # The status read is bounded, so a request never waits long on a database
+                # that stopped answering; loading or fitting strategies may take long.
+                entry = await self.health.call(read, bounded=True)
+                if fit and entry.status == "running" and entry.strategies is None:
+                    entry = await self.health.call(partial(self._serve, key, entry), bounded=False)
             except Unservable as exc:
                 self._mark(key, exc.reason)
                 raise
@@ -374,12 +377,17 @@ class ExperimentCache:
         entry.checked_at = time.monotonic()
         entry.version = version
         if fit and entry.status == "running" and entry.strategies is None:
-            try:
-                _load_strategies(self.engine, entry, self.coalesce)
-            except (DBAPIError, PoolTimeout):  # the database, not the experiment
-                raise
-            except Exception as exc:  # e.g. an empty catalogue: this experiment only
-                raise Unservable(key, f"cannot be fitted or loaded: {exc}") from exc
+            self._serve(key, entry)
+        return entry
+
+    def _serve(self, key: str, entry: ExperimentRuntime) -> ExperimentRuntime:
+        """`entry` with the strategies of its variants loaded or fitted; Unservable if not."""
+        try:
+            _load_strategies(self.engine, entry, self.coalesce)
+        except (DBAPIError, PoolTimeout):  # the database, not the experiment
+            raise
+        except Exception as exc:  # e.g. an empty catalogue: this experiment only
+            raise Unservable(key, f"cannot be fitted or loaded: {exc}") from exc
         return entry
 
 
