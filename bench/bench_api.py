@@ -231,17 +231,20 @@ def load(
     return asyncio.run(_httpx_load(url, connections, seconds, mode, auth, key))
 
 
-def seed(url: str) -> None:
+def seed(url: str, artifacts: Path) -> None:
     """Simulate both experiments into the database and mark them running.
 
-    The two-tower one is small (2,000 users, 1,000 items, 2 epochs) so that every server
-    worker trains it at start-up in seconds; serving its slates is what is measured.
+    The two-tower one is small (2,000 users, 1,000 items, 2 epochs): it is trained once
+    here and its registered model promoted, which every server worker loads (NumPy only);
+    serving its slates is what is measured.
     """
     from abplatform.config.loader import load_experiment
     from abplatform.config.models import SimulationConfig
     from abplatform.storage.db import open_database, transaction
     from abplatform.storage.repository import list_experiments, set_status
-    from simulator.runner import simulate
+    from simulator.runner import simulate, simulation_catalog
+    from strategies.served import switch_model
+    from strategies.training import train_experiment
 
     engine = open_database(url)
     config = load_experiment(EXAMPLE)
@@ -263,8 +266,14 @@ def seed(url: str) -> None:
         for v in config.variants
     ]
     sim = SimulationConfig(users=2_000, days=1, items=1_000, slate_size=10)
-    simulate(engine, config.model_copy(update={"simulation": sim, "variants": variants}))
+    config = config.model_copy(update={"simulation": sim, "variants": variants})
+    simulate(engine, config)
+    # The two-tower variant serves its registered model: trained here, once, and promoted.
+    report = train_experiment(engine, config, simulation_catalog(config), artifacts_dir=artifacts)
     with transaction(engine) as session:
+        for result in report.results:
+            if result.model_id is not None:
+                switch_model(session, result.model_id, "serving")
         for stored in list_experiments(session):
             set_status(session, stored.key, "running")
     engine.dispose()
@@ -416,7 +425,7 @@ def main() -> None:
     url = args.db or f"sqlite:///{folder}/bench.db"
     client = "wrk" if shutil.which("wrk") else "httpx (asyncio)"
     print(f"client: {client}; {os.cpu_count()} CPUs; db {url}")
-    seed(url)
+    seed(url, folder / "artifacts")
     auth = make_key(url)
     in_process(url)
     script = folder / "load.lua"
@@ -445,7 +454,7 @@ def main() -> None:
             wait_up(hello_url, hello, folder / "hello.log")
             wait_up(f"http://127.0.0.1:{port}/readyz", server, folder / "serve.log", timeout=600)
             print(
-                f"servers ready in {time.monotonic() - clock:.0f} s (abplatform fits both models)"
+                f"servers ready in {time.monotonic() - clock:.0f} s (abplatform loads both models)"
             )
             base = f"http://127.0.0.1:{port}"
             answered = 0
