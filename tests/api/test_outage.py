@@ -375,11 +375,14 @@ def test_stopped_and_paused_database_answers_503_and_loses_nothing(
         for fault in ("stop", "pause"):
             assert _run_fault(port, fault, proxy, loads) < RECOVERY_SECONDS
             time.sleep(0.5)
+        recovered = time.monotonic()
+        time.sleep(1.0)
         stop.set()
         for load in loads:
             load.join(timeout=40)
         for load in loads:  # the same keep-alive client answered 200 after the faults
-            assert load.answers[-1].status == 200, load.kind
+            after = [a.status for a in load.answers if a.at > recovered]
+            assert 200 in after, (load.kind, after[-20:])
     finally:
         stop.set()
         log = _stop(server, tmp_path / "journal")
