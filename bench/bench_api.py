@@ -37,6 +37,8 @@ from pathlib import Path
 
 import httpx
 
+from abplatform.config.models import ExperimentConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "homepage_popularity.yaml"
 KEY = "homepage_popularity"
@@ -231,6 +233,23 @@ def load(
     return asyncio.run(_httpx_load(url, connections, seconds, mode, auth, key))
 
 
+def quick_two_tower(config: ExperimentConfig) -> ExperimentConfig:
+    """`config` with its two-tower variants trained for 2 epochs (seconds, not minutes)."""
+    variants = [
+        v.model_copy(
+            update={
+                "strategy": v.strategy.model_copy(
+                    update={"params": {**v.strategy.params, "epochs": 2}}
+                )
+            }
+        )
+        if v.strategy is not None and v.strategy.kind == "two_tower"
+        else v
+        for v in config.variants
+    ]
+    return config.model_copy(update={"variants": variants})
+
+
 def seed(url: str, artifacts: Path) -> None:
     """Simulate both experiments into the database and mark them running.
 
@@ -252,21 +271,9 @@ def seed(url: str, artifacts: Path) -> None:
         update={"simulation": SimulationConfig(users=5_000, days=1, items=2_000, slate_size=10)}
     )
     simulate(engine, config)
-    config = load_experiment(TWO_TOWER)
-    variants = [
-        v.model_copy(
-            update={
-                "strategy": v.strategy.model_copy(
-                    update={"params": {**v.strategy.params, "epochs": 2}}
-                )
-            }
-        )
-        if v.strategy is not None and v.strategy.kind == "two_tower"
-        else v
-        for v in config.variants
-    ]
+    config = quick_two_tower(load_experiment(TWO_TOWER))
     sim = SimulationConfig(users=2_000, days=1, items=1_000, slate_size=10)
-    config = config.model_copy(update={"simulation": sim, "variants": variants})
+    config = config.model_copy(update={"simulation": sim})
     simulate(engine, config)
     # The two-tower variant serves its registered model: trained here, once, and promoted.
     report = train_experiment(engine, config, simulation_catalog(config), artifacts_dir=artifacts)

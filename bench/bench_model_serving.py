@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bench_api import free_port
+from bench_api import free_port, quick_two_tower
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_TOWER = ROOT / "examples" / "homepage_two_tower.yaml"
@@ -44,21 +44,9 @@ def seed(url: str, artifacts: Path, users: int, items: int) -> None:
     from strategies.served import switch_model
     from strategies.training import train_experiment
 
-    config = load_experiment(TWO_TOWER)
-    variants = [
-        v.model_copy(
-            update={
-                "strategy": v.strategy.model_copy(
-                    update={"params": {**v.strategy.params, "epochs": 2}}
-                )
-            }
-        )
-        if v.strategy is not None and v.strategy.kind == "two_tower"
-        else v
-        for v in config.variants
-    ]
+    config = quick_two_tower(load_experiment(TWO_TOWER))
     sim = SimulationConfig(users=users, days=1, items=items, slate_size=10)
-    config = config.model_copy(update={"simulation": sim, "variants": variants})
+    config = config.model_copy(update={"simulation": sim})
     engine = open_database(url)
     simulate(engine, config)
     report = train_experiment(engine, config, simulation_catalog(config), artifacts_dir=artifacts)

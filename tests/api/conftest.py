@@ -17,7 +17,8 @@ from abplatform.config.loader import load_experiment
 from abplatform.config.models import ExperimentConfig, SimulationConfig
 from abplatform.keys import create_key
 from abplatform.storage.db import open_database, transaction
-from simulator.runner import simulate
+from simulator.runner import simulate, simulation_catalog
+from strategies.training import train_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "homepage_popularity.yaml"
@@ -118,3 +119,15 @@ async def both_lanes(
         app.user_middleware = kept
     async with _http(app, keys) as http:
         yield http
+
+
+@pytest.fixture
+def trained(seeded_url: str, tmp_path: Path) -> dict[str, int]:
+    """The seeded experiment's two popularity variants, trained and registered: id by variant."""
+    config = small_config()
+    engine = open_database(seeded_url)
+    report = train_experiment(
+        engine, config, simulation_catalog(config), artifacts_dir=tmp_path / "artifacts"
+    )
+    engine.dispose()
+    return {r.name: r.model_id for r in report.results if r.model_id is not None}

@@ -10,26 +10,12 @@ import pytest
 from abplatform.artifacts import artifact_sha256
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.model_registry import get_model, register
-from simulator.runner import simulation_catalog
-from strategies.training import train_experiment
-from tests.api.conftest import EXAMPLE, KEY, small_config
+from tests.api.conftest import EXAMPLE, KEY
 
 pytestmark = pytest.mark.anyio
 
 YAML = {"content-type": "application/yaml"}
 TREATMENT = "  - {key: treatment, weight: 0.5, strategy: {kind: popularity, params: {window_days: 30, per_category: true}}}\n"  # noqa: E501
-
-
-@pytest.fixture
-def trained(seeded_url: str, tmp_path: Path) -> dict[str, int]:
-    """Both variants of the seeded experiment trained and registered: model id by variant."""
-    config = small_config()
-    engine = open_database(seeded_url)
-    report = train_experiment(
-        engine, config, simulation_catalog(config), artifacts_dir=tmp_path / "artifacts"
-    )
-    engine.dispose()
-    return {r.name: r.model_id for r in report.results if r.model_id is not None}
 
 
 def _with_treatment(strategy: str) -> str:

@@ -7,24 +7,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from abplatform.storage.db import open_database
 from simulator.runner import simulation_catalog
-from strategies.training import train_experiment
 from tests.api.conftest import KEY, Keys, small_config
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def trained(seeded_url: str, tmp_path: Path) -> dict[str, int]:
-    """The seeded experiment's two popularity variants, trained and registered: id by variant."""
-    config = small_config()
-    engine = open_database(seeded_url)
-    report = train_experiment(
-        engine, config, simulation_catalog(config), artifacts_dir=tmp_path / "artifacts"
-    )
-    engine.dispose()
-    return {r.name: r.model_id for r in report.results if r.model_id is not None}
 
 
 async def test_list_and_show(client: httpx.AsyncClient, trained: dict[str, int]) -> None:
