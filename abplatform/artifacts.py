@@ -9,6 +9,7 @@ This module needs neither TensorFlow nor the strategy plug-ins.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -19,6 +20,14 @@ from abplatform.errors import AbplatformError
 _BLOCK = 1 << 20
 LIBRARIES = ("numpy", "tensorflow", "tf-keras", "tensorflow-recommenders", "abplatform")
 """Packages whose versions a manifest records (looked up, never imported)."""
+ARTIFACTS_ENV = "ABPLATFORM_ARTIFACTS"
+DEFAULT_ARTIFACTS = "artifacts"
+
+
+def default_artifacts_dir() -> Path:
+    """Where `simulate` and `train` write artifacts by default: $ABPLATFORM_ARTIFACTS, else
+    ``artifacts`` (relative to the working directory)."""
+    return Path(os.environ.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS)
 
 
 class ArtifactError(AbplatformError):

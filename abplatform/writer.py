@@ -132,6 +132,7 @@ def journal_line(ids: Sequence[int], rows: Sequence[ExposureRow]) -> bytes:
                     r.context,
                     r.items,
                     r.weight_version,
+                    r.model_id,
                 ]
                 for exposure_id, r in zip(ids, rows, strict=True)
             ]
@@ -157,6 +158,7 @@ def _decode(line: bytes) -> tuple[list[int], list[ExposureRow]]:
                 context=item[8],
                 items=tuple(item[9]),
                 weight_version=item[10] if len(item) > 10 else None,
+                model_id=item[11] if len(item) > 11 else None,
             )
         )
     return ids, rows

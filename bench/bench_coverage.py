@@ -70,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             engine = open_database(f"sqlite:///{Path(tmp) / f'run{seed}.db'}")
-            simulate(engine, config, seed=seed)
+            simulate(engine, config, seed=seed, artifacts_dir=Path(tmp) / "artifacts")
             document = analyze(engine, "coverage").to_dict()
             engine.dispose()
             for metric in document["metrics"]:

@@ -28,7 +28,9 @@ def main() -> None:
         engine = open_database(url)
         for i in range(args.repeat):
             start = time.perf_counter()
-            result = simulate(engine, config, users=args.users)
+            result = simulate(
+                engine, config, users=args.users, artifacts_dir=Path(tmp) / "artifacts"
+            )
             elapsed = time.perf_counter() - start
             phases = ", ".join(f"{k} {v:.2f}s" for k, v in result.seconds.items())
             print(

@@ -48,11 +48,15 @@ from reports.units import (
 
 __all__ = [
     "ExperimentAggregates",
+    "ModelExposures",
+    "VersionStats",
     "aggregate_experiment",
     "arm_sums",
     "arm_version_counts",
     "build_aggregate_query",
     "cuped_eligible",
+    "exposures_by_model",
+    "model_version_stats",
 ]
 
 Metric = ProportionMetric | MeanMetric | RatioMetric
@@ -303,6 +307,115 @@ def aggregate_experiment(
         stats=stats,
         covariates=covariate_sums,
     )
+
+
+# ---------------------------------------------------------------------------
+# Which registered model served each variant (exposures.model_id)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelExposures:
+    """Exposures and distinct units of one variant served by one model (None: fitted at start)."""
+
+    variant: str
+    model_id: int | None
+    exposures: int
+    units: int
+
+
+def exposures_by_model(
+    connection: Connection | Session, experiment_id: int
+) -> list[ModelExposures]:
+    """Exposures and units per (variant, model id): one query grouped by both.
+
+    Ordered by variant, then model id with NULL (fitted at start) first. A unit served by
+    two models of a variant counts in both.
+    """
+    x = _EXPOSURES
+    rows = connection.execute(
+        select(x.c.variant, x.c.model_id, func.count(), func.count(distinct(x.c.unit_id)))
+        .where(x.c.experiment_id == experiment_id)
+        .group_by(x.c.variant, x.c.model_id)
+    ).all()
+    out = [
+        ModelExposures(str(v), None if model is None else int(model), int(n), int(units))
+        for v, model, n, units in rows
+    ]
+    return sorted(out, key=lambda r: (r.variant, r.model_id is not None, r.model_id or 0))
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """The units a model version enrolled in a variant and each metric's statistics on them."""
+
+    units: int
+    stats: Mapping[str, MeanStats | RatioStats]
+
+
+_FITTED_AT_START = 0
+"""The enrolment model code of a unit whose first exposure has no model id (ids start at 1)."""
+
+
+def model_version_stats(
+    connection: Connection | Session,
+    experiment_id: int,
+    variants: Sequence[str],
+    metrics: Sequence[Metric],
+    of_variants: Sequence[str],
+) -> dict[tuple[str, int | None], VersionStats]:
+    """Each metric's statistics per (variant, model version) of the variants `of_variants`.
+
+    A unit belongs to the model that served its first exposure (the version it was enrolled
+    with; the smallest id on a tie) and keeps its whole per-unit value (`unit_values`), so
+    the versions' units add up to the variant's. Units excluded from the analysis (several
+    variants, unknown variant) are excluded here too. Keys ``(variant, None)`` are the units
+    first served by a strategy fitted at start. Only the pairs that have units are returned.
+    """
+    variants = list(variants)
+    codes = [variants.index(v) for v in of_variants]
+    if not codes:
+        return {}
+    labels = _plan(metrics)
+    values = unit_values(
+        experiment_id, (key for product in labels for key in product), variants=variants
+    )
+    units, table = values.units, values.table
+    x = _EXPOSURES.alias("enrolment")
+    fitted: ColumnElement[int] = literal_column(str(_FITTED_AT_START))
+    enrolment = (
+        select(
+            x.c.unit_id.label("unit_key"),
+            func.min(func.coalesce(x.c.model_id, fitted)).label("model"),
+        )
+        .select_from(
+            x.join(units, (x.c.unit_id == units.c.unit_key) & (x.c.ts == units.c.first_ts))
+        )
+        .where(x.c.experiment_id == experiment_id, x.c.variant.in_(list(of_variants)))
+        .group_by(x.c.unit_id)
+        .subquery("enrolment")
+    )
+    totals = [func.sum(values.product(f)).label(label) for f, label in labels.items()]
+    query = (
+        select(table.c.code, enrolment.c.model, func.count().label("n"), *totals)
+        .select_from(table.join(enrolment, enrolment.c.unit_key == table.c.unit_key))
+        .where(table.c.code == table.c.code_max, table.c.code.in_(codes))
+        .group_by(table.c.code, enrolment.c.model)
+    )
+    out: dict[tuple[str, int | None], VersionStats] = {}
+    for row in connection.execute(query).mappings():
+        model = int(row["model"])
+        key = (variants[int(row["code"])], None if model == _FITTED_AT_START else model)
+        stats: dict[str, MeanStats | RatioStats] = {}
+        for metric in metrics:
+            kind = RatioStats if isinstance(metric, RatioMetric) else MeanStats
+            sums = {
+                name: _as_float(row[labels[tuple(sorted(f))]])
+                for name, f in _metric_terms(metric).items()
+            }
+            stats[metric.name] = kind(n=int(row["n"]), **sums)
+        out[key] = VersionStats(int(row["n"]), stats)
+    return out
 
 
 # ---------------------------------------------------------------------------

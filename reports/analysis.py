@@ -39,6 +39,7 @@ from reports.aggregate import ExperimentAggregates, aggregate_experiment, cuped_
 from reports.bandit import bandit_analysis
 from reports.bayes import beta_binomial, normal_approximation
 from reports.cuped import CovariateSums, CupedResult, cuped_adjust
+from reports.models import served_models
 from reports.multiple import adjust_pvalues
 from reports.power import mde_at
 from reports.results import (
@@ -417,6 +418,8 @@ def analyze(
         if run is not None:
             run_info = RunInfo(run.id, int(run.seed), run.status)
             ground_truth = run.ground_truth
+        with stage("models"):
+            models, model_warnings = served_models(session, stored.id, config, options.alpha)
         bandit = None
         if config.bandit is not None:
             with stage("bandit"):
@@ -462,6 +465,7 @@ def analyze(
                 f"(p = {bandit.allocation_check.p_value:.2g}); see bandit.allocation_check"
             )
     warnings.extend(srm_warnings)
+    warnings.extend(model_warnings)
     with stage("statistics"):  # metrics and CUPED adjustment, in Python
         metrics = _statistics(config, options, aggregates, ground_truth)
     with stage("ranking quality"):
@@ -484,6 +488,7 @@ def analyze(
         guardrails=tuple(settings.guardrails),
         ranking=ranking_quality,
         bandit=bandit,
+        models=models,
     )
 
 

@@ -362,7 +362,44 @@ def _view(result: AnalysisResult) -> dict[str, Any]:
         "bandit": None
         if result.bandit is None
         else _bandit_view(result.bandit, _confidence(result.alpha)),
+        "models": _models_view(result),
     }
+
+
+def _models_view(result: AnalysisResult) -> dict[str, Any] | None:
+    """Rows of the models-served table and, per variant served by several, its breakdown."""
+    if not result.models:
+        return None
+    types = {metric.metric: metric.type for metric in result.metrics}
+    rows = [
+        {
+            "variant": variant,
+            "label": one.label,
+            "kind": one.kind or DASH,
+            "status": one.status or DASH,
+            "exposures": f"{one.exposures:,}",
+            "units": f"{one.units:,}",
+        }
+        for variant, served in result.models.items()
+        for one in served.models
+    ]
+    mixed = [
+        {
+            "variant": variant,
+            "count": len(served.models),
+            "rows": [
+                {
+                    "label": row.label,
+                    "units": f"{row.units:,}",
+                    "means": [format_value(types[name], row.means.get(name)) for name in types],
+                }
+                for row in served.breakdown
+            ],
+        }
+        for variant, served in result.models.items()
+        if served.breakdown is not None
+    ]
+    return {"rows": rows, "mixed": mixed, "metrics": list(types)}
 
 
 _CORRECTION_TEXT = {

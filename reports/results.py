@@ -22,12 +22,15 @@ __all__ = [
     "CupedInfo",
     "MetricResult",
     "MetricType",
+    "ModelVersionBreakdown",
     "RankingQuality",
     "Regret",
     "RunInfo",
     "SequentialSummary",
+    "ServedModel",
     "SrmSummary",
     "VariantEstimate",
+    "VariantModels",
     "Verdict",
     "clean_float",
     "clean_pair",
@@ -314,6 +317,47 @@ class BanditResult(JsonResult):
     regret: Regret | None
 
 
+FITTED_AT_START = "fitted at start"
+"""How exposures without a model id (a strategy fitted when serving began) are labelled."""
+
+
+@dataclass(frozen=True)
+class ServedModel(JsonResult):
+    """One model that served a variant: the registered model, or none (fitted at start)."""
+
+    model_id: int | None
+    version: int | None
+    kind: str | None
+    status: str | None
+    label: str
+    """``model 7 (v2)``, or ``fitted at start`` without a model id."""
+    exposures: int
+    units: int
+    """Distinct units it served (a unit served by two models counts in both)."""
+
+
+@dataclass(frozen=True)
+class ModelVersionBreakdown(JsonResult):
+    """A variant's units enrolled by one model version (first exposure) and their metric means."""
+
+    model_id: int | None
+    version: int | None
+    label: str
+    units: int
+    means: Mapping[str, float | None]
+    """Per metric: the mean (proportion, mean) or ratio of totals over these units."""
+
+
+@dataclass(frozen=True)
+class VariantModels(JsonResult):
+    """The model versions that served one variant; a breakdown when there were several."""
+
+    variant: str
+    models: tuple[ServedModel, ...]
+    breakdown: tuple[ModelVersionBreakdown, ...] | None = None
+    """Only for a variant served by more than one model version."""
+
+
 @dataclass(frozen=True)
 class AnalysisResult:
     """Everything `analyze` found out about an experiment; `to_dict` is the JSON contract."""
@@ -336,6 +380,8 @@ class AnalysisResult:
     ranking: Mapping[str, RankingQuality] | None = None
     bandit: BanditResult | None = None
     """Thompson-sampling experiments only: allocation, P(best), IPW estimates, regret."""
+    models: Mapping[str, VariantModels] | None = None
+    """Per variant, the registered model versions that served it (`exposures.model_id`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of an analysis (floats or null; never NaN or infinity)."""
@@ -364,4 +410,7 @@ class AnalysisResult:
             if self.ranking is None
             else {variant: values.to_dict() for variant, values in self.ranking.items()},
             "bandit": None if self.bandit is None else self.bandit.to_dict(),
+            "models": None
+            if self.models is None
+            else {variant: served.to_dict() for variant, served in self.models.items()},
         }

@@ -12,6 +12,7 @@ from reports.results import (
     BanditResult,
     ComparisonResult,
     MetricResult,
+    VariantModels,
     clean_float,
     clean_pair,
 )
@@ -19,6 +20,7 @@ from reports.results import (
 __all__ = [
     "bandit_renderable",
     "metric_table",
+    "models_renderable",
     "print_table",
     "ranking_table",
     "report_renderable",
@@ -158,11 +160,58 @@ def report_renderable(result: AnalysisResult) -> RenderableType:
     excluded = result.excluded_units.get("multiple_variants", 0)
     if excluded:
         parts.append(Text(f"{excluded:,} units saw several variants and are excluded", "yellow"))
+    if result.models:
+        parts.extend(models_renderable(result))
     mode = "sequential (always-valid)" if result.sequential else "fixed-horizon"
     parts.append(Text(f"{mode} tests; correction: {result.correction}", style="dim"))
     parts.extend(metric_table(metric, result) for metric in result.metrics)
     parts.extend(Text(f"warning: {w}", style="yellow") for w in result.warnings)
     return Group(*parts)
+
+
+def models_renderable(result: AnalysisResult) -> list[RenderableType]:
+    """The models that served each variant; an alert and a per-version table for a mix."""
+    models: dict[str, VariantModels] = dict(result.models or {})
+    table = Table(title="models served", title_justify="left")
+    for column in ("variant", "model", "kind", "status"):
+        table.add_column(column)
+    table.add_column("exposures", justify="right")
+    table.add_column("units", justify="right")
+    for variant, served in models.items():
+        for one in served.models:
+            table.add_row(
+                Text(variant),
+                Text(one.label),
+                Text(one.kind or fmt.DASH),
+                Text(one.status or fmt.DASH),
+                f"{one.exposures:,}",
+                f"{one.units:,}",
+            )
+    parts: list[RenderableType] = [table]
+    types = {metric.metric: metric.type for metric in result.metrics}
+    for variant, served in models.items():
+        if served.breakdown is None:
+            continue
+        parts.append(
+            Text(
+                f"SEVERAL MODEL VERSIONS served {variant} ({len(served.models)}): its metrics "
+                "mix them; per version (units by the model of their first exposure):",
+                style="bold black on yellow",
+            )
+        )
+        versions = Table(title=f"{variant} per model version", title_justify="left")
+        versions.add_column("model")
+        versions.add_column("units", justify="right")
+        for name in types:
+            versions.add_column(Text(name), justify="right")
+        for row in served.breakdown:
+            versions.add_row(
+                Text(row.label),
+                f"{row.units:,}",
+                *(fmt.format_value(types[name], row.means.get(name)) for name in types),
+            )
+        parts.append(versions)
+    return parts
 
 
 def print_table(result: AnalysisResult, console: Console) -> None:

@@ -194,6 +194,7 @@ def play_bandit(
     rng: np.random.Generator,
     run_seed: int,
     progress: Progress,
+    model_ids: list[int | None] | None = None,
 ) -> BanditRun:
     """Play the traffic batch by batch with the Thompson policy and write every row."""
     sim = config.simulation or SimulationConfig()
@@ -324,7 +325,16 @@ def play_bandit(
         buffer.sessions += rows.size
         if buffer.sessions >= FLUSH_SESSIONS or b == n_batches - 1:
             event_seq = _flush(
-                conn, buffer, traffic, world, keys, k, experiment_id, run_id, event_seq
+                conn,
+                buffer,
+                traffic,
+                world,
+                keys,
+                k,
+                experiment_id,
+                run_id,
+                event_seq,
+                model_ids or [],
             )
     progress("bandit batches", n_batches, n_batches)
     for a, key_ in enumerate(keys):
@@ -450,6 +460,7 @@ def _flush(
     experiment_id: int,
     run_id: int,
     event_seq: int,
+    model_ids: list[int | None],
 ) -> int:
     """Write the buffered sessions' exposures, impressions and events; return the event seq."""
     if not buffer.parts:
@@ -482,5 +493,12 @@ def _flush(
         weight_version=version,
     )
     return write_sessions(
-        conn, world, block, keys, experiment_id=experiment_id, run_id=run_id, event_seq=event_seq
+        conn,
+        world,
+        block,
+        keys,
+        experiment_id=experiment_id,
+        run_id=run_id,
+        event_seq=event_seq,
+        model_ids=model_ids,
     )

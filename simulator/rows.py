@@ -75,9 +75,17 @@ def write_sessions(
     experiment_id: int,
     run_id: int,
     event_seq: int,
+    model_ids: Sequence[int | None] = (),
 ) -> int:
-    """Insert the block's exposures, impressions and click/purchase events; return the event seq."""
+    """Insert the block's exposures, impressions and click/purchase events; return the event seq.
+
+    `model_ids` holds each arm's registered model id (in `keys` order, None: fitted in
+    memory); without it every exposure's model id is NULL.
+    """
     n, k = block.items.shape
+    model_id = None
+    if any(one is not None for one in model_ids):
+        model_id = np.asarray(list(model_ids), dtype=object)[block.arm]
     exposure_ids = reserve_exposure_ids(conn, n)
     exposures = ExposureColumns(
         variant=np.asarray(keys)[block.arm],
@@ -89,6 +97,7 @@ def write_sessions(
         bucket=block.bucket,
         context=block.contexts.as_json(world),
         weight_version=block.weight_version,
+        model_id=model_id,
     )
     insert_exposures(conn, exposure_ids, experiment_id, exposures)
     insert_impressions(

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,10 @@ import numpy.typing as npt
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
+from abplatform.artifacts import default_artifacts_dir
 from abplatform.assignment.engine import build_policy
 from abplatform.config.models import ExperimentConfig, SimulationConfig
-from abplatform.domain import RecRequest
+from abplatform.domain import InteractionLog, RecRequest
 from abplatform.errors import AbplatformError
 from abplatform.progress import Progress, no_progress
 from abplatform.storage.catalog import (
@@ -25,12 +27,14 @@ from abplatform.storage.catalog import (
     insert_items,
     insert_users,
 )
+from abplatform.storage.model_registry import ModelRecord
 from abplatform.storage.repository import (
     clear_experiment_data,
     finish_run,
     save_experiment,
     start_run,
 )
+from abplatform.strategy import Strategy
 from simulator.bandit import (
     BanditRun,
     arm_values,
@@ -43,7 +47,9 @@ from simulator.rows import SessionBlock, sample_sessions, write_sessions
 from simulator.tally import VariantTally
 from simulator.truth import SlateSource, scene_expectations, truth_from_scenes
 from simulator.world import World, build_world
-from strategies.fitting import fit_variants, strategy_plan
+from strategies.fitting import PlannedStrategy, StrategyPlan, fit_each, read_history, strategy_plan
+from strategies.served import serve_variants
+from strategies.training import ExportedVariant, export_variant, register_exported, unexportable
 
 EXPERIMENT_START = int(np.datetime64("2026-03-02T00:00:00", "s").astype(np.int64))
 SECONDS_PER_DAY = 86_400
@@ -68,6 +74,8 @@ class SimulationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     """Lines for people, e.g. a bandit run's final allocation and regret."""
+    models: dict[str, ModelRecord] = field(default_factory=dict)
+    """The registered model each variant served, by variant (absent: fitted in memory)."""
 
     @property
     def impressions(self) -> int:
@@ -144,6 +152,75 @@ def _slate_source(
     return slates
 
 
+@dataclass(frozen=True)
+class ServedStrategies:
+    """What each variant of a simulated run serves, and the registered model it came from."""
+
+    strategies: dict[str, Strategy]
+    models: dict[str, ModelRecord]
+
+    def model_ids(self, keys: list[str]) -> list[int | None]:
+        """The model id of each variant in `keys` order (None: fitted in memory)."""
+        return [self.models[key].id if key in self.models else None for key in keys]
+
+
+def train_and_serve(
+    session: Session,
+    config: ExperimentConfig,
+    catalog: str,
+    history: InteractionLog,
+    *,
+    seed: int,
+    artifacts_dir: Path,
+    progress: Progress = no_progress,
+) -> ServedStrategies:
+    """Fit, export and register every unpinned variant, then serve all of them as the API does.
+
+    Each variant without a ``model:`` pin is fitted on `history` with `seed`, exported under
+    `artifacts_dir` (`export_variant`) and registered in `session` as a candidate with no
+    metrics; then `serve_variants` loads every variant from its artifact (the one just
+    registered, or the one the YAML pins) after checking its checksum. A composite nesting
+    a two-tower has no artifact format: it keeps its in-memory fit and serves no model id.
+    """
+    plan = StrategyPlan(
+        tuple(
+            PlannedStrategy(v.key, "variant", v.strategy.kind, dict(v.strategy.params))
+            for v in config.variants
+            if v.strategy is not None and v.strategy.model is None
+        )
+    )
+    in_memory: dict[str, Strategy] = {}
+    exported: list[ExportedVariant] = []
+    for fitted in fit_each(plan, history, seed=seed, progress=progress):
+        if unexportable(fitted) is not None:
+            in_memory[fitted.planned.name] = fitted.strategy
+        else:
+            exported.append(
+                export_variant(
+                    artifacts_dir, config.key, fitted, seed=seed, history=history, metrics={}
+                )
+            )
+    registered = register_exported(session, config.key, catalog, seed, exported)
+    variants = []
+    for v in config.variants:
+        if v.key in in_memory:
+            v = v.model_copy(update={"strategy": None})
+        elif v.key in registered and v.strategy is not None:
+            pinned = v.strategy.model_copy(update={"model": registered[v.key].id})
+            v = v.model_copy(update={"strategy": pinned})
+        variants.append(v)
+    pinned_config = config.model_copy(update={"variants": variants})
+    served = serve_variants(session, pinned_config, catalog, history=history, seed=seed)
+    strategies = dict(in_memory)
+    models: dict[str, ModelRecord] = {}
+    for key, one in served.items():
+        if one.strategy is not None:
+            strategies[key] = one.strategy
+        if one.model is not None:
+            models[key] = one.model
+    return ServedStrategies({v.key: strategies[v.key] for v in config.variants}, models)
+
+
 def simulate(
     engine: Engine,
     config: ExperimentConfig,
@@ -151,10 +228,16 @@ def simulate(
     users: int | None = None,
     seed: int | None = None,
     progress: Progress = no_progress,
+    artifacts_dir: str | Path | None = None,
 ) -> SimulationResult:
     """Simulate the experiment into the database in one transaction (all or nothing).
 
-    A rerun of the same experiment key replaces the previous run's rows.
+    Variants serve what the API would (`train_and_serve`): each unpinned variant is fitted
+    on the simulated history, exported under `artifacts_dir` (default:
+    `default_artifacts_dir`), registered as a new candidate version and loaded back from
+    its artifact; every exposure records the id of the model that served it. A composite
+    nesting a two-tower is fitted in memory and its exposures have no model id. A rerun of
+    the same experiment key replaces the previous run's rows and registers new versions.
     """
     sim = config.simulation or SimulationConfig()
     run_seed = sim.seed if seed is None else seed
@@ -194,12 +277,21 @@ def simulate(
         progress("world", 1, 1)
         lap("world and history")
 
-        fitted = fit_variants(conn, config, catalog, seed=run_seed, progress=progress)
-        index = fitted.history.catalog.index()
+        history = read_history(conn, catalog)
+        served = train_and_serve(
+            session,
+            config,
+            catalog,
+            history,
+            seed=run_seed,
+            artifacts_dir=Path(artifacts_dir or default_artifacts_dir()),
+            progress=progress,
+        )
+        model_ids = served.model_ids([v.key for v in config.variants])
+        index = history.catalog.index()
         sources: dict[str, SlateSource] = {
             key: _slate_source(strategy, world, index, k)
-            for key, strategy in fitted.strategies.items()
-            if strategy is not None
+            for key, strategy in served.strategies.items()
         }
         lap("fit")
 
@@ -223,6 +315,7 @@ def simulate(
                 sim,
                 rng,
                 progress,
+                model_ids,
             )
         else:
             traffic = draw_traffic(world, daily_rate, sim, EXPERIMENT_START, rng)
@@ -240,6 +333,7 @@ def simulate(
                 rng,
                 run_seed,
                 progress,
+                model_ids,
             )
             tallies = played.tallies
         lap("traffic")
@@ -272,6 +366,7 @@ def simulate(
         ground_truth=clean_truth,
         seconds=seconds,
         notes=() if played is None else played.notes,
+        models=served.models,
     )
 
 
@@ -287,6 +382,7 @@ def _play(
     sim: SimulationConfig,
     rng: np.random.Generator,
     progress: Progress,
+    model_ids: list[int | None],
 ) -> dict[str, VariantTally]:
     """Run the experiment day by day: sessions, scenes, slates, clicks, purchases, rows."""
     keys = [v.key for v in config.variants]
@@ -335,6 +431,7 @@ def _play(
             experiment_id=experiment_id,
             run_id=run_id,
             event_seq=event_seq,
+            model_ids=model_ids,
         )
         seen[users] = True
         for a, key in enumerate(keys):

@@ -6,12 +6,13 @@ import datetime as dt
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from abplatform.artifacts import artifact_sha256
 from abplatform.config.models import ExperimentConfig
@@ -116,46 +117,19 @@ def train_experiment(
     def export(
         fitted: FittedStrategy, metrics: dict[str, float], history: InteractionLog
     ) -> Path | None:
-        planned = fitted.planned
-        if planned.role != "variant":
+        if fitted.planned.role != "variant":
             return None
-        params = fitted.strategy.Params.model_validate(dict(planned.params)).model_dump(mode="json")
-        # The registry and the manifests are strict JSON: an undefined metric is left out.
-        defined = {name: value for name, value in metrics.items() if math.isfinite(value)}
-        if isinstance(fitted.strategy, ExportableStrategy):
-            refitted = fit_strategy(planned, history, chosen_seed).strategy
-            path = cast(ExportableStrategy, refitted).export(
-                root, experiment=config.key, variant=planned.name, metrics=defined
-            )
-        elif needs_tensorflow(planned.kind, params):
-            inner = sorted(nested_kinds(planned.kind, params) - {planned.kind})
-            unregistered[planned.name] = (
-                f"a {planned.kind} nesting {', '.join(inner)} has no artifact format"
-            )
+        reason = unexportable(fitted)
+        if reason is not None:
+            unregistered[fitted.planned.name] = reason
             return None
-        else:  # the snapshot's loader refits on exactly this history
-            path = export_snapshot(
-                root,
-                experiment=config.key,
-                variant=planned.name,
-                kind=planned.kind,
-                params=params,
-                seed=chosen_seed,
-                history=history,
-                metrics=defined,
-            )
-        exported.append(
-            ExportedVariant(
-                planned.name,
-                planned.kind,
-                params,
-                path.resolve(),
-                defined,
-                history_cutoff(history),
-                len(history),
-            )
+        if isinstance(fitted.strategy, ExportableStrategy):  # fitted without the held-out part
+            fitted = fit_strategy(fitted.planned, history, chosen_seed)
+        one = export_variant(
+            root, config.key, fitted, seed=chosen_seed, history=history, metrics=metrics
         )
-        return path
+        exported.append(one)
+        return one.artifact
 
     report = evaluate_offline(
         config,
@@ -167,7 +141,8 @@ def train_experiment(
         progress=progress,
         export=export,
     )
-    registered = register_exported(engine, config.key, catalog, chosen_seed, exported)
+    with transaction(engine) as session:
+        registered = register_exported(session, config.key, catalog, chosen_seed, exported)
     report = replace(
         report,
         results=[
@@ -185,25 +160,89 @@ def train_experiment(
     return report
 
 
+def unexportable(fitted: FittedStrategy) -> str | None:
+    """Why a fitted variant has no artifact format (a composite nesting a two-tower), or None."""
+    planned = fitted.planned
+    params = fitted.strategy.Params.model_validate(dict(planned.params)).model_dump(mode="json")
+    if isinstance(fitted.strategy, ExportableStrategy) or not needs_tensorflow(
+        planned.kind, params
+    ):
+        return None
+    inner = sorted(nested_kinds(planned.kind, params) - {planned.kind})
+    return f"a {planned.kind} nesting {', '.join(inner)} has no artifact format"
+
+
+def export_variant(
+    root: Path,
+    experiment: str,
+    fitted: FittedStrategy,
+    *,
+    seed: int,
+    history: InteractionLog,
+    metrics: Mapping[str, float],
+) -> ExportedVariant:
+    """Export a variant's strategy fitted on `history` under `root`, ready to register.
+
+    Two-tower strategies (`ExportableStrategy`) write their embeddings; every other kind a
+    snapshot of `history` that its loader refits on (`strategies.snapshot`), so `fitted`
+    must have been fitted on exactly `history` with `seed`. Undefined (non-finite) metrics
+    are left out: the registry and the manifests are strict JSON. A strategy `unexportable`
+    names is refused with an AssertionError (callers check first).
+    """
+    planned = fitted.planned
+    reason = unexportable(fitted)
+    if reason is not None:
+        raise AssertionError(f"variant {planned.name!r}: {reason}")
+    params = fitted.strategy.Params.model_validate(dict(planned.params)).model_dump(mode="json")
+    defined = {name: value for name, value in metrics.items() if math.isfinite(value)}
+    if isinstance(fitted.strategy, ExportableStrategy):
+        path = fitted.strategy.export(
+            root, experiment=experiment, variant=planned.name, metrics=defined
+        )
+    else:
+        path = export_snapshot(
+            root,
+            experiment=experiment,
+            variant=planned.name,
+            kind=planned.kind,
+            params=params,
+            seed=seed,
+            history=history,
+            metrics=defined,
+        )
+    return ExportedVariant(
+        planned.name,
+        planned.kind,
+        params,
+        path.resolve(),
+        defined,
+        history_cutoff(history),
+        len(history),
+    )
+
+
 def register_exported(
-    engine: Engine, experiment: str, catalog: str, seed: int, exported: Sequence[ExportedVariant]
+    session: Session,
+    experiment: str,
+    catalog: str,
+    seed: int,
+    exported: Sequence[ExportedVariant],
 ) -> dict[str, ModelRecord]:
-    """Register every exported variant as a candidate, in one transaction; by variant."""
-    with transaction(engine) as session:
-        return {
-            one.variant: register(
-                session,
-                experiment=experiment,
-                variant=one.variant,
-                kind=one.kind,
-                params=one.params,
-                seed=seed,
-                catalog=catalog,
-                history_cutoff=one.history_cutoff,
-                history_rows=one.history_rows,
-                artifact_path=one.artifact,
-                artifact_sha256=artifact_sha256(one.artifact),
-                metrics=one.metrics,
-            )
-            for one in exported
-        }
+    """Register every exported variant as a candidate in the caller's transaction; by variant."""
+    return {
+        one.variant: register(
+            session,
+            experiment=experiment,
+            variant=one.variant,
+            kind=one.kind,
+            params=one.params,
+            seed=seed,
+            catalog=catalog,
+            history_cutoff=one.history_cutoff,
+            history_rows=one.history_rows,
+            artifact_path=one.artifact,
+            artifact_sha256=artifact_sha256(one.artifact),
+            metrics=one.metrics,
+        )
+        for one in exported
+    }

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from abplatform.artifacts import ARTIFACTS_ENV
 from abplatform.storage.db import make_engine, upgrade
 from abplatform.storage.models import Base
 
@@ -26,6 +27,18 @@ def _pg_available() -> str | None:
         return None
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Artifacts of `simulate` and `train` go to a session temp dir, never into the repo."""
+    previous = os.environ.get(ARTIFACTS_ENV)
+    os.environ[ARTIFACTS_ENV] = str(tmp_path_factory.mktemp("artifacts"))
+    yield
+    if previous is None:
+        os.environ.pop(ARTIFACTS_ENV, None)
+    else:
+        os.environ[ARTIFACTS_ENV] = previous
 
 
 @pytest.fixture(scope="session")

@@ -157,9 +157,10 @@ def test_train_prints_offline_metrics_and_writes_a_report(tmp_path: Path) -> Non
     names = set(report["variants"])
     assert {"a", "b", "baseline:popularity", "baseline:random"} <= names
     assert (tmp_path / "art" / "train_small" / "train_report.json").exists()
-    assert {report["variants"][v]["model_id"] for v in ("a", "b")} == {1, 2}
+    # `simulate` registered and served models 1 and 2 (version 1 of each variant).
+    assert {report["variants"][v]["model_id"] for v in ("a", "b")} == {3, 4}
     for variant in ("a", "b"):
-        assert report["variants"][variant]["version"] == 1
+        assert report["variants"][variant]["version"] == 2
     assert report["variants"]["baseline:random"]["model_id"] is None
     assert report["unregistered"] == {}
 
@@ -179,16 +180,17 @@ def test_models_list_show_promote_retire(tmp_path: Path) -> None:
     trained = cli("train", str(experiment), "--db", url, "--artifacts", str(artifacts))
     assert trained.returncode == 0, trained.stderr
     assert "model id (version)" in trained.stdout
-    assert "registered candidates: a = model 1 (v1), b = model 2 (v1)" in trained.stderr
+    # `simulate` registered (and served) models 1 and 2, version 1 of each variant.
+    assert "registered candidates: a = model 3 (v2), b = model 4 (v2)" in trained.stderr
     again = cli("train", str(experiment), "--db", url, "--artifacts", str(artifacts), "--json")
     retrained = json.loads(again.stdout)["variants"]
-    assert [retrained[v]["model_id"] for v in ("a", "b")] == [3, 4]  # versions 2
+    assert [retrained[v]["model_id"] for v in ("a", "b")] == [5, 6]  # versions 3
 
     listed = cli("models", "list", "--db", url, "--json")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)["models"]
     assert [(r["id"], r["variant"], r["version"]) for r in rows] == [
-        (1, "a", 1), (3, "a", 2), (2, "b", 1), (4, "b", 2),
+        (1, "a", 1), (3, "a", 2), (5, "a", 3), (2, "b", 1), (4, "b", 2), (6, "b", 3),
     ]  # fmt: skip
     table = cli("models", "list", "--experiment", "reg_small", "--db", url)
     assert table.returncode == 0 and "candidate" in table.stdout and "random" in table.stdout

@@ -165,6 +165,13 @@ class ExperimentList(BaseModel):
     experiments: list[ExperimentOut]
 
 
+UtcTimeText = Annotated[
+    str, Field(description="ISO 8601 time in UTC without an offset, e.g. 2026-11-30T12:00:00")
+]
+"""A registry time as `ModelRecord.to_dict` writes it: not an RFC 3339 ``date-time`` (no
+offset), so the schema must not claim that format."""
+
+
 class ModelOut(BaseModel):
     """A registered model (`abplatform models show --json`); times are ISO 8601 UTC."""
 
@@ -177,14 +184,14 @@ class ModelOut(BaseModel):
     params_hash: str
     seed: int
     catalog: str
-    history_cutoff: datetime | None
+    history_cutoff: UtcTimeText | None
     history_rows: int
     artifact_path: str
     artifact_sha256: str
     metrics: dict[str, float]
     status: Literal["candidate", "serving", "retired"]
-    created_at: datetime
-    status_changed_at: datetime
+    created_at: UtcTimeText
+    status_changed_at: UtcTimeText
 
 
 class ModelList(BaseModel):

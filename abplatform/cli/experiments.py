@@ -35,8 +35,20 @@ def simulate(
     report: Annotated[
         Path | None, typer.Option(help="Also write the HTML report to this path.")
     ] = None,
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            "--artifacts",
+            help="Where the served models' artifacts are written "
+            "(default: $ABPLATFORM_ARTIFACTS, else ./artifacts).",
+        ),
+    ] = None,
 ) -> None:
-    """Play the experiment in a synthetic shop and write everything to the database."""
+    """Play the experiment in a synthetic shop and write everything to the database.
+
+    Every variant's strategy is fitted, exported, registered as a candidate model and served
+    from its artifact, as `abplatform serve` would; exposures record the model id.
+    """
     from abplatform.config.loader import load_experiment
     from simulator.runner import simulate as run_simulation
 
@@ -48,7 +60,9 @@ def simulate(
         "traffic": "experiment traffic (days)",
     }
     result = run_tracked(
-        lambda progress: run_simulation(engine, config, users=users, seed=seed, progress=progress),
+        lambda progress: run_simulation(
+            engine, config, users=users, seed=seed, progress=progress, artifacts_dir=artifacts
+        ),
         labels,
     )
     _print_simulation(result)
@@ -62,6 +76,7 @@ def _print_simulation(result: SimulationResult) -> None:
     table = Table(title=f"Simulated {result.experiment} (run {result.run_id}, seed {result.seed})")
     for column in (
         "variant",
+        "model",
         "units",
         "exposures",
         "impressions",
@@ -69,10 +84,12 @@ def _print_simulation(result: SimulationResult) -> None:
         "purchases",
         "revenue",
     ):
-        table.add_column(column, justify="left" if column == "variant" else "right")
+        table.add_column(column, justify="left" if column in ("variant", "model") else "right")
     for key, tally in result.tallies.items():
+        model = result.models.get(key)
         table.add_row(
             key,
+            "fitted in memory" if model is None else f"{model.id} (v{model.version})",
             f"{tally.units:,}",
             f"{tally.exposures:,}",
             f"{tally.impressions:,}",

@@ -21,8 +21,13 @@ def train(
     file: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
     db: DbOption = None,
     artifacts: Annotated[
-        Path, typer.Option("--artifacts", help="Where versioned model artifacts are written.")
-    ] = Path("artifacts"),
+        Path | None,
+        typer.Option(
+            "--artifacts",
+            help="Where versioned model artifacts are written "
+            "(default: $ABPLATFORM_ARTIFACTS, else ./artifacts).",
+        ),
+    ] = None,
     catalog: Annotated[
         str | None,
         typer.Option(help="Catalogue to train on (default: the simulated one, else `catalog:`)."),
@@ -35,18 +40,20 @@ def train(
 ) -> None:
     """Fit every variant's strategy on the SQL history, print offline metrics, export artifacts
     and register each variant's as a candidate model (`abplatform models list`)."""
+    from abplatform.artifacts import default_artifacts_dir
     from abplatform.config.loader import load_experiment
     from strategies.training import train_experiment
 
     config = run_verb(lambda: load_experiment(file))
     engine = open_db(db)
     chosen = _history_catalog(config, catalog)
+    root = artifacts if artifacts is not None else default_artifacts_dir()
     report = run_tracked(
         lambda progress: train_experiment(
             engine,
             config,
             chosen,
-            artifacts_dir=artifacts,
+            artifacts_dir=root,
             progress=progress,
             seed=seed,
             holdout_per_user=holdout,
@@ -55,7 +62,7 @@ def train(
     _show(report, as_json)
     if not as_json:
         console = make_console(stderr=True)
-        console.print(f"artifacts in {artifacts}", markup=False)
+        console.print(f"artifacts in {root}", markup=False)
         registered = [r for r in report.results if r.model_id is not None]
         if registered:
             console.print(

@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -263,6 +263,16 @@ def _row(session: Session, model_id: int) -> m.RegisteredModel:
 def get_model(session: Session, model_id: int) -> ModelRecord:
     """The registered model with this id; NotFoundError naming the id."""
     return _record(_row(session, model_id))
+
+
+def get_models(session: Session, model_ids: Collection[int]) -> dict[int, ModelRecord]:
+    """The registered models with these ids, by id (ids not registered are left out)."""
+    if not model_ids:
+        return {}
+    rows = session.scalars(
+        select(m.RegisteredModel).where(m.RegisteredModel.id.in_(sorted(set(model_ids))))
+    ).all()
+    return {row.id: _record(row) for row in rows}
 
 
 def promote(session: Session, model_id: int) -> ModelRecord:

@@ -127,6 +127,11 @@ class Exposure(Base):
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Version of the bandit weights the decision was drawn from; NULL for hashed experiments.
     weight_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The registered model that served the slate (migration 0008); NULL when the strategy was
+    # fitted at start, or for rows older than the registry. No cascade: such a model stays.
+    model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", name="fk_exposures_model_id"), nullable=True
+    )
 
 
 class Impression(Base):

@@ -43,6 +43,7 @@ EXPOSURE_COLUMNS = (
     "slate_size",
     "context",
     "weight_version",
+    "model_id",
 )
 IMPRESSION_COLUMNS = ("exposure_id", "position", "item_id")
 EVENT_COLUMNS = (
@@ -83,6 +84,8 @@ class ExposureRow:
     items: tuple[str, ...]
     # The bandit weight version the decision was drawn from; None for hashed experiments.
     weight_version: int | None = None
+    # The registered model that served the slate; None when fitted at start.
+    model_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class ExposureColumns:
     bucket: Column | None = None
     context: Column | None = None
     weight_version: Column | None = None
+    model_id: Column | None = None
 
 
 @dataclass(frozen=True)
@@ -412,6 +416,7 @@ def write_exposures(
             len(r.items),
             _json_text(r.context),
             r.weight_version,
+            r.model_id,
         )
         for exposure_id, r in zip(ids, rows, strict=True)
     ]

@@ -18,9 +18,12 @@ async def test_list_and_show(client: httpx.AsyncClient, trained: dict[str, int])
     listed = await client.get("/v1/models")
     assert listed.status_code == 200, listed.text
     models = listed.json()["models"]
+    # The seeding `simulate` registered (and served) version 1 of each variant; train's is 2.
     assert [(m["variant"], m["version"], m["status"]) for m in models] == [
         ("control", 1, "candidate"),
+        ("control", 2, "candidate"),
         ("treatment", 1, "candidate"),
+        ("treatment", 2, "candidate"),
     ]
     assert (await client.get("/v1/models", params={"experiment": KEY})).json() == listed.json()
     other = await client.get("/v1/models", params={"experiment": "nope"})
@@ -28,7 +31,7 @@ async def test_list_and_show(client: httpx.AsyncClient, trained: dict[str, int])
     shown = await client.get(f"/v1/models/{trained['treatment']}")
     assert shown.status_code == 200
     body = shown.json()
-    assert body == models[1]
+    assert body == models[3]
     assert body["kind"] == "popularity" and body["params"]["per_category"] is True
     assert Path(body["artifact_path"]).is_dir() and len(body["artifact_sha256"]) == 64
     assert body["catalog"] == simulation_catalog(small_config())
@@ -70,7 +73,7 @@ async def test_promote_and_retire_need_the_admin_scope(
     assert retired.json()["status"] == "retired"
     again = await client.post(f"/v1/models/{model}/promote", headers=admin)
     assert again.status_code == 409
-    assert f"model {model} ({KEY}/treatment v1) is retired" in again.json()["detail"]
+    assert f"model {model} ({KEY}/treatment v2) is retired" in again.json()["detail"]
     assert again.json()["hint"].startswith("train again")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -152,3 +153,39 @@ def test_writer_refusals_are_platform_errors_answered_503(refusal: AbplatformErr
         "detail": f"{refusal.message}; nothing of this request was recorded, retry",
         "problems": [],
     }
+
+
+async def test_exposures_keep_their_model_id_through_the_writer_and_the_journal(
+    seeded_url: str, tmp_path: Path
+) -> None:
+    from abplatform.storage.db import transaction
+    from abplatform.storage.model_registry import list_models
+
+    engine = open_database(seeded_url)
+    experiment_id = _experiment_id(engine)
+    with transaction(engine) as session:
+        model_id = list_models(session)[0].id  # the seeding simulation registered its models
+    served = [replace(row, model_id=model_id) for row in _exposures(2, "m", experiment_id)]
+    writer = BufferedWriter(engine)
+    writer.start()
+    ids = writer.record([*served, *_exposures(1, "f", experiment_id)])
+    await writer.flush()
+    await writer.close()
+    # A journal line of this format keeps the model id; one of the previous format (11
+    # fields, before model ids) replays with none.
+    lost = ExposureIds(engine).take(2)
+    new_line = journal_line(lost[:1], [replace(served[0], unit_id="j-new")])
+    old_item = orjson.loads(journal_line(lost[1:], _exposures(1, "j-old", experiment_id)))[0]
+    old_line = orjson.dumps([old_item[:11]]) + b"\n"
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    (directory / "1-dead.journal").write_bytes(new_line + old_line)
+    assert replay(directory, partial(replay_journal, engine)) == 2
+    with engine.connect() as conn:
+        stored = dict(
+            conn.execute(
+                select(m.Exposure.id, m.Exposure.model_id).where(m.Exposure.id.in_(ids + lost))
+            ).all()
+        )
+    assert [stored[i] for i in ids + lost] == [model_id, model_id, None, model_id, None]
+    engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database, transaction
+from abplatform.storage.model_registry import list_models
 from simulator.runner import simulate
 from strategies.random_items import RandomStrategy
 from tests.factories import SMALL_YAML, small_config
@@ -127,3 +129,83 @@ def test_variant_without_strategy_is_a_clear_error(sqlite_url: str) -> None:
     config = small_config(SMALL_YAML.replace(", strategy: {kind: random}", ""))
     with pytest.raises(AbplatformError, match="variant 'treatment' has no strategy"):
         simulate(open_database(sqlite_url), config)
+
+
+def _served_models(engine: Any) -> dict[str, set[int | None]]:
+    """{variant: model ids of its exposures}."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(m.Exposure.variant, m.Exposure.model_id).distinct()).all()
+    out: dict[str, set[int | None]] = {}
+    for variant, model_id in rows:
+        out.setdefault(variant, set()).add(model_id)
+    return out
+
+
+def test_simulate_serves_the_models_it_registers(db_url: str, tmp_path: Path) -> None:
+    engine = open_database(db_url)
+    first = simulate(engine, small_config(), artifacts_dir=tmp_path / "artifacts")
+    with transaction(engine) as session:
+        registered = {r.variant: r for r in list_models(session, "sim_small")}
+    assert {key: r.version for key, r in registered.items()} == {"control": 1, "treatment": 1}
+    assert {key: r.id for key, r in first.models.items()} == {
+        key: r.id for key, r in registered.items()
+    }
+    for record in registered.values():
+        assert record.status == "candidate" and record.metrics == {}
+        assert record.catalog == "sim:sim_small" and record.seed == 3
+        assert Path(record.artifact_path).is_relative_to((tmp_path / "artifacts").resolve())
+        assert record.history_rows == first.history_interactions
+    assert registered["control"].kind == "popularity"
+    assert _served_models(engine) == {key: {r.id} for key, r in registered.items()}
+
+    # A rerun registers new versions, and its exposures are served by them.
+    second = simulate(engine, small_config(), artifacts_dir=tmp_path / "artifacts")
+    assert second.tallies == first.tallies  # the same artifacts' slates
+    assert {key: r.version for key, r in second.models.items()} == {"control": 2, "treatment": 2}
+    assert _served_models(engine) == {key: {r.id} for key, r in second.models.items()}
+    with transaction(engine) as session:
+        assert len(list_models(session, "sim_small")) == 4
+    engine.dispose()
+
+
+def test_a_pinned_model_is_served_not_retrained(sqlite_url: str, tmp_path: Path) -> None:
+    engine = open_database(sqlite_url)
+    first = simulate(engine, small_config(), artifacts_dir=tmp_path)
+    pinned_id = first.models["control"].id
+    yaml = SMALL_YAML.replace("{kind: popularity}", f"{{kind: popularity, model: {pinned_id}}}")
+    second = simulate(engine, small_config(yaml), artifacts_dir=tmp_path)
+    assert second.models["control"].id == pinned_id
+    assert second.models["treatment"].version == 2
+    assert second.tallies == first.tallies
+    with transaction(engine) as session:
+        versions = [(r.variant, r.version) for r in list_models(session, "sim_small")]
+    assert versions == [("control", 1), ("treatment", 1), ("treatment", 2)]
+    assert _served_models(engine)["control"] == {pinned_id}
+    engine.dispose()
+
+
+def test_artifacts_default_to_the_environment(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ABPLATFORM_ARTIFACTS", str(tmp_path / "from-env"))
+    result = simulate(open_database(sqlite_url), small_config())
+    for record in result.models.values():
+        assert Path(record.artifact_path).is_relative_to((tmp_path / "from-env").resolve())
+
+
+@pytest.mark.slow
+def test_a_composite_nesting_a_two_tower_is_fitted_in_memory(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    router = (
+        "{kind: scene_router, params: {strategies: {pop: {kind: popularity}, "
+        "tt: {kind: two_tower, params: {epochs: 1}}}, routes: {home_page: tt}, default: pop}}"
+    )
+    config = small_config(SMALL_YAML.replace("{kind: random}", router))
+    engine = open_database(sqlite_url)
+    result = simulate(engine, config, artifacts_dir=tmp_path)
+    assert set(result.models) == {"control"}
+    assert _served_models(engine) == {"control": {result.models["control"].id}, "treatment": {None}}
+    with transaction(engine) as session:
+        assert [r.variant for r in list_models(session)] == ["control"]
+    engine.dispose()

@@ -77,3 +77,18 @@ def test_the_models_table_downgrades(sqlite_url: str) -> None:
     assert "models" not in inspect(engine).get_table_names()
     upgrade(engine)
     assert "models" in inspect(engine).get_table_names()
+
+
+def test_the_exposures_model_id_downgrades(sqlite_url: str) -> None:
+    engine = open_database(sqlite_url)
+    columns = {c["name"] for c in inspect(engine).get_columns("exposures")}
+    assert "model_id" in columns
+    downgrade(engine, "0007")
+    assert "model_id" not in {c["name"] for c in inspect(engine).get_columns("exposures")}
+    assert "models" in inspect(engine).get_table_names()
+    upgrade(engine)
+    keys = inspect(engine).get_foreign_keys("exposures")
+    assert {"models"} == {
+        k["referred_table"] for k in keys if k["constrained_columns"] == ["model_id"]
+    }
+    assert current_revision(engine) == head_revision()

@@ -483,7 +483,7 @@ def test_train_experiment_evaluates_exports_and_reports(sqlite_url: str, tmp_pat
         from strategies.registered import load_model
 
         with transaction(open_database({sqlite_url!r})) as session:
-            records = {{r.variant: r for r in list_models(session, "tt_small")}}
+            records = {{r.variant: r for r in list_models(session, "tt_small")}}  # newest
         slates = {{
             name: list(load_model(r).recommend(RecRequest("u000001"), 5).items)
             for name, r in records.items()
@@ -500,7 +500,8 @@ def test_train_experiment_evaluates_exports_and_reports(sqlite_url: str, tmp_pat
     records = loaded["records"]
     assert set(records) == {"control", "treatment"}
     assert records["treatment"]["id"] == treatment.model_id
-    assert records["treatment"]["kind"] == "two_tower" and records["treatment"]["version"] == 1
+    # `simulate` registered version 1 of each variant (the model it served); train's is 2.
+    assert records["treatment"]["kind"] == "two_tower" and records["treatment"]["version"] == 2
     assert records["treatment"]["status"] == "candidate"
     assert records["treatment"]["metrics"] == {k: v for k, v in treatment.metrics.items() if v == v}
     assert records["control"]["catalog"] == simulation_catalog(config)
