@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from abplatform.artifacts import artifact_sha256
+from abplatform.storage import models as m
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.model_registry import get_model, register
-from tests.api.conftest import EXAMPLE, KEY
+from simulator.runner import simulation_catalog
+from strategies.training import train_experiment
+from tests.api.conftest import EXAMPLE, KEY, small_config
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +46,29 @@ async def _slate(client: httpx.AsyncClient, unit: str) -> tuple[str, list[str]]:
     return body["variant"], [item["item_id"] for item in body["items"]]
 
 
+async def _served_models(url: str, units: list[str]) -> dict[str, set[int | None]]:
+    """{variant: model ids} of the stored exposures of `units` (once the writer has them)."""
+    engine = open_database(url)
+    try:
+        for _ in range(100):
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(m.Exposure.variant, m.Exposure.model_id).where(
+                        m.Exposure.unit_id.in_(units)
+                    )
+                ).all()
+            if len(rows) == len(units):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        engine.dispose()
+    assert len(rows) == len(units)
+    out: dict[str, set[int | None]] = {}
+    for variant, model_id in rows:
+        out.setdefault(variant, set()).add(model_id)
+    return out
+
+
 async def test_a_two_tower_without_a_model_is_refused_at_start(
     client: httpx.AsyncClient,
 ) -> None:
@@ -67,8 +95,11 @@ async def test_a_pinned_model_is_served_and_its_checks(
     )
     started = await client.post(f"/v1/experiments/{KEY}/start")
     assert started.status_code == 200, started.text
-    seen = {variant for variant, _ in [await _slate(client, f"u{i}") for i in range(40)]}
+    units = [f"u{i}" for i in range(40)]
+    seen = {variant for variant, _ in [await _slate(client, unit) for unit in units]}
     assert seen == {"control", "treatment"}
+    # Exposures record the model: the pinned one; control (popularity, no pin) is fitted.
+    assert await _served_models(seeded_url, units) == {"control": {None}, "treatment": {treatment}}
 
     # Retiring the model a running experiment pins is refused; nothing changes.
     retired = await client.post(f"/v1/models/{treatment}/retire")
@@ -155,7 +186,7 @@ async def test_pins_of_another_kind_catalogue_or_params_are_refused(
 
 
 async def test_latest_serves_the_promoted_model(
-    client: httpx.AsyncClient, trained: dict[str, int]
+    client: httpx.AsyncClient, trained: dict[str, int], seeded_url: str, tmp_path: Path
 ) -> None:
     await _post(
         client,
@@ -168,9 +199,28 @@ async def test_latest_serves_the_promoted_model(
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["status"] == "serving"
     assert (await client.post(f"/v1/experiments/{KEY}/start")).status_code == 200
-    seen = {variant for variant, _ in [await _slate(client, f"u{i}") for i in range(40)]}
+    first = [f"u{i}" for i in range(40)]
+    seen = {variant for variant, _ in [await _slate(client, unit) for unit in first]}
     assert seen == {"control", "treatment"}
+    assert (await _served_models(seeded_url, first))["treatment"] == {trained["treatment"]}
     # The only serving model of a running `latest` cannot be retired.
     retired = await client.post(f"/v1/models/{trained['treatment']}/retire")
     assert retired.status_code == 409, retired.text
     assert "no model of it is serving" in retired.json()["detail"]
+
+    # A newer model promoted: the running experiment switches to it, exposures say so.
+    config = small_config()
+    engine = open_database(seeded_url)
+    again = train_experiment(
+        engine, config, simulation_catalog(config), artifacts_dir=tmp_path / "again"
+    )
+    engine.dispose()
+    newer = next(r.model_id for r in again.results if r.name == "treatment")
+    assert newer is not None and newer != trained["treatment"]
+    assert (await client.post(f"/v1/models/{newer}/promote")).status_code == 200
+    later = [f"w{i}" for i in range(40)]
+    for unit in later:
+        await _slate(client, unit)
+    assert (await _served_models(seeded_url, later))["treatment"] == {newer}
+    # Now the older one can go: `latest` still has the newer.
+    assert (await client.post(f"/v1/models/{trained['treatment']}/retire")).status_code == 200

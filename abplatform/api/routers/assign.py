@@ -107,6 +107,7 @@ async def _assign(
                 context=context.model_dump(exclude_defaults=True) if context else None,
                 items=tuple(item for item, _ in slate),
                 weight_version=decision.weight_version,
+                model_id=runtime.model_id(decision.variant),
             )
         )
     if exposures:
