@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
+from fastapi.concurrency import run_in_threadpool
 from pydantic import AfterValidator
 
-from abplatform.api.deps import AdminScope, ReadScope, SessionDep
+from abplatform.api.deps import AdminScope, ReadScope, Services, ServicesDep, SessionDep
 from abplatform.api.errors import error_responses
 from abplatform.api.schemas import ModelList, ModelOut
-from abplatform.storage.model_registry import get_model, list_models
+from abplatform.storage.db import transaction
+from abplatform.storage.model_registry import ModelRecord, get_model, list_models
 from abplatform.values import storable
 from strategies.served import switch_model
 
@@ -38,15 +40,28 @@ def show(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
     return get_model(session, model_id).to_dict()
 
 
+async def _switch(services: Services, model_id: int, status: str) -> dict[str, Any]:
+    """Promote or retire in its own transaction, committed before this process forgets the
+    model's experiment and answers (other processes hear of it at the commit)."""
+
+    def store() -> ModelRecord:
+        with transaction(services.engine) as session:
+            return switch_model(session, model_id, status)
+
+    record = await run_in_threadpool(store)
+    services.experiments.invalidate(record.experiment)
+    return record.to_dict()
+
+
 @router.post(
     "/{model_id}/promote",
     response_model=ModelOut,
     dependencies=[AdminScope],
     responses=error_responses(404, 409),
 )
-def promote_model(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
+async def promote_model(model_id: ModelId, services: ServicesDep) -> dict[str, Any]:
     """Make a model `serving` (its artifact must match its sha256); a retired one is a 409."""
-    return switch_model(session, model_id, "serving").to_dict()
+    return await _switch(services, model_id, "serving")
 
 
 @router.post(
@@ -55,7 +70,7 @@ def promote_model(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
     dependencies=[AdminScope],
     responses=error_responses(404, 409),
 )
-def retire_model(model_id: ModelId, session: SessionDep) -> dict[str, Any]:
+async def retire_model(model_id: ModelId, services: ServicesDep) -> dict[str, Any]:
     """Retire a model for good: never served or promoted again; 409 if a running
     experiment would be left with nothing to serve."""
-    return switch_model(session, model_id, "retired").to_dict()
+    return await _switch(services, model_id, "retired")
