@@ -8,12 +8,16 @@ This module needs neither TensorFlow nor the strategy plug-ins.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import os
 import platform
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from abplatform.errors import AbplatformError
 
@@ -100,3 +104,96 @@ def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+LATEST = "LATEST"
+"""The file of a variant directory that names its newest version."""
+MANIFEST = "manifest.json"
+
+ArrayFiles = Mapping[str, Mapping[str, Any]]
+"""{file name: {array name: array}}: ``*.npy`` files hold the one array named ``""``."""
+
+
+def check_place(label: str, name: str) -> None:
+    """Refuse an experiment or variant name that cannot be one directory."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ArtifactError(f"{label} {name!r} cannot be a directory name")
+
+
+def content_hash(files: ArrayFiles, head: bytes) -> str:
+    """sha256 of `head` and every array (name, dtype, shape, bytes), in name order."""
+    import numpy as np
+
+    digest = hashlib.sha256(head)
+    for name in sorted(files):
+        for key in sorted(files[name]):
+            array = np.ascontiguousarray(files[name][key])
+            digest.update(f"{name}/{key}/{array.dtype.str}/{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def write_version(
+    root: str | Path,
+    *,
+    experiment: str,
+    variant: str,
+    files: ArrayFiles,
+    head: bytes,
+    manifest: Mapping[str, Any],
+    raw: Mapping[str, bytes] | None = None,
+    now: dt.datetime | None = None,
+) -> Path:
+    """Write a new version directory ``root/experiment/variant/<UTC time>-<content hash>``.
+
+    The arrays (`files`), the `raw` files and ``manifest.json`` (`manifest` plus
+    ``version``, ``created_at`` and the sha256 of every file) are written into a hidden
+    temporary directory that is then renamed into place, and ``LATEST`` is replaced
+    atomically to name it: readers never see half of a version. `head` (what the arrays
+    alone do not say, e.g. the params) enters the content hash.
+    """
+    import numpy as np
+
+    check_place("experiment", experiment)
+    check_place("variant", variant)
+    created = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    version_name = f"{created:%Y%m%dT%H%M%SZ}-{content_hash(files, head)[:10]}"
+    parent = Path(root) / experiment / variant
+    parent.mkdir(parents=True, exist_ok=True)
+    target = parent / version_name
+    staging = parent / f".tmp-{version_name}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        checksums = {}
+        for name, arrays in files.items():
+            with (staging / name).open("wb") as handle:
+                if name.endswith(".npy"):
+                    np.save(handle, arrays[""], allow_pickle=False)
+                else:
+                    np.savez(handle, **arrays)
+            checksums[name] = file_sha256(staging / name)
+        for name, content in (raw or {}).items():
+            (staging / name).write_bytes(content)
+            checksums[name] = file_sha256(staging / name)
+        document = {
+            **manifest,
+            "version": version_name,
+            "created_at": created.isoformat(timespec="seconds"),
+            "files": checksums,
+        }
+        (staging / MANIFEST).write_text(
+            json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n",
+            encoding="utf-8",
+        )
+        if target.exists():
+            shutil.rmtree(target)  # same second and same content: replace it
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    pointer = parent / f".{LATEST}.tmp-{os.getpid()}"
+    pointer.write_text(version_name + "\n", encoding="utf-8")
+    os.replace(pointer, parent / LATEST)
+    return target

@@ -22,10 +22,7 @@ into a hidden temporary directory and renamed into place, so readers never see h
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +31,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from abplatform.artifacts import ArtifactError, file_sha256, library_versions
+from abplatform.artifacts import (
+    MANIFEST,
+    ArtifactError,
+    check_place,
+    file_sha256,
+    library_versions,
+    write_version,
+)
 from abplatform.domain import Catalog, InteractionLog
 from abplatform.registry import build_strategy, strategies
 from abplatform.strategy import Strategy
 
 FORMAT = "abplatform.snapshot"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-LATEST = "LATEST"
 TENSORFLOW_KINDS = frozenset({"two_tower"})
 """Kinds whose fit trains a TensorFlow model: never refitted from a snapshot."""
 _ARRAY_FILES = ("items.npz", "interactions.npz")
@@ -130,23 +132,8 @@ def _decoded(arrays: Mapping[str, npt.NDArray[Any]], name: str) -> npt.NDArray[n
     return decoded
 
 
-def _content_hash(files: Mapping[str, Mapping[str, npt.NDArray[Any]]], head: bytes) -> str:
-    digest = hashlib.sha256(head)
-    for name in sorted(files):
-        for key in sorted(files[name]):
-            array = np.ascontiguousarray(files[name][key])
-            digest.update(f"{name}/{key}/{array.dtype.str}/{array.shape}".encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def _iso(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
-
-
-def _check_name(label: str, name: str) -> None:
-    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
-        raise ArtifactError(f"{label} {name!r} cannot be a directory name")
 
 
 def export_snapshot(
@@ -166,71 +153,46 @@ def export_snapshot(
     `params` are the strategy's validated params; `history` is exactly what the exported
     fit used. A kind nesting TensorFlow (see `needs_tensorflow`) is refused.
     """
-    _check_name("experiment", experiment)
-    _check_name("variant", variant)
+    check_place("experiment", experiment)
+    check_place("variant", variant)
     strategies.get(kind)  # an unknown kind names the known ones
     if needs_tensorflow(kind, params):
         raise ArtifactError(
             f"variant {variant!r}: a {kind!r} strategy nesting TensorFlow cannot be snapshotted",
             hint="serve the two-tower model as its own variant",
         )
-    created = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     params_doc = json.loads(json.dumps(dict(params), allow_nan=False))
     features = json.dumps(history.user_features, sort_keys=True, allow_nan=False).encode()
     head = json.dumps({"kind": kind, "params": params_doc, "seed": seed}, sort_keys=True)
-    files = _arrays(history)
-    version_name = f"{created:%Y%m%dT%H%M%SZ}-{_content_hash(files, head.encode() + features)[:10]}"
-    parent = Path(root) / experiment / variant
-    parent.mkdir(parents=True, exist_ok=True)
-    target = parent / version_name
-    staging = parent / f".tmp-{version_name}-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    try:
-        checksums = {}
-        for name, arrays in files.items():
-            with (staging / name).open("wb") as handle:
-                np.savez(handle, **arrays)  # type: ignore[arg-type]
-            checksums[name] = file_sha256(staging / name)
-        (staging / _FEATURES).write_bytes(features)
-        checksums[_FEATURES] = file_sha256(staging / _FEATURES)
-        stamps = history.timestamps
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "version": version_name,
-            "created_at": created.isoformat(timespec="seconds"),
-            "experiment": experiment,
-            "variant": variant,
-            "kind": kind,
-            "params": params_doc,
-            "seed": int(seed),
-            "data": {
-                "interactions": len(history),
-                "users": int(np.unique(history.user_ids).size),
-                "items": len(history.catalog),
-                "start": _iso(int(stamps.min())) if len(history) else None,
-                "end": _iso(int(stamps.max())) if len(history) else None,
-            },
-            "metrics": dict(metrics or {}),
-            "libraries": library_versions(),
-            "files": checksums,
-        }
-        (staging / MANIFEST).write_text(
-            json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n",
-            encoding="utf-8",
-        )
-        if target.exists():
-            shutil.rmtree(target)  # same second and same content: replace it
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    pointer = parent / f".{LATEST}.tmp-{os.getpid()}"
-    pointer.write_text(version_name + "\n", encoding="utf-8")
-    os.replace(pointer, parent / LATEST)
-    return target
+    stamps = history.timestamps
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "experiment": experiment,
+        "variant": variant,
+        "kind": kind,
+        "params": params_doc,
+        "seed": int(seed),
+        "data": {
+            "interactions": len(history),
+            "users": int(np.unique(history.user_ids).size),
+            "items": len(history.catalog),
+            "start": _iso(int(stamps.min())) if len(history) else None,
+            "end": _iso(int(stamps.max())) if len(history) else None,
+        },
+        "metrics": dict(metrics or {}),
+        "libraries": library_versions(),
+    }
+    return write_version(
+        root,
+        experiment=experiment,
+        variant=variant,
+        files=_arrays(history),
+        head=head.encode() + features,
+        manifest=manifest,
+        raw={_FEATURES: features},
+        now=now,
+    )
 
 
 def load_snapshot(path: str | Path) -> Snapshot:

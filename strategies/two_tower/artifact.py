@@ -20,10 +20,7 @@ into a hidden temporary directory and renamed into place, so readers never see h
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,15 +30,20 @@ import numpy as np
 import numpy.typing as npt
 
 # One ArtifactError for every kind of artifact (`abplatform.artifacts`), still importable here.
-from abplatform.artifacts import ArtifactError, file_sha256, library_versions
+from abplatform.artifacts import (
+    LATEST,
+    MANIFEST,
+    ArtifactError,
+    file_sha256,
+    library_versions,
+    write_version,
+)
 from abplatform.domain import Catalog
 from strategies.two_tower.data import UserFeatureEncoder
 from strategies.two_tower.numpy_tower import UserTowerWeights
 
 FORMAT = "abplatform.two_tower"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-LATEST = "LATEST"
 
 
 @dataclass(frozen=True)
@@ -115,16 +117,6 @@ def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
     return files
 
 
-def _content_hash(files: Mapping[str, Mapping[str, npt.NDArray[Any]]], params: Any) -> str:
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for name in sorted(files):
-        for key in sorted(files[name]):
-            array = np.ascontiguousarray(files[name][key])
-            digest.update(f"{name}/{key}/{array.dtype.str}/{array.shape}".encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def export_artifact(
     artifact: TwoTowerArtifact,
     root: str | Path,
@@ -154,56 +146,26 @@ def export_artifact(
     pathlib.Path
         The new version directory; ``LATEST`` next to it names it.
     """
-    for label, name in (("experiment", experiment), ("variant", variant)):
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise ArtifactError(f"{label} {name!r} cannot be a directory name")
-    created = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     files = _arrays(artifact)
-    short_hash = _content_hash(files, artifact.manifest.get("params"))[:10]
-    version_name = f"{created:%Y%m%dT%H%M%SZ}-{short_hash}"
-    parent = Path(root) / experiment / variant
-    parent.mkdir(parents=True, exist_ok=True)
-    target = parent / version_name
-    staging = parent / f".tmp-{version_name}-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    try:
-        checksums = {}
-        for name, arrays in files.items():
-            path = staging / name
-            with path.open("wb") as handle:
-                if name.endswith(".npy"):
-                    np.save(handle, arrays[""], allow_pickle=False)
-                else:
-                    np.savez(handle, **arrays)  # type: ignore[arg-type]
-            checksums[name] = file_sha256(path)
-        manifest = {
-            **artifact.manifest,
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "version": version_name,
-            "created_at": created.isoformat(timespec="seconds"),
-            "experiment": experiment,
-            "variant": variant,
-            "metrics": dict(metrics or artifact.manifest.get("metrics") or {}),
-            "libraries": library_versions(),
-            "files": checksums,
-        }
-        (staging / MANIFEST).write_text(
-            json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n",
-            encoding="utf-8",
-        )
-        if target.exists():
-            shutil.rmtree(target)  # same second and same content: replace it
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    pointer = parent / f".{LATEST}.tmp-{os.getpid()}"
-    pointer.write_text(version_name + "\n", encoding="utf-8")
-    os.replace(pointer, parent / LATEST)
-    return target
+    params = artifact.manifest.get("params")
+    manifest = {
+        **artifact.manifest,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "experiment": experiment,
+        "variant": variant,
+        "metrics": dict(metrics or artifact.manifest.get("metrics") or {}),
+        "libraries": library_versions(),
+    }
+    return write_version(
+        root,
+        experiment=experiment,
+        variant=variant,
+        files=files,
+        head=json.dumps(params, sort_keys=True, default=str).encode(),
+        manifest=manifest,
+        now=now,
+    )
 
 
 def resolve_version(path: str | Path) -> Path:
