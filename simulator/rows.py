@@ -102,9 +102,11 @@ def write_sessions(
     insert_exposures(conn, exposure_ids, experiment_id, exposures)
     insert_impressions(
         conn,
+        experiment_id,
         np.repeat(exposure_ids, k),
         np.tile(np.arange(k), n),
         world.item_ids[block.items.ravel()],
+        np.repeat(exposures.variant, k),
     )
     items, clicked, bought = block.items, block.clicked, block.bought
     crow, ccol = np.nonzero(clicked)
@@ -122,6 +124,17 @@ def write_sessions(
         value=values,
         seconds=block.ts[event_rows] + offsets,
         exposure_id=exposure_ids[event_rows],
+        position=_first_positions(items, event_rows, np.concatenate([ccol, bcol])),
     )
     insert_events(conn, experiment_id, events)
     return event_seq + n_events
+
+
+def _first_positions(
+    items: npt.NDArray[np.int64], rows: npt.NDArray[np.int64], columns: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Each event's item's first position in its slate (`events.position`): its own column
+    unless the slate shows the item earlier too."""
+    chosen = items[rows, columns][:, None]
+    first: npt.NDArray[np.int64] = np.argmax(items[rows] == chosen, axis=1).astype(np.int64)
+    return first

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+
+# The same floating-point kernels on every x86-64 machine, so simulated runs and the golden
+# outputs do not depend on the CPU: NumPy's AVX-512 loops and OpenBLAS's AVX-512 kernels sum
+# in another order than their AVX2 ones (a last-bit change that flipped a simulated click
+# between two machines). Read when NumPy loads, so before anything imports it.
+if "numpy" not in sys.modules:
+    os.environ.setdefault("NPY_DISABLE_CPU_FEATURES", "X86_V4 AVX512_ICL AVX512_SPR")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and " avx2" in cpuinfo.read_text():
+        os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
 
 import pytest
 from sqlalchemy import Engine, create_engine, text

@@ -127,6 +127,9 @@ def _run_server(config: uvicorn.Config) -> bool:
             if exc.code != STARTUP_FAILURE:
                 raise
         return server.started
+    from abplatform.api.preload import use_forked_workers
+
+    use_forked_workers()  # the app imported once here; each worker only starts it
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     supervisor.run()
     return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)

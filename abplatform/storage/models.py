@@ -148,6 +148,26 @@ class Impression(Base):
     item_id: Mapped[str] = mapped_column(String(128))
 
 
+class ItemImpressions(Base):
+    """How often a variant's slates showed an item (by retrieval source), kept as slates are stored.
+
+    Derived from `impressions` in the same transaction that stores them (migration 0009), so
+    ranking quality (coverage, novelty) reads a row per shown item instead of every
+    impression. `source` is ``""`` for a slate whose items carry none.
+    """
+
+    __tablename__ = "item_impressions"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    variant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    impressions: Mapped[int] = mapped_column(BigInteger)
+
+
 class Event(Base):
     """A feedback event from a unit (click, purchase, ...), idempotent by `event_id`."""
 
@@ -165,6 +185,10 @@ class Event(Base):
     item_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     ts: Mapped[datetime] = mapped_column(DateTime)
+    # The position of `item_id` in its exposure's slate (its first, if shown twice), found
+    # when the event is stored (migration 0010); NULL when the item was not in the slate,
+    # the event has no exposure or item, or its exposure was not stored yet.
+    position: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ApiKey(Base):

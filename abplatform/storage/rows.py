@@ -13,7 +13,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    ScalarSelect,
+    String,
+    Table,
+    bindparam,
+    func,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -30,6 +40,12 @@ from abplatform.storage.bulk import (
     seconds_to_sql,
 )
 from abplatform.storage.db import is_unavailable
+from abplatform.storage.item_impressions import (
+    add_impressions,
+    count_columns,
+    count_slates,
+    delete_item_impressions,
+)
 
 EXPOSURE_COLUMNS = (
     "id",
@@ -144,6 +160,7 @@ class EventColumns:
     value: Column
     seconds: npt.ArrayLike
     exposure_id: Column | None = None
+    position: Column | None = None  # each item's slate position, when the writer knows it
 
 
 def reserve_exposure_ids(conn: Connection, n: int) -> npt.NDArray[np.int64]:
@@ -163,11 +180,19 @@ def insert_exposures(
 
 
 def insert_impressions(
-    conn: Connection, exposure_ids: Column, positions: Column, item_ids: Column
+    conn: Connection,
+    experiment_id: int,
+    exposure_ids: Column,
+    positions: Column,
+    item_ids: Column,
+    variants: Column,
 ) -> int:
-    """Insert impressions as parallel columns; return how many."""
+    """Insert impressions as parallel columns (`variants`: each one's exposure's variant) and
+    count them per item; return how many."""
     columns = {"exposure_id": exposure_ids, "position": positions, "item_id": item_ids}
-    return bulk_insert(conn, "impressions", columns)
+    n = bulk_insert(conn, "impressions", columns)
+    add_impressions(conn, experiment_id, count_columns(variants, item_ids))
+    return n
 
 
 def insert_events(conn: Connection, experiment_id: int, events: EventColumns) -> int:
@@ -203,6 +228,7 @@ def delete_experiment_rows(conn: Connection, experiment_id: int) -> None:
     conn.execute(IMPRESSIONS.delete().where(IMPRESSIONS.c.exposure_id.in_(exposure_ids)))
     conn.execute(EXPOSURES.delete().where(EXPOSURES.c.experiment_id == experiment_id))
     conn.execute(EVENTS.delete().where(EVENTS.c.experiment_id == experiment_id))
+    delete_item_impressions(conn, [experiment_id])
 
 
 def stored_event_ids(conn: Connection, event_ids: Sequence[str]) -> set[str]:
@@ -425,6 +451,12 @@ def write_exposures(
         for exposure_id, r in zip(ids, rows, strict=True)
         for position, item in enumerate(r.items)
     ]
+    # Counted per item only for exposures this call stores (a replay skips stored ones).
+    stored = _stored_ids(conn, ids) if idempotent else set()
+    new = [(i, r) for i, r in zip(ids, rows, strict=True) if i not in stored]
+    by_experiment: dict[int, list[ExposureRow]] = {}
+    for _, r in new:
+        by_experiment.setdefault(r.experiment_id, []).append(r)
     insert_rows(
         conn,
         "exposures",
@@ -440,6 +472,25 @@ def write_exposures(
         impressions,
         conflict_key="exposure_id, position" if idempotent else None,
     )
+    for experiment_id, stored_rows in by_experiment.items():
+        counts = count_slates(
+            [r.variant for r in stored_rows],
+            [r.items for r in stored_rows],
+            [None] * len(stored_rows),
+        )
+        add_impressions(conn, experiment_id, counts)
+
+
+def _stored_ids(conn: Connection, ids: Sequence[int]) -> set[int]:
+    """Which of these exposure ids are stored (asked per run of consecutive ids)."""
+    stored: set[int] = set()
+    for run in _runs(sorted(set(ids))):
+        stored.update(
+            conn.execute(
+                select(EXPOSURES.c.id).where(EXPOSURES.c.id.between(run.start, run.stop - 1))
+            ).scalars()
+        )
+    return stored
 
 
 _EventInsert = tuple[str, tuple[tuple[int, int], ...], tuple[str, ...] | None]
@@ -460,7 +511,12 @@ def _event_insert(conn: Connection, n_rows: int) -> _EventInsert:
     table = EVENTS
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     # Sentinel values name every parameter after its (row, column).
-    rows = [{c: f"{i}:{j}" for j, c in enumerate(EVENT_COLUMNS)} for i in range(n_rows)]
+    rows: list[dict[str, Any]] = [
+        {c: f"{i}:{j}" for j, c in enumerate(EVENT_COLUMNS)} for i in range(n_rows)
+    ]
+    exposure_col, item_col = EVENT_COLUMNS.index("exposure_id"), EVENT_COLUMNS.index("item_id")
+    for i, row in enumerate(rows):
+        row["position"] = _slate_position(f"{i}:{exposure_col}", f"{i}:{item_col}")
     statement = (
         dialect_insert(table).values(rows).on_conflict_do_nothing(index_elements=[table.c.event_id])
     )
@@ -472,6 +528,18 @@ def _event_insert(conn: Connection, n_rows: int) -> _EventInsert:
     return cached
 
 
+def _slate_position(exposure_sentinel: str, item_sentinel: str) -> ScalarSelect[Any]:
+    """The first position of an item in an exposure's slate (NULL if not shown), in SQL."""
+    return (
+        select(func.min(IMPRESSIONS.c.position))
+        .where(
+            IMPRESSIONS.c.exposure_id == bindparam(None, exposure_sentinel, type_=BigInteger),
+            IMPRESSIONS.c.item_id == bindparam(None, item_sentinel, type_=String),
+        )
+        .scalar_subquery()
+    )
+
+
 def write_events(
     conn: Connection, batches: list[Sequence[EventRow]], new: list[EventRow] | None = None
 ) -> list[tuple[int, int]]:
@@ -479,6 +547,9 @@ def write_events(
 
     With `new`, the statement also returns the ids it inserted and the inserted rows are
     appended to `new` (for the bandit's rewards).
+
+    Each event's slate position is looked up in the same statement (`events.position`: its
+    item's first position among its exposure's impressions, NULL if not found).
 
     Batches run one after the other in the same transaction, so an id sent twice (in one
     batch, or by two requests of the same group) is new once and a duplicate after. Each

@@ -11,6 +11,7 @@ from abplatform.config import load_experiment_text
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment
+from abplatform.storage.rows import insert_impressions
 from reports.ranking import ranking_quality
 from simulator.runner import simulate
 
@@ -61,14 +62,13 @@ def seed(engine: Engine) -> int:
                 "slate_size": [2, 2, 2],
             },
         )
-        bulk_insert(
+        insert_impressions(  # the one writer: it also counts the shown items per variant
             conn,
-            "impressions",
-            {
-                "exposure_id": [1, 1, 2, 2, 3, 3],
-                "position": [0, 1, 0, 1, 0, 1],
-                "item_id": ["w", "x", "w", "y", "y", "z"],
-            },
+            experiment.id,
+            [1, 1, 2, 2, 3, 3],
+            [0, 1, 0, 1, 0, 1],
+            ["w", "x", "w", "y", "y", "z"],
+            ["a", "a", "a", "a", "b", "b"],
         )
         bulk_insert(
             conn,

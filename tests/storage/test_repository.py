@@ -45,13 +45,16 @@ def test_runs_are_started_finished_and_cleared(db_url: str) -> None:
     assert latest.summary == {"users": 10}
     with engine.begin() as conn, Session(bind=conn) as session:
         insert_exposures(conn, [1], stored.id, ExposureColumns(["a"], ["u1"], [100], [0.5]))
-        insert_impressions(conn, [1, 1], [0, 1], ["i1", "i2"])
+        insert_impressions(conn, stored.id, [1, 1], [0, 1], ["i1", "i2"], ["a", "a"])
         insert_events(
             conn, stored.id, EventColumns(["e1"], ["u1"], ["click"], ["i1"], [None], [101])
         )
+        # Each shown item counted once for its variant, in the same transaction.
+        counts = session.execute(select(m.ItemImpressions.item_id, m.ItemImpressions.impressions))
+        assert sorted(tuple(row) for row in counts) == [("i1", 1), ("i2", 1)]
         clear_experiment_data(session, stored.id)
         assert latest_simulation(session, stored.id) is None
-        for model in (m.Exposure, m.Impression, m.Event, m.SimulationRun):
+        for model in (m.Exposure, m.Impression, m.ItemImpressions, m.Event, m.SimulationRun):
             assert session.scalar(select(func.count()).select_from(model)) == 0
         assert session.scalar(select(func.count()).select_from(m.Experiment)) == 1  # it stays
     engine.dispose()
