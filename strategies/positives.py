@@ -1,0 +1,143 @@
+"""Which history rows count as a user wanting an item, and the user x item matrix they form."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, model_validator
+
+from abplatform.domain import FeedbackType, InteractionLog
+from strategies.base import StrategyParams
+from strategies.evaluation import item_indices
+
+DEFAULT_POSITIVE_EVENTS: tuple[FeedbackType, ...] = ("click", "purchase")
+
+
+def _default_weights() -> dict[FeedbackType, float]:
+    return {"click": 1.0, "purchase": 4.0}
+
+
+class PositiveParams(StrategyParams):
+    """Parameters choosing the positive rows of a history (shared by ALS and EASE).
+
+    Attributes
+    ----------
+    positive_events
+        Event types that count as a user wanting an item.
+    min_rating
+        A ``rating`` event counts as positive when its value is at least this (rows without
+        a value never do); setting it makes ``rating`` a positive event. None: every
+        ``rating`` row counts if ``rating`` is in `positive_events`.
+    weights
+        Confidence weight of each positive event type; a positive type without one weighs 1.
+        Only types in `positive_events` (or ``rating`` with `min_rating`) may be named.
+    """
+
+    positive_events: tuple[FeedbackType, ...] = Field(default=DEFAULT_POSITIVE_EVENTS, min_length=1)
+    min_rating: float | None = Field(default=None, allow_inf_nan=False)
+    weights: dict[FeedbackType, float] = Field(default_factory=_default_weights)
+
+    @model_validator(mode="after")
+    def _weights_of_positive_events(self) -> Self:
+        for event, weight in self.weights.items():
+            if not math.isfinite(weight) or weight <= 0:
+                raise ValueError(f"weights.{event}: must be a positive number (got {weight!r})")
+        if "weights" in self.model_fields_set:
+            counted = self.counted_events
+            for event in self.weights:
+                if event not in counted:
+                    raise ValueError(
+                        f"weights.{event}: not one of positive_events "
+                        f"{list(counted)} (got {event!r})"
+                    )
+        return self
+
+    @property
+    def counted_events(self) -> tuple[str, ...]:
+        """The event types whose rows may count (``rating`` added by `min_rating`)."""
+        events: tuple[str, ...] = tuple(self.positive_events)
+        if self.min_rating is not None and "rating" not in events:
+            events = (*events, "rating")
+        return events
+
+    def weight_of(self, event: str) -> float:
+        """Confidence weight of one positive event type."""
+        return float(self.weights.get(event, 1.0))  # type: ignore[call-overload]
+
+
+def positive_mask(history: InteractionLog, params: PositiveParams) -> npt.NDArray[np.bool_]:
+    """Rows of `history` that are positives under `params` (catalogue membership not checked)."""
+    mask = np.isin(history.event_types, list(params.counted_events))
+    if params.min_rating is not None:
+        ratings = history.event_types == "rating"
+        with np.errstate(invalid="ignore"):
+            high = history.values >= params.min_rating  # NaN (no value) is never high
+        mask &= ~ratings | high
+    return mask
+
+
+@dataclass(frozen=True)
+class PositiveMatrix:
+    """Summed positive weights as a users x items CSR matrix (rows: sorted user ids).
+
+    ``indptr``/``items``/``weights`` are the CSR arrays; item columns are catalogue indices.
+    ``item_weights`` is each item's total (for the popularity fallback).
+    """
+
+    user_ids: npt.NDArray[np.str_]
+    indptr: npt.NDArray[np.int64]
+    items: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float64]
+    n_items: int
+
+    @property
+    def n_users(self) -> int:
+        """Number of users with at least one positive."""
+        return int(self.user_ids.shape[0])
+
+    def items_of(self, row: int) -> npt.NDArray[np.int64]:
+        """Catalogue indices of user number `row`'s positive items (ascending)."""
+        return self.items[self.indptr[row] : self.indptr[row + 1]]
+
+    def item_weights(self) -> npt.NDArray[np.float64]:
+        """Each catalogue item's summed positive weight."""
+        totals: npt.NDArray[np.float64] = np.bincount(
+            self.items, weights=self.weights, minlength=self.n_items
+        ).astype(np.float64)
+        return totals
+
+    def to_scipy(self, *, binary: bool = False) -> object:
+        """The matrix as ``scipy.sparse.csr_matrix`` (float32 for implicit; 1s if `binary`)."""
+        from scipy.sparse import csr_matrix
+
+        data = np.ones_like(self.weights) if binary else self.weights
+        return csr_matrix(
+            (data.astype(np.float32), self.items, self.indptr),
+            shape=(self.n_users, self.n_items),
+        )
+
+
+def positive_matrix(history: InteractionLog, params: PositiveParams) -> PositiveMatrix:
+    """Each (user, catalogue item) pair's summed weight over its positive rows."""
+    n_items = len(history.catalog)
+    items = item_indices(history)
+    keep = positive_mask(history, params) & (items >= 0)
+    row_weights = np.zeros(len(history), dtype=np.float64)
+    for event in params.counted_events:
+        row_weights[history.event_types == event] = params.weight_of(event)
+    users, codes = np.unique(history.user_ids[keep].astype(str), return_inverse=True)
+    keys = codes.reshape(-1).astype(np.int64) * max(n_items, 1) + items[keep]
+    pairs, inverse = np.unique(keys, return_inverse=True)
+    summed = np.bincount(inverse.reshape(-1), weights=row_weights[keep], minlength=pairs.size)
+    per_user = np.bincount(pairs // max(n_items, 1), minlength=users.size)
+    return PositiveMatrix(
+        user_ids=users.astype(str),
+        indptr=np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64),
+        items=(pairs % max(n_items, 1)).astype(np.int64),
+        weights=summed.astype(np.float64),
+        n_items=n_items,
+    )
