@@ -106,7 +106,8 @@ def train_experiment(
     writes a snapshot of that history (`strategies.snapshot`). Each is registered as a
     `candidate` with its finite metrics, the catalogue and the history's cut-off, all in one
     transaction after the last fit (nothing is registered if any fails). A composite
-    nesting a two-tower or an ALS strategy cannot be snapshotted: it is exported nowhere and listed in `unregistered`.
+    nesting a two-tower or an ALS strategy cannot be snapshotted: it is exported nowhere
+    and listed in `unregistered`.
     """
     started = time.perf_counter()
     chosen_seed = strategy_seed(config, seed)
