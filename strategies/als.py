@@ -359,8 +359,11 @@ def load_als_artifact(path: str | Path) -> AlsArtifact:
             raise ArtifactError(f"{file} is missing")
         if file_sha256(file) != checksums[name]:
             raise ArtifactError(f"{file} does not match its checksum in the manifest")
-        with np.load(file, allow_pickle=False) as loaded:
-            arrays[name] = dict(loaded.items()) if name.endswith(".npz") else np.array(loaded)
+        if name.endswith(".npz"):
+            with np.load(file, allow_pickle=False) as loaded:
+                arrays[name] = dict(loaded.items())
+        else:
+            arrays[name] = np.load(file, allow_pickle=False)
     items = arrays["items.npz"]
     return AlsArtifact(
         catalog=Catalog(

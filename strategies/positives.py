@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from abplatform.domain import FeedbackType, InteractionLog
 from strategies.base import StrategyParams
@@ -39,34 +39,39 @@ class PositiveParams(StrategyParams):
 
     positive_events: tuple[FeedbackType, ...] = Field(default=DEFAULT_POSITIVE_EVENTS, min_length=1)
     min_rating: float | None = Field(default=None, allow_inf_nan=False)
-    weights: dict[FeedbackType, float] = Field(default_factory=_default_weights)
+    weights: dict[FeedbackType, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=_default_weights
+    )
 
-    @model_validator(mode="after")
-    def _weights_of_positive_events(self) -> Self:
-        for event, weight in self.weights.items():
-            if not math.isfinite(weight) or weight <= 0:
-                raise ValueError(f"weights.{event}: must be a positive number (got {weight!r})")
-        if "weights" in self.model_fields_set:
-            counted = self.counted_events
-            for event in self.weights:
-                if event not in counted:
-                    raise ValueError(
-                        f"weights.{event}: not one of positive_events "
-                        f"{list(counted)} (got {event!r})"
-                    )
-        return self
+    @field_validator("weights")
+    @classmethod
+    def _weights_of_positive_events(
+        cls, weights: dict[FeedbackType, float], info: ValidationInfo
+    ) -> dict[FeedbackType, float]:
+        """Given weights may only name the events that count (a default names none extra)."""
+        counted = _counted(info.data.get("positive_events", ()), info.data.get("min_rating"))
+        for event in weights:
+            if event not in counted:
+                raise ValueError(
+                    f"{event!r} is not a positive event (positive_events: {list(counted)})"
+                )
+        return weights
 
     @property
     def counted_events(self) -> tuple[str, ...]:
         """The event types whose rows may count (``rating`` added by `min_rating`)."""
-        events: tuple[str, ...] = tuple(self.positive_events)
-        if self.min_rating is not None and "rating" not in events:
-            events = (*events, "rating")
-        return events
+        return _counted(self.positive_events, self.min_rating)
 
     def weight_of(self, event: str) -> float:
         """Confidence weight of one positive event type."""
         return float(self.weights.get(event, 1.0))  # type: ignore[call-overload]
+
+
+def _counted(positive_events: Sequence[str], min_rating: float | None) -> tuple[str, ...]:
+    events = tuple(positive_events)
+    if min_rating is not None and "rating" not in events:
+        events = (*events, "rating")
+    return events
 
 
 def positive_mask(history: InteractionLog, params: PositiveParams) -> npt.NDArray[np.bool_]:

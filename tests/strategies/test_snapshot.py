@@ -1,4 +1,4 @@
-"""Snapshot artifacts: every kind without TensorFlow serves the same slates after loading."""
+"""Snapshot artifacts: every kind not trained offline serves the same slates after loading."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from abplatform.registry import build_strategy, strategies
 from abplatform.storage.model_registry import ModelRecord, params_hash
 from strategies.registered import load_model
 from strategies.snapshot import (
-    TENSORFLOW_KINDS,
+    TRAINERS,
     export_snapshot,
     load_snapshot,
     needs_tensorflow,
+    needs_training,
 )
 from tests.factories import make_history
 from tests.strategies.test_contract import CASES, requests
@@ -33,7 +34,7 @@ SEED = 5
 SNAPSHOT_CASES = [
     pytest.param(kind, params, id=f"{kind}-{i}")
     for kind in strategies.names()
-    if kind not in TENSORFLOW_KINDS
+    if kind not in TRAINERS
     for i, params in enumerate(CASES[kind])
 ]
 
@@ -89,8 +90,8 @@ def _export(kind: str, params: dict[str, Any], root: Path) -> tuple[Any, Path, d
     return fitted, path, validated
 
 
-def test_every_kind_without_tensorflow_has_a_snapshot_case() -> None:
-    assert {p.values[0] for p in SNAPSHOT_CASES} == set(strategies.names()) - TENSORFLOW_KINDS
+def test_every_kind_not_trained_offline_has_a_snapshot_case() -> None:
+    assert {p.values[0] for p in SNAPSHOT_CASES} == set(strategies.names()) - set(TRAINERS)
 
 
 @pytest.mark.parametrize(("kind", "params"), SNAPSHOT_CASES)
@@ -173,6 +174,23 @@ def test_a_composite_nesting_two_tower_is_not_snapshotted(tmp_path: Path) -> Non
             tmp_path, experiment="..", variant="v", kind="random", params={}, seed=0,
             history=_history(),
         )  # fmt: skip
+
+
+def test_a_composite_nesting_als_is_not_snapshotted(tmp_path: Path) -> None:
+    params = {"base": {"kind": "als", "params": {}}, "lambda": 0.3}
+    assert needs_training("diversity_rerank", params)
+    assert not needs_tensorflow("diversity_rerank", params)
+    assert not needs_training("diversity_rerank", {"base": {"kind": "ease"}})
+    with pytest.raises(ArtifactError, match="nesting implicit cannot be snapshotted"):
+        export_snapshot(
+            tmp_path,
+            experiment="exp",
+            variant="v",
+            kind="diversity_rerank",
+            params=params,
+            seed=0,
+            history=_history(),
+        )
 
 
 def test_loading_a_model_never_imports_tensorflow(tmp_path: Path) -> None:
