@@ -104,8 +104,7 @@ def test_named_control() -> None:
                 "'add_to_cart', 'purchase' or 'rating' (got 'like')",
                 "variants.0.strategy.params.lambda: input should be greater than or equal to 0 "
                 "(got -1)",
-                "variants.1.strategy.params.weights.click: input should be greater than 0 "
-                "(got -1)",
+                "variants.1.strategy.params.weights.click: input should be greater than 0 (got -1)",
                 "variants.1.strategy.params.factors: input should be greater than or equal to 1 "
                 "(got 0)",
                 "variants.1.strategy.params.alpha: input should be greater than 0 (got 0)",
