@@ -1,4 +1,4 @@
-"""Offline quality on MovieLens 100K: two-tower vs popularity vs random, through our storage.
+"""Offline quality on MovieLens 100K: two-tower, ALS, EASE, popularity, random, via our storage.
 
 The data comes from an installed package, never from the network at run time: RecBole's
 wheel ships ML-100K under ``recbole/dataset_example/ml-100k`` (ratings with timestamps,
@@ -41,6 +41,8 @@ from abplatform.catalog_ingest import ingest_catalog
 from abplatform.domain import InteractionLog
 from abplatform.storage.catalog import load_history
 from abplatform.storage.db import open_database
+from strategies.als import AlsStrategy
+from strategies.ease import EaseStrategy
 from strategies.offline import held_out, held_out_targets, score_strategy
 from strategies.popularity import PopularityStrategy
 from strategies.random_items import RandomStrategy
@@ -78,6 +80,13 @@ SPLIT_PARAMS: dict[str, dict[str, Any]] = {
     "time": {"validation_holdout": "last", "negatives": "full", "refit": True},
 }
 """Per split, chosen with `--validate` (a second split of the training part), not the test."""
+
+
+ALS_PARAMS: dict[str, Any] = {"factors": 64, "regularization": 0.05, "iterations": 15, "alpha": 1.0}
+"""ALS as benchmarked: chosen with `--validate` on the random split (see bench/README.md)."""
+
+EASE_PARAMS: dict[str, Any] = {"lambda": 200.0}
+"""EASE as benchmarked: lambda chosen with `--validate` on the random split."""
 
 
 @dataclass(frozen=True)
@@ -189,15 +198,24 @@ def ingest(folder: Path, data: MovieLens) -> InteractionLog:
 
 
 def strategies_to_compare(
-    quick: bool, seed: int, overrides: dict[str, Any], kind: str
+    quick: bool,
+    seed: int,
+    overrides: dict[str, Any],
+    kind: str,
+    als: dict[str, Any] | None = None,
+    ease: dict[str, Any] | None = None,
 ) -> dict[str, Callable[[], Any]]:
     """Fresh, unfitted strategies by variant name, the two-tower set up for split `kind`."""
     params = {**TWO_TOWER_PARAMS, **SPLIT_PARAMS[kind]}
     if quick:
         params.update(epochs=4, early_stopping_patience=1)
     params.update(overrides)
+    als_params = {**ALS_PARAMS, **(als or {})}
+    ease_params = {**EASE_PARAMS, **(ease or {})}
     return {
         "two_tower": lambda: TwoTowerStrategy(params, seed=seed),
+        "als": lambda: AlsStrategy(als_params, seed=seed),
+        "ease": lambda: EaseStrategy(ease_params, seed=seed),
         # Popularity over the whole training history (ML-100K spans seven months).
         "popularity": lambda: PopularityStrategy({"window_days": 3650}, seed=seed),
         "random": lambda: RandomStrategy({}, seed=seed),
@@ -229,6 +247,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer two-tower epochs")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--params", default="{}", help="JSON overriding two-tower params")
+    parser.add_argument("--als", default="{}", help="JSON overriding ALS params")
+    parser.add_argument("--ease", default="{}", help="JSON overriding EASE params")
     parser.add_argument("--only", default="", help="comma-separated variants to run")
     parser.add_argument(
         "--validate",
@@ -273,7 +293,14 @@ def main() -> None:
             details["validation"] = True
         print(f"\nsplit: {json.dumps(details)}")
         tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in protocols}
-        variants = strategies_to_compare(args.quick, args.seed, json.loads(args.params), kind)
+        variants = strategies_to_compare(
+            args.quick,
+            args.seed,
+            json.loads(args.params),
+            kind,
+            json.loads(args.als),
+            json.loads(args.ease),
+        )
         for name, build in variants.items():
             if args.only and name not in args.only.split(","):
                 continue
