@@ -82,11 +82,12 @@ SPLIT_PARAMS: dict[str, dict[str, Any]] = {
 """Per split, chosen with `--validate` (a second split of the training part), not the test."""
 
 
-ALS_PARAMS: dict[str, Any] = {"factors": 64, "regularization": 0.05, "iterations": 15, "alpha": 1.0}
-"""ALS as benchmarked: chosen with `--validate` on the random split (see bench/README.md)."""
+ALS_PARAMS: dict[str, Any] = {}
+"""ALS as benchmarked: its defaults (factors 48, regularization 30, alpha 2), chosen with
+`--validate` on the random split (see bench/README.md)."""
 
-EASE_PARAMS: dict[str, Any] = {"lambda": 200.0}
-"""EASE as benchmarked: lambda chosen with `--validate` on the random split."""
+EASE_PARAMS: dict[str, Any] = {}
+"""EASE as benchmarked: its default lambda (400), chosen with `--validate` on the random split."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -115,13 +115,12 @@ class PositiveMatrix:
         ).astype(np.float64)
         return totals
 
-    def to_scipy(self, *, binary: bool = False) -> object:
-        """The matrix as ``scipy.sparse.csr_matrix`` (float32 for implicit; 1s if `binary`)."""
+    def confidences(self, alpha: float) -> Any:
+        """``scipy.sparse.csr_matrix`` (float32) of 1 + alpha w at every positive pair."""
         from scipy.sparse import csr_matrix
 
-        data = np.ones_like(self.weights) if binary else self.weights
         return csr_matrix(
-            (data.astype(np.float32), self.items, self.indptr),
+            ((1.0 + alpha * self.weights).astype(np.float32), self.items, self.indptr),
             shape=(self.n_users, self.n_items),
         )
 
