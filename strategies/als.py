@@ -17,7 +17,6 @@ and never imports `implicit`, so every API worker serves the same factors.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -29,16 +28,10 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from abplatform.artifacts import (
-    MANIFEST,
-    ArtifactError,
-    file_sha256,
-    library_versions,
-    write_version,
-)
 from abplatform.domain import Catalog, InteractionLog, RecRequest, Slate
 from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
+from strategies.array_artifact import catalog_arrays, catalog_of, export_version, read_version
 from strategies.base import ArtifactPlace, BaseStrategy, NotFittedError, check_k
 from strategies.evaluation import item_indices
 from strategies.positives import PositiveMatrix, PositiveParams, positive_matrix
@@ -289,15 +282,8 @@ class AlsStrategy(BaseStrategy):
     def export(self, root: str | Path, **place: Unpack[ArtifactPlace]) -> Path:
         """Write the factors as a new version under ``root/experiment/variant``."""
         artifact = self.artifact
-        catalog = artifact.catalog
         files: dict[str, dict[str, npt.NDArray[Any]]] = {
-            "items.npz": {
-                "item_ids": catalog.item_ids.astype(str),
-                "categories": catalog.categories.astype(str),
-                "brands": catalog.brands.astype(str),
-                "prices": catalog.prices.astype(np.float64),
-                **({} if catalog.tags is None else {"tags": catalog.tags.astype(str)}),
-            },
+            "items.npz": catalog_arrays(artifact.catalog),
             "user_ids.npy": {"": artifact.user_ids.astype(str)},
             "user_factors.npy": {"": artifact.user_factors},
             "item_factors.npy": {"": artifact.item_factors},
@@ -307,23 +293,13 @@ class AlsStrategy(BaseStrategy):
             },
             "popularity.npy": {"": artifact.popularity},
         }
-        manifest = {
-            **artifact.manifest,
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "experiment": place["experiment"],
-            "variant": place["variant"],
-            "metrics": dict(place.get("metrics") or {}),
-            "libraries": library_versions((*_LIBRARIES,)),
-        }
-        head = json.dumps({"params": manifest["params"], "seed": self.seed}, sort_keys=True)
-        return write_version(
+        return export_version(
             root,
-            experiment=place["experiment"],
-            variant=place["variant"],
+            format_name=FORMAT,
+            format_version=FORMAT_VERSION,
             files=files,
-            head=head.encode(),
-            manifest=manifest,
+            manifest=artifact.manifest,
+            place=place,
         )
 
     @classmethod
@@ -337,45 +313,13 @@ class AlsStrategy(BaseStrategy):
         return strategy
 
 
-_LIBRARIES = ("numpy", "scipy", "implicit", "abplatform")
-
-
 def load_als_artifact(path: str | Path) -> AlsArtifact:
     """Read an ALS version directory, checking every file against its manifest's sha256."""
-    directory = Path(path)
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"cannot read {directory / MANIFEST}: {exc}") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{directory} holds format {manifest.get('format')!r} version "
-            f"{manifest.get('format_version')!r}; expected {FORMAT!r} version {FORMAT_VERSION}"
-        )
-    checksums: dict[str, str] = manifest.get("files", {})
-    arrays: dict[str, Any] = {}
-    for name in _FILES:
-        file = directory / name
-        if name not in checksums:
-            raise ArtifactError(f"{directory} has no {name} in its manifest")
-        if not file.is_file():
-            raise ArtifactError(f"{file} is missing")
-        if file_sha256(file) != checksums[name]:
-            raise ArtifactError(f"{file} does not match its checksum in the manifest")
-        if name.endswith(".npz"):
-            with np.load(file, allow_pickle=False) as loaded:
-                arrays[name] = dict(loaded.items())
-        else:
-            arrays[name] = np.load(file, allow_pickle=False)
-    items = arrays["items.npz"]
+    manifest, arrays = read_version(
+        path, format_name=FORMAT, format_version=FORMAT_VERSION, files=_FILES
+    )
     return AlsArtifact(
-        catalog=Catalog(
-            item_ids=items["item_ids"],
-            categories=items["categories"],
-            brands=items["brands"],
-            prices=items["prices"],
-            tags=items.get("tags"),
-        ),
+        catalog=catalog_of(arrays["items.npz"]),
         user_ids=arrays["user_ids.npy"],
         user_factors=arrays["user_factors.npy"],
         item_factors=arrays["item_factors.npy"],

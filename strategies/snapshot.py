@@ -1,6 +1,6 @@
 """Snapshot artifacts of the strategies trained by nothing offline: the frozen data of a fit.
 
-Popularity, co-purchase statistics, similar items, random, EASE, scene routers and diversity
+Popularity, co-purchase statistics, similar items, random, scene routers and diversity
 re-rankers fit in a fraction of a second and deterministically from (kind, params, seed,
 history). Their artifact is therefore that fit's input, not its output: loading a snapshot
 refits the kind on the frozen data and serves exactly the slates the exported fit served.

@@ -22,7 +22,7 @@ from abplatform.registry import build_strategy
 from abplatform.storage.catalog import load_history
 from abplatform.storage.db import open_database
 from strategies.als import AlsParams, AlsStrategy, load_als_artifact
-from strategies.ease import EaseStrategy, ease_weights
+from strategies.ease import EaseParams, EaseStrategy, ease_weights
 from strategies.positives import PositiveParams, positive_matrix
 from strategies.registered import load_model
 from tests.factories import make_history
@@ -98,16 +98,39 @@ def test_ease_equals_per_item_ridge_regressions() -> None:
         a = x[:, others]
         beta = np.linalg.solve(a.T @ a + l2 * np.eye(others.size), a.T @ x[:, j])
         oracle[others, j] = beta
-    assert_allclose(ease._weights, oracle, rtol=1e-9, atol=1e-12)
+    assert_allclose(ease_weights(x.T @ x, l2), oracle, rtol=1e-9, atol=1e-12)
+    # The strategy keeps B in float32 (what it serves and exports): one rounding per entry.
+    assert_allclose(ease.artifact.weights, oracle, rtol=2**-23, atol=1e-30)
     user = str(matrix.user_ids[4])
-    slate = EaseStrategy.recommend(ease, RecRequest(user), matrix.n_items)
-    expected = x[4] @ oracle
+    slate = ease.recommend(RecRequest(user), matrix.n_items)
+    expected = x[4] @ ease.artifact.weights.astype(np.float64)
     index = log.catalog.index()
-    assert_allclose(slate.scores, [expected[index[i]] for i in slate.items], rtol=1e-9, atol=1e-12)
+    assert_allclose(slate.scores, [expected[index[i]] for i in slate.items], rtol=1e-12)
     # Items the user bought come last (exclude_purchased), the rest by score.
     bought = {str(i) for u, i, t in zip(log.user_ids, log.item_ids, log.event_types, strict=True)
               if u == user and t == "purchase"}  # fmt: skip
     assert bought and set(slate.items[-len(bought) :]) == bought
+
+
+def test_ease_served_from_its_artifact_equals_the_fitted_model(tmp_path: Path) -> None:
+    fitted = EaseStrategy({"lambda": 50.0}, seed=5)
+    fitted.fit(make_history())
+    path = fitted.export(tmp_path, experiment="exp", variant="v", metrics={"hit@10": 0.5})
+    validated = EaseParams.model_validate({"lambda": 50.0}).model_dump(mode="json")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format"] == "abplatform.ease" and manifest["params"] == validated
+    record = dataclasses.replace(_record("ease", validated, path), seed=5)
+    served = load_model(record)
+    assert isinstance(served, EaseStrategy)
+    sample = requests(make_history())
+    for k in (1, 5, 10):
+        assert served.recommend_batch(sample, k) == fitted.recommend_batch(sample, k)
+    weights = path / "weights.npy"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+    with pytest.raises(ArtifactMismatch, match="does not match its recorded checksum"):
+        load_model(record)
+    with pytest.raises(ArtifactError, match=r"weights.npy does not match its checksum"):
+        EaseStrategy.from_artifact(path)
 
 
 def test_ease_zero_lambda_with_an_unchosen_item_is_a_clear_error() -> None:
