@@ -5,8 +5,8 @@
 
 Fit times are wall-clock seconds of `fit` (ALS single-threaded, as the strategy trains it).
 Serving is `recommend` for one known user at a time (p50 / p99) and `recommend_batch` over
-every known user. "load" is what an API worker pays at start: ALS reads its factor artifact
-(`AlsStrategy.from_artifact`), EASE, a snapshot, refits on the frozen history.
+every known user. "load" is what an API worker pays at start: reading the exported artifact
+(`from_artifact`, checksums checked) and the first slate; neither kind refits.
 """
 
 from __future__ import annotations
@@ -63,17 +63,11 @@ def measure(name: str, log: InteractionLog, seed: int, sample: int) -> None:
         clock = time.perf_counter()
         strategy.fit(log)
         fit = time.perf_counter() - clock
-        if kind == "als":
-            with tempfile.TemporaryDirectory() as tmp:
-                path = strategy.export(tmp, experiment="bench", variant="als")
-                clock = time.perf_counter()
-                served = AlsStrategy.from_artifact(path)
-                served.recommend(requests[0], 10)  # builds the serving state
-                load = time.perf_counter() - clock
-        else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = strategy.export(tmp, experiment="bench", variant=kind)
             clock = time.perf_counter()
-            served = EaseStrategy(EASE_PARAMS, seed=seed)
-            served.fit(log)
+            served = type(strategy).from_artifact(path)
+            served.recommend(requests[0], 10)  # builds the serving state
             load = time.perf_counter() - clock
         singles = []
         for request in requests:

@@ -101,8 +101,8 @@ def train_experiment(
     This is `evaluate_offline` with ``NewItemsSplit(holdout_per_user)``, seen items
     excluded and every target type. The exported fit is the same configuration refitted
     on the whole history (the held-out interactions are the most recent ones, the most
-    useful to serve); the metrics describe it fitted without them. Two-tower and ALS
-    variants (`ExportableStrategy`) write their embeddings or factors; every other kind
+    useful to serve); the metrics describe it fitted without them. Two-tower, ALS and EASE
+    variants (`ExportableStrategy`) write what they learned; every other kind
     writes a snapshot of that history (`strategies.snapshot`). Each is registered as a
     `candidate` with its finite metrics, the catalogue and the history's cut-off, all in one
     transaction after the last fit (nothing is registered if any fails). A composite
@@ -183,9 +183,9 @@ def export_variant(
 ) -> ExportedVariant:
     """Export a variant's strategy fitted on `history` under `root`, ready to register.
 
-    Two-tower and ALS strategies (`ExportableStrategy`) write what they learned; every other kind a
-    snapshot of `history` that its loader refits on (`strategies.snapshot`), so `fitted`
-    must have been fitted on exactly `history` with `seed`. Undefined (non-finite) metrics
+    Two-tower, ALS and EASE strategies (`ExportableStrategy`) write what they learned; every
+    other kind a snapshot of `history` that its loader refits on (`strategies.snapshot`), so
+    `fitted` must have been fitted on exactly `history` with `seed`. Undefined (non-finite) metrics
     are left out: the registry and the manifests are strict JSON. A strategy `unexportable`
     names is refused with an AssertionError (callers check first).
     """
