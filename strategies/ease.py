@@ -233,8 +233,9 @@ class EaseStrategy(BaseStrategy):
         self, items: npt.NDArray[np.int64], values: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.float64]:
         """x B for a user whose row holds `values` at catalogue indices `items`."""
-        rows = self.artifact.weights[items].astype(np.float64)
-        scores: npt.NDArray[np.float64] = values @ rows
+        # One user at a time, in float32 as B is stored: the same numbers in any batch.
+        rows = self.artifact.weights[items]
+        scores: npt.NDArray[np.float64] = (values.astype(np.float32) @ rows).astype(np.float64)
         return scores
 
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
