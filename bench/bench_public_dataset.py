@@ -10,9 +10,10 @@ we do not use, so install it without dependencies (its files are only read, neve
 MovieLens' licence forbids redistribution: nothing of it is committed here. The bench
 ingests the movies (genres as ``tags``), the users (profile features) and the ratings (each
 rating is an implicit positive, type ``click`` with the rating as ``value``, as the TFRS
-tutorial treats them) into a temporary SQLite database with the project's storage, reads the
-history back with `load_history`, splits it, fits every strategy on the training part and
-scores the top K of every held-out user.
+tutorial treats them; with ``--as-ratings`` type ``rating``, which ALS and EASE learn from
+through ``positive_events: [rating]`` and ``--min-rating``) into a temporary SQLite
+database with the project's storage, reads the history back with `load_history`, splits
+it, fits every strategy on the training part and scores the top K of every held-out user.
 
 Splits (both printed): ``random``, the TFRS tutorial's 80/20 random split of the ratings,
 and ``time``, a global temporal split (the last 20% of ratings by time are held out; users
@@ -153,8 +154,8 @@ def read_movielens(path: Path) -> MovieLens:
     )
 
 
-def write_csvs(data: MovieLens, folder: Path) -> dict[str, Path]:
-    """The dataset as the three CSV files `abplatform ingest` reads."""
+def write_csvs(data: MovieLens, folder: Path, event_type: str = "click") -> dict[str, Path]:
+    """The dataset as the three CSV files `abplatform ingest` reads (ratings as `event_type`)."""
     files = {name: folder / f"{name}.csv" for name in ("items", "users", "interactions")}
     with files["items"].open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
@@ -173,7 +174,7 @@ def write_csvs(data: MovieLens, folder: Path) -> dict[str, Path]:
                 data.rating_users,
                 data.rating_items,
                 data.timestamps.tolist(),
-                ["click"] * len(data.ratings),
+                [event_type] * len(data.ratings),
                 data.ratings,
                 strict=True,
             )
@@ -181,9 +182,9 @@ def write_csvs(data: MovieLens, folder: Path) -> dict[str, Path]:
     return files
 
 
-def ingest(folder: Path, data: MovieLens) -> InteractionLog:
+def ingest(folder: Path, data: MovieLens, event_type: str = "click") -> InteractionLog:
     """Ingest the CSVs as `abplatform ingest` does into a fresh SQLite file; read it back."""
-    files = write_csvs(data, folder)
+    files = write_csvs(data, folder, event_type)
     engine = open_database(f"sqlite:///{folder}/bench.db")
     ingest_catalog(
         engine,
@@ -248,6 +249,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer two-tower epochs")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--params", default="{}", help="JSON overriding two-tower params")
+    parser.add_argument(
+        "--as-ratings",
+        action="store_true",
+        help="ingest the ratings as type `rating` (not `click`): ALS and EASE then learn from "
+        "them through positive_events [rating] (and --min-rating); the other strategies "
+        "learn nothing from such rows",
+    )
+    parser.add_argument("--min-rating", type=float, help="ALS's and EASE's min_rating")
     parser.add_argument("--als", default="{}", help="JSON overriding ALS params")
     parser.add_argument("--ease", default="{}", help="JSON overriding EASE params")
     parser.add_argument("--only", default="", help="comma-separated variants to run")
@@ -265,7 +274,7 @@ def main() -> None:
     clock = time.perf_counter()
     data = read_movielens(path)
     with tempfile.TemporaryDirectory() as tmp:
-        log = ingest(Path(tmp), data)
+        log = ingest(Path(tmp), data, "rating" if args.as_ratings else "click")
     print(
         f"written as CSV, ingested into SQLite and read back in "
         f"{time.perf_counter() - clock:.1f} s: "
@@ -294,13 +303,18 @@ def main() -> None:
             details["validation"] = True
         print(f"\nsplit: {json.dumps(details)}")
         tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in protocols}
+        positives: dict[str, Any] = {}
+        if args.as_ratings:
+            positives["positive_events"] = ["rating"]
+        if args.min_rating is not None:
+            positives["min_rating"] = args.min_rating
         variants = strategies_to_compare(
             args.quick,
             args.seed,
             json.loads(args.params),
             kind,
-            json.loads(args.als),
-            json.loads(args.ease),
+            {**positives, **json.loads(args.als)},
+            {**positives, **json.loads(args.ease)},
         )
         for name, build in variants.items():
             if args.only and name not in args.only.split(","):
