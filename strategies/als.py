@@ -33,8 +33,12 @@ from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
 from strategies.array_artifact import catalog_arrays, catalog_of, export_version, read_version
 from strategies.base import ArtifactPlace, BaseStrategy, NotFittedError, check_k
-from strategies.evaluation import item_indices
-from strategies.positives import PositiveMatrix, PositiveParams, positive_matrix
+from strategies.positives import (
+    PositiveMatrix,
+    PositiveParams,
+    positive_matrix,
+    purchases_by_user,
+)
 from strategies.topk import top_k
 from strategies.two_tower.serving import quantize
 
@@ -145,7 +149,7 @@ class AlsStrategy(BaseStrategy):
         user_scale = _scale(users)
         item_scale = _scale(items)
         known = matrix.user_ids if reason is None else np.zeros(0, dtype=str)
-        indptr, bought = _purchases(history, known)
+        indptr, bought = purchases_by_user(history, known)
         stamps = history.timestamps
         manifest = {
             "kind": self.kind,
@@ -385,21 +389,6 @@ def _too_little(matrix: PositiveMatrix) -> str | None:
     if np.unique(matrix.items).size < 2:
         return "the history's positive interactions are all on one item"
     return None
-
-
-def _purchases(
-    history: InteractionLog, users: npt.NDArray[np.str_]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """CSR (indptr, item indices) of what each of `users` (sorted) bought."""
-    items = item_indices(history)
-    bought = (history.event_types == "purchase") & (items >= 0)
-    bought &= np.isin(history.user_ids, users)
-    rows = np.searchsorted(users, history.user_ids[bought])
-    width = max(len(history.catalog), 1)
-    keys = np.unique(rows.astype(np.int64) * width + items[bought])
-    counts = np.bincount(keys // width, minlength=users.size)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return indptr, (keys % width).astype(np.int64)
 
 
 def _iso(seconds: int) -> str:

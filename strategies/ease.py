@@ -16,8 +16,12 @@ from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
 from strategies.array_artifact import catalog_arrays, catalog_of, export_version, read_version
 from strategies.base import ArtifactPlace, BaseStrategy, NotFittedError, check_k
-from strategies.evaluation import item_indices
-from strategies.positives import PositiveMatrix, PositiveParams, positive_matrix
+from strategies.positives import (
+    PositiveMatrix,
+    PositiveParams,
+    positive_matrix,
+    purchases_by_user,
+)
 from strategies.topk import top_k
 
 FORMAT = "abplatform.ease"
@@ -146,7 +150,7 @@ class EaseStrategy(BaseStrategy):
             },
             "metrics": {},
         }
-        indptr, bought = _purchases(history, matrix.user_ids)
+        indptr, bought = purchases_by_user(history, matrix.user_ids)
         self._use(
             EaseArtifact(
                 catalog=history.catalog,
@@ -280,21 +284,6 @@ def _csr(matrix: PositiveMatrix, values: npt.NDArray[np.float64]) -> Any:
     from scipy.sparse import csr_matrix
 
     return csr_matrix((values, matrix.items, matrix.indptr), shape=(matrix.n_users, matrix.n_items))
-
-
-def _purchases(
-    history: InteractionLog, users: npt.NDArray[np.str_]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """CSR (indptr, item indices) of what each of `users` (sorted) bought."""
-    items = item_indices(history)
-    bought = (history.event_types == "purchase") & (items >= 0)
-    bought &= np.isin(history.user_ids, users)
-    rows = np.searchsorted(users, history.user_ids[bought])
-    width = max(len(history.catalog), 1)
-    keys = np.unique(rows.astype(np.int64) * width + items[bought])
-    counts = np.bincount(keys // width, minlength=users.size)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return indptr, (keys % width).astype(np.int64)
 
 
 def _iso(seconds: int) -> str:

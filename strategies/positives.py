@@ -145,3 +145,18 @@ def positive_matrix(history: InteractionLog, params: PositiveParams) -> Positive
         weights=summed.astype(np.float64),
         n_items=n_items,
     )
+
+
+def purchases_by_user(
+    history: InteractionLog, users: npt.NDArray[np.str_]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """CSR (indptr, catalogue indices) of what each of `users` (sorted) bought."""
+    items = item_indices(history)
+    bought = (history.event_types == "purchase") & (items >= 0)
+    bought &= np.isin(history.user_ids, users)
+    rows = np.searchsorted(users, history.user_ids[bought])
+    width = max(len(history.catalog), 1)
+    keys = np.unique(rows.astype(np.int64) * width + items[bought])
+    counts = np.bincount(keys // width, minlength=users.size)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, (keys % width).astype(np.int64)
