@@ -1,4 +1,4 @@
-"""Offline quality on MovieLens 100K: two-tower vs popularity vs random, through our storage.
+"""Offline quality on MovieLens 100K: two-tower, ALS, EASE, popularity, random, via our storage.
 
 The data comes from an installed package, never from the network at run time: RecBole's
 wheel ships ML-100K under ``recbole/dataset_example/ml-100k`` (ratings with timestamps,
@@ -10,9 +10,10 @@ we do not use, so install it without dependencies (its files are only read, neve
 MovieLens' licence forbids redistribution: nothing of it is committed here. The bench
 ingests the movies (genres as ``tags``), the users (profile features) and the ratings (each
 rating is an implicit positive, type ``click`` with the rating as ``value``, as the TFRS
-tutorial treats them) into a temporary SQLite database with the project's storage, reads the
-history back with `load_history`, splits it, fits every strategy on the training part and
-scores the top K of every held-out user.
+tutorial treats them; with ``--as-ratings`` type ``rating``, which ALS and EASE learn from
+through ``positive_events: [rating]`` and ``--min-rating``) into a temporary SQLite
+database with the project's storage, reads the history back with `load_history`, splits
+it, fits every strategy on the training part and scores the top K of every held-out user.
 
 Splits (both printed): ``random``, the TFRS tutorial's 80/20 random split of the ratings,
 and ``time``, a global temporal split (the last 20% of ratings by time are held out; users
@@ -41,6 +42,8 @@ from abplatform.catalog_ingest import ingest_catalog
 from abplatform.domain import InteractionLog
 from abplatform.storage.catalog import load_history
 from abplatform.storage.db import open_database
+from strategies.als import AlsStrategy
+from strategies.ease import EaseStrategy
 from strategies.offline import held_out, held_out_targets, score_strategy
 from strategies.popularity import PopularityStrategy
 from strategies.random_items import RandomStrategy
@@ -78,6 +81,14 @@ SPLIT_PARAMS: dict[str, dict[str, Any]] = {
     "time": {"validation_holdout": "last", "negatives": "full", "refit": True},
 }
 """Per split, chosen with `--validate` (a second split of the training part), not the test."""
+
+
+ALS_PARAMS: dict[str, Any] = {}
+"""ALS as benchmarked: its defaults (factors 48, regularization 30, alpha 2), chosen with
+`--validate` on the random split (see bench/README.md)."""
+
+EASE_PARAMS: dict[str, Any] = {}
+"""EASE as benchmarked: its default lambda (400), chosen with `--validate` on the random split."""
 
 
 @dataclass(frozen=True)
@@ -143,8 +154,8 @@ def read_movielens(path: Path) -> MovieLens:
     )
 
 
-def write_csvs(data: MovieLens, folder: Path) -> dict[str, Path]:
-    """The dataset as the three CSV files `abplatform ingest` reads."""
+def write_csvs(data: MovieLens, folder: Path, event_type: str = "click") -> dict[str, Path]:
+    """The dataset as the three CSV files `abplatform ingest` reads (ratings as `event_type`)."""
     files = {name: folder / f"{name}.csv" for name in ("items", "users", "interactions")}
     with files["items"].open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
@@ -163,7 +174,7 @@ def write_csvs(data: MovieLens, folder: Path) -> dict[str, Path]:
                 data.rating_users,
                 data.rating_items,
                 data.timestamps.tolist(),
-                ["click"] * len(data.ratings),
+                [event_type] * len(data.ratings),
                 data.ratings,
                 strict=True,
             )
@@ -171,9 +182,9 @@ def write_csvs(data: MovieLens, folder: Path) -> dict[str, Path]:
     return files
 
 
-def ingest(folder: Path, data: MovieLens) -> InteractionLog:
+def ingest(folder: Path, data: MovieLens, event_type: str = "click") -> InteractionLog:
     """Ingest the CSVs as `abplatform ingest` does into a fresh SQLite file; read it back."""
-    files = write_csvs(data, folder)
+    files = write_csvs(data, folder, event_type)
     engine = open_database(f"sqlite:///{folder}/bench.db")
     ingest_catalog(
         engine,
@@ -189,15 +200,24 @@ def ingest(folder: Path, data: MovieLens) -> InteractionLog:
 
 
 def strategies_to_compare(
-    quick: bool, seed: int, overrides: dict[str, Any], kind: str
+    quick: bool,
+    seed: int,
+    overrides: dict[str, Any],
+    kind: str,
+    als: dict[str, Any] | None = None,
+    ease: dict[str, Any] | None = None,
 ) -> dict[str, Callable[[], Any]]:
     """Fresh, unfitted strategies by variant name, the two-tower set up for split `kind`."""
     params = {**TWO_TOWER_PARAMS, **SPLIT_PARAMS[kind]}
     if quick:
         params.update(epochs=4, early_stopping_patience=1)
     params.update(overrides)
+    als_params = {**ALS_PARAMS, **(als or {})}
+    ease_params = {**EASE_PARAMS, **(ease or {})}
     return {
         "two_tower": lambda: TwoTowerStrategy(params, seed=seed),
+        "als": lambda: AlsStrategy(als_params, seed=seed),
+        "ease": lambda: EaseStrategy(ease_params, seed=seed),
         # Popularity over the whole training history (ML-100K spans seven months).
         "popularity": lambda: PopularityStrategy({"window_days": 3650}, seed=seed),
         "random": lambda: RandomStrategy({}, seed=seed),
@@ -229,6 +249,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer two-tower epochs")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--params", default="{}", help="JSON overriding two-tower params")
+    parser.add_argument(
+        "--as-ratings",
+        action="store_true",
+        help="ingest the ratings as type `rating` (not `click`): ALS and EASE then learn from "
+        "them through positive_events [rating] (and --min-rating); the other strategies "
+        "learn nothing from such rows",
+    )
+    parser.add_argument("--min-rating", type=float, help="ALS's and EASE's min_rating")
+    parser.add_argument("--als", default="{}", help="JSON overriding ALS params")
+    parser.add_argument("--ease", default="{}", help="JSON overriding EASE params")
     parser.add_argument("--only", default="", help="comma-separated variants to run")
     parser.add_argument(
         "--validate",
@@ -244,7 +274,7 @@ def main() -> None:
     clock = time.perf_counter()
     data = read_movielens(path)
     with tempfile.TemporaryDirectory() as tmp:
-        log = ingest(Path(tmp), data)
+        log = ingest(Path(tmp), data, "rating" if args.as_ratings else "click")
     print(
         f"written as CSV, ingested into SQLite and read back in "
         f"{time.perf_counter() - clock:.1f} s: "
@@ -273,7 +303,19 @@ def main() -> None:
             details["validation"] = True
         print(f"\nsplit: {json.dumps(details)}")
         tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in protocols}
-        variants = strategies_to_compare(args.quick, args.seed, json.loads(args.params), kind)
+        positives: dict[str, Any] = {}
+        if args.as_ratings:
+            positives["positive_events"] = ["rating"]
+        if args.min_rating is not None:
+            positives["min_rating"] = args.min_rating
+        variants = strategies_to_compare(
+            args.quick,
+            args.seed,
+            json.loads(args.params),
+            kind,
+            {**positives, **json.loads(args.als)},
+            {**positives, **json.loads(args.ease)},
+        )
         for name, build in variants.items():
             if args.only and name not in args.only.split(","):
                 continue

@@ -3,7 +3,8 @@
 `load_model(record)` is how the API and the simulator turn a row of the model registry
 into a fitted `Strategy`: the artifact directory must match the sha256 recorded when the
 model was registered (`abplatform.artifacts.verify_artifact`), then the two-tower kind
-reads its embeddings (NumPy) and every other kind is refitted from its snapshot.
+reads its embeddings, the ALS kind its factors and the EASE kind its item-item weights
+(NumPy only), and every other kind is refitted from its snapshot.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ def _two_tower(path: Path) -> tuple[Strategy, dict[str, object]]:
     return strategy, strategy.artifact.manifest
 
 
+def _als(path: Path) -> tuple[Strategy, dict[str, object]]:
+    """The exported factors, served by NumPy (implicit stays unimported)."""
+    from strategies.als import AlsStrategy
+
+    strategy = AlsStrategy.from_artifact(path)
+    return strategy, strategy.artifact.manifest
+
+
+def _ease(path: Path) -> tuple[Strategy, dict[str, object]]:
+    """The exported item-item weights, served without refitting."""
+    from strategies.ease import EaseStrategy
+
+    strategy = EaseStrategy.from_artifact(path)
+    return strategy, strategy.artifact.manifest
+
+
 def _snapshot(path: Path) -> tuple[Strategy, dict[str, object]]:
     """A cheap strategy refitted on the frozen history of its snapshot."""
     from strategies.snapshot import load_snapshot
@@ -35,8 +52,10 @@ def _snapshot(path: Path) -> tuple[Strategy, dict[str, object]]:
     return snapshot.fit(), snapshot.manifest
 
 
-_LOADERS: dict[str, Loader] = {"two_tower": _two_tower}
+_LOADERS: dict[str, Loader] = {"two_tower": _two_tower, "als": _als, "ease": _ease}
 """Kinds with their own artifact format; every other kind is a snapshot."""
+OWN_FORMAT_KINDS = frozenset(_LOADERS)
+"""The kinds a registered model of which is never a snapshot."""
 
 
 def load_model(record: ModelRecord) -> Strategy:

@@ -5,9 +5,9 @@ their strategies the same way:
 
 - a variant whose strategy pins ``model: ID`` or ``model: latest`` serves that registered
   model, loaded from its artifact after the checksum is checked (NumPy only);
-- a variant whose strategy is trained with TensorFlow (``two_tower``, or a composite nesting
-  one) and pins nothing serves ``latest``; with no serving model it is refused
-  (`ModelRequired`), never trained inside a server;
+- a variant whose strategy is trained offline (``two_tower`` with TensorFlow, ``als`` with
+  implicit, or a composite nesting one) and pins nothing serves ``latest``; with no serving
+  model it is refused (`ModelRequired`), never trained inside a server;
 - every other strategy without a pin is fitted on the catalogue's history, as before the
   registry existed, and serves without a model id.
 
@@ -44,11 +44,11 @@ from strategies.fitting import (
     read_history,
     strategy_seed,
 )
-from strategies.snapshot import needs_tensorflow
+from strategies.snapshot import TRAINERS, needs_training, trained_kinds
 
 
 class ModelRequired(AbplatformError):
-    """A variant trained with TensorFlow has no registered model to serve."""
+    """A variant trained offline (TensorFlow, implicit) has no registered model to serve."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _pin(variant: VariantConfig) -> int | str | None:
         return None
     if spec.model is not None:
         return spec.model
-    if needs_tensorflow(spec.kind, normalised_params(spec.kind, spec.params)):
+    if needs_training(spec.kind, normalised_params(spec.kind, spec.params)):
         return LATEST_MODEL
     return None
 
@@ -86,7 +86,7 @@ def resolve_models(
 ) -> dict[str, ModelRecord]:
     """{variant: registered model} for the variants that serve one (see the module notes).
 
-    Raises `ModelRequired` (naming the variant and what to run) for a TensorFlow variant
+    Raises `ModelRequired` (naming the variant and what to run) for a trained variant
     with nothing serving, `ModelRefused` for a pin of another kind, catalogue, parameters or
     a retired model, and NotFoundError for an unknown id. Artifacts are not read here.
     """
@@ -105,10 +105,12 @@ def resolve_models(
                 hint="abplatform models list --experiment KEY shows the registered ids",
             ) from exc
         except NoServingModel as exc:
-            if spec.model is None:  # implicit `latest` of a TensorFlow strategy
+            if spec.model is None:  # implicit `latest` of a trained strategy
+                kinds = trained_kinds(spec.kind, normalised_params(spec.kind, spec.params))
+                trainer = " and ".join(sorted({TRAINERS[k] for k in kinds}))
                 raise ModelRequired(
                     f"variant {variant.key!r} of experiment {config.key!r} serves "
-                    f"{spec.kind!r}, which is trained with TensorFlow and never fitted "
+                    f"{spec.kind!r}, which is trained with {trainer} and never fitted "
                     "at start, and no model of it is serving",
                     hint="run `abplatform train FILE`, then `abplatform models promote "
                     "ID` (or pin one with `model: ID` in the variant's strategy)",

@@ -1,4 +1,4 @@
-"""Snapshot artifacts of the strategies that need no TensorFlow: the frozen data of a fit.
+"""Snapshot artifacts of the strategies trained by nothing offline: the frozen data of a fit.
 
 Popularity, co-purchase statistics, similar items, random, scene routers and diversity
 re-rankers fit in a fraction of a second and deterministically from (kind, params, seed,
@@ -46,7 +46,10 @@ from abplatform.strategy import Strategy
 FORMAT = "abplatform.snapshot"
 FORMAT_VERSION = 1
 TENSORFLOW_KINDS = frozenset({"two_tower"})
-"""Kinds whose fit trains a TensorFlow model: never refitted from a snapshot."""
+"""Kinds whose fit trains a TensorFlow model."""
+TRAINERS: dict[str, str] = {"two_tower": "TensorFlow", "als": "implicit"}
+"""Kinds trained offline into an artifact of their own, and what trains them: never refitted
+from a snapshot nor fitted when a server starts (servers load the artifact)."""
 _ARRAY_FILES = ("items.npz", "interactions.npz")
 _FEATURES = "user_features.json"
 
@@ -76,6 +79,17 @@ def needs_tensorflow(kind: str, params: Mapping[str, Any]) -> bool:
     return bool(nested_kinds(kind, params) & TENSORFLOW_KINDS)
 
 
+def trained_kinds(kind: str, params: Mapping[str, Any]) -> list[str]:
+    """The `TRAINERS` kinds that (kind, params) is or nests, sorted (empty: none)."""
+    return sorted(nested_kinds(kind, params) & set(TRAINERS))
+
+
+def needs_training(kind: str, params: Mapping[str, Any]) -> bool:
+    """Whether fitting (kind, params) trains an offline model (TensorFlow, implicit), itself
+    or in a nested strategy: such a fit is exported as its own artifact, never a snapshot."""
+    return bool(trained_kinds(kind, params))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A loaded snapshot: what to build and the history to fit it on."""
@@ -88,10 +102,10 @@ class Snapshot:
 
     def fit(self) -> Strategy:
         """The strategy refitted on the frozen history: it serves what the exported fit did."""
-        if needs_tensorflow(self.kind, self.params):
+        if needs_training(self.kind, self.params):
             raise ArtifactError(
-                f"snapshot of kind {self.kind!r} nests a TensorFlow strategy "
-                f"({', '.join(sorted(nested_kinds(self.kind, self.params) & TENSORFLOW_KINDS))})"
+                f"snapshot of kind {self.kind!r} nests a trained strategy "
+                f"({', '.join(trained_kinds(self.kind, self.params))})"
                 "; it cannot be refitted without training",
             )
         strategy = build_strategy(self.kind, self.params, seed=self.seed)
@@ -151,15 +165,16 @@ def export_snapshot(
     """Write a new snapshot version under ``root/experiment/variant``; return its directory.
 
     `params` are the strategy's validated params; `history` is exactly what the exported
-    fit used. A kind nesting TensorFlow (see `needs_tensorflow`) is refused.
+    fit used. A kind that is or nests a trained kind (see `needs_training`) is refused.
     """
     check_place("experiment", experiment)
     check_place("variant", variant)
     strategies.get(kind)  # an unknown kind names the known ones
-    if needs_tensorflow(kind, params):
+    if needs_training(kind, params):
         raise ArtifactError(
-            f"variant {variant!r}: a {kind!r} strategy nesting TensorFlow cannot be snapshotted",
-            hint="serve the two-tower model as its own variant",
+            f"variant {variant!r}: a {kind!r} strategy nesting "
+            f"{', '.join(TRAINERS[k] for k in trained_kinds(kind, params))} cannot be snapshotted",
+            hint="serve the trained model as its own variant",
         )
     params_doc = json.loads(json.dumps(dict(params), allow_nan=False))
     features = json.dumps(history.user_features, sort_keys=True, allow_nan=False).encode()

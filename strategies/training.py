@@ -23,7 +23,7 @@ from abplatform.storage.model_registry import ModelRecord, register
 from strategies.base import ExportableStrategy
 from strategies.fitting import FittedStrategy, fit_strategy, strategy_seed
 from strategies.offline import DEFAULT_KS, OfflineReport, evaluate_offline
-from strategies.snapshot import export_snapshot, needs_tensorflow, nested_kinds
+from strategies.snapshot import export_snapshot, needs_training, nested_kinds
 from strategies.splits import NewItemsSplit
 
 REPORT_FILE = "train_report.json"
@@ -101,12 +101,13 @@ def train_experiment(
     This is `evaluate_offline` with ``NewItemsSplit(holdout_per_user)``, seen items
     excluded and every target type. The exported fit is the same configuration refitted
     on the whole history (the held-out interactions are the most recent ones, the most
-    useful to serve); the metrics describe it fitted without them. Two-tower variants
-    (`ExportableStrategy`) write their embeddings; every other kind writes a snapshot of
-    that history (`strategies.snapshot`). Each is registered as a `candidate` with its
-    finite metrics, the catalogue and the history's cut-off, all in one transaction after
-    the last fit (nothing is registered if any fails). A composite nesting a two-tower
-    strategy cannot be snapshotted: it is exported nowhere and listed in `unregistered`.
+    useful to serve); the metrics describe it fitted without them. Two-tower, ALS and EASE
+    variants (`ExportableStrategy`) write what they learned; every other kind
+    writes a snapshot of that history (`strategies.snapshot`). Each is registered as a
+    `candidate` with its finite metrics, the catalogue and the history's cut-off, all in one
+    transaction after the last fit (nothing is registered if any fails). A composite
+    nesting a two-tower or an ALS strategy cannot be snapshotted: it is exported nowhere
+    and listed in `unregistered`.
     """
     started = time.perf_counter()
     chosen_seed = strategy_seed(config, seed)
@@ -161,12 +162,11 @@ def train_experiment(
 
 
 def unexportable(fitted: FittedStrategy) -> str | None:
-    """Why a fitted variant has no artifact format (a composite nesting a two-tower), or None."""
+    """Why a fitted variant has no artifact format (a composite nesting a two-tower or an ALS),
+    or None."""
     planned = fitted.planned
     params = fitted.strategy.Params.model_validate(dict(planned.params)).model_dump(mode="json")
-    if isinstance(fitted.strategy, ExportableStrategy) or not needs_tensorflow(
-        planned.kind, params
-    ):
+    if isinstance(fitted.strategy, ExportableStrategy) or not needs_training(planned.kind, params):
         return None
     inner = sorted(nested_kinds(planned.kind, params) - {planned.kind})
     return f"a {planned.kind} nesting {', '.join(inner)} has no artifact format"
@@ -183,9 +183,9 @@ def export_variant(
 ) -> ExportedVariant:
     """Export a variant's strategy fitted on `history` under `root`, ready to register.
 
-    Two-tower strategies (`ExportableStrategy`) write their embeddings; every other kind a
-    snapshot of `history` that its loader refits on (`strategies.snapshot`), so `fitted`
-    must have been fitted on exactly `history` with `seed`. Undefined (non-finite) metrics
+    Two-tower, ALS and EASE strategies (`ExportableStrategy`) write what they learned; every
+    other kind a snapshot of `history` that its loader refits on (`strategies.snapshot`), so
+    `fitted` must have been fitted on exactly `history` with `seed`. Undefined (non-finite) metrics
     are left out: the registry and the manifests are strict JSON. A strategy `unexportable`
     names is refused with an AssertionError (callers check first).
     """

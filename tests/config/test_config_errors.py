@@ -95,6 +95,32 @@ def test_named_control() -> None:
             id="bad-strategy-params",
         ),
         pytest.param(
+            "key: x\nvariants:\n  - {key: a, weight: 0.5, strategy: {kind: ease, "
+            "params: {lambda: -1, positive_events: [click, like]}}}\n"
+            "  - {key: b, weight: 0.5, strategy: {kind: als, params: {factors: 0, alpha: 0, "
+            "weights: {view: 2, click: -1}}}}\n",
+            [
+                "variants.0.strategy.params.positive_events.1: input should be 'view', 'click', "
+                "'add_to_cart', 'purchase' or 'rating' (got 'like')",
+                "variants.0.strategy.params.lambda: input should be greater than or equal to 0 "
+                "(got -1)",
+                "variants.1.strategy.params.weights.click: input should be greater than 0 (got -1)",
+                "variants.1.strategy.params.factors: input should be greater than or equal to 1 "
+                "(got 0)",
+                "variants.1.strategy.params.alpha: input should be greater than 0 (got 0)",
+            ],
+            id="bad-als-ease-params",
+        ),
+        pytest.param(
+            "key: x\nvariants:\n  - {key: a, weight: 1, strategy: {kind: als, "
+            "params: {positive_events: [rating], weights: {purchase: 2}}}}\n",
+            [
+                "variants.0.strategy.params.weights: 'purchase' is not a positive event "
+                "(positive_events: ['rating']) (got {purchase: 2})"
+            ],
+            id="weight-of-a-non-positive-event",
+        ),
+        pytest.param(
             "key: x\nvariants: [{key: a, weight: 1}]\nmetrics:\n"
             "  - {name: m, type: proportion, event: purchse}\n"
             "  - {name: r, type: ratio, numerator: {event: clik}, "

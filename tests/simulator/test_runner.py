@@ -209,3 +209,25 @@ def test_a_composite_nesting_a_two_tower_is_fitted_in_memory(
     with transaction(engine) as session:
         assert [r.variant for r in list_models(session)] == ["control"]
     engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["als", "ease"])
+def test_als_and_ease_variants_are_served_from_their_own_artifacts(
+    sqlite_url: str, tmp_path: Path, kind: str
+) -> None:
+    from strategies.als import AlsStrategy
+    from strategies.ease import EaseStrategy
+
+    config = small_config(SMALL_YAML.replace("{kind: random}", f"{{kind: {kind}}}"))
+    engine = open_database(sqlite_url)
+    result = simulate(engine, config, artifacts_dir=tmp_path)
+    record = result.models["treatment"]
+    assert record.kind == kind
+    assert (Path(record.artifact_path) / "manifest.json").is_file()
+    assert not (Path(record.artifact_path) / "interactions.npz").exists()  # not a snapshot
+    served = AlsStrategy if kind == "als" else EaseStrategy
+    assert isinstance(served.from_artifact(record.artifact_path), served)
+    assert _served_models(engine) == {key: {r.id} for key, r in result.models.items()}
+    again = simulate(engine, config, artifacts_dir=tmp_path)
+    assert again.tallies == result.tallies  # seeded: the same factors, the same run
+    engine.dispose()

@@ -17,6 +17,11 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "random": [{}],
     # A small, fast model: the full two-tower is tested in test_two_tower.py.
     "two_tower": [{"embedding_dim": 8, "hidden_units": [8], "epochs": 2, "batch_size": 128}],
+    "als": [
+        {"factors": 8, "iterations": 5},
+        {"factors": 4, "positive_events": ["purchase"], "exclude_purchased": False},
+    ],
+    "ease": [{}, {"lambda": 5.0, "binary": False, "weights": {"click": 1, "purchase": 3}}],
     "complementary": [{}, {"events": ["click", "purchase"], "measure": "pmi", "min_support": 1}],
     "similar_items": [{}],
     "diversity_rerank": [

@@ -1,4 +1,4 @@
-"""Snapshot artifacts: every kind without TensorFlow serves the same slates after loading."""
+"""Snapshot artifacts: every kind without its own format serves the same slates after loading."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from abplatform.artifacts import ArtifactError, ArtifactMismatch, artifact_sha25
 from abplatform.domain import InteractionLog
 from abplatform.registry import build_strategy, strategies
 from abplatform.storage.model_registry import ModelRecord, params_hash
-from strategies.registered import load_model
+from strategies.registered import OWN_FORMAT_KINDS, load_model
 from strategies.snapshot import (
-    TENSORFLOW_KINDS,
+    TRAINERS,
     export_snapshot,
     load_snapshot,
     needs_tensorflow,
+    needs_training,
 )
 from tests.factories import make_history
 from tests.strategies.test_contract import CASES, requests
@@ -33,7 +34,7 @@ SEED = 5
 SNAPSHOT_CASES = [
     pytest.param(kind, params, id=f"{kind}-{i}")
     for kind in strategies.names()
-    if kind not in TENSORFLOW_KINDS
+    if kind not in OWN_FORMAT_KINDS
     for i, params in enumerate(CASES[kind])
 ]
 
@@ -89,8 +90,9 @@ def _export(kind: str, params: dict[str, Any], root: Path) -> tuple[Any, Path, d
     return fitted, path, validated
 
 
-def test_every_kind_without_tensorflow_has_a_snapshot_case() -> None:
-    assert {p.values[0] for p in SNAPSHOT_CASES} == set(strategies.names()) - TENSORFLOW_KINDS
+def test_every_kind_without_its_own_format_has_a_snapshot_case() -> None:
+    assert set(TRAINERS) <= OWN_FORMAT_KINDS
+    assert {p.values[0] for p in SNAPSHOT_CASES} == set(strategies.names()) - OWN_FORMAT_KINDS
 
 
 @pytest.mark.parametrize(("kind", "params"), SNAPSHOT_CASES)
@@ -175,6 +177,23 @@ def test_a_composite_nesting_two_tower_is_not_snapshotted(tmp_path: Path) -> Non
         )  # fmt: skip
 
 
+def test_a_composite_nesting_als_is_not_snapshotted(tmp_path: Path) -> None:
+    params = {"base": {"kind": "als", "params": {}}, "lambda": 0.3}
+    assert needs_training("diversity_rerank", params)
+    assert not needs_tensorflow("diversity_rerank", params)
+    assert not needs_training("diversity_rerank", {"base": {"kind": "ease"}})
+    with pytest.raises(ArtifactError, match="nesting implicit cannot be snapshotted"):
+        export_snapshot(
+            tmp_path,
+            experiment="exp",
+            variant="v",
+            kind="diversity_rerank",
+            params=params,
+            seed=0,
+            history=_history(),
+        )
+
+
 def test_loading_a_model_never_imports_tensorflow(tmp_path: Path) -> None:
     kind = "scene_router"
     _, path, validated = _export(kind, CASES[kind][0], tmp_path)
@@ -184,7 +203,7 @@ def test_loading_a_model_never_imports_tensorflow(tmp_path: Path) -> None:
         from datetime import datetime
         from abplatform.domain import RecRequest
         from abplatform.storage.model_registry import ModelRecord
-        from strategies.registered import load_model
+        from strategies.registered import OWN_FORMAT_KINDS, load_model
         import strategies.two_tower.strategy  # the two-tower loader's module, too
 
         doc = json.loads({record!r})
