@@ -375,10 +375,8 @@ class TwoTowerStrategy(BaseStrategy):
     def score_items(
         self, requests: Sequence[RecRequest], items: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float64]:
-        """The served dot product of each request's query (as `recommend_batch` builds it)
-        with the embeddings of `items` (requests, n). Exact (quantised embeddings), so a
-        row does not depend on the batch; purchased items are scored, not excluded."""
-        _ = self.catalog
+        """Each request's served query (as in `recommend_batch`) dotted with `items`' embeddings;
+        exact (quantised), so batch-independent. Purchased items are scored, not excluded."""
         self._prepare_serving()
         indices = np.asarray(items, dtype=np.int64)
         queries = np.empty((len(requests), self.artifact.dim), dtype=np.float64)
