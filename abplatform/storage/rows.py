@@ -45,7 +45,7 @@ EXPOSURE_COLUMNS = (
     "weight_version",
     "model_id",
 )
-IMPRESSION_COLUMNS = ("exposure_id", "position", "item_id")
+IMPRESSION_COLUMNS = ("exposure_id", "position", "item_id", "source")
 EVENT_COLUMNS = (
     "event_id",
     "experiment_id",
@@ -86,6 +86,8 @@ class ExposureRow:
     weight_version: int | None = None
     # The registered model that served the slate; None when fitted at start.
     model_id: int | None = None
+    # Each item's retrieval source (a pipeline's); None when the strategy has none.
+    sources: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,17 @@ def insert_exposures(
 
 
 def insert_impressions(
-    conn: Connection, exposure_ids: Column, positions: Column, item_ids: Column
+    conn: Connection,
+    exposure_ids: Column,
+    positions: Column,
+    item_ids: Column,
+    sources: Column | None = None,
 ) -> int:
-    """Insert impressions as parallel columns; return how many."""
+    """Insert impressions as parallel columns (`sources` None: every source NULL, and the
+    column is not sent at all); return how many."""
     columns = {"exposure_id": exposure_ids, "position": positions, "item_id": item_ids}
+    if sources is not None:
+        columns["source"] = sources
     return bulk_insert(conn, "impressions", columns)
 
 
@@ -421,7 +430,7 @@ def write_exposures(
         for exposure_id, r in zip(ids, rows, strict=True)
     ]
     impressions = [
-        (exposure_id, position, item)
+        (exposure_id, position, item, None if r.sources is None else r.sources[position])
         for exposure_id, r in zip(ids, rows, strict=True)
         for position, item in enumerate(r.items)
     ]
