@@ -203,7 +203,8 @@ def train_and_serve(
     `artifacts_dir` (`export_variant`) and registered in `session` as a candidate with no
     metrics; then `serve_variants` loads every variant from its artifact (the one just
     registered, or the one the YAML pins) after checking its checksum. A composite nesting
-    a two-tower has no artifact format: it keeps its in-memory fit and serves no model id.
+    a two-tower is one model too (`strategies.composite`); only a strategy with no artifact
+    format (`unexportable`) keeps its in-memory fit and serves no model id.
     """
     plan = StrategyPlan(
         tuple(
@@ -258,8 +259,8 @@ def simulate(
     Variants serve what the API would (`train_and_serve`): each unpinned variant is fitted
     on the simulated history, exported under `artifacts_dir` (default:
     `default_artifacts_dir`), registered as a new candidate version and loaded back from
-    its artifact; every exposure records the id of the model that served it. A composite
-    nesting a two-tower is fitted in memory and its exposures have no model id. A rerun of
+    its artifact; every exposure records the id of the model that served it (a composite
+    nesting a two-tower included: it is one composite artifact). A rerun of
     the same experiment key replaces the previous run's rows and registers new versions.
     """
     sim = config.simulation or SimulationConfig()

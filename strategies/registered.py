@@ -3,7 +3,9 @@
 `load_model(record)` is how the API and the simulator turn a row of the model registry
 into a fitted `Strategy`: the artifact directory must match the sha256 recorded when the
 model was registered (`abplatform.artifacts.verify_artifact`), then the two-tower kind
-reads its embeddings (NumPy) and every other kind is refitted from its snapshot.
+reads its embeddings (NumPy), a composite nesting two-towers loads their embeddings and
+refits the rest (`strategies.composite`), and every other kind is refitted from its
+snapshot.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ def _two_tower(path: Path) -> tuple[Strategy, dict[str, object]]:
     return strategy, strategy.artifact.manifest
 
 
+def _composite(path: Path) -> tuple[Strategy, dict[str, object]]:
+    """A composite nesting two-towers: its stages' NumPy artifacts, the rest refitted."""
+    from strategies.composite import load_composite
+
+    return load_composite(path)
+
+
 def _snapshot(path: Path) -> tuple[Strategy, dict[str, object]]:
     """A cheap strategy refitted on the frozen history of its snapshot."""
     from strategies.snapshot import load_snapshot
@@ -36,7 +45,8 @@ def _snapshot(path: Path) -> tuple[Strategy, dict[str, object]]:
 
 
 _LOADERS: dict[str, Loader] = {"two_tower": _two_tower}
-"""Kinds with their own artifact format; every other kind is a snapshot."""
+"""Kinds with their own artifact format; every other kind is a composite artifact when it
+nests a TensorFlow kind, else a snapshot."""
 
 
 def load_model(record: ModelRecord) -> Strategy:
@@ -46,8 +56,11 @@ def load_model(record: ModelRecord) -> Strategy:
     `ArtifactError` when the directory is missing or its manifest describes another kind
     or other params than the registry row.
     """
+    from strategies.snapshot import needs_tensorflow
+
     path = verify_artifact(record.artifact_path, record.artifact_sha256)
-    strategy, manifest = _LOADERS.get(record.kind, _snapshot)(path)
+    fallback = _composite if needs_tensorflow(record.kind, record.params) else _snapshot
+    strategy, manifest = _LOADERS.get(record.kind, fallback)(path)
     kind = manifest.get("kind")
     params = manifest.get("params")
     if kind != record.kind or not isinstance(params, dict):
