@@ -4,6 +4,7 @@ impression, from the API and from the simulator, on both databases."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,7 +13,8 @@ from sqlalchemy import select
 from abplatform.config.loader import load_experiment_text
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
-from simulator.runner import simulate
+from simulator.runner import simulate, simulation_catalog
+from strategies.training import train_experiment
 from tests.api.conftest import EXAMPLE, KEY
 
 pytestmark = pytest.mark.anyio
@@ -115,3 +117,57 @@ def test_the_simulator_stores_each_impressions_source(db_url: str) -> None:
     assert by_variant["treatment"] == LABELS
     # Position 0 of a round-robin merge is always the first source's top item.
     assert {s for v, s, p in rows if v == "treatment" and p == 0} == {"popular"}
+
+
+TOWER = "{embedding_dim: 8, hidden_units: [8], epochs: 2, batch_size: 128}"
+TOWER_PIPELINE = (
+    f"{{kind: pipeline, params: {{retrieve: [{{kind: two_tower, n: 8, params: {TOWER}}}, "
+    f"{{kind: popularity, n: 4}}], rank: {{kind: two_tower, params: {TOWER}}}, "
+    "rerank: {kind: diversity_rerank, params: {lambda: 0.2}}}}"
+)
+
+
+@pytest.mark.slow
+async def test_a_trained_two_tower_pipeline_is_one_model_served_with_sources(
+    client: httpx.AsyncClient, seeded_url: str, tmp_path: Path
+) -> None:
+    text = EXAMPLE.read_text().replace(
+        TREATMENT, f"  - {{key: treatment, weight: 0.5, strategy: {TOWER_PIPELINE}}}\n"
+    )
+    config = load_experiment_text(text)
+    engine = open_database(seeded_url)
+    report = train_experiment(
+        engine, config, simulation_catalog(config), artifacts_dir=tmp_path / "artifacts"
+    )
+    engine.dispose()
+    assert report.unregistered == {}
+    model_id = next(r.model_id for r in report.results if r.name == "treatment")
+    assert model_id is not None
+    created = await client.post(
+        "/v1/experiments", content=text, headers={"content-type": "application/yaml"}
+    )
+    assert created.status_code == 201, created.text
+    refused = await client.post(f"/v1/experiments/{KEY}/start")  # a candidate is not `latest`
+    assert refused.status_code == 409, refused.text
+    promoted = await client.post(f"/v1/models/{model_id}/promote")
+    assert promoted.status_code == 200, promoted.text
+    started = await client.post(f"/v1/experiments/{KEY}/start")
+    assert started.status_code == 200, started.text
+    units = [f"u{i}" for i in range(30)]
+    for unit in units:
+        body = (await client.post("/v1/assign", json={"experiment": KEY, "unit_id": unit})).json()
+        sources = {item.get("source") for item in body["items"]}
+        expected = {None} if body["variant"] == "control" else {"two_tower", "popularity"}
+        assert sources <= expected and sources, body
+    stored = await _stored_impressions(seeded_url, units)
+    assert set(stored["treatment"]) <= {"two_tower", "popularity"}
+    assert None not in stored["treatment"] and set(stored["control"]) == {None}
+    engine = open_database(seeded_url)
+    with engine.connect() as conn:
+        served = conn.execute(
+            select(m.Exposure.variant, m.Exposure.model_id)
+            .where(m.Exposure.unit_id.in_(units))
+            .distinct()
+        ).all()
+    engine.dispose()
+    assert dict(served) == {"control": None, "treatment": model_id}
