@@ -156,7 +156,14 @@ class DiversityRerankStrategy(VectorStrategy):
         scores = np.asarray([s.scores for s in slates], dtype=np.float64)
         chosen, chosen_scores = self._mmr.rerank(items, scores, k)
         picked = np.take_along_axis(items, chosen, axis=1)
-        return [self._slate(picked[b], chosen_scores[b]) for b in range(len(slates))]
+        out = []
+        for b, slate in enumerate(slates):
+            reranked = self._slate(picked[b], chosen_scores[b])
+            if slate.sources is not None:  # a pipeline's base: its items keep their sources
+                found = tuple(slate.sources[j] for j in chosen[b].tolist())
+                reranked = Slate(reranked.items, reranked.scores, found)
+            out.append(reranked)
+        return out
 
 
 def _scaled(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -137,6 +137,18 @@ def test_rerank_with_lambda_zero_keeps_the_ranking_and_a_cap_keeps_sources() -> 
     )
 
 
+def test_a_diversity_rerank_over_a_pipeline_keeps_its_sources() -> None:
+    base = {
+        "kind": "pipeline",
+        "params": {"retrieve": [source(BY_CLICKS, 3, "clicks"), source(BY_BUYS, 3, "buys")]},
+    }
+    reranked = build_strategy("diversity_rerank", {"base": base, "lambda": 0.0}, seed=5)
+    reranked.fit(tiny_shop())
+    slate = reranked.recommend(RecRequest("anyone"), 5)
+    assert slate.items == ("a", "d", "b", "c", "g")
+    assert slate.sources == ("clicks", "buys", "clicks", "clicks", "buys")
+
+
 def test_one_kind_and_params_in_two_stages_is_fitted_once() -> None:
     strategy = pipeline(
         {
