@@ -92,3 +92,27 @@ def test_the_exposures_model_id_downgrades(sqlite_url: str) -> None:
         k["referred_table"] for k in keys if k["constrained_columns"] == ["model_id"]
     }
     assert current_revision(engine) == head_revision()
+
+
+def test_impressions_source_is_added_in_place_and_old_rows_are_null(db_url: str) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    downgrade(engine, "0008")
+    assert "source" not in {c["name"] for c in inspect(engine).get_columns("impressions")}
+    postgres = engine.dialect.name == "postgresql"
+    file_of = "SELECT relfilenode FROM pg_class WHERE relname = 'impressions'"
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO impressions (exposure_id, position, item_id) VALUES (1, 0, 'i')")
+        )
+        before = conn.execute(text(file_of)).scalar_one() if postgres else None
+    upgrade(engine)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT item_id, source FROM impressions")).all() == [("i", None)]
+        if postgres:  # a nullable column without a default: no rewrite of the table
+            assert conn.execute(text(file_of)).scalar_one() == before
+        conn.execute(text("DELETE FROM impressions"))
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
