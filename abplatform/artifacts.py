@@ -174,7 +174,8 @@ def write_version(
                 else:
                     np.savez(handle, **arrays)
             checksums[name] = file_sha256(staging / name)
-        for name, content in (raw or {}).items():
+        for name, content in (raw or {}).items():  # a name may hold directories: a/b.npz
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(content)
             checksums[name] = file_sha256(staging / name)
         document = {

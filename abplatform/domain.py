@@ -45,14 +45,18 @@ class RecRequest:
 
 @dataclass(frozen=True)
 class Slate:
-    """An ordered list of recommended item ids with their scores."""
+    """An ordered list of recommended item ids with their scores (and, from a pipeline, the
+    retrieval source that found each item; None for strategies without sources)."""
 
     items: tuple[str, ...]
     scores: tuple[float, ...]
+    sources: tuple[str | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.items) != len(self.scores):
             raise ValueError(f"slate has {len(self.items)} items but {len(self.scores)} scores")
+        if self.sources is not None and len(self.sources) != len(self.items):
+            raise ValueError(f"slate has {len(self.items)} items but {len(self.sources)} sources")
 
 
 @dataclass(frozen=True)

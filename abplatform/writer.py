@@ -133,6 +133,7 @@ def journal_line(ids: Sequence[int], rows: Sequence[ExposureRow]) -> bytes:
                     r.items,
                     r.weight_version,
                     r.model_id,
+                    r.sources,
                 ]
                 for exposure_id, r in zip(ids, rows, strict=True)
             ]
@@ -159,6 +160,7 @@ def _decode(line: bytes) -> tuple[list[int], list[ExposureRow]]:
                 items=tuple(item[9]),
                 weight_version=item[10] if len(item) > 10 else None,
                 model_id=item[11] if len(item) > 11 else None,
+                sources=tuple(item[12]) if len(item) > 12 and item[12] is not None else None,
             )
         )
     return ids, rows

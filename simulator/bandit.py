@@ -264,7 +264,7 @@ def play_bandit(
             traffic.contexts.current[rows],
             traffic.contexts.cart[rows],
         )
-        items, clicked, bought = sample_sessions(
+        items, item_sources, clicked, bought = sample_sessions(
             world, sources, keys, users, contexts, session_arm, k, rng
         )
         revenue = (bought * world.item_price[items]).sum(axis=1)
@@ -315,6 +315,7 @@ def play_bandit(
             {
                 "rows": rows,
                 "items": items,
+                "item_sources": item_sources,
                 "clicked": clicked,
                 "bought": bought,
                 "arm": session_arm,
@@ -467,6 +468,16 @@ def _flush(
         return event_seq
     rows = np.concatenate([p["rows"] for p in buffer.parts])
     items = np.concatenate([p["items"] for p in buffer.parts])
+    item_sources = None
+    if any(p["item_sources"] is not None for p in buffer.parts):
+        item_sources = np.concatenate(
+            [
+                np.full(p["items"].shape, None, dtype=object)
+                if p["item_sources"] is None
+                else p["item_sources"]
+                for p in buffer.parts
+            ]
+        )
     clicked = np.concatenate([p["clicked"] for p in buffer.parts])
     bought = np.concatenate([p["bought"] for p in buffer.parts])
     arm = np.concatenate([p["arm"] for p in buffer.parts])
@@ -491,6 +502,7 @@ def _flush(
         clicked,
         bought,
         weight_version=version,
+        item_sources=item_sources,
     )
     return write_sessions(
         conn,

@@ -20,7 +20,7 @@ from abplatform.storage.rows import (
 )
 from simulator.behaviour import slate_probabilities
 from simulator.context import Contexts
-from simulator.truth import SlateSource
+from simulator.truth import Labels, SlateSource, SourcedSlates
 from simulator.world import World
 
 PURCHASE_DELAY_S = 600
@@ -41,6 +41,8 @@ class SessionBlock:
     clicked: npt.NDArray[np.bool_]
     bought: npt.NDArray[np.bool_]
     weight_version: npt.NDArray[np.int64] | None = None
+    # (sessions, k) retrieval source of each item; None: no strategy in the block has any.
+    item_sources: Labels | None = None
 
 
 def sample_sessions(
@@ -52,18 +54,28 @@ def sample_sessions(
     arm: npt.NDArray[np.int64],
     k: int,
     rng: np.random.Generator,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """Each session's slate from its arm's strategy, then sampled clicks and purchases."""
+) -> tuple[npt.NDArray[np.int64], Labels | None, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Each session's slate from its arm's strategy (with its items' retrieval sources when
+    a strategy has them, else None), then sampled clicks and purchases."""
     items = np.empty((users.size, k), dtype=np.int64)
+    labels: Labels | None = None
     for a, key in enumerate(keys):
         rows = np.flatnonzero(arm == a)
         if rows.size:
             subset = Contexts(contexts.scene[rows], contexts.current[rows], contexts.cart[rows])
-            items[rows] = sources[key](users[rows], subset)
+            source = sources[key]
+            if isinstance(source, SourcedSlates):
+                items[rows], found = source.with_sources(users[rows], subset)
+                if found is not None:
+                    if labels is None:
+                        labels = np.full((users.size, k), None, dtype=object)
+                    labels[rows] = found
+            else:
+                items[rows] = source(users[rows], subset)
     outcome = slate_probabilities(world, users, items)
     clicked = rng.random(items.shape) < outcome.click
     bought = clicked & (rng.random(items.shape) < outcome.purchase_given_click)
-    return items, clicked, bought
+    return items, labels, clicked, bought
 
 
 def write_sessions(
@@ -107,6 +119,7 @@ def write_sessions(
         np.tile(np.arange(k), n),
         world.item_ids[block.items.ravel()],
         np.repeat(exposures.variant, k),
+        None if block.item_sources is None else block.item_sources.ravel(),
     )
     items, clicked, bought = block.items, block.clicked, block.bought
     crow, ccol = np.nonzero(clicked)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from simulator.context import HOME, Contexts, draw_contexts, draw_scenes
 from simulator.history import generate_history
 from simulator.rows import SessionBlock, sample_sessions, write_sessions
 from simulator.tally import VariantTally
-from simulator.truth import SlateSource, scene_expectations, truth_from_scenes
+from simulator.truth import Labels, SlateSource, scene_expectations, truth_from_scenes
 from simulator.world import World, build_world
 from strategies.fitting import PlannedStrategy, StrategyPlan, fit_each, read_history, strategy_plan
 from strategies.served import serve_variants
@@ -110,9 +109,11 @@ def _write_history(conn: Connection, world: World, catalog: str, rng: np.random.
 
 def _slate_matrix(
     strategy: Any, requests: list[RecRequest], index: dict[str, int], k: int
-) -> npt.NDArray[np.int64]:
-    """Slates for requests from a strategy, as item indices (requests, k)."""
+) -> tuple[npt.NDArray[np.int64], Labels | None]:
+    """Slates for requests from a strategy, as item indices (requests, k), and their items'
+    retrieval sources (None when the strategy's slates have none)."""
     out = np.empty((len(requests), k), dtype=np.int64)
+    labels: Labels | None = None
     for lo in range(0, len(requests), RECOMMEND_BATCH):
         slates = strategy.recommend_batch(requests[lo : lo + RECOMMEND_BATCH], k)
         for row, slate in enumerate(slates):
@@ -122,34 +123,56 @@ def _slate_matrix(
                     hint="the slate size must not exceed the catalogue size",
                 )
             out[lo + row] = [index[item] for item in slate.items]
-    return out
+            if slate.sources is not None:
+                if labels is None:
+                    labels = np.full((len(requests), k), None, dtype=object)
+                labels[lo + row] = slate.sources
+    return out, labels
 
 
-def _slate_source(
-    strategy: Any, world: World, index: dict[str, int], k: int
-) -> Callable[[npt.NDArray[np.int64], Contexts], npt.NDArray[np.int64]]:
-    """slates(users, contexts) for one variant; home-page slates are computed once per user."""
-    home: npt.NDArray[np.int64] | None = None
+class VariantSlates:
+    """slates(users, contexts) for one variant (`SourcedSlates`); home-page slates are
+    computed once per user."""
 
-    def slates(users: npt.NDArray[np.int64], contexts: Contexts) -> npt.NDArray[np.int64]:
-        nonlocal home
+    def __init__(self, strategy: Any, world: World, index: dict[str, int], k: int) -> None:
+        self.strategy = strategy
+        self.world = world
+        self.index = index
+        self.k = k
+        self._home: tuple[npt.NDArray[np.int64], Labels | None] | None = None
+
+    def __call__(self, users: npt.NDArray[np.int64], contexts: Contexts) -> npt.NDArray[np.int64]:
+        return self.with_sources(users, contexts)[0]
+
+    def with_sources(
+        self, users: npt.NDArray[np.int64], contexts: Contexts
+    ) -> tuple[npt.NDArray[np.int64], Labels | None]:
+        """The slates and their items' retrieval sources (None: the strategy has none)."""
+        world, k = self.world, self.k
         out = np.empty((users.size, k), dtype=np.int64)
+        labels: Labels | None = None
         at_home = contexts.scene == HOME
         if at_home.any():
-            if home is None:
+            if self._home is None:
                 everyone = [RecRequest(str(u), scene=HOME_PAGE) for u in world.user_ids.tolist()]
-                home = _slate_matrix(strategy, everyone, index, k)
+                self._home = _slate_matrix(self.strategy, everyone, self.index, k)
+            home, home_labels = self._home
             out[at_home] = home[users[at_home]]
+            if home_labels is not None:
+                labels = np.full((users.size, k), None, dtype=object)
+                labels[at_home] = home_labels[users[at_home]]
         elsewhere = np.flatnonzero(~at_home)
         if elsewhere.size:
             subset = Contexts(
                 contexts.scene[elsewhere], contexts.current[elsewhere], contexts.cart[elsewhere]
             )
             requests = subset.requests(world, users[elsewhere])
-            out[elsewhere] = _slate_matrix(strategy, requests, index, k)
-        return out
-
-    return slates
+            out[elsewhere], found = _slate_matrix(self.strategy, requests, self.index, k)
+            if found is not None:
+                if labels is None:
+                    labels = np.full((users.size, k), None, dtype=object)
+                labels[elsewhere] = found
+        return out, labels
 
 
 @dataclass(frozen=True)
@@ -180,7 +203,8 @@ def train_and_serve(
     `artifacts_dir` (`export_variant`) and registered in `session` as a candidate with no
     metrics; then `serve_variants` loads every variant from its artifact (the one just
     registered, or the one the YAML pins) after checking its checksum. A composite nesting
-    a two-tower has no artifact format: it keeps its in-memory fit and serves no model id.
+    a two-tower is one model too (`strategies.composite`); only a strategy with no artifact
+    format (`unexportable`) keeps its in-memory fit and serves no model id.
     """
     plan = StrategyPlan(
         tuple(
@@ -235,8 +259,8 @@ def simulate(
     Variants serve what the API would (`train_and_serve`): each unpinned variant is fitted
     on the simulated history, exported under `artifacts_dir` (default:
     `default_artifacts_dir`), registered as a new candidate version and loaded back from
-    its artifact; every exposure records the id of the model that served it. A composite
-    nesting a two-tower is fitted in memory and its exposures have no model id. A rerun of
+    its artifact; every exposure records the id of the model that served it (a composite
+    nesting a two-tower included: it is one composite artifact). A rerun of
     the same experiment key replaces the previous run's rows and registers new versions.
     """
     sim = config.simulation or SimulationConfig()
@@ -290,7 +314,7 @@ def simulate(
         model_ids = served.model_ids([v.key for v in config.variants])
         index = history.catalog.index()
         sources: dict[str, SlateSource] = {
-            key: _slate_source(strategy, world, index, k)
+            key: VariantSlates(strategy, world, index, k)
             for key, strategy in served.strategies.items()
         }
         lap("fit")
@@ -408,7 +432,7 @@ def _play(
         users, ts = users[order], ts[order]
         contexts = draw_contexts(world, users, draw_scenes(sim.scenes, users.size, rng), rng)
         user_arm = arm[users]
-        items, clicked, bought = sample_sessions(
+        items, labels, clicked, bought = sample_sessions(
             world, sources, keys, users, contexts, user_arm, k, rng
         )
 
@@ -422,6 +446,7 @@ def _play(
             items,
             clicked,
             bought,
+            item_sources=labels,
         )
         event_seq = write_sessions(
             conn,

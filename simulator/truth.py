@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -115,6 +116,24 @@ def metric_truth(
 
 SlateSource = Callable[[npt.NDArray[np.int64], Contexts], npt.NDArray[np.int64]]
 """slates(users, contexts) -> item indices (sessions, k) for one variant."""
+
+Labels = npt.NDArray[np.object_]
+"""(sessions, k) retrieval sources of the slates' items (str or None)."""
+
+
+@runtime_checkable
+class SourcedSlates(Protocol):
+    """A `SlateSource` that can also say which retrieval source found each item."""
+
+    def __call__(
+        self, users: npt.NDArray[np.int64], contexts: Contexts
+    ) -> npt.NDArray[np.int64]: ...
+
+    def with_sources(
+        self, users: npt.NDArray[np.int64], contexts: Contexts
+    ) -> tuple[npt.NDArray[np.int64], Labels | None]:
+        """The slates and their items' sources (None: the strategy has no sources)."""
+        ...
 
 
 def combine(parts: Sequence[tuple[float, SessionExpectations]]) -> SessionExpectations:

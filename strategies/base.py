@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Required, TypedDict, Unpack, runtime_checkable
@@ -40,6 +42,10 @@ class BaseStrategy:
             self.params = self.Params.model_validate(raw)
         self.seed = seed
         self._catalog: Catalog | None = None
+        # Nested strategies fitted by this one, by `stage_key`; `_prefitted` ones are used as
+        # they are instead of being fitted (a composite loaded from its artifact).
+        self._stages: dict[str, Strategy] = {}
+        self._prefitted: Mapping[str, Strategy] = {}
 
     @property
     def catalog(self) -> Catalog:
@@ -59,6 +65,34 @@ class BaseStrategy:
             )
         self._catalog = history.catalog
 
+    def use_prefitted(self, stages: Mapping[str, Strategy]) -> None:
+        """Serve these already fitted nested strategies (by `stage_key`) instead of fitting
+        them: how a composite is rebuilt from its artifact without training."""
+        self._prefitted = stages
+
+    def fit_stage(self, spec: NestedStrategy, history: InteractionLog) -> Strategy:
+        """A nested strategy of this one, fitted on `history` once per (kind, params).
+
+        The same (kind, params) nested twice (e.g. a pipeline retrieving and ranking with
+        one two-tower) is fitted once and shared; a prefitted one is taken as it is.
+        """
+        key = stage_key(spec.kind, spec.params)
+        fitted = self._stages.get(key)
+        if fitted is not None:
+            return fitted
+        fitted = self._prefitted.get(key)
+        if fitted is None:
+            fitted = spec.build(self.seed)
+            if isinstance(fitted, BaseStrategy):
+                fitted.use_prefitted(self._prefitted)
+            fitted.fit(history)
+        self._stages[key] = fitted
+        return fitted
+
+    def fitted_stages(self) -> dict[str, Strategy]:
+        """The nested strategies `fit_stage` fitted, by `stage_key` (direct children only)."""
+        return dict(self._stages)
+
     def recommend(self, request: RecRequest, k: int) -> Slate:
         """One slate; subclasses implement `recommend_batch` or override this."""
         return self.recommend_batch([request], k)[0]
@@ -70,6 +104,58 @@ class BaseStrategy:
     def _slate(self, indices: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> Slate:
         ids = self.catalog.item_ids[indices]
         return Slate(tuple(ids.tolist()), tuple(float(s) for s in scores.tolist()))
+
+
+def stage_key(kind: str, params: Mapping[str, Any]) -> str:
+    """A nested strategy's identity: its kind and a digest of its params with defaults."""
+    from abplatform.registry import strategies
+
+    normalised = strategies.get(kind).Params.model_validate(dict(params)).model_dump(mode="json")
+    text = json.dumps(normalised, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+@runtime_checkable
+class ScoringStrategy(Protocol):
+    """A strategy that can score any catalogue item for a request: a pipeline's rank stage."""
+
+    def score_items(
+        self, requests: Sequence[RecRequest], items: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """Scores (requests, n) of the catalogue indices `items` (requests, n); higher is
+        better. Row r depends only on request r and its items (batch == single)."""
+        ...
+
+
+def can_score(kind: str) -> bool:
+    """Whether strategies of `kind` implement `ScoringStrategy` (checked on the class)."""
+    from abplatform.registry import strategies
+
+    return callable(getattr(strategies.get(kind), "score_items", None))
+
+
+class Reranker(Protocol):
+    """Chooses a slate from ranked candidate lists (a pipeline's re-rank stage)."""
+
+    def rerank(
+        self, items: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Positions chosen (batch, min(k, length)) in equally long candidate lists `items`
+        (batch, length) with their `scores`, and the score each was chosen at."""
+        ...
+
+
+def rerank_kinds() -> list[str]:
+    """Kinds that can be a pipeline's re-rank stage: their class has `RerankParams` and a
+    ``reranker(params, catalog, item_vectors)`` factory of a `Reranker`."""
+    from abplatform.registry import strategies
+
+    out = []
+    for kind in strategies.names():
+        factory = strategies.get_or_none(kind)
+        if factory is not None and hasattr(factory, "RerankParams"):
+            out.append(kind)
+    return out
 
 
 def check_k(k: int) -> None:

@@ -85,6 +85,15 @@ class PopularityStrategy(BaseStrategy):
         rest = candidates[~np.isin(candidates, head)][: k - len(head)]
         return np.concatenate([head, rest])
 
+    def score_items(
+        self, requests: Sequence[RecRequest], items: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """Each item's weighted interaction count (the global ranking's score) for every
+        request: `per_category` changes which items a slate holds, not their scores."""
+        _ = self.catalog
+        scores: npt.NDArray[np.float64] = self._scores[np.asarray(items, dtype=np.int64)]
+        return scores
+
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
         """Top-k slates; users sharing a favourite category share one computation."""
         check_k(k)

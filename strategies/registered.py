@@ -4,7 +4,8 @@
 into a fitted `Strategy`: the artifact directory must match the sha256 recorded when the
 model was registered (`abplatform.artifacts.verify_artifact`), then the two-tower kind
 reads its embeddings, the ALS kind its factors and the EASE kind its item-item weights
-(NumPy only), and every other kind is refitted from its snapshot.
+(NumPy only), a composite nesting two-towers loads their embeddings and refits the rest
+(`strategies.composite`), and every other kind is refitted from its snapshot.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def _ease(path: Path) -> tuple[Strategy, dict[str, object]]:
     return strategy, strategy.artifact.manifest
 
 
+def _composite(path: Path) -> tuple[Strategy, dict[str, object]]:
+    """A composite nesting two-towers: its stages' NumPy artifacts, the rest refitted."""
+    from strategies.composite import load_composite
+
+    return load_composite(path)
+
+
 def _snapshot(path: Path) -> tuple[Strategy, dict[str, object]]:
     """A cheap strategy refitted on the frozen history of its snapshot."""
     from strategies.snapshot import load_snapshot
@@ -53,7 +61,8 @@ def _snapshot(path: Path) -> tuple[Strategy, dict[str, object]]:
 
 
 _LOADERS: dict[str, Loader] = {"two_tower": _two_tower, "als": _als, "ease": _ease}
-"""Kinds with their own artifact format; every other kind is a snapshot."""
+"""Kinds with their own artifact format; every other kind is a composite artifact when it
+nests a TensorFlow kind, else a snapshot."""
 OWN_FORMAT_KINDS = frozenset(_LOADERS)
 """The kinds a registered model of which is never a snapshot."""
 
@@ -65,8 +74,11 @@ def load_model(record: ModelRecord) -> Strategy:
     `ArtifactError` when the directory is missing or its manifest describes another kind
     or other params than the registry row.
     """
+    from strategies.snapshot import needs_tensorflow
+
     path = verify_artifact(record.artifact_path, record.artifact_sha256)
-    strategy, manifest = _LOADERS.get(record.kind, _snapshot)(path)
+    fallback = _composite if needs_tensorflow(record.kind, record.params) else _snapshot
+    strategy, manifest = _LOADERS.get(record.kind, fallback)(path)
     kind = manifest.get("kind")
     params = manifest.get("params")
     if kind != record.kind or not isinstance(params, dict):

@@ -61,9 +61,7 @@ class SceneRouterStrategy(BaseStrategy):
         params: SceneRouterParams = self.params
         self.routed: dict[str, Any] = {}
         for name, spec in params.strategies.items():
-            strategy = spec.build(self.seed)
-            strategy.fit(history)
-            self.routed[name] = strategy
+            self.routed[name] = self.fit_stage(spec, history)
 
     def route(self, request: RecRequest) -> str:
         """The name of the strategy that serves this request."""

@@ -4,7 +4,9 @@ One function for the API and the simulator, so a simulated run and a served expe
 their strategies the same way:
 
 - a variant whose strategy pins ``model: ID`` or ``model: latest`` serves that registered
-  model, loaded from its artifact after the checksum is checked (NumPy only);
+  model, loaded from its artifact after the checksum is checked (NumPy only; a composite
+  nesting a two-tower is one model whose artifact holds the two-tower's, see
+  `strategies.composite`);
 - a variant whose strategy is trained offline (``two_tower`` with TensorFlow, ``als`` with
   implicit, or a composite nesting one) and pins nothing serves ``latest``; with no serving
   model it is refused (`ModelRequired`), never trained inside a server;

@@ -51,7 +51,7 @@ TRAINERS: dict[str, str] = {"two_tower": "TensorFlow", "als": "implicit"}
 """Kinds trained offline into an artifact of their own, and what trains them: never refitted
 from a snapshot nor fitted when a server starts (servers load the artifact)."""
 _ARRAY_FILES = ("items.npz", "interactions.npz")
-_FEATURES = "user_features.json"
+USER_FEATURES = "user_features.json"
 
 
 def nested_kinds(kind: str, params: Mapping[str, Any]) -> set[str]:
@@ -113,7 +113,8 @@ class Snapshot:
         return strategy
 
 
-def _arrays(history: InteractionLog) -> dict[str, dict[str, npt.NDArray[Any]]]:
+def history_arrays(history: InteractionLog) -> dict[str, dict[str, npt.NDArray[Any]]]:
+    """The frozen history as `write_version` files: items.npz and interactions.npz."""
     catalog = history.catalog
     return {
         "items.npz": {
@@ -179,7 +180,6 @@ def export_snapshot(
     params_doc = json.loads(json.dumps(dict(params), allow_nan=False))
     features = json.dumps(history.user_features, sort_keys=True, allow_nan=False).encode()
     head = json.dumps({"kind": kind, "params": params_doc, "seed": seed}, sort_keys=True)
-    stamps = history.timestamps
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -188,13 +188,7 @@ def export_snapshot(
         "kind": kind,
         "params": params_doc,
         "seed": int(seed),
-        "data": {
-            "interactions": len(history),
-            "users": int(np.unique(history.user_ids).size),
-            "items": len(history.catalog),
-            "start": _iso(int(stamps.min())) if len(history) else None,
-            "end": _iso(int(stamps.max())) if len(history) else None,
-        },
+        "data": history_summary(history),
         "metrics": dict(metrics or {}),
         "libraries": library_versions(),
     }
@@ -202,12 +196,24 @@ def export_snapshot(
         root,
         experiment=experiment,
         variant=variant,
-        files=_arrays(history),
+        files=history_arrays(history),
         head=head.encode() + features,
         manifest=manifest,
-        raw={_FEATURES: features},
+        raw={USER_FEATURES: features},
         now=now,
     )
+
+
+def history_summary(history: InteractionLog) -> dict[str, Any]:
+    """What a manifest says of the frozen history: its size and time range."""
+    stamps = history.timestamps
+    return {
+        "interactions": len(history),
+        "users": int(np.unique(history.user_ids).size),
+        "items": len(history.catalog),
+        "start": _iso(int(stamps.min())) if len(history) else None,
+        "end": _iso(int(stamps.max())) if len(history) else None,
+    }
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
@@ -222,8 +228,20 @@ def load_snapshot(path: str | Path) -> Snapshot:
             f"{directory} holds format {manifest.get('format')!r} version "
             f"{manifest.get('format_version')!r}; expected {FORMAT!r} version {FORMAT_VERSION}"
         )
+    history = read_history(directory, manifest)
+    return Snapshot(
+        kind=str(manifest["kind"]),
+        params=dict(manifest.get("params", {})),
+        seed=int(manifest.get("seed", 0)),
+        history=history,
+        manifest=manifest,
+    )
+
+
+def read_history(directory: Path, manifest: Mapping[str, Any]) -> InteractionLog:
+    """The frozen history of an artifact directory, every file checked against `manifest`."""
     checksums: dict[str, str] = manifest.get("files", {})
-    for name in (*_ARRAY_FILES, _FEATURES):
+    for name in (*_ARRAY_FILES, USER_FEATURES):
         file = directory / name
         if name not in checksums:
             raise ArtifactError(f"{directory} has no {name} in its manifest")
@@ -235,8 +253,8 @@ def load_snapshot(path: str | Path) -> Snapshot:
         items = dict(loaded.items())
     with np.load(directory / "interactions.npz", allow_pickle=False) as loaded:
         rows = dict(loaded.items())
-    features = json.loads((directory / _FEATURES).read_text(encoding="utf-8"))
-    history = InteractionLog(
+    features = json.loads((directory / USER_FEATURES).read_text(encoding="utf-8"))
+    return InteractionLog(
         catalog=Catalog(
             item_ids=items["item_ids"],
             categories=items["categories"],
@@ -250,11 +268,4 @@ def load_snapshot(path: str | Path) -> Snapshot:
         values=rows["values"],
         timestamps=rows["timestamps"],
         user_features=features,
-    )
-    return Snapshot(
-        kind=str(manifest["kind"]),
-        params=dict(manifest.get("params", {})),
-        seed=int(manifest.get("seed", 0)),
-        history=history,
-        manifest=manifest,
     )

@@ -21,9 +21,17 @@ from abplatform.progress import Progress, no_progress
 from abplatform.storage.db import transaction
 from abplatform.storage.model_registry import ModelRecord, register
 from strategies.base import ExportableStrategy
+from strategies.composite import export_composite, tensorflow_stages
 from strategies.fitting import FittedStrategy, fit_strategy, strategy_seed
 from strategies.offline import DEFAULT_KS, OfflineReport, evaluate_offline
-from strategies.snapshot import export_snapshot, needs_training, nested_kinds
+from strategies.snapshot import (
+    TENSORFLOW_KINDS,
+    export_snapshot,
+    needs_tensorflow,
+    needs_training,
+    nested_kinds,
+    trained_kinds,
+)
 from strategies.splits import NewItemsSplit
 
 REPORT_FILE = "train_report.json"
@@ -102,12 +110,13 @@ def train_experiment(
     excluded and every target type. The exported fit is the same configuration refitted
     on the whole history (the held-out interactions are the most recent ones, the most
     useful to serve); the metrics describe it fitted without them. Two-tower, ALS and EASE
-    variants (`ExportableStrategy`) write what they learned; every other kind
-    writes a snapshot of that history (`strategies.snapshot`). Each is registered as a
-    `candidate` with its finite metrics, the catalogue and the history's cut-off, all in one
-    transaction after the last fit (nothing is registered if any fails). A composite
-    nesting a two-tower or an ALS strategy cannot be snapshotted: it is exported nowhere
-    and listed in `unregistered`.
+    variants (`ExportableStrategy`) write what they learned, composites nesting two-towers a
+    composite artifact (`strategies.composite`: the two-towers' exports and a snapshot for
+    the rest); every other kind writes a snapshot of that history (`strategies.snapshot`).
+    Each is registered as a `candidate` with its finite metrics, the catalogue and the
+    history's cut-off, all in one transaction after the last fit (nothing is registered if
+    any fails). A strategy with no artifact format (`unexportable`, e.g. a composite nesting
+    an ALS strategy) is listed in `unregistered`.
     """
     started = time.perf_counter()
     chosen_seed = strategy_seed(config, seed)
@@ -124,7 +133,7 @@ def train_experiment(
         if reason is not None:
             unregistered[fitted.planned.name] = reason
             return None
-        if isinstance(fitted.strategy, ExportableStrategy):  # fitted without the held-out part
+        if trained_with_tensorflow(fitted):  # fitted without the held-out part: refit
             fitted = fit_strategy(fitted.planned, history, chosen_seed)
         one = export_variant(
             root, config.key, fitted, seed=chosen_seed, history=history, metrics=metrics
@@ -161,12 +170,27 @@ def train_experiment(
     return report
 
 
+def trained_with_tensorflow(fitted: FittedStrategy) -> bool:
+    """Whether the variant's fit trained what its export holds (TensorFlow, itself or in a
+    nested stage, or an `ExportableStrategy`), not a snapshot to refit on."""
+    planned = fitted.planned
+    params = fitted.strategy.Params.model_validate(dict(planned.params)).model_dump(mode="json")
+    return isinstance(fitted.strategy, ExportableStrategy) or needs_tensorflow(planned.kind, params)
+
+
 def unexportable(fitted: FittedStrategy) -> str | None:
-    """Why a fitted variant has no artifact format (a composite nesting a two-tower or an ALS),
-    or None."""
+    """Why a fitted variant has no artifact format, or None.
+
+    A composite nesting two-towers exports a composite artifact (`strategies.composite`)
+    when it fitted them as stages (`BaseStrategy.fit_stage`); one that trained them some
+    other way, or that nests an ALS strategy, has nothing to export them from.
+    """
     planned = fitted.planned
     params = fitted.strategy.Params.model_validate(dict(planned.params)).model_dump(mode="json")
     if isinstance(fitted.strategy, ExportableStrategy) or not needs_training(planned.kind, params):
+        return None
+    only_tensorflow = set(trained_kinds(planned.kind, params)) <= TENSORFLOW_KINDS
+    if only_tensorflow and tensorflow_stages(fitted.strategy):
         return None
     inner = sorted(nested_kinds(planned.kind, params) - {planned.kind})
     return f"a {planned.kind} nesting {', '.join(inner)} has no artifact format"
@@ -183,9 +207,10 @@ def export_variant(
 ) -> ExportedVariant:
     """Export a variant's strategy fitted on `history` under `root`, ready to register.
 
-    Two-tower, ALS and EASE strategies (`ExportableStrategy`) write what they learned; every
-    other kind a snapshot of `history` that its loader refits on (`strategies.snapshot`), so
-    `fitted` must have been fitted on exactly `history` with `seed`. Undefined (non-finite) metrics
+    Two-tower, ALS and EASE strategies (`ExportableStrategy`) write what they learned,
+    composites nesting two-towers a composite artifact; every other kind a snapshot of
+    `history` that its loader refits on (`strategies.snapshot`), so `fitted` must have been
+    fitted on exactly `history` with `seed`. Undefined (non-finite) metrics
     are left out: the registry and the manifests are strict JSON. A strategy `unexportable`
     names is refused with an AssertionError (callers check first).
     """
@@ -198,6 +223,16 @@ def export_variant(
     if isinstance(fitted.strategy, ExportableStrategy):
         path = fitted.strategy.export(
             root, experiment=experiment, variant=planned.name, metrics=defined
+        )
+    elif trained_with_tensorflow(fitted):
+        path = export_composite(
+            root,
+            experiment=experiment,
+            variant=planned.name,
+            strategy=fitted.strategy,
+            params=params,
+            history=history,
+            metrics=defined,
         )
     else:
         path = export_snapshot(

@@ -128,8 +128,9 @@ class ExperimentRuntime:
 
     async def slate(
         self, variant: str, request: RecRequest, k: int | None, *, together: bool = True
-    ) -> list[tuple[str, float]]:
-        """The variant's slate for a request: (item id, score) pairs, at most k.
+    ) -> list[tuple[str, float, str | None]]:
+        """The variant's slate for a request: (item id, score, source) triples, at most k
+        (the source is None for strategies without sources).
 
         With `together`, a strategy that serves batches much faster is called once for
         all the requests of this event-loop turn (see `Coalescer`).
@@ -143,9 +144,10 @@ class ExperimentRuntime:
             slate = await coalescer.recommend(request, size)
         else:
             slate = strategy.recommend(request, size)
+        sources = slate.sources or (None,) * len(slate.items)
         return [
-            (item, score if math.isfinite(score) else 0.0)
-            for item, score in zip(slate.items, slate.scores, strict=True)
+            (item, score if math.isfinite(score) else 0.0, source)
+            for item, score, source in zip(slate.items, slate.scores, sources, strict=True)
         ]
 
     def model_id(self, variant: str) -> int | None:

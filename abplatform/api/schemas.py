@@ -93,6 +93,11 @@ class SlateItem(BaseModel):
     item_id: str
     position: int
     score: float
+    source: str | None = Field(
+        default=None,
+        description="the retrieval source that found the item (a pipeline's stage name); "
+        "absent for strategies without sources",
+    )
 
 
 class AssignResponse(BaseModel):

@@ -104,9 +104,10 @@ def _semantic_problems(config: ExperimentConfig) -> list[ConfigProblem]:
             )
         seen.add(variant.key)
         if variant.strategy is not None:
+            slate = config.simulation.slate_size if config.simulation is not None else None
             problems.extend(
                 _strategy_problems(
-                    f"variants.{i}.strategy", variant.strategy.kind, variant.strategy.params
+                    f"variants.{i}.strategy", variant.strategy.kind, variant.strategy.params, slate
                 )
             )
     if config.control is not None and config.control not in seen:
@@ -173,16 +174,26 @@ def _bandit_problems(
     return problems
 
 
-def _strategy_problems(path: str, kind: str, params: Mapping[str, Any]) -> list[ConfigProblem]:
+def _strategy_problems(
+    path: str, kind: str, params: Mapping[str, Any], slate_size: int | None = None
+) -> list[ConfigProblem]:
     try:
         factory = strategies.get(kind)
     except UnknownNameError:
         known = ", ".join(strategies.names())
         return [ConfigProblem(f"{path}.kind", f"unknown strategy kind; known: {known}", kind)]
     try:
-        factory.Params.model_validate(dict(params))
+        validated = factory.Params.model_validate(dict(params))
     except ValidationError as exc:
         return _pydantic_problems(exc, prefix=f"{path}.params")
+    # Params that bound how many items a slate can hold (a pipeline's candidates) say so.
+    capacity = getattr(validated, "slate_capacity", None)
+    if slate_size is not None and callable(capacity) and capacity() < slate_size:
+        message = (
+            f"the stages contribute {capacity()} candidates, fewer than "
+            f"simulation.slate_size ({slate_size}); raise their n"
+        )
+        return [ConfigProblem(f"{path}.params", message, capacity())]
     return []
 
 

@@ -35,7 +35,7 @@ _UPSERT_TAIL = (
 def count_slates(
     variants: Sequence[str],
     slates: Sequence[Sequence[str]],
-    sources: Sequence[Sequence[str] | None],
+    sources: Sequence[Sequence[str | None] | None],
 ) -> Counter[Key]:
     """Impressions per (variant, source, item) of slates given one row per exposure."""
     counts: Counter[Key] = Counter()
@@ -43,7 +43,8 @@ def count_slates(
         if item_sources is None:
             counts.update((variant, NO_SOURCE, item) for item in items)
         else:
-            counts.update(zip([variant] * len(items), item_sources, items, strict=True))
+            named = [NO_SOURCE if s is None else s for s in item_sources]
+            counts.update(zip([variant] * len(items), named, items, strict=True))
     return counts
 
 
@@ -56,7 +57,9 @@ def count_columns(
     if sources is None:
         s_names, s_codes = np.array([NO_SOURCE]), np.zeros(len(i_codes), dtype=np.int64)
     else:
-        s_names, s_codes = np.unique(np.asarray(sources).astype(str), return_inverse=True)
+        named = np.asarray(sources, dtype=object)
+        named[[value is None for value in named]] = NO_SOURCE  # an item without a source
+        s_names, s_codes = np.unique(named.astype(str), return_inverse=True)
     combined = (v_codes.astype(np.int64) * len(s_names) + s_codes) * len(i_names) + i_codes
     keys, counts = np.unique(combined, return_counts=True)
     v, rest = np.divmod(keys, len(s_names) * len(i_names))

@@ -146,6 +146,9 @@ class Impression(Base):
     exposure_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[str] = mapped_column(String(128))
+    # The retrieval source that found the item (a pipeline's stage name, migration 0011);
+    # NULL for strategies without sources and for older rows.
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ItemImpressions(Base):

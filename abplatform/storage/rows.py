@@ -61,7 +61,7 @@ EXPOSURE_COLUMNS = (
     "weight_version",
     "model_id",
 )
-IMPRESSION_COLUMNS = ("exposure_id", "position", "item_id")
+IMPRESSION_COLUMNS = ("exposure_id", "position", "item_id", "source")
 EVENT_COLUMNS = (
     "event_id",
     "experiment_id",
@@ -102,6 +102,8 @@ class ExposureRow:
     weight_version: int | None = None
     # The registered model that served the slate; None when fitted at start.
     model_id: int | None = None
+    # Each item's retrieval source (a pipeline's); None when the strategy has none.
+    sources: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,12 +188,16 @@ def insert_impressions(
     positions: Column,
     item_ids: Column,
     variants: Column,
+    sources: Column | None = None,
 ) -> int:
-    """Insert impressions as parallel columns (`variants`: each one's exposure's variant) and
-    count them per item; return how many."""
+    """Insert impressions as parallel columns (`variants`: each one's exposure's variant;
+    `sources` None: every source NULL, and the column is not sent at all) and count them per
+    item; return how many."""
     columns = {"exposure_id": exposure_ids, "position": positions, "item_id": item_ids}
+    if sources is not None:
+        columns["source"] = sources
     n = bulk_insert(conn, "impressions", columns)
-    add_impressions(conn, experiment_id, count_columns(variants, item_ids))
+    add_impressions(conn, experiment_id, count_columns(variants, item_ids, sources))
     return n
 
 
@@ -447,7 +453,7 @@ def write_exposures(
         for exposure_id, r in zip(ids, rows, strict=True)
     ]
     impressions = [
-        (exposure_id, position, item)
+        (exposure_id, position, item, None if r.sources is None else r.sources[position])
         for exposure_id, r in zip(ids, rows, strict=True)
         for position, item in enumerate(r.items)
     ]
@@ -476,7 +482,7 @@ def write_exposures(
         counts = count_slates(
             [r.variant for r in stored_rows],
             [r.items for r in stored_rows],
-            [None] * len(stored_rows),
+            [r.sources for r in stored_rows],
         )
         add_impressions(conn, experiment_id, counts)
 

@@ -189,3 +189,37 @@ async def test_exposures_keep_their_model_id_through_the_writer_and_the_journal(
         )
     assert [stored[i] for i in ids + lost] == [model_id, model_id, None, model_id, None]
     engine.dispose()
+
+
+async def test_impressions_keep_their_sources_through_the_writer_and_the_journal(
+    seeded_url: str, tmp_path: Path
+) -> None:
+    engine = open_database(seeded_url)
+    experiment_id = _experiment_id(engine)
+    sourced = [replace(r, sources=("two_tower", None)) for r in _exposures(2, "s", experiment_id)]
+    writer = BufferedWriter(engine)
+    writer.start()
+    ids = writer.record([*sourced, *_exposures(1, "n", experiment_id)])
+    await writer.flush()
+    await writer.close()
+    # A journal line keeps the sources; one of the previous format (12 fields) replays NULL.
+    lost = ExposureIds(engine).take(2)
+    new_line = journal_line(lost[:1], [replace(sourced[0], unit_id="j-new")])
+    old_item = orjson.loads(journal_line(lost[1:], _exposures(1, "j-old", experiment_id)))[0]
+    old_line = orjson.dumps([old_item[:12]]) + b"\n"
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    (directory / "1-dead.journal").write_bytes(new_line + old_line)
+    assert replay(directory, partial(replay_journal, engine)) == 2
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(m.Impression.exposure_id, m.Impression.position, m.Impression.source)
+            .where(m.Impression.exposure_id.in_(ids + lost))
+            .order_by(m.Impression.exposure_id, m.Impression.position)
+        ).all()
+    stored = {(e, p): s for e, p, s in rows}
+    for exposure_id, expected in zip(
+        ids + lost, ["two_tower", "two_tower", None, "two_tower", None], strict=True
+    ):
+        assert (stored[(exposure_id, 0)], stored[(exposure_id, 1)]) == (expected, None)
+    engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ def test_artifacts_default_to_the_environment(
 
 
 @pytest.mark.slow
-def test_a_composite_nesting_a_two_tower_is_fitted_in_memory(
+def test_a_composite_nesting_a_two_tower_is_one_registered_model(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     router = (
@@ -204,10 +205,15 @@ def test_a_composite_nesting_a_two_tower_is_fitted_in_memory(
     config = small_config(SMALL_YAML.replace("{kind: random}", router))
     engine = open_database(sqlite_url)
     result = simulate(engine, config, artifacts_dir=tmp_path)
-    assert set(result.models) == {"control"}
-    assert _served_models(engine) == {"control": {result.models["control"].id}, "treatment": {None}}
+    assert set(result.models) == {"control", "treatment"}
+    treatment = result.models["treatment"]
+    assert treatment.kind == "scene_router"
+    manifest = json.loads((Path(treatment.artifact_path) / "manifest.json").read_text())
+    assert manifest["format"] == "abplatform.composite"
+    assert [stage["kind"] for stage in manifest["stages"].values()] == ["two_tower"]
+    assert _served_models(engine) == {key: {r.id} for key, r in result.models.items()}
     with transaction(engine) as session:
-        assert [r.variant for r in list_models(session)] == ["control"]
+        assert sorted(r.variant for r in list_models(session)) == ["control", "treatment"]
     engine.dispose()
 
 

@@ -11,12 +11,13 @@ from abplatform.domain import InteractionLog, RecRequest
 from abplatform.registry import build_strategy, strategies
 from tests.factories import make_history
 
+TINY_TOWER = {"embedding_dim": 8, "hidden_units": [8], "epochs": 2, "batch_size": 128}
 # Parameters that make each kind exercise its interesting path on the small history.
 CASES: dict[str, list[dict[str, Any]]] = {
     "popularity": [{}, {"per_category": True, "window_days": 7}],
     "random": [{}],
     # A small, fast model: the full two-tower is tested in test_two_tower.py.
-    "two_tower": [{"embedding_dim": 8, "hidden_units": [8], "epochs": 2, "batch_size": 128}],
+    "two_tower": [TINY_TOWER],
     "als": [
         {"factors": 8, "iterations": 5},
         {"factors": 4, "positive_events": ["purchase"], "exclude_purchased": False},
@@ -38,6 +39,31 @@ CASES: dict[str, list[dict[str, Any]]] = {
             "routes": {"product_detail": "similar", "cart_page": "complements"},
             "default": "pop",
         }
+    ],
+    "pipeline": [
+        {
+            "retrieve": [
+                {"kind": "popularity", "n": 6},
+                {"kind": "complementary", "n": 4},
+                {"kind": "similar_items", "n": 4},
+            ]
+        },
+        {
+            "retrieve": [
+                {"kind": "random", "n": 20},
+                {"kind": "popularity", "n": 10, "params": {"per_category": True}},
+            ],
+            "rank": {"kind": "popularity"},
+            "rerank": {"kind": "diversity_rerank", "params": {"lambda": 0.4}, "candidates": 25},
+        },
+        {
+            "retrieve": [
+                {"kind": "two_tower", "n": 15, "params": TINY_TOWER},
+                {"kind": "popularity", "n": 5},
+            ],
+            "rank": {"kind": "two_tower", "params": TINY_TOWER},
+            "rerank": {"kind": "diversity_rerank", "params": {"max_per_category": 3}},
+        },
     ],
 }
 KINDS = strategies.names()

@@ -36,6 +36,7 @@ SNAPSHOT_CASES = [
     for kind in strategies.names()
     if kind not in OWN_FORMAT_KINDS
     for i, params in enumerate(CASES[kind])
+    if not needs_tensorflow(kind, params)  # composites nesting a two-tower: test_composite.py
 ]
 
 

@@ -91,7 +91,9 @@ async def _assign(
                 "exposure_id": None,
                 "items": [
                     {"item_id": item, "position": position, "score": score}
-                    for position, (item, score) in enumerate(slate)
+                    if source is None
+                    else {"item_id": item, "position": position, "score": score, "source": source}
+                    for position, (item, score, source) in enumerate(slate)
                 ],
             }
         )
@@ -105,7 +107,8 @@ async def _assign(
                 bucket=decision.bucket,
                 scene=request.scene,
                 context=context.model_dump(exclude_defaults=True) if context else None,
-                items=tuple(item for item, _ in slate),
+                items=tuple(item for item, _, _ in slate),
+                sources=_sources(slate),
                 weight_version=decision.weight_version,
                 model_id=runtime.model_id(decision.variant),
             )
@@ -119,6 +122,12 @@ async def _assign(
         for slot, exposure_id in zip(slots, writer.record(exposures), strict=True):
             answers[slot]["exposure_id"] = exposure_id
     return answers
+
+
+def _sources(slate: list[tuple[str, float, str | None]]) -> tuple[str | None, ...] | None:
+    """The slate's sources for its impressions; None when no item has one."""
+    sources = tuple(source for _, _, source in slate)
+    return sources if any(source is not None for source in sources) else None
 
 
 async def assign_one(services: Services, body: AssignRequest) -> dict[str, Any]:
