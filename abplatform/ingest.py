@@ -28,13 +28,13 @@ from abplatform.csvcheck import (
 from abplatform.domain import FEEDBACK_TYPES
 from abplatform.storage.bulk import gc_paused, seconds_to_sql, sqlite_cache
 from abplatform.storage.db import transaction
+from abplatform.storage.exposure_ids import reserve_exposure_ids
 from abplatform.storage.repository import save_experiment
 from abplatform.storage.rows import (
     EventColumns,
     ExposureColumns,
     insert_events,
     insert_exposures,
-    reserve_exposure_ids,
     stored_event_ids,
     stored_exposures,
 )

@@ -48,9 +48,9 @@ from abplatform.bandit import BanditFeedback
 from abplatform.errors import DatabaseUnavailable, WriteFailed, WriterClosed, WriterFull
 from abplatform.journal import Journal, Segment
 from abplatform.storage.db import bounded_lock_wait, is_sqlite, is_unavailable
+from abplatform.storage.exposure_ids import ExposureIds
 from abplatform.storage.rows import (
     EventRow,
-    ExposureIds,
     ExposureRow,
     write_events,
     write_exposures,

@@ -10,13 +10,13 @@ import numpy.typing as npt
 from sqlalchemy import Connection
 
 from abplatform.domain import SCENES
+from abplatform.storage.exposure_ids import reserve_exposure_ids
 from abplatform.storage.rows import (
     EventColumns,
     ExposureColumns,
     insert_events,
     insert_exposures,
     insert_impressions,
-    reserve_exposure_ids,
 )
 from simulator.behaviour import slate_probabilities
 from simulator.context import Contexts

@@ -10,12 +10,12 @@ import numpy.typing as npt
 from sqlalchemy import Engine
 
 from abplatform.progress import Progress, no_progress
+from abplatform.storage.exposure_ids import reserve_exposure_ids
 from abplatform.storage.rows import (
     EventColumns,
     ExposureColumns,
     insert_events,
     insert_exposures,
-    reserve_exposure_ids,
 )
 
 T0 = 1_700_000_000

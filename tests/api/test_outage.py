@@ -36,7 +36,7 @@ from abplatform.api.settings import Settings
 from abplatform.errors import DatabaseUnavailable
 from abplatform.storage import models as m
 from abplatform.storage.db import make_engine, open_database, upgrade
-from abplatform.storage.rows import ExposureIds
+from abplatform.storage.exposure_ids import ExposureIds
 from simulator.runner import simulate
 from tests.api.conftest import KEY, ROOT, small_config
 from tests.api.test_shutdown import _assert_all_stored, _free_port, _stored, wait_ready

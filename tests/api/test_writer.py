@@ -16,7 +16,8 @@ from abplatform.errors import AbplatformError, WriteFailed, WriterClosed, Writer
 from abplatform.journal import Journal, replay
 from abplatform.storage import models as m
 from abplatform.storage.db import open_database
-from abplatform.storage.rows import EventRow, ExposureIds, ExposureRow
+from abplatform.storage.exposure_ids import ExposureIds
+from abplatform.storage.rows import EventRow, ExposureRow
 from abplatform.writer import BufferedWriter, journal_line, replay_journal
 
 pytestmark = pytest.mark.anyio

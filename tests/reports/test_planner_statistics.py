@@ -17,11 +17,19 @@ from reports.analysis import analyze
 from tests.factories import seed_random_experiment
 
 
-def test_sqlite_has_no_planner_statistics_to_refresh(sqlite_url: str) -> None:
-    """A no-op on SQLite, whose planner needs no fresh statistics for this plan."""
+def test_sqlite_statistics_are_refreshed_when_the_row_counts_move(sqlite_url: str) -> None:
+    """SQLite: the tables never analysed get statistics once; unchanged ones are left alone."""
     engine = open_database(sqlite_url)
     seed_random_experiment(engine, n_units=50)
-    assert refresh_planner_statistics(engine) == []
+    analysed = refresh_planner_statistics(engine)
+    assert {"exposures", "events"} <= set(analysed) and "impressions" not in analysed
+    assert refresh_planner_statistics(engine) == []  # nothing moved since
+    with engine.connect() as conn:
+        counted = dict(
+            conn.exec_driver_sql("SELECT tbl, stat FROM sqlite_stat1 WHERE tbl = 'exposures'").all()
+        )
+    assert counted  # the statistics are stored in the database file
+    engine.dispose()
 
 
 @pytest.mark.postgres

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abplatform.storage.bulk import reserve_ids
 from abplatform.storage.db import make_engine, upgrade
-from abplatform.storage.rows import ExposureIds
+from abplatform.storage.exposure_ids import ExposureIds
 
 
 def test_reserved_block_is_skipped_by_bulk_reservation(db_url: str) -> None:
