@@ -24,6 +24,7 @@ import math
 from collections import Counter
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Connection, Engine, text
 
 from abplatform.storage.catalog import load_catalog
@@ -42,14 +43,17 @@ def ranking_quality(engine: Engine, experiment_id: int, catalog: str) -> dict[st
             return {}
         shown = item_impressions(conn, experiment_id)
         gains = _click_gains(conn, experiment_id)
-        samples = {variant: _slate_sample(conn, experiment_id, variant) for variant in slates}
+        samples = {
+            variant: _slate_sample(conn, experiment_id, variant, low)
+            for variant, (_, low) in slates.items()
+        }
         items = load_catalog(conn, catalog)
         popularity = _popularity(conn, catalog)
     index = items.index()
     vectors = feature_vectors(items) if len(items) else np.zeros((0, 1))
     total_interactions = sum(popularity.values())
     out: dict[str, RankingQuality] = {}
-    for variant, n in slates.items():
+    for variant, (n, _) in slates.items():
         counts = shown.get(variant, Counter())
         impressions = sum(counts.values())
         novelty = None
@@ -74,16 +78,16 @@ def ranking_quality(engine: Engine, experiment_id: int, catalog: str) -> dict[st
     return out
 
 
-def _slates(conn: Connection, experiment_id: int) -> dict[str, int]:
-    """{variant: exposures with a slate}, variants in order."""
+def _slates(conn: Connection, experiment_id: int) -> dict[str, tuple[int, int]]:
+    """{variant: (exposures with a slate, the lowest of their ids)}, variants in order."""
     rows = conn.execute(
         text(
-            "SELECT variant, COUNT(*) FROM exposures "
+            "SELECT variant, COUNT(*), MIN(id) FROM exposures "
             "WHERE experiment_id = :e AND slate_size > 0 GROUP BY variant ORDER BY variant"
         ),
         {"e": experiment_id},
     ).all()
-    return {str(variant): int(n) for variant, n in rows}
+    return {str(variant): (int(n), int(low)) for variant, n, low in rows}
 
 
 def _click_gains(conn: Connection, experiment_id: int) -> dict[str, tuple[int, float]]:
@@ -117,39 +121,60 @@ def _click_gains(conn: Connection, experiment_id: int) -> dict[str, tuple[int, f
     distinct[1:] = (exposure[1:] != exposure[:-1]) | (position[1:] != position[:-1])
     exposure, position, codes = exposure[distinct], position[distinct], codes[distinct]
     starts = np.flatnonzero(np.r_[True, exposure[1:] != exposure[:-1]])
-    slate_positions = np.split(position, starts[1:])
-    ratio_of: dict[tuple[int, ...], float] = {}
-    ratios: list[float] = []
-    for clicked in slate_positions:
-        key = tuple(clicked.tolist())
-        ratio = ratio_of.get(key)
-        if ratio is None:
-            dcg = sum(1.0 / math.log2(p + 2) for p in key)
-            ideal = sum(1.0 / math.log2(i + 2) for i in range(len(key)))
-            ratio = ratio_of[key] = dcg / ideal
-        ratios.append(ratio)
+    ratios = _ndcg_of_slates(position, starts)
     slate_codes = codes[starts]
     gains: dict[str, tuple[int, float]] = {}
     for code, name in enumerate(names.tolist()):
-        mine = np.flatnonzero(slate_codes == code).tolist()
+        mine = np.flatnonzero(slate_codes == code)
         total = 0.0
-        for i in mine:  # in exposure-id order, one addition at a time
-            total += ratios[i]
+        for ratio in ratios[mine].tolist():  # in exposure-id order, one addition at a time
+            total += ratio
         gains[str(name)] = (len(mine), total)
     return gains
 
 
-def _slate_sample(conn: Connection, experiment_id: int, variant: str) -> list[list[str]]:
-    """The variant's `DIVERSITY_SAMPLE` slates of lowest exposure id, read in id order."""
+def _ndcg_of_slates(
+    position: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """Each slate's NDCG from its distinct clicked positions (ascending, slates at `starts`).
+
+    Slates with the same clicked positions share one value, computed once in Python exactly
+    as a slate's own sum would be: the positions as a bit mask when they fit in 63 bits.
+    """
+    ends = np.r_[starts[1:], len(position)]
+    if position.size and int(position.max()) < 63:
+        masks = np.bitwise_or.reduceat(np.left_shift(np.int64(1), position), starts)
+        distinct, inverse = np.unique(masks, return_inverse=True)
+        keys = [tuple(p for p in range(63) if mask >> p & 1) for mask in distinct.tolist()]
+    else:
+        slates = [tuple(position[a:b].tolist()) for a, b in zip(starts, ends, strict=True)]
+        unique = sorted(set(slates))
+        index = {key: i for i, key in enumerate(unique)}
+        keys, inverse = unique, np.array([index[key] for key in slates], dtype=np.int64)
+    values = np.array([_ndcg(key) for key in keys], dtype=np.float64)
+    ratios: npt.NDArray[np.float64] = values[inverse]
+    return ratios
+
+
+def _ndcg(positions: tuple[int, ...]) -> float:
+    """DCG / ideal DCG of one slate's clicked positions (ascending)."""
+    dcg = sum(1.0 / math.log2(p + 2) for p in positions)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(len(positions)))
+    return dcg / ideal
+
+
+def _slate_sample(conn: Connection, experiment_id: int, variant: str, low: int) -> list[list[str]]:
+    """The variant's `DIVERSITY_SAMPLE` slates of lowest exposure id (from `low`, the lowest
+    one: the key scan starts there, not at other experiments' ids), read in id order."""
     rows = conn.execute(
         text(
             "SELECT i.exposure_id, i.item_id FROM impressions i JOIN ("
             "  SELECT id FROM exposures"
-            "  WHERE experiment_id = :e AND variant = :v AND slate_size > 0"
+            "  WHERE experiment_id = :e AND variant = :v AND slate_size > 0 AND id >= :low"
             "  ORDER BY id LIMIT :n) x ON x.id = i.exposure_id "
             "ORDER BY i.exposure_id, i.position"
         ),
-        {"e": experiment_id, "v": variant, "n": DIVERSITY_SAMPLE},
+        {"e": experiment_id, "v": variant, "n": DIVERSITY_SAMPLE, "low": low},
     ).all()
     slates: dict[int, list[str]] = {}
     for exposure, item in rows:
