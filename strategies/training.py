@@ -24,6 +24,7 @@ from strategies.base import ExportableStrategy
 from strategies.composite import export_composite, tensorflow_stages
 from strategies.fitting import FittedStrategy, fit_strategy, strategy_seed
 from strategies.offline import DEFAULT_KS, OfflineReport, evaluate_offline
+from strategies.ranker.data import ImpressionSource, logged_impressions
 from strategies.snapshot import (
     TENSORFLOW_KINDS,
     export_snapshot,
@@ -141,16 +142,18 @@ def train_experiment(
         exported.append(one)
         return one.artifact
 
-    report = evaluate_offline(
-        config,
-        engine,
-        split=NewItemsSplit(holdout_per_user),
-        catalog=catalog,
-        ks=ks,
-        seed=chosen_seed,
-        progress=progress,
-        export=export,
-    )
+    # Rankers fitted below train on this experiment's logged impressions.
+    with logged_impressions(ImpressionSource(engine, experiment=config.key, catalog=catalog)):
+        report = evaluate_offline(
+            config,
+            engine,
+            split=NewItemsSplit(holdout_per_user),
+            catalog=catalog,
+            ks=ks,
+            seed=chosen_seed,
+            progress=progress,
+            export=export,
+        )
     with transaction(engine) as session:
         registered = register_exported(session, config.key, catalog, chosen_seed, exported)
     report = replace(
