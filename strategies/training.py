@@ -25,6 +25,7 @@ from strategies.composite import export_composite, tensorflow_stages
 from strategies.fitting import FittedStrategy, fit_strategy, strategy_seed
 from strategies.offline import DEFAULT_KS, OfflineReport, evaluate_offline
 from strategies.ranker.data import ImpressionSource, logged_impressions
+from strategies.ranker.report import RankerQuality, ranker_quality
 from strategies.snapshot import (
     TENSORFLOW_KINDS,
     export_snapshot,
@@ -124,6 +125,7 @@ def train_experiment(
     root = Path(artifacts_dir)
     exported: list[ExportedVariant] = []
     unregistered: dict[str, str] = {}
+    rankers: list[RankerQuality] = []
 
     def export(
         fitted: FittedStrategy, metrics: dict[str, float], history: InteractionLog
@@ -136,6 +138,7 @@ def train_experiment(
             return None
         if trained_with_tensorflow(fitted):  # fitted without the held-out part: refit
             fitted = fit_strategy(fitted.planned, history, chosen_seed)
+        rankers.extend(ranker_quality(fitted.planned.name, fitted.strategy))
         one = export_variant(
             root, config.key, fitted, seed=chosen_seed, history=history, metrics=metrics
         )
@@ -165,6 +168,7 @@ def train_experiment(
             for r in report.results
         ],
         unregistered=unregistered,
+        rankers=rankers,
     )
     path = report_path(root, config.key)
     path.parent.mkdir(parents=True, exist_ok=True)

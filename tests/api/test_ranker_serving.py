@@ -41,6 +41,10 @@ async def test_a_ranker_pipeline_trains_on_impressions_and_is_served(
         engine, config, simulation_catalog(config), artifacts_dir=tmp_path / "artifacts"
     )
     assert report.unregistered == {}
+    (quality,) = report.rankers
+    assert quality.variant == "treatment" and quality.fallback is None
+    assert quality.holdout_rows > 0 and set(quality.heads) == {"ranker", "logistic"}
+    assert report.to_dict()["rankers"][0]["heads"]["ranker"]["click"]["rows"] > 0
     model_id = next(r.model_id for r in report.results if r.name == "treatment")
     assert model_id is not None
     with Session(engine) as session:
