@@ -3,6 +3,10 @@ artifacts, fallbacks and parameter errors."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -10,7 +14,8 @@ from pydantic import ValidationError
 import strategies.ranker  # noqa: F401  registers `ranker` (until the entry point is installed)
 from abplatform.domain import Catalog, InteractionLog, RecRequest
 from abplatform.errors import AbplatformError
-from strategies.base import ScoringStrategy
+from strategies.base import ScoringStrategy, stage_key
+from strategies.pipeline import PipelineStrategy
 from strategies.ranker.data import ImpressionLog
 from strategies.ranker.strategy import RankerStrategy
 from tests.factories import HISTORY_END, make_history
@@ -218,3 +223,41 @@ def test_catalog_without_rows_is_refused() -> None:
     )
     with pytest.raises(AbplatformError, match="empty catalogue"):
         RankerStrategy().fit(empty)
+
+
+@pytest.mark.slow
+def test_the_exported_ranker_serves_without_tensorflow(
+    trained: RankerStrategy, tmp_path: Path
+) -> None:
+    path = trained.export(str(tmp_path), experiment="exp", variant="ranked")
+    expected = trained.score_items(_requests()[:1], np.arange(8)[None])[0]
+    script = (
+        "import sys, numpy as np\n"
+        "from abplatform.domain import RecRequest\n"
+        "from strategies.ranker.strategy import RankerStrategy\n"
+        f"r = RankerStrategy.from_artifact({str(path)!r})\n"
+        "s = r.score_items([RecRequest('user-1', scene='home')], np.arange(8)[None])[0]\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "print(' '.join(repr(float(x)) for x in s))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal([float(x) for x in out.stdout.split()], expected)
+
+
+@pytest.mark.slow
+def test_a_pipeline_refuses_a_ranker_of_another_catalogue(trained: RankerStrategy) -> None:
+    params = {"objective": "purchase", "epochs": 4}
+    pipeline = PipelineStrategy(
+        {
+            "retrieve": [{"kind": "popularity", "n": 10}],
+            "rank": {"kind": "ranker", "params": params},
+        }
+    )
+    pipeline.use_prefitted({stage_key("ranker", params): trained})
+    with pytest.raises(AbplatformError, match="ranker was trained on another catalogue"):
+        pipeline.fit(make_history(seed=3, n_items=61))
+    pipeline.fit(make_history(seed=3))  # its own catalogue is fine
+    assert pipeline.recommend(RecRequest("user-1"), 5).items
