@@ -3,7 +3,7 @@ logistic-regression peer fitted on the same features (NumPy + scipy)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,14 @@ class HeadQuality:
     auc: float
     log_loss: float
     ece: float
+
+
+def finite_or_none(quality: HeadQuality) -> dict[str, float | int | None]:
+    """The quality as strict-JSON values: an undefined metric (NaN) becomes None."""
+    return {
+        name: value if not isinstance(value, float) or np.isfinite(value) else None
+        for name, value in asdict(quality).items()
+    }
 
 
 def auc(labels: npt.NDArray[np.bool_], scores: npt.NDArray[np.float64]) -> float:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from abplatform.strategy import Strategy
 from strategies.base import BaseStrategy
-from strategies.ranker.metrics import HeadQuality
+from strategies.ranker.metrics import HeadQuality, finite_or_none
 
 MODELS = ("ranker", "logistic")
 HEADS = ("click", "purchase")
@@ -31,7 +31,9 @@ class RankerQuality:
             "fallback": self.fallback,
             "impressions": self.impressions,
             "holdout_rows": self.holdout_rows,
-            "heads": {m: {h: asdict(q) for h, q in hs.items()} for m, hs in self.heads.items()},
+            "heads": {
+                m: {h: finite_or_none(q) for h, q in hs.items()} for m, hs in self.heads.items()
+            },
         }
 
 

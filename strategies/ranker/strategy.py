@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
@@ -27,7 +27,7 @@ from strategies.ranker.features import (
     feature_space,
     training_matrix,
 )
-from strategies.ranker.metrics import HeadQuality, fit_logistic, head_quality
+from strategies.ranker.metrics import HeadQuality, finite_or_none, fit_logistic, head_quality
 from strategies.ranker.numpy_model import RankerWeights
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class RankerStrategy(BaseStrategy):
             "dropped_unknown_items": int((~known).sum()),
             "holdout_rows": int(held.sum()),
             "quality": {
-                model_name: {head: asdict(q) for head, q in heads.items()}
+                model_name: {head: finite_or_none(q) for head, q in heads.items()}
                 for model_name, heads in self.quality.items()
             },
         }

@@ -261,3 +261,21 @@ def test_a_pipeline_refuses_a_ranker_of_another_catalogue(trained: RankerStrateg
         pipeline.fit(make_history(seed=3, n_items=61))
     pipeline.fit(make_history(seed=3))  # its own catalogue is fine
     assert pipeline.recommend(RecRequest("user-1"), 5).items
+
+
+@pytest.mark.slow
+def test_an_undefined_metric_is_null_in_the_artifact_and_the_report(
+    history: InteractionLog, tmp_path: Path
+) -> None:
+    from strategies.ranker.report import ranker_quality
+
+    log = impression_log(history)
+    no_purchases = ImpressionLog(**{**log.__dict__, "purchased": np.zeros(len(log), bool)})
+    ranker = RankerStrategy({"epochs": 1}, seed=1)
+    ranker.fit_impressions(history, no_purchases)
+    assert np.isnan(ranker.quality["ranker"]["purchase"].auc)  # one class only
+    path = ranker.export(str(tmp_path), experiment="exp", variant="ranked")
+    manifest = RankerStrategy.from_artifact(path).artifact.manifest
+    assert manifest["training"]["quality"]["ranker"]["purchase"]["auc"] is None
+    (quality,) = ranker_quality("ranked", ranker)
+    assert quality.to_dict()["heads"]["logistic"]["purchase"]["auc"] is None
