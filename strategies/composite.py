@@ -195,6 +195,10 @@ def tensorflow_stage_keys(params: Mapping[str, Any]) -> set[str]:
 
 def _load_stage(path: Path, kind: str) -> Strategy:
     """One TensorFlow stage from its exported artifact (NumPy only)."""
+    if kind == "ranker":
+        from strategies.ranker.strategy import RankerStrategy
+
+        return RankerStrategy.from_artifact(path)
     if kind != "two_tower":
         raise ArtifactError(f"{path}: no loader for a stage of kind {kind!r}")
     from strategies.two_tower.strategy import TwoTowerStrategy

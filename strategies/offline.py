@@ -46,6 +46,7 @@ from strategies.fitting import (
     read_history,
     strategy_plan,
 )
+from strategies.ranker.report import RankerQuality
 from strategies.splits import RandomSplit, Split, SplitParts
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100)
@@ -211,6 +212,8 @@ class OfflineReport:
     skipped: tuple[str, ...] = ()
     unregistered: dict[str, str] = field(default_factory=dict)
     """Variants `train` fitted but could not register, with the reason."""
+    rankers: list[RankerQuality] = field(default_factory=list)
+    """Offline quality of the rankers `train` trained (strategies.ranker)."""
 
     def result(self, name: str) -> StrategyScore:
         """The score of a variant key or baseline name."""
@@ -237,6 +240,7 @@ class OfflineReport:
             "split": self.split.to_dict(),
             "skipped": list(self.skipped),
             "unregistered": dict(self.unregistered),
+            "rankers": [r.to_dict() for r in self.rankers],
         }
 
 

@@ -160,6 +160,9 @@ class PipelineStrategy(BaseStrategy):
         params: PipelineParams = self.params
         self.sources: list[Strategy] = [self.fit_stage(s, history) for s in params.retrieve]
         self.ranker: Any = None if params.rank is None else self.fit_stage(params.rank, history)
+        check_catalog = getattr(self.ranker, "check_catalog", None)
+        if callable(check_catalog):  # a ranker loaded from another catalogue's artifact
+            check_catalog(self.catalog)
         self.labels: tuple[str | None, ...] = (*(s.label for s in params.retrieve), FILL)
         self.reranker: Reranker | None = None
         if params.rerank is not None:

@@ -45,6 +45,14 @@ def _ease(path: Path) -> tuple[Strategy, dict[str, object]]:
     return strategy, strategy.artifact.manifest
 
 
+def _ranker(path: Path) -> tuple[Strategy, dict[str, object]]:
+    """The exported deep-and-cross weights, served by NumPy (TensorFlow stays unimported)."""
+    from strategies.ranker.strategy import RankerStrategy
+
+    strategy = RankerStrategy.from_artifact(path)
+    return strategy, strategy.artifact.manifest
+
+
 def _composite(path: Path) -> tuple[Strategy, dict[str, object]]:
     """A composite nesting two-towers: its stages' NumPy artifacts, the rest refitted."""
     from strategies.composite import load_composite
@@ -60,7 +68,12 @@ def _snapshot(path: Path) -> tuple[Strategy, dict[str, object]]:
     return snapshot.fit(), snapshot.manifest
 
 
-_LOADERS: dict[str, Loader] = {"two_tower": _two_tower, "als": _als, "ease": _ease}
+_LOADERS: dict[str, Loader] = {
+    "two_tower": _two_tower,
+    "als": _als,
+    "ease": _ease,
+    "ranker": _ranker,
+}
 """Kinds with their own artifact format; every other kind is a composite artifact when it
 nests a TensorFlow kind, else a snapshot."""
 OWN_FORMAT_KINDS = frozenset(_LOADERS)

@@ -45,9 +45,9 @@ from abplatform.strategy import Strategy
 
 FORMAT = "abplatform.snapshot"
 FORMAT_VERSION = 1
-TENSORFLOW_KINDS = frozenset({"two_tower"})
+TENSORFLOW_KINDS = frozenset({"two_tower", "ranker"})
 """Kinds whose fit trains a TensorFlow model."""
-TRAINERS: dict[str, str] = {"two_tower": "TensorFlow", "als": "implicit"}
+TRAINERS: dict[str, str] = {"two_tower": "TensorFlow", "ranker": "TensorFlow", "als": "implicit"}
 """Kinds trained offline into an artifact of their own, and what trains them: never refitted
 from a snapshot nor fitted when a server starts (servers load the artifact)."""
 _ARRAY_FILES = ("items.npz", "interactions.npz")

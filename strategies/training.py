@@ -24,6 +24,8 @@ from strategies.base import ExportableStrategy
 from strategies.composite import export_composite, tensorflow_stages
 from strategies.fitting import FittedStrategy, fit_strategy, strategy_seed
 from strategies.offline import DEFAULT_KS, OfflineReport, evaluate_offline
+from strategies.ranker.data import ImpressionSource, logged_impressions
+from strategies.ranker.report import RankerQuality, ranker_quality
 from strategies.snapshot import (
     TENSORFLOW_KINDS,
     export_snapshot,
@@ -123,6 +125,7 @@ def train_experiment(
     root = Path(artifacts_dir)
     exported: list[ExportedVariant] = []
     unregistered: dict[str, str] = {}
+    rankers: list[RankerQuality] = []
 
     def export(
         fitted: FittedStrategy, metrics: dict[str, float], history: InteractionLog
@@ -135,22 +138,25 @@ def train_experiment(
             return None
         if trained_with_tensorflow(fitted):  # fitted without the held-out part: refit
             fitted = fit_strategy(fitted.planned, history, chosen_seed)
+        rankers.extend(ranker_quality(fitted.planned.name, fitted.strategy))
         one = export_variant(
             root, config.key, fitted, seed=chosen_seed, history=history, metrics=metrics
         )
         exported.append(one)
         return one.artifact
 
-    report = evaluate_offline(
-        config,
-        engine,
-        split=NewItemsSplit(holdout_per_user),
-        catalog=catalog,
-        ks=ks,
-        seed=chosen_seed,
-        progress=progress,
-        export=export,
-    )
+    # Rankers fitted below train on this experiment's logged impressions.
+    with logged_impressions(ImpressionSource(engine, experiment=config.key, catalog=catalog)):
+        report = evaluate_offline(
+            config,
+            engine,
+            split=NewItemsSplit(holdout_per_user),
+            catalog=catalog,
+            ks=ks,
+            seed=chosen_seed,
+            progress=progress,
+            export=export,
+        )
     with transaction(engine) as session:
         registered = register_exported(session, config.key, catalog, chosen_seed, exported)
     report = replace(
@@ -162,6 +168,7 @@ def train_experiment(
             for r in report.results
         ],
         unregistered=unregistered,
+        rankers=rankers,
     )
     path = report_path(root, config.key)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ PRELOADED = (
     "strategies.registered",
     "strategies.snapshot",
     "strategies.two_tower.strategy",
+    "strategies.ranker.strategy",
     "alembic.command",
     "alembic.script",
 )

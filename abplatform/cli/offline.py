@@ -194,6 +194,33 @@ def _show(report: OfflineReport, as_json: bool) -> None:
         _print_offline(report)
 
 
+def _print_rankers(report: OfflineReport) -> None:
+    """Each trained ranker's AUC, log loss and ECE per head beside the logistic regression."""
+    from rich.table import Table
+
+    console = make_console()
+    for quality in report.rankers:
+        if quality.fallback is not None:
+            console.print(f"ranker of {quality.variant}: fell back ({quality.fallback})")
+            continue
+        table = Table(
+            title=f"Ranker of {quality.variant}: {quality.impressions:,} impressions, "
+            f"{quality.holdout_rows:,} on the time-ordered holdout"
+        )
+        table.add_column("head / metric")
+        models = list(quality.heads)
+        for model in models:
+            table.add_column(model, justify="right")
+        for head in ("click", "purchase"):
+            for metric in ("auc", "log_loss", "ece"):
+                table.add_row(
+                    f"{head} {metric}",
+                    *[_fmt4(getattr(quality.heads[m][head], metric)) for m in models],
+                )
+            table.add_row(f"{head} rows", *[str(quality.heads[m][head].rows) for m in models])
+        console.print(table)
+
+
 def _print_offline(report: OfflineReport) -> None:
     """The metrics table of `train` and `evaluate`, then what the split held out."""
     from rich.table import Table
@@ -213,6 +240,7 @@ def _print_offline(report: OfflineReport) -> None:
         table.add_row("model id (version)", *ids)
     console = make_console()
     console.print(table)
+    _print_rankers(report)
     split = report.split
     console.print(
         f"split: {split.description}; {split.train_interactions:,} training and "

@@ -25,6 +25,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "ease": [{}, {"lambda": 5.0, "binary": False, "weights": {"click": 1, "purchase": 3}}],
     "complementary": [{}, {"events": ["click", "purchase"], "measure": "pmi", "min_support": 1}],
     "similar_items": [{}],
+    # Fitted outside `abplatform train` it has no impressions: its fallback (catalogue
+    # order) must keep the contract too; the trained ranker's is in test_ranker.py.
+    "ranker": [{}],
     "diversity_rerank": [
         {"base": {"kind": "popularity"}, "lambda": 0.5, "candidates": 30},
         {"base": {"kind": "random"}, "lambda": 0.9, "max_per_category": 3},

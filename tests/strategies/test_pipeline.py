@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import strategies.ranker  # noqa: F401  registers `ranker` (until the entry point is installed)
 from abplatform.config import ConfigError, load_experiment_text
 from abplatform.domain import Catalog, InteractionLog, RecRequest
 from abplatform.registry import build_strategy
@@ -215,7 +216,7 @@ variants:
         (
             "{retrieve: [{kind: popularity, n: 20}], rank: {kind: complementary}}",
             "variants.0.strategy.params.rank: strategy kind 'complementary' "
-            "cannot score candidates; kinds that can: popularity, two_tower",
+            "cannot score candidates; kinds that can: popularity, ranker, two_tower",
         ),
         (
             "{retrieve: [{kind: popularity, n: 20}], rank: {kind: nope}}",

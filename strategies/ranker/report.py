@@ -1,0 +1,61 @@
+"""What `abplatform train` reports of each ranker it trained: offline quality per head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from abplatform.strategy import Strategy
+from strategies.base import BaseStrategy
+from strategies.ranker.metrics import HeadQuality, finite_or_none
+
+MODELS = ("ranker", "logistic")
+HEADS = ("click", "purchase")
+
+
+@dataclass(frozen=True)
+class RankerQuality:
+    """A variant's ranker on its time-ordered holdout, beside a logistic regression on the
+    same features; the purchase head is p(purchase | click), scored on clicked rows."""
+
+    variant: str
+    fallback: str | None
+    impressions: int
+    holdout_rows: int
+    heads: dict[str, dict[str, HeadQuality]]
+    """{model: {head: quality}} for model in `MODELS`, head in `HEADS` (empty on fallback)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "fallback": self.fallback,
+            "impressions": self.impressions,
+            "holdout_rows": self.holdout_rows,
+            "heads": {
+                m: {h: finite_or_none(q) for h, q in hs.items()} for m, hs in self.heads.items()
+            },
+        }
+
+
+def ranker_quality(variant: str, strategy: Strategy) -> list[RankerQuality]:
+    """The quality of every ranker `strategy` is or nests (at any depth)."""
+    from strategies.ranker.strategy import RankerStrategy
+
+    out: list[RankerQuality] = []
+    pending = [strategy]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, RankerStrategy):
+            training = current.artifact.manifest["training"]
+            out.append(
+                RankerQuality(
+                    variant,
+                    training.get("fallback"),
+                    int(training.get("impressions", 0)),
+                    int(training.get("holdout_rows", 0)),
+                    dict(current.quality),
+                )
+            )
+        elif isinstance(current, BaseStrategy):
+            pending.extend(current.fitted_stages().values())
+    return out
