@@ -9,9 +9,11 @@ count, so a change in the machine's background load hits both). The hello-world 
 answers `POST /` with a pydantic body (the issue's yardstick: a trivial FastAPI POST
 endpoint; it gets the same request bytes as /v1/assign) and `GET /`. Prints requests/s,
 p50 and p99 for both hello-world routes, POST /v1/assign with the popularity and the
-two-tower slate, POST /v1/events (batches of 100), the ratios against hello-world, the
-in-process cost of an assignment, and after the server's SIGTERM how many exposures and
-events the database holds against the 2xx answers counted by the client.
+two-tower slate (for units the model has never seen, which get its default query, and for
+users of its history, each a top-k over the item embeddings), POST /v1/events (batches of
+100), the ratios against hello-world, the in-process cost of an assignment, and after the
+server's SIGTERM how many exposures and events the database holds against the 2xx answers
+counted by the client.
 
 Usage: python bench/bench_api.py [--seconds 20] [--connections 8 32] [--db URL]
 """
@@ -45,6 +47,8 @@ KEY = "homepage_popularity"
 TWO_TOWER = ROOT / "examples" / "homepage_two_tower.yaml"
 TWO_TOWER_KEY = "homepage_two_tower"
 EVENTS_PER_BATCH = 100
+KNOWN_USERS = 2_000
+"""Users of the two-tower experiment's simulated history (u0000 ... u1999)."""
 RUN_TAGS = (f"r{i}" for i in itertools.count())
 
 HELLO_APP = """
@@ -93,6 +97,10 @@ function request()
   local body
   if mode == "assign" then
     body = '{"experiment":"' .. key .. '","unit_id":"user-' .. id .. '"}'
+  elseif mode == "known" then
+    -- A user of the model's history (u0000 ... u1999): a top-k over the item embeddings.
+    body = '{"experiment":"' .. key .. '","unit_id":"u' ..
+      string.format("%04d", (tid * 7919 + counter) % KNOWN_USERS) .. '"}'
   else
     local parts = {}
     for i = 1, EVENTS_PER_BATCH do
@@ -103,7 +111,7 @@ function request()
   end
   return wrk.format(nil, nil, nil, body)
 end
-""".replace("EVENTS_PER_BATCH", str(EVENTS_PER_BATCH))
+""".replace("EVENTS_PER_BATCH", str(EVENTS_PER_BATCH)).replace("KNOWN_USERS", str(KNOWN_USERS))
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,9 @@ async def _httpx_load(
                 response = await http.post(
                     url, json={"experiment": key, "unit_id": f"user-{run}-{index}-{n}"}
                 )
+            elif mode == "known":
+                unit = f"u{(index * 7919 + n) % KNOWN_USERS:04d}"
+                response = await http.post(url, json={"experiment": key, "unit_id": unit})
             else:
                 events = [
                     {
@@ -272,7 +283,7 @@ def seed(url: str, artifacts: Path) -> None:
     )
     simulate(engine, config)
     config = quick_two_tower(load_experiment(TWO_TOWER))
-    sim = SimulationConfig(users=2_000, days=1, items=1_000, slate_size=10)
+    sim = SimulationConfig(users=KNOWN_USERS, days=1, items=1_000, slate_size=10)
     config = config.model_copy(update={"simulation": sim})
     simulate(engine, config)
     # The two-tower variant serves its registered model: trained here, once, and promoted.
@@ -373,6 +384,7 @@ LABELS = {
     "hello-post": "POST / (hello world)",
     "assign": "POST /v1/assign (pop)",
     "two-tower": "POST /v1/assign (2-tower)",
+    "two-tower-known": "  ... known users",
     "events": "POST /v1/events",
 }
 
@@ -400,7 +412,7 @@ def report(
     )
     for (mode, c), r in results.items():
         note = ""
-        if mode in ("assign", "two-tower"):
+        if mode in ("assign", "two-tower", "two-tower-known"):
             post = r.requests_per_s / results["hello-post", c].requests_per_s
             get = r.requests_per_s / results["hello-get", c].requests_per_s
             note = f"ratio vs hello-world POST {post:.2f}, vs GET {get:.2f}; "
@@ -469,8 +481,12 @@ def main() -> None:
                 run = partial(load, connections=c, seconds=args.seconds, script=script, auth=auth)
                 results["hello-get", c] = run(hello_url, "hello")
                 results["hello-post", c] = run(hello_url, "assign")
-                for mode, key in (("assign", KEY), ("two-tower", TWO_TOWER_KEY)):
-                    results[mode, c] = r = run(f"{base}/v1/assign", "assign", key=key)
+                for mode, body, key in (
+                    ("assign", "assign", KEY),
+                    ("two-tower", "assign", TWO_TOWER_KEY),
+                    ("two-tower-known", "known", TWO_TOWER_KEY),
+                ):
+                    results[mode, c] = r = run(f"{base}/v1/assign", body, key=key)
                     answered += r.requests - r.errors
                     lags[mode, c] = catch_up(url, answered)
                 results["events", c] = run(f"{base}/v1/events", "events")

@@ -15,7 +15,7 @@ from abplatform.domain import InteractionLog, RecRequest, Slate
 from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
 from strategies.base import ArtifactPlace, BaseStrategy, NotFittedError, check_k
-from strategies.evaluation import POSITIVE_EVENTS, HoldoutSet, item_indices, subset_log, time_split
+from strategies.evaluation import time_split
 from strategies.two_tower.artifact import TwoTowerArtifact, export_artifact, load_artifact
 from strategies.two_tower.data import (
     ItemFeatures,
@@ -25,6 +25,7 @@ from strategies.two_tower.data import (
     training_examples,
     user_inputs,
 )
+from strategies.two_tower.holdout import held_users, random_holdout, time_holdout
 from strategies.two_tower.params import TwoTowerParams
 from strategies.two_tower.serving import ItemIndex, quantize, served_offsets
 
@@ -224,7 +225,7 @@ class TwoTowerStrategy(BaseStrategy):
         known = np.isin(held.user_ids, train_sequences.user_ids)
         cold_users = params.validation_holdout == "time"
         if not known.all() and not cold_users:  # a random holdout can take all of a user's items
-            held = _held_users(held, known)
+            held = held_users(held, known)
             known = known[known]
         if len(held) == 0:
             return sequences, None
@@ -339,6 +340,7 @@ class TwoTowerStrategy(BaseStrategy):
         self._rows = {user: i for i, user in enumerate(artifact.user_ids.tolist())}
         self._index = artifact.catalog.index()
         self._default = artifact.default_embedding.astype(np.float64)
+        self._default_slates: dict[int, Slate] = {}  # by size: every unseen user's slate
         self._served_artifact = artifact
 
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
@@ -350,27 +352,43 @@ class TwoTowerStrategy(BaseStrategy):
         artifact = self.artifact
         if not requests:
             return []
-        n = len(requests)
-        queries = np.empty((n, artifact.dim), dtype=np.float64)
+        size = min(k, len(artifact.catalog))
+        out: list[Slate | None] = [None] * len(requests)
+        searched: list[int] = []
+        queries: list[npt.NDArray[np.float64]] = []
         excluded: list[npt.NDArray[np.int64]] | None = [] if params.exclude_purchased else None
         nothing = np.zeros(0, dtype=np.int64)
         for i, request in enumerate(requests):
             row = self._rows.get(request.unit_id)
+            if row is None and not self._context_items(request):
+                # An unseen user without context items: the default query, nothing
+                # excluded, so one slate for all of them (computed once per size).
+                out[i] = self._default_slates.get(size)
+                if out[i] is not None:
+                    continue
+            searched.append(i)
             if row is None:
-                queries[i] = self._cold_query(request)
+                queries.append(self._cold_query(request))
                 if excluded is not None:
                     excluded.append(nothing)
             else:
-                queries[i] = self._users[row]
+                queries.append(self._users[row])
                 if excluded is not None:
                     excluded.append(artifact.purchased(row))
-        size = min(k, len(artifact.catalog))
-        indices, scores = self._item_index.search(queries, size, excluded)
-        ids = artifact.catalog.item_ids[indices].tolist()
-        return [
-            Slate(tuple(row), tuple(values))
-            for row, values in zip(ids, scores.tolist(), strict=True)
-        ]
+        if searched:
+            indices, scores = self._item_index.search(np.stack(queries), size, excluded)
+            ids = artifact.catalog.item_ids[indices].tolist()
+            for i, row_ids, values in zip(searched, ids, scores.tolist(), strict=True):
+                slate = out[i] = Slate(tuple(row_ids), tuple(values))
+                request = requests[i]
+                if request.unit_id not in self._rows and not self._context_items(request):
+                    self._default_slates[size] = slate
+        return [slate for slate in out if slate is not None]
+
+    def _context_items(self, request: RecRequest) -> list[str]:
+        """The request's catalogue items an unseen user's query is built from."""
+        context = [request.current_item, *reversed(request.cart_items)]
+        return [item for item in context if item is not None and item in self._index]
 
     def score_items(
         self, requests: Sequence[RecRequest], items: npt.NDArray[np.int64]
@@ -389,8 +407,7 @@ class TwoTowerStrategy(BaseStrategy):
 
     def _cold_query(self, request: RecRequest) -> npt.NDArray[np.float64]:
         """An unseen user's query from the request's items (current item first) or the default."""
-        context = [request.current_item, *reversed(request.cart_items)]
-        items = [item for item in context if item is not None and item in self._index]
+        items = self._context_items(request)
         if not items or self.artifact.user_tower is None:
             default: npt.NDArray[np.float64] = self._default
             return default
@@ -511,66 +528,6 @@ def _popularity_query(model_dim: int) -> npt.NDArray[np.float32]:
     query = np.zeros(model_dim + 1, dtype=np.float32)
     query[-1] = 1.0
     return query
-
-
-def random_holdout(
-    history: InteractionLog, fraction: float, seed: int
-) -> tuple[InteractionLog, HoldoutSet]:
-    """Hold out a seeded random `fraction` of the distinct positive (user, item) pairs.
-
-    Every row of a held-out pair (any event type) leaves the training log, so a held-out
-    item is new to its user in training; users keep their other rows.
-    """
-    items = item_indices(history)
-    positive = np.isin(history.event_types, POSITIVE_EVENTS) & (items >= 0)
-    users, user_codes = np.unique(history.user_ids.astype(str), return_inverse=True)
-    width = max(len(history.catalog), 1)
-    keys = user_codes.astype(np.int64).reshape(-1) * width + np.maximum(items, 0)
-    pairs = np.unique(keys[positive])
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.permutation(pairs)[: round(fraction * pairs.size)])
-    held_rows = np.isin(keys, chosen) & (items >= 0)
-    return subset_log(history, ~held_rows), _pairs_holdout(chosen, users, width)
-
-
-def time_holdout(history: InteractionLog, fraction: float) -> tuple[InteractionLog, HoldoutSet]:
-    """Hold out the latest `fraction` of the rows by time (all rows at or after the cut).
-
-    The held-out pairs are each user's positive items after the cut that the user has no
-    positive row for before it; users first seen after the cut are held out whole.
-    """
-    if len(history) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return history, HoldoutSet(np.zeros(0, dtype=str), np.zeros(1, dtype=np.int64), empty)
-    ordered = np.sort(history.timestamps)
-    n_held = max(round(fraction * len(ordered)), 1)
-    after = history.timestamps >= ordered[len(ordered) - n_held]
-    items = item_indices(history)
-    positive = np.isin(history.event_types, POSITIVE_EVENTS) & (items >= 0)
-    users, user_codes = np.unique(history.user_ids.astype(str), return_inverse=True)
-    width = max(len(history.catalog), 1)
-    keys = user_codes.astype(np.int64).reshape(-1) * width + np.maximum(items, 0)
-    before = np.unique(keys[positive & ~after])
-    pairs = np.setdiff1d(np.unique(keys[positive & after]), before)
-    return subset_log(history, ~after), _pairs_holdout(pairs, users, width)
-
-
-def _pairs_holdout(
-    pairs: npt.NDArray[np.int64], users: npt.NDArray[np.str_], width: int
-) -> HoldoutSet:
-    """Sorted (user code * width + item index) pair keys as the held-out items of `users`."""
-    counts = np.bincount(pairs // width, minlength=users.size)
-    has = counts > 0
-    indptr = np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int64)
-    return HoldoutSet(users[has].astype(str), indptr, (pairs % width).astype(np.int64))
-
-
-def _held_users(held: HoldoutSet, keep: npt.NDArray[np.bool_]) -> HoldoutSet:
-    """The held-out items of the users where `keep` is true."""
-    counts = np.diff(held.indptr)
-    rows = np.repeat(keep, counts)
-    indptr = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
-    return HoldoutSet(held.user_ids[keep], indptr, held.items[rows])
 
 
 def _too_little(sequences: PositiveSequences) -> str | None:

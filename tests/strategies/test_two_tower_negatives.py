@@ -91,7 +91,7 @@ def test_full_softmax_loss_is_the_weighted_cross_entropy_over_the_catalogue(
 
 
 def test_a_random_holdout_takes_whole_pairs(log: InteractionLog) -> None:
-    from strategies.two_tower.strategy import random_holdout
+    from strategies.two_tower.holdout import random_holdout
 
     train, held = random_holdout(log, 0.25, seed=4)
     pairs = set(zip(log.user_ids.tolist(), log.item_ids.tolist(), strict=True))

@@ -9,8 +9,8 @@ import pytest
 
 from abplatform.domain import Catalog, InteractionLog
 from strategies.two_tower import TwoTowerStrategy
+from strategies.two_tower.holdout import time_holdout
 from strategies.two_tower.params import TwoTowerParams
-from strategies.two_tower.strategy import time_holdout
 from tests.factories import GENRE_PARAMS, genre_world
 
 TIMED: dict[str, Any] = {
