@@ -34,6 +34,7 @@ import tempfile
 import time
 import timeit
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -297,9 +298,13 @@ def seed(url: str, artifacts: Path) -> None:
     engine.dispose()
 
 
+API_SINCE = datetime.now(UTC).replace(tzinfo=None)
+"""Exposures stored at or after this (naive UTC, as stored) were written by the API."""
+
+
 def stored(url: str, *, events: bool = True) -> tuple[int, int]:
     """Exposures and events (0 unless `events`) the database holds that the API wrote (not
-    the simulator's)."""
+    the simulator's: those are timed in the simulated past, before `API_SINCE`)."""
     from sqlalchemy import func, select
 
     from abplatform.storage import models as m
@@ -308,7 +313,7 @@ def stored(url: str, *, events: bool = True) -> tuple[int, int]:
     engine = open_database(url)
     with engine.connect() as conn:
         exposures = conn.execute(
-            select(func.count()).select_from(m.Exposure).where(m.Exposure.unit_id.like("user-%-%"))
+            select(func.count()).select_from(m.Exposure).where(m.Exposure.ts >= API_SINCE)
         ).scalar_one()
         n_events = 0
         if events:
@@ -424,7 +429,7 @@ def report(
     answered = {mode: 0 for mode, _ in results}
     for (mode, _), r in results.items():
         answered[mode] += r.requests - r.errors
-    assigned = answered["assign"] + answered["two-tower"]
+    assigned = answered["assign"] + answered["two-tower"] + answered["two-tower-known"]
     events = answered["events"]
     print(
         f"\nafter SIGTERM the database holds {rows[0]:,} exposures for {assigned:,} assignments "

@@ -9,6 +9,7 @@ inverse-propensity sums; Python only sees one row per variant or (context, arm).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Float,
     Select,
+    case,
     cast,
     distinct,
     func,
@@ -31,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from abplatform.config.models import MeanMetric, ProportionMetric, RatioMetric, UnitKind
 from abplatform.storage import models as m
+from reports.capping import Cap
 from reports.cuped import CovariateSums
 from reports.ipw import ArmSums
 from reports.sufficient import MeanStats, RatioStats
@@ -39,6 +42,7 @@ from reports.units import (
     PRE,
     UNKNOWN_CODE,
     PrePeriod,
+    UnitValues,
     ValueKey,
     float_constant,
     metric_key,
@@ -64,6 +68,15 @@ Metric = ProportionMetric | MeanMetric | RatioMetric
 _EXPOSURES = m.Exposure.__table__
 _MULTIPLE_CODE = -2
 """Row code of the units exposed to more than one variant."""
+
+Term = tuple[ValueKey, float]
+"""A per-unit value and the threshold it is capped at (``inf``: not capped)."""
+Thresholds = Mapping[tuple[str, str], float]
+"""Cap thresholds by (metric name, role) (`reports.capping`)."""
+
+
+def _thresholds(caps: Sequence[Cap]) -> dict[tuple[str, str], float]:
+    return {(c.metric, c.role): c.threshold for c in caps if c.threshold is not None}
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,8 @@ class ExperimentAggregates:
     stats: Mapping[str, Mapping[str, MeanStats | RatioStats]] = field(default_factory=dict)
     covariates: Mapping[str, Mapping[str, CovariateSums]] = field(default_factory=dict)
     """``covariates[metric_name][variant]``: CUPED sums of the metrics that asked for them."""
+    capped_units: Mapping[tuple[str, str], Mapping[str, int]] = field(default_factory=dict)
+    """``capped_units[(metric, role)][variant]``: units whose value was above the cap."""
 
     @property
     def total_exposed(self) -> int:
@@ -104,15 +119,21 @@ class ExperimentAggregates:
 # ---------------------------------------------------------------------------
 
 
-def _metric_terms(metric: Metric) -> dict[str, tuple[ValueKey, ...]]:
+def _term(key: ValueKey, thresholds: Thresholds, metric: str, role: str) -> Term:
+    return (key, thresholds.get((metric, role), math.inf))
+
+
+def _metric_terms(metric: Metric, thresholds: Thresholds) -> dict[str, tuple[Term, ...]]:
     """The per-variant sums a metric needs, by sufficient-statistic field name."""
+    name = metric.name
     if isinstance(metric, RatioMetric):
-        x = value_key(metric.numerator.event, metric.numerator.value)
-        y = value_key(metric.denominator.event, metric.denominator.value)
+        num, den = metric.numerator, metric.denominator
+        x = _term(value_key(num.event, num.value), thresholds, name, "numerator")
+        y = _term(value_key(den.event, den.value), thresholds, name, "denominator")
         return {"num": (x,), "den": (y,), "num_sq": (x, x), "den_sq": (y, y), "num_den": (x, y)}
-    v = metric_key(metric)
+    v = _term(metric_key(metric), thresholds, name, "value")
     # A 0/1 value is its own square.
-    return {"total": (v,), "total_sq": (v,) if v[1] == "any" else (v, v)}
+    return {"total": (v,), "total_sq": (v,) if v[0][1] == "any" else (v, v)}
 
 
 def cuped_eligible(metric: Metric) -> bool:
@@ -120,25 +141,47 @@ def cuped_eligible(metric: Metric) -> bool:
     return not isinstance(metric, RatioMetric) and metric.event != IMPRESSION
 
 
-def _covariate_terms(metric: Metric) -> dict[str, tuple[ValueKey, ...]]:
-    """The extra per-variant sums CUPED needs (covariate x = same aggregate, pre-period)."""
+def _covariate_terms(metric: Metric, thresholds: Thresholds) -> dict[str, tuple[Term, ...]]:
+    """The extra per-variant sums CUPED needs (covariate x = same aggregate, pre-period,
+    capped at the metric's threshold)."""
     if isinstance(metric, RatioMetric) or not cuped_eligible(metric):
         return {}
-    y = metric_key(metric)
-    x: ValueKey = (PRE + y[0], y[1])
-    return {"x": (x,), "x_sq": (x,) if x[1] == "any" else (x, x), "xy": (x, y)}
+    y = _term(metric_key(metric), thresholds, metric.name, "value")
+    x: Term = ((PRE + y[0][0], y[0][1]), y[1])
+    return {"x": (x,), "x_sq": (x,) if x[0][1] == "any" else (x, x), "xy": (x, y)}
 
 
 def _plan(
-    metrics: Sequence[Metric], covariates: Sequence[Metric] = ()
-) -> dict[tuple[ValueKey, ...], str]:
-    """Product of 1 or 2 per-unit values -> label of its per-variant SUM."""
-    products = [p for metric in metrics for p in _metric_terms(metric).values()]
-    products += [p for metric in covariates for p in _covariate_terms(metric).values()]
-    sums: dict[tuple[ValueKey, ...], str] = {}
+    metrics: Sequence[Metric],
+    covariates: Sequence[Metric] = (),
+    thresholds: Thresholds | None = None,
+) -> dict[tuple[Term, ...], str]:
+    """Product of 1 or 2 (capped) per-unit values -> label of its per-variant SUM."""
+    thresholds = thresholds or {}
+    products = [p for metric in metrics for p in _metric_terms(metric, thresholds).values()]
+    products += [p for metric in covariates for p in _covariate_terms(metric, thresholds).values()]
+    sums: dict[tuple[Term, ...], str] = {}
     for product in products:
         sums.setdefault(tuple(sorted(product)), f"s{len(sums)}")
     return sums
+
+
+def _capped(values: UnitValues, term: Term) -> ColumnElement[float]:
+    """A per-unit value, cut at its threshold: ``CASE WHEN v > t THEN t ELSE v END``."""
+    key, threshold = term
+    value = values.value(key)
+    if math.isinf(threshold):
+        return value
+    cut = float_constant(threshold)
+    return case((value > cut, cut), else_=value)
+
+
+def _product(values: UnitValues, factors: Sequence[Term]) -> ColumnElement[float]:
+    """The product of (capped) per-unit values (a square when a factor repeats)."""
+    out = _capped(values, factors[0])
+    for factor in factors[1:]:
+        out = out * _capped(values, factor)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -152,6 +195,7 @@ def build_aggregate_query(
     metrics: Sequence[Metric],
     covariates: Sequence[Metric] = (),
     pre_period: PrePeriod | None = None,
+    caps: Sequence[Cap] = (),
 ) -> CompoundSelect[*tuple[Any, ...]]:
     """The one SQL statement that turns exposures and events into per-variant sums.
 
@@ -169,11 +213,14 @@ def build_aggregate_query(
         exposure (see `unit_values`); units without history have ``x = 0``.
     pre_period : PrePeriod, optional
         Where those pre-period values come from; required with ``covariates``.
+    caps : sequence of Cap, optional
+        Capped per-unit values (`reports.capping`): their metrics sum ``min(v, t)``, and
+        ``c0, c1, ...`` count the units above each threshold.
 
     Returns
     -------
     CompoundSelect
-        Rows ``(code, n, s0, s1, ...)``: one per configured variant (``code``
+        Rows ``(code, n, s0, s1, ..., c0, ...)``: one per configured variant (``code``
         0, 1, ...), one with code -1 counting the units seen only in variants
         missing from the config and one with code -2 counting the units exposed
         to several variants (their sums are NULL). ``s*`` are floats, NULL when
@@ -187,17 +234,24 @@ def build_aggregate_query(
     filtered scan of the materialised ``units`` per variant is cheaper, and integer
     variant codes make ``MIN``/``MAX`` cheaper than on strings.
     """
-    sums = _plan(metrics, covariates)
-    if any(key[0].startswith(PRE) for product in sums for key in product) and not pre_period:
+    sums = _plan(metrics, covariates, _thresholds(caps))
+    if any(key[0].startswith(PRE) for product in sums for key, _ in product) and not pre_period:
         raise ValueError("CUPED covariates need the pre-period history (PrePeriod)")
+    counted = [(c.key, c.threshold) for c in caps if c.threshold is not None]
     values = unit_values(
         experiment_id,
-        (key for product in sums for key in product),
+        [key for product in sums for key, _ in product] + [key for key, _ in counted],
         variants=variants,
         pre_period=pre_period,
     )
     units, table = values.units, values.table
-    totals = [func.sum(values.product(factors)).label(label) for factors, label in sums.items()]
+    totals = [func.sum(_product(values, factors)).label(label) for factors, label in sums.items()]
+    one, zero = float_constant(1.0), float_constant(0.0)
+    totals += [
+        func.sum(case((values.value(key) > float_constant(t), one), else_=zero)).label(f"c{i}")
+        for i, (key, t) in enumerate(counted)
+    ]
+    labels = [*sums.values(), *(f"c{i}" for i in range(len(counted)))]
     branches: list[Select[*tuple[Any, ...]]] = []
     for i in range(len(variants)):
         code: ColumnElement[int] = literal_column(str(i))
@@ -206,7 +260,7 @@ def build_aggregate_query(
                 table.c.code == code, table.c.code_max == code
             )
         )
-    no_sums = [cast(null(), Float).label(label) for label in sums.values()]
+    no_sums = [cast(null(), Float).label(label) for label in labels]
     unknown: ColumnElement[int] = literal_column(str(UNKNOWN_CODE))
     branches.append(
         select(unknown.label("code"), func.count().label("n"), *no_sums)
@@ -249,6 +303,7 @@ def aggregate_experiment(
     metrics: Sequence[Metric],
     covariates: Sequence[Metric] = (),
     pre_period: PrePeriod | None = None,
+    caps: Sequence[Cap] = (),
 ) -> ExperimentAggregates:
     """Run the aggregation query and build each metric's per-variant statistics.
 
@@ -265,6 +320,8 @@ def aggregate_experiment(
     covariates, pre_period
         Metrics that also get CUPED covariate sums, from the pre-period history
         (see `build_aggregate_query`); ratio and impression metrics are skipped.
+    caps : sequence of Cap, optional
+        The capped per-unit values and their thresholds (`reports.capping.cap_thresholds`).
 
     Returns
     -------
@@ -275,26 +332,37 @@ def aggregate_experiment(
     """
     variants = list(variants)
     covariates = [metric for metric in covariates if cuped_eligible(metric)]
-    labels = _plan(metrics, covariates)
+    thresholds = _thresholds(caps)
+    labels = _plan(metrics, covariates, thresholds)
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     if pre_period is not None and bind.dialect.name == "postgresql":
         pre_period = dataclasses.replace(pre_period, hash_first_exposure=True)
-    query = build_aggregate_query(experiment_id, variants, metrics, covariates, pre_period)
+    query = build_aggregate_query(experiment_id, variants, metrics, covariates, pre_period, caps)
     by_code = {int(row["code"]): row for row in connection.execute(query).mappings()}
     units = {key: int(by_code[i]["n"]) for i, key in enumerate(variants)}
 
-    def sums_of(terms: Mapping[str, tuple[ValueKey, ...]], key: str) -> dict[str, float]:
+    def sums_of(terms: Mapping[str, tuple[Term, ...]], key: str) -> dict[str, float]:
         row = by_code[variants.index(key)]
         return {name: _as_float(row[labels[tuple(sorted(f))]]) for name, f in terms.items()}
 
     stats: dict[str, dict[str, MeanStats | RatioStats]] = {}
     for metric in metrics:
         kind = RatioStats if isinstance(metric, RatioMetric) else MeanStats
-        terms = _metric_terms(metric)
+        terms = _metric_terms(metric, thresholds)
         stats[metric.name] = {key: kind(n=n, **sums_of(terms, key)) for key, n in units.items()}
     covariate_sums = {
-        metric.name: {key: CovariateSums(**sums_of(_covariate_terms(metric), key)) for key in units}
+        metric.name: {
+            key: CovariateSums(**sums_of(_covariate_terms(metric, thresholds), key))
+            for key in units
+        }
         for metric in covariates
+    }
+    counted = [c for c in caps if c.threshold is not None]
+    capped_units: dict[tuple[str, str], Mapping[str, int]] = {
+        (c.metric, c.role): {
+            key: int(_as_float(by_code[variants.index(key)][f"c{i}"])) for key in units
+        }
+        for i, c in enumerate(counted)
     }
     unknown_units = int(by_code[UNKNOWN_CODE]["n"])
     return ExperimentAggregates(
@@ -306,6 +374,7 @@ def aggregate_experiment(
         else {},
         stats=stats,
         covariates=covariate_sums,
+        capped_units=capped_units,
     )
 
 
@@ -371,6 +440,7 @@ def model_version_stats(
     variants: Sequence[str],
     metrics: Sequence[Metric],
     of_variants: Sequence[str],
+    caps: Sequence[Cap] = (),
 ) -> dict[tuple[str, int | None], VersionStats]:
     """Each metric's statistics per (variant, model version) of the variants `of_variants`.
 
@@ -384,9 +454,10 @@ def model_version_stats(
     codes = [variants.index(v) for v in of_variants]
     if not codes:
         return {}
-    labels = _plan(metrics)
+    thresholds = _thresholds(caps)
+    labels = _plan(metrics, thresholds=thresholds)
     values = unit_values(
-        experiment_id, (key for product in labels for key in product), variants=variants
+        experiment_id, (key for product in labels for key, _ in product), variants=variants
     )
     units, table = values.units, values.table
     x = _EXPOSURES.alias("enrolment")
@@ -403,7 +474,7 @@ def model_version_stats(
         .group_by(x.c.unit_id)
         .subquery("enrolment")
     )
-    totals = [func.sum(values.product(f)).label(label) for f, label in labels.items()]
+    totals = [func.sum(_product(values, f)).label(label) for f, label in labels.items()]
     query = (
         select(table.c.code, enrolment.c.model, func.count().label("n"), *totals)
         .select_from(table.join(enrolment, enrolment.c.unit_key == table.c.unit_key))
@@ -419,7 +490,7 @@ def model_version_stats(
             kind = RatioStats if isinstance(metric, RatioMetric) else MeanStats
             sums = {
                 name: _as_float(row[labels[tuple(sorted(f))]])
-                for name, f in _metric_terms(metric).items()
+                for name, f in _metric_terms(metric, thresholds).items()
             }
             stats[metric.name] = kind(n=int(row["n"]), **sums)
         out[key] = VersionStats(int(row["n"]), stats)

@@ -38,6 +38,7 @@ from abplatform.storage.repository import get_experiment, latest_simulation
 from reports.aggregate import ExperimentAggregates, aggregate_experiment, cuped_eligible
 from reports.bandit import bandit_analysis
 from reports.bayes import beta_binomial, normal_approximation
+from reports.capping import Cap, cap_thresholds
 from reports.cuped import CovariateSums, CupedResult, cuped_adjust
 from reports.models import served_models
 from reports.multiple import adjust_pvalues
@@ -45,6 +46,7 @@ from reports.power import mde_at
 from reports.results import (
     AnalysisResult,
     BayesSummary,
+    CapSummary,
     ComparisonResult,
     CupedInfo,
     MetricResult,
@@ -402,6 +404,8 @@ def analyze(
             guardrails=frozenset(settings.guardrails),
         )
         variant_keys = [variant.key for variant in config.variants]
+        with stage("capping"):  # one statement per percentile cap
+            caps = cap_thresholds(session, stored.id, variant_keys, config.metrics)
         with stage("aggregate SQL"):  # units, metrics and CUPED sums: one query
             aggregates = aggregate_experiment(
                 session,
@@ -413,6 +417,7 @@ def analyze(
                     stored.catalog,
                     settings.pre_period.naive_utc() if settings.pre_period else None,
                 ),
+                caps=caps,
             )
         with stage("ground truth"):
             run = latest_simulation(session, stored.id)
@@ -422,7 +427,7 @@ def analyze(
             run_info = RunInfo(run.id, int(run.seed), run.status)
             ground_truth = run.ground_truth
         with stage("models"):
-            models, model_warnings = served_models(session, stored.id, config, options.alpha)
+            models, model_warnings = served_models(session, stored.id, config, options.alpha, caps)
         bandit = None
         if config.bandit is not None:
             with stage("bandit"):
@@ -470,7 +475,7 @@ def analyze(
     warnings.extend(srm_warnings)
     warnings.extend(model_warnings)
     with stage("statistics"):  # metrics and CUPED adjustment, in Python
-        metrics = _statistics(config, options, aggregates, ground_truth)
+        metrics = _statistics(config, options, aggregates, ground_truth, caps)
     with stage("ranking quality"):
         ranking_quality = _ranking(engine, stored.id, stored.catalog) if ranking else None
     return AnalysisResult(
@@ -514,20 +519,37 @@ def _ranking(engine: Engine, experiment_id: int, catalog: str) -> dict[str, Rank
 
 
 def _statistics(
-    config: ExperimentConfig, options: _Options, aggregates: ExperimentAggregates, ground_truth: Any
+    config: ExperimentConfig,
+    options: _Options,
+    aggregates: ExperimentAggregates,
+    ground_truth: Any,
+    caps: Sequence[Cap] = (),
 ) -> tuple[MetricResult, ...]:
     """Every metric's estimates and comparisons (CUPED-adjusted where it applies), corrected."""
-    return _apply_correction(
-        [
-            _metric_result(
-                metric,
-                aggregates.stats[metric.name],
-                config,
-                options,
-                ground_truth,
-                aggregates.covariates.get(metric.name),
+    results = []
+    for metric in config.metrics:
+        result = _metric_result(
+            metric,
+            aggregates.stats[metric.name],
+            config,
+            options,
+            ground_truth,
+            aggregates.covariates.get(metric.name),
+        )
+        capping = tuple(
+            CapSummary(
+                role=cap.role,
+                type=cap.config.type,
+                value=cap.config.value,
+                threshold=cap.threshold,
+                capped_units=dict(
+                    aggregates.capped_units.get(
+                        (cap.metric, cap.role), dict.fromkeys(aggregates.units, 0)
+                    )
+                ),
             )
-            for metric in config.metrics
-        ],
-        options,
-    )
+            for cap in caps
+            if cap.metric == metric.name
+        )
+        results.append(dataclasses.replace(result, capping=capping) if capping else result)
+    return _apply_correction(results, options)

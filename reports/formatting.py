@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from reports.results import RankingQuality
+from reports.results import CapSummary, RankingQuality
 
 __all__ = [
     "DASH",
+    "capping_text",
     "format_diff",
     "format_interval",
     "format_lift",
@@ -102,3 +103,24 @@ def ranking_cells(values: RankingQuality) -> dict[str, str]:
         "diversity": format_number(values.intra_list_diversity),
         "novelty": format_number(values.novelty),
     }
+
+
+def capping_text(capping: Sequence[CapSummary]) -> str:
+    """``capped: value at 812.5 (99th percentile, pooled): 41 units (a 20, b 21)``; "" if none."""
+    parts = []
+    for cap in capping:
+        if cap.threshold is None:
+            parts.append(f"{cap.role} not capped (no units to compute the percentile from)")
+            continue
+        rule = (
+            f"{cap.value * 100:g}th percentile, pooled over variants"
+            if cap.type == "percentile"
+            else "absolute"
+        )
+        total = sum(cap.capped_units.values())
+        per_variant = ", ".join(f"{v} {n:,}" for v, n in cap.capped_units.items())
+        parts.append(
+            f"{cap.role} capped at {cap.threshold:.6g} ({rule}): "
+            f"{total:,} unit{'s' if total != 1 else ''} cut ({per_variant})"
+        )
+    return "; ".join(parts)

@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from reports.charts import lift_chart, line_chart
 from reports.formatting import (
     DASH,
+    capping_text,
     format_diff,
     format_interval,
     format_lift,
@@ -307,6 +308,7 @@ def _metric_view(mr: MetricResult, control: str, alpha: float) -> dict[str, Any]
         "charts": [_chart(mr, cmp, confidence) for cmp in mr.comparisons],
         "guardrail": mr.guardrail,
         "cuped": _cuped_text(mr),
+        "capping": capping_text(mr.capping),
     }
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "BanditArm",
     "BanditResult",
     "BayesSummary",
+    "CapSummary",
     "ComparisonResult",
     "CupedInfo",
     "MetricResult",
@@ -180,6 +181,20 @@ class ComparisonResult(JsonResult):
 
 
 @dataclass(frozen=True)
+class CapSummary(JsonResult):
+    """A capped per-unit value of a metric: its rule, the threshold and the units cut."""
+
+    role: str
+    """``value`` (a mean metric), ``numerator`` or ``denominator`` (a ratio)."""
+    type: str
+    value: float
+    threshold: float | None
+    """None when a percentile had no analysed unit to be computed from."""
+    capped_units: Mapping[str, int]
+    """Per variant, the units whose value was above the threshold (and was cut to it)."""
+
+
+@dataclass(frozen=True)
 class MetricResult(JsonResult):
     """Per-variant estimates, comparisons with the control and ground truth of one metric."""
 
@@ -191,6 +206,8 @@ class MetricResult(JsonResult):
     guardrail: bool = False
     cuped: CupedInfo | None = None
     """Pooled over variants; ``variance_reduction`` is 1 - var(adjusted) / var(raw)."""
+    capping: tuple[CapSummary, ...] = ()
+    """The metric's capped values (`reports.capping`); empty when it is not capped."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (no NaN/inf); no CUPED record reads "not requested"."""

@@ -140,13 +140,6 @@ class UnitValues:
         """The per-unit value column of ``key``."""
         return self.table.c[self.labels[key]]
 
-    def product(self, factors: Sequence[ValueKey]) -> ColumnElement[float]:
-        """The product of per-unit values (a square when a factor repeats)."""
-        term = self.value(factors[0])
-        for factor in factors[1:]:
-            term = term * self.value(factor)
-        return term
-
 
 def _units_cte(
     experiment_id: int, kind: UnitKind, variants: Sequence[str] | None, materialized: bool

@@ -278,14 +278,17 @@ def seed_interactions(engine: Engine, rows: list[tuple[str, str, str, int, float
         )
 
 
-def seed_world(engine: Engine, key: str, analysis: str) -> dict[str, dict[str, np.ndarray]]:
+def seed_world(
+    engine: Engine, key: str, analysis: str, yaml_text: str | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """A 3-variant experiment whose outcomes correlate with each unit's history.
 
     Returns the per-unit arrays (y: clicks, revenue, converted; x: the same before exposure)
-    per variant, as the oracle sees them.
+    per variant, as the oracle sees them. `yaml_text` replaces the experiment's YAML (same
+    three variants; `analysis` is then ignored).
     """
     rng = np.random.default_rng(21)
-    experiment_id = create_experiment(engine, cuped_yaml(key, analysis))
+    experiment_id = create_experiment(engine, yaml_text or cuped_yaml(key, analysis))
     exposures, events, history = [], [], []
     truth: dict[str, dict[str, list[float]]] = {
         v: {k: [] for k in ("clicks", "revenue", "conv", "x_clicks", "x_revenue", "x_conv")}

@@ -10,7 +10,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from abplatform.config.models import ExperimentConfig, RatioMetric, ThompsonAssignmentConfig
+from abplatform.config.models import (
+    ExperimentConfig,
+    MeanMetric,
+    RatioMetric,
+    ThompsonAssignmentConfig,
+)
 from abplatform.errors import AbplatformError, ConfigError, ConfigProblem, UnknownNameError
 from abplatform.registry import strategies
 from abplatform.values import text_problem
@@ -168,6 +173,16 @@ def _bandit_problems(
                 "assignment.reward_metric",
                 "ratio metrics are not supported as a bandit reward (it needs one reward per "
                 "unit); use a proportion metric (binary reward) or a mean metric (continuous)",
+                bandit.reward_metric,
+            )
+        )
+    elif isinstance(metric, MeanMetric) and metric.cap is not None:
+        problems.append(
+            ConfigProblem(
+                "assignment.reward_metric",
+                f"metric {metric.name!r} is capped: the bandit's rewards are the raw per-unit "
+                "values, so a capped metric cannot be its reward (drop the cap or reward "
+                "another metric)",
                 bandit.reward_metric,
             )
         )

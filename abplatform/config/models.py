@@ -131,11 +131,33 @@ AssignmentSpec = Annotated[
 """`assignment:` is hashed by default or a Thompson-sampling bandit (``type: thompson``)."""
 
 
+class CapConfig(_Strict):
+    """Winsorisation of a per-unit value: at a percentile pooled over all variants, or at an
+    absolute value (`reports.capping`)."""
+
+    type: Literal["percentile", "absolute"]
+    value: float = Field(allow_inf_nan=False)
+    ignore_zeros: bool = Field(
+        default=False, description="percentile only: compute it over the units with v > 0"
+    )
+
+    @model_validator(mode="after")
+    def _in_range(self) -> CapConfig:
+        if self.ignore_zeros and self.type != "percentile":
+            raise ValueError("ignore_zeros applies to a percentile cap only")
+        if self.type == "percentile" and not 0.0 < self.value < 1.0:
+            raise ValueError("a percentile cap is a share strictly between 0 and 1, e.g. 0.99")
+        if self.type == "absolute" and not self.value > 0.0:
+            raise ValueError("an absolute cap must be positive")
+        return self
+
+
 class EventCount(_Strict):
     """A per-unit aggregate of one event type: the count of events or the sum of their values."""
 
     event: MetricEvent
     value: Literal["count", "sum"] = "count"
+    cap: CapConfig | None = None
 
     _event = field_validator("event")(_check_event)
 
@@ -150,6 +172,16 @@ class ProportionMetric(_Strict):
 
     _event = field_validator("event")(_check_event)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_cap(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cap" in data:
+            raise ValueError(
+                "cap: a proportion is 0 or 1 per unit, there is nothing to cap "
+                "(cap a mean or a ratio's numerator or denominator)"
+            )
+        return data
+
 
 class MeanMetric(_Strict):
     """Mean over units of a per-unit count or sum of an event type."""
@@ -158,6 +190,7 @@ class MeanMetric(_Strict):
     type: Literal["mean"]
     event: MetricEvent
     value: Literal["count", "sum"] = "count"
+    cap: CapConfig | None = None
     description: str = ""
 
     _event = field_validator("event")(_check_event)
