@@ -402,19 +402,29 @@ def exposures_by_model(
     two models of a variant counts in both.
     """
     x = _EXPOSURES
-    # Grouped by unit first, then counted: a hash aggregate on PostgreSQL where
-    # COUNT(DISTINCT) sorts every exposure (0.37 s instead of 0.73 s at 280,000 exposures).
-    per_unit = (
-        select(x.c.variant, x.c.model_id, func.count().label("n"))
-        .where(x.c.experiment_id == experiment_id)
-        .group_by(x.c.variant, x.c.model_id, x.c.unit_id)
-        .subquery()
-    )
-    rows = connection.execute(
-        select(
+    bind = connection.get_bind() if isinstance(connection, Session) else connection
+    if bind.dialect.name == "sqlite":
+        # One sequential scan and COUNT(DISTINCT): grouping by unit first made SQLite walk
+        # the unit index and fetch each exposure's row at random (0.9 s vs 2.5 s measured
+        # side by side at 280,000 exposures on a busy machine).
+        query = (
+            select(x.c.variant, x.c.model_id, func.count(), func.count(distinct(x.c.unit_id)))
+            .where(x.c.experiment_id == experiment_id)
+            .group_by(x.c.variant, x.c.model_id)
+        )
+    else:
+        # Grouped by unit first, then counted: a hash aggregate on PostgreSQL where
+        # COUNT(DISTINCT) sorts every exposure (0.37 s instead of 0.73 s at 280,000 exposures).
+        per_unit = (
+            select(x.c.variant, x.c.model_id, func.count().label("n"))
+            .where(x.c.experiment_id == experiment_id)
+            .group_by(x.c.variant, x.c.model_id, x.c.unit_id)
+            .subquery()
+        )
+        query = select(
             per_unit.c.variant, per_unit.c.model_id, func.sum(per_unit.c.n), func.count()
         ).group_by(per_unit.c.variant, per_unit.c.model_id)
-    ).all()
+    rows = connection.execute(query).all()
     out = [
         ModelExposures(str(v), None if model is None else int(model), int(n), int(units))
         for v, model, n, units in rows
