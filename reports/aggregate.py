@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -31,11 +32,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from abplatform.config.models import MeanMetric, ProportionMetric, RatioMetric, UnitKind
+from abplatform.config.models import MeanMetric, ProportionMetric, RatioMetric
 from abplatform.storage import models as m
 from reports.capping import Cap
 from reports.cuped import CovariateSums
-from reports.ipw import ArmSums
 from reports.sufficient import MeanStats, RatioStats
 from reports.units import (
     IMPRESSION,
@@ -49,14 +49,13 @@ from reports.units import (
     unit_values,
     value_key,
 )
+from reports.windows import closed_key, windowed_key
 
 __all__ = [
     "ExperimentAggregates",
     "ModelExposures",
     "VersionStats",
     "aggregate_experiment",
-    "arm_sums",
-    "arm_version_counts",
     "build_aggregate_query",
     "cuped_eligible",
     "exposures_by_model",
@@ -119,21 +118,59 @@ class ExperimentAggregates:
 # ---------------------------------------------------------------------------
 
 
-def _term(key: ValueKey, thresholds: Thresholds, metric: str, role: str) -> Term:
-    return (key, thresholds.get((metric, role), math.inf))
+@dataclass(frozen=True)
+class Shape:
+    """How the metrics' per-unit values are shaped before they are summed: the cap
+    thresholds (`reports.capping`) and the analysis time that closes windows
+    (`reports.windows`)."""
+
+    thresholds: Thresholds = field(default_factory=dict)
+    as_of: datetime | None = None
+
+    def term(self, key: ValueKey, metric: Metric, role: str) -> Term:
+        """The metric's per-unit value `key` (windowed as the metric is), with its cap."""
+        return (
+            windowed_key(key, metric.window),
+            self.thresholds.get((metric.name, role), math.inf),
+        )
+
+    def closed(self, metric: Metric) -> Term | None:
+        """The closed-window indicator of a windowed metric (None without a window)."""
+        if metric.window is None:
+            return None
+        if self.as_of is None:
+            raise ValueError(f"metric {metric.name!r} has a window: the analysis needs as_of")
+        return (closed_key(metric.window, self.as_of), math.inf)
 
 
-def _metric_terms(metric: Metric, thresholds: Thresholds) -> dict[str, tuple[Term, ...]]:
-    """The per-variant sums a metric needs, by sufficient-statistic field name."""
-    name = metric.name
+NO_SHAPE = Shape()
+
+
+def _restricted(
+    terms: Mapping[str, tuple[Term, ...]], closed: Term | None, *, count: bool
+) -> dict[str, tuple[Term, ...]]:
+    """Each product times the closed-window indicator, and ``n`` its sum (windowed metrics)."""
+    if closed is None:
+        return dict(terms)
+    out = {name: (*product, closed) for name, product in terms.items()}
+    if count:
+        out["n"] = (closed,)
+    return out
+
+
+def _metric_terms(metric: Metric, shape: Shape) -> dict[str, tuple[Term, ...]]:
+    """The per-variant sums a metric needs, by sufficient-statistic field name (and ``n``, the
+    units whose window has closed, for a windowed metric)."""
     if isinstance(metric, RatioMetric):
         num, den = metric.numerator, metric.denominator
-        x = _term(value_key(num.event, num.value), thresholds, name, "numerator")
-        y = _term(value_key(den.event, den.value), thresholds, name, "denominator")
-        return {"num": (x,), "den": (y,), "num_sq": (x, x), "den_sq": (y, y), "num_den": (x, y)}
-    v = _term(metric_key(metric), thresholds, name, "value")
-    # A 0/1 value is its own square.
-    return {"total": (v,), "total_sq": (v,) if v[0][1] == "any" else (v, v)}
+        x = shape.term(value_key(num.event, num.value), metric, "numerator")
+        y = shape.term(value_key(den.event, den.value), metric, "denominator")
+        terms = {"num": (x,), "den": (y,), "num_sq": (x, x), "den_sq": (y, y), "num_den": (x, y)}
+    else:
+        v = shape.term(metric_key(metric), metric, "value")
+        # A 0/1 value is its own square.
+        terms = {"total": (v,), "total_sq": (v,) if v[0][1] == "any" else (v, v)}
+    return _restricted(terms, shape.closed(metric), count=True)
 
 
 def cuped_eligible(metric: Metric) -> bool:
@@ -141,29 +178,36 @@ def cuped_eligible(metric: Metric) -> bool:
     return not isinstance(metric, RatioMetric) and metric.event != IMPRESSION
 
 
-def _covariate_terms(metric: Metric, thresholds: Thresholds) -> dict[str, tuple[Term, ...]]:
+def _covariate_terms(metric: Metric, shape: Shape) -> dict[str, tuple[Term, ...]]:
     """The extra per-variant sums CUPED needs (covariate x = same aggregate, pre-period,
-    capped at the metric's threshold)."""
+    capped at the metric's threshold; over the closed-window units of a windowed metric)."""
     if isinstance(metric, RatioMetric) or not cuped_eligible(metric):
         return {}
-    y = _term(metric_key(metric), thresholds, metric.name, "value")
-    x: Term = ((PRE + y[0][0], y[0][1]), y[1])
-    return {"x": (x,), "x_sq": (x,) if x[0][1] == "any" else (x, x), "xy": (x, y)}
+    key = metric_key(metric)
+    y = shape.term(key, metric, "value")
+    x: Term = ((PRE + key[0], key[1]), y[1])
+    terms = {"x": (x,), "x_sq": (x,) if x[0][1] == "any" else (x, x), "xy": (x, y)}
+    return _restricted(terms, shape.closed(metric), count=False)
 
 
 def _plan(
-    metrics: Sequence[Metric],
-    covariates: Sequence[Metric] = (),
-    thresholds: Thresholds | None = None,
+    metrics: Sequence[Metric], covariates: Sequence[Metric] = (), shape: Shape = NO_SHAPE
 ) -> dict[tuple[Term, ...], str]:
-    """Product of 1 or 2 (capped) per-unit values -> label of its per-variant SUM."""
-    thresholds = thresholds or {}
-    products = [p for metric in metrics for p in _metric_terms(metric, thresholds).values()]
-    products += [p for metric in covariates for p in _covariate_terms(metric, thresholds).values()]
+    """Product of (capped, windowed) per-unit values -> label of its per-variant SUM."""
+    products = [p for metric in metrics for p in _metric_terms(metric, shape).values()]
+    products += [p for metric in covariates for p in _covariate_terms(metric, shape).values()]
     sums: dict[tuple[Term, ...], str] = {}
     for product in products:
         sums.setdefault(tuple(sorted(product)), f"s{len(sums)}")
     return sums
+
+
+def _statistics_of(metric: Metric, n: int, sums: Mapping[str, float]) -> MeanStats | RatioStats:
+    """A metric's sufficient statistics from its sums (a windowed metric brings its own n)."""
+    fields = dict(sums)
+    count = round(fields.pop("n")) if "n" in fields else n
+    kind = RatioStats if isinstance(metric, RatioMetric) else MeanStats
+    return kind(n=count, **fields)
 
 
 def _capped(values: UnitValues, term: Term) -> ColumnElement[float]:
@@ -196,6 +240,7 @@ def build_aggregate_query(
     covariates: Sequence[Metric] = (),
     pre_period: PrePeriod | None = None,
     caps: Sequence[Cap] = (),
+    as_of: datetime | None = None,
 ) -> CompoundSelect[*tuple[Any, ...]]:
     """The one SQL statement that turns exposures and events into per-variant sums.
 
@@ -216,6 +261,8 @@ def build_aggregate_query(
     caps : sequence of Cap, optional
         Capped per-unit values (`reports.capping`): their metrics sum ``min(v, t)``, and
         ``c0, c1, ...`` count the units above each threshold.
+    as_of : datetime, optional
+        The analysis time (naive UTC), needed by windowed metrics (`reports.windows`).
 
     Returns
     -------
@@ -234,13 +281,14 @@ def build_aggregate_query(
     filtered scan of the materialised ``units`` per variant is cheaper, and integer
     variant codes make ``MIN``/``MAX`` cheaper than on strings.
     """
-    sums = _plan(metrics, covariates, _thresholds(caps))
+    sums = _plan(metrics, covariates, Shape(_thresholds(caps), as_of))
     if any(key[0].startswith(PRE) for product in sums for key, _ in product) and not pre_period:
         raise ValueError("CUPED covariates need the pre-period history (PrePeriod)")
-    counted = [(c.key, c.threshold) for c in caps if c.threshold is not None]
+    counted = [(c.key, c.threshold, c.closed) for c in caps if c.threshold is not None]
+    extra = [key for key, _, _ in counted] + [c for _, _, c in counted if c is not None]
     values = unit_values(
         experiment_id,
-        [key for product in sums for key, _ in product] + [key for key, _ in counted],
+        [key for product in sums for key, _ in product] + extra,
         variants=variants,
         pre_period=pre_period,
     )
@@ -248,8 +296,13 @@ def build_aggregate_query(
     totals = [func.sum(_product(values, factors)).label(label) for factors, label in sums.items()]
     one, zero = float_constant(1.0), float_constant(0.0)
     totals += [
-        func.sum(case((values.value(key) > float_constant(t), one), else_=zero)).label(f"c{i}")
-        for i, (key, t) in enumerate(counted)
+        func.sum(
+            case(
+                (values.value(key) > float_constant(t), one if c is None else values.value(c)),
+                else_=zero,
+            )
+        ).label(f"c{i}")
+        for i, (key, t, c) in enumerate(counted)
     ]
     labels = [*sums.values(), *(f"c{i}" for i in range(len(counted)))]
     branches: list[Select[*tuple[Any, ...]]] = []
@@ -304,6 +357,7 @@ def aggregate_experiment(
     covariates: Sequence[Metric] = (),
     pre_period: PrePeriod | None = None,
     caps: Sequence[Cap] = (),
+    as_of: datetime | None = None,
 ) -> ExperimentAggregates:
     """Run the aggregation query and build each metric's per-variant statistics.
 
@@ -322,6 +376,9 @@ def aggregate_experiment(
         (see `build_aggregate_query`); ratio and impression metrics are skipped.
     caps : sequence of Cap, optional
         The capped per-unit values and their thresholds (`reports.capping.cap_thresholds`).
+    as_of : datetime, optional
+        The analysis time (naive UTC) that closes metric windows; a windowed metric's
+        statistics count only its closed-window units (`reports.windows`).
 
     Returns
     -------
@@ -332,12 +389,14 @@ def aggregate_experiment(
     """
     variants = list(variants)
     covariates = [metric for metric in covariates if cuped_eligible(metric)]
-    thresholds = _thresholds(caps)
-    labels = _plan(metrics, covariates, thresholds)
+    shape = Shape(_thresholds(caps), as_of)
+    labels = _plan(metrics, covariates, shape)
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     if pre_period is not None and bind.dialect.name == "postgresql":
         pre_period = dataclasses.replace(pre_period, hash_first_exposure=True)
-    query = build_aggregate_query(experiment_id, variants, metrics, covariates, pre_period, caps)
+    query = build_aggregate_query(
+        experiment_id, variants, metrics, covariates, pre_period, caps, as_of
+    )
     by_code = {int(row["code"]): row for row in connection.execute(query).mappings()}
     units = {key: int(by_code[i]["n"]) for i, key in enumerate(variants)}
 
@@ -347,13 +406,13 @@ def aggregate_experiment(
 
     stats: dict[str, dict[str, MeanStats | RatioStats]] = {}
     for metric in metrics:
-        kind = RatioStats if isinstance(metric, RatioMetric) else MeanStats
-        terms = _metric_terms(metric, thresholds)
-        stats[metric.name] = {key: kind(n=n, **sums_of(terms, key)) for key, n in units.items()}
+        terms = _metric_terms(metric, shape)
+        stats[metric.name] = {
+            key: _statistics_of(metric, n, sums_of(terms, key)) for key, n in units.items()
+        }
     covariate_sums = {
         metric.name: {
-            key: CovariateSums(**sums_of(_covariate_terms(metric, thresholds), key))
-            for key in units
+            key: CovariateSums(**sums_of(_covariate_terms(metric, shape), key)) for key in units
         }
         for metric in covariates
     }
@@ -451,6 +510,7 @@ def model_version_stats(
     metrics: Sequence[Metric],
     of_variants: Sequence[str],
     caps: Sequence[Cap] = (),
+    as_of: datetime | None = None,
 ) -> dict[tuple[str, int | None], VersionStats]:
     """Each metric's statistics per (variant, model version) of the variants `of_variants`.
 
@@ -464,8 +524,8 @@ def model_version_stats(
     codes = [variants.index(v) for v in of_variants]
     if not codes:
         return {}
-    thresholds = _thresholds(caps)
-    labels = _plan(metrics, thresholds=thresholds)
+    shape = Shape(_thresholds(caps), as_of)
+    labels = _plan(metrics, shape=shape)
     values = unit_values(
         experiment_id, (key for product in labels for key, _ in product), variants=variants
     )
@@ -497,79 +557,10 @@ def model_version_stats(
         key = (variants[int(row["code"])], None if model == _FITTED_AT_START else model)
         stats: dict[str, MeanStats | RatioStats] = {}
         for metric in metrics:
-            kind = RatioStats if isinstance(metric, RatioMetric) else MeanStats
             sums = {
                 name: _as_float(row[labels[tuple(sorted(f))]])
-                for name, f in _metric_terms(metric, thresholds).items()
+                for name, f in _metric_terms(metric, shape).items()
             }
-            stats[metric.name] = kind(n=int(row["n"]), **sums)
+            stats[metric.name] = _statistics_of(metric, int(row["n"]), sums)
         out[key] = VersionStats(int(row["n"]), stats)
     return out
-
-
-# ---------------------------------------------------------------------------
-# Bandit analysis: per (context, arm) inverse-propensity sums
-# ---------------------------------------------------------------------------
-
-
-def arm_sums(
-    conn: Connection,
-    experiment_id: int,
-    metric: ProportionMetric | MeanMetric,
-    kind: UnitKind,
-) -> tuple[list[ArmSums], int]:
-    """Per (context, arm) IPW sums of the bandit units' rewards, and the units excluded.
-
-    A unit's reward is its per-unit value of the reward metric (`unit_values`). Units whose
-    exposures carry more than one arm (only possible with logs from elsewhere) or no
-    positive propensity are excluded and counted.
-    """
-    values = unit_values(experiment_id, [metric_key(metric)], kind=kind)
-    u = values.table
-    y, p = values.value(metric_key(metric)), u.c.propensity
-    one = float_constant(1.0)
-    rows = conn.execute(
-        select(
-            u.c.context,
-            u.c.arm,
-            func.count(),
-            func.sum(one / p),
-            func.sum(one / (p * p)),
-            func.sum(y),
-            func.sum(y * y),
-            func.sum(y / p),
-            func.sum(y / (p * p)),
-            func.sum(y * y / (p * p)),
-            func.min(p),
-        )
-        .where(u.c.arm == u.c.arm_max, p > 0)
-        .group_by(u.c.context, u.c.arm)
-        .order_by(u.c.context, u.c.arm)
-    ).all()
-    out = [
-        ArmSums(str(row[0]), str(row[1]), int(row[2]), *(_as_float(v) for v in row[3:11]))
-        for row in rows
-    ]
-    units = values.units
-    excluded = conn.execute(
-        select(func.count())
-        .select_from(units)
-        .where((units.c.arm != units.c.arm_max) | (units.c.propensity <= 0))
-    ).scalar_one()
-    return out, int(excluded)
-
-
-def arm_version_counts(
-    conn: Connection, experiment_id: int, kind: UnitKind
-) -> list[tuple[str, int | None, str, int]]:
-    """Bandit units per (context, weight version, arm); units with several arms left out."""
-    units = unit_values(experiment_id, (), kind=kind, materialized=False).units
-    rows = conn.execute(
-        select(units.c.context, units.c.version, units.c.arm, func.count())
-        .where(units.c.arm == units.c.arm_max)
-        .group_by(units.c.context, units.c.version, units.c.arm)
-    ).all()
-    return [
-        (str(c), None if version is None else int(version), str(arm), int(n))
-        for c, version, arm, n in rows
-    ]

@@ -22,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -56,6 +57,7 @@ from reports.results import (
     SrmSummary,
     VariantEstimate,
     Verdict,
+    WindowSummary,
 )
 from reports.sequential import always_valid
 from reports.stages import stage
@@ -350,7 +352,12 @@ def _no_data_error(key: str) -> AbplatformError:
 
 
 def analyze(
-    engine: Engine, key: str, alpha: float | None = None, *, ranking: bool = True
+    engine: Engine,
+    key: str,
+    alpha: float | None = None,
+    *,
+    ranking: bool = True,
+    as_of: datetime | None = None,
 ) -> AnalysisResult:
     """Analyse an experiment: units, SRM check, and every metric against the control.
 
@@ -363,6 +370,11 @@ def analyze(
     alpha : float, optional
         Two-sided significance level of the confidence intervals and tests;
         defaults to the config's ``analysis.alpha`` (0.05).
+    ranking : bool
+        Whether to compute the ranking-quality section.
+    as_of : datetime, optional
+        The analysis time that decides which metric windows have closed (naive UTC or
+        aware); defaults to now.
 
     Returns
     -------
@@ -387,6 +399,7 @@ def analyze(
         isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 < float(alpha) < 1.0
     ):
         raise ValueError(f"alpha must be strictly between 0 and 1, got {alpha!r}")
+    as_of = datetime.now(UTC).replace(tzinfo=None) if as_of is None else _naive_utc(as_of)
     engine = with_local_settings(engine, POSTGRES_SETTINGS)
     with stage("planner statistics"):
         refresh_planner_statistics(engine)
@@ -405,7 +418,7 @@ def analyze(
         )
         variant_keys = [variant.key for variant in config.variants]
         with stage("capping"):  # one statement per percentile cap
-            caps = cap_thresholds(session, stored.id, variant_keys, config.metrics)
+            caps = cap_thresholds(session, stored.id, variant_keys, config.metrics, as_of)
         with stage("aggregate SQL"):  # units, metrics and CUPED sums: one query
             aggregates = aggregate_experiment(
                 session,
@@ -418,6 +431,7 @@ def analyze(
                     settings.pre_period.naive_utc() if settings.pre_period else None,
                 ),
                 caps=caps,
+                as_of=as_of,
             )
         with stage("ground truth"):
             run = latest_simulation(session, stored.id)
@@ -427,7 +441,9 @@ def analyze(
             run_info = RunInfo(run.id, int(run.seed), run.status)
             ground_truth = run.ground_truth
         with stage("models"):
-            models, model_warnings = served_models(session, stored.id, config, options.alpha, caps)
+            models, model_warnings = served_models(
+                session, stored.id, config, options.alpha, caps, as_of
+            )
         bandit = None
         if config.bandit is not None:
             with stage("bandit"):
@@ -475,7 +491,7 @@ def analyze(
     warnings.extend(srm_warnings)
     warnings.extend(model_warnings)
     with stage("statistics"):  # metrics and CUPED adjustment, in Python
-        metrics = _statistics(config, options, aggregates, ground_truth, caps)
+        metrics = _statistics(config, options, aggregates, ground_truth, caps, as_of)
     with stage("ranking quality"):
         ranking_quality = _ranking(engine, stored.id, stored.catalog) if ranking else None
     return AnalysisResult(
@@ -524,6 +540,7 @@ def _statistics(
     aggregates: ExperimentAggregates,
     ground_truth: Any,
     caps: Sequence[Cap] = (),
+    as_of: datetime | None = None,
 ) -> tuple[MetricResult, ...]:
     """Every metric's estimates and comparisons (CUPED-adjusted where it applies), corrected."""
     results = []
@@ -551,5 +568,21 @@ def _statistics(
             for cap in caps
             if cap.metric == metric.name
         )
-        results.append(dataclasses.replace(result, capping=capping) if capping else result)
+        if capping:
+            result = dataclasses.replace(result, capping=capping)
+        if metric.window is not None and as_of is not None:
+            stats = aggregates.stats[metric.name]
+            window = WindowSummary(
+                start=metric.window.start,
+                end=metric.window.end,
+                delay=metric.window.delay,
+                as_of=as_of.replace(tzinfo=UTC).isoformat(),
+                open_units={v: n - stats[v].n for v, n in aggregates.units.items()},
+            )
+            result = dataclasses.replace(result, window=window)
+        results.append(result)
     return _apply_correction(results, options)
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)

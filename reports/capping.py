@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import Connection, Float, cast, func, literal, select
@@ -40,6 +41,7 @@ from abplatform.config.models import (
     RatioMetric,
 )
 from reports.units import ValueKey, unit_values, value_key
+from reports.windows import closed_key, windowed_key
 
 __all__ = ["CAPPED_ROLES", "Cap", "CapRole", "cap_thresholds", "capped_values", "percentile"]
 
@@ -63,19 +65,23 @@ class Cap:
     key: ValueKey
     config: CapConfig
     threshold: float | None
+    closed: ValueKey | None = None
+    """A windowed metric's closed-window indicator: only those units are counted."""
 
 
 def capped_values(metric: Metric) -> list[tuple[CapRole, ValueKey, CapConfig]]:
-    """The metric's capped per-unit values: (role, value key, cap) in role order."""
+    """The metric's capped per-unit values: (role, value key, cap) in role order; the keys
+    are windowed as the metric is (`reports.windows`)."""
+    window = metric.window
     if isinstance(metric, MeanMetric) and metric.cap is not None:
-        return [("value", value_key(metric.event, metric.value), metric.cap)]
+        return [("value", windowed_key(value_key(metric.event, metric.value), window), metric.cap)]
     if isinstance(metric, RatioMetric):
         parts: list[tuple[CapRole, EventCount]] = [
             ("numerator", metric.numerator),
             ("denominator", metric.denominator),
         ]
         return [
-            (role, value_key(part.event, part.value), part.cap)
+            (role, windowed_key(value_key(part.event, part.value), window), part.cap)
             for role, part in parts
             if part.cap is not None
         ]
@@ -102,16 +108,21 @@ def _pooled_percentile(
     variants: Sequence[str],
     key: ValueKey,
     config: CapConfig,
+    closed: ValueKey | None,
 ) -> float | None:
     """The quantile of the per-unit value ``key`` over the analysed units (over those with
-    a positive value when the cap ignores zeros)."""
+    a positive value when the cap ignores zeros; whose window has closed when windowed)."""
     share = config.value
-    values = unit_values(experiment_id, [key], variants=variants)
+    values = unit_values(
+        experiment_id, [key] if closed is None else [key, closed], variants=variants
+    )
     table = values.table
     value = values.value(key)
     analysed = [table.c.code == table.c.code_max, table.c.code >= 0]
     if config.ignore_zeros:
         analysed.append(value > 0)
+    if closed is not None:
+        analysed.append(values.value(closed) > 0)
     ranked = (
         select(
             value.label("v"),
@@ -138,13 +149,24 @@ def cap_thresholds(
     experiment_id: int,
     variants: Sequence[str],
     metrics: Sequence[Metric],
+    as_of: datetime | None = None,
 ) -> list[Cap]:
-    """Every capped value of `metrics` with its threshold (one statement per percentile cap)."""
+    """Every capped value of `metrics` with its threshold (one statement per percentile cap).
+
+    ``as_of`` (naive UTC) closes the windows of windowed metrics (`reports.windows`).
+    """
     caps: list[Cap] = []
     for metric in metrics:
+        closed: ValueKey | None = None
+        if metric.window is not None:
+            if as_of is None:
+                raise ValueError(f"metric {metric.name!r} has a window: thresholds need as_of")
+            closed = closed_key(metric.window, as_of)
         for role, key, config in capped_values(metric):
             threshold: float | None = config.value
             if config.type == "percentile":
-                threshold = _pooled_percentile(connection, experiment_id, variants, key, config)
-            caps.append(Cap(metric.name, role, key, config, threshold))
+                threshold = _pooled_percentile(
+                    connection, experiment_id, variants, key, config, closed
+                )
+            caps.append(Cap(metric.name, role, key, config, threshold, closed))
     return caps

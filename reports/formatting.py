@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from reports.results import CapSummary, RankingQuality
+from reports.results import CapSummary, RankingQuality, WindowSummary
 
 __all__ = [
     "DASH",
@@ -19,6 +19,7 @@ __all__ = [
     "format_value",
     "p_text",
     "ranking_cells",
+    "window_text",
 ]
 
 DASH = "—"
@@ -124,3 +125,20 @@ def capping_text(capping: Sequence[CapSummary]) -> str:
             f"{total:,} unit{'s' if total != 1 else ''} cut ({per_variant})"
         )
     return "; ".join(parts)
+
+
+def window_text(window: WindowSummary | None) -> str:
+    """``events 0h-72h after the first exposure; 120 units left out, window open (a 60, b 60)``."""
+    if window is None:
+        return ""
+    text = f"events from {window.start} to {window.end} after each unit's first exposure"
+    if window.delay not in ("0h", "0m", "0s", "0d"):
+        text += f", closed {window.delay} after"
+    total = sum(window.open_units.values())
+    if total:
+        per_variant = ", ".join(f"{v} {n:,}" for v, n in window.open_units.items())
+        text += (
+            f"; {total:,} unit{'s' if total != 1 else ''} left out, window still open "
+            f"at {window.as_of} ({per_variant})"
+        )
+    return text

@@ -9,6 +9,7 @@ first exposure, with each metric's mean over those units (`reports.aggregate`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -35,6 +36,7 @@ def served_models(
     config: ExperimentConfig,
     alpha: float,
     caps: Sequence[Cap] = (),
+    as_of: datetime | None = None,
 ) -> tuple[dict[str, VariantModels], list[str]]:
     """Per configured variant (config order), the models that served it; and the warnings.
 
@@ -60,7 +62,7 @@ def served_models(
             )
         )
     mixed = [key for key in keys if len(by_variant[key]) > 1]
-    stats = model_version_stats(session, experiment_id, keys, config.metrics, mixed, caps)
+    stats = model_version_stats(session, experiment_id, keys, config.metrics, mixed, caps, as_of)
     out: dict[str, VariantModels] = {}
     warnings: list[str] = []
     for key in keys:

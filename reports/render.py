@@ -22,6 +22,7 @@ from reports.formatting import (
     format_value,
     p_text,
     ranking_cells,
+    window_text,
 )
 from reports.results import (
     AnalysisResult,
@@ -309,6 +310,7 @@ def _metric_view(mr: MetricResult, control: str, alpha: float) -> dict[str, Any]
         "guardrail": mr.guardrail,
         "cuped": _cuped_text(mr),
         "capping": capping_text(mr.capping),
+        "window": window_text(mr.window),
     }
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "VariantEstimate",
     "VariantModels",
     "Verdict",
+    "WindowSummary",
     "clean_float",
     "clean_pair",
 ]
@@ -195,6 +196,19 @@ class CapSummary(JsonResult):
 
 
 @dataclass(frozen=True)
+class WindowSummary(JsonResult):
+    """A metric's window (`reports.windows`) and the units left out while it is open."""
+
+    start: str
+    end: str
+    delay: str
+    as_of: str
+    """The analysis time that decided which windows had closed (UTC, ISO 8601)."""
+    open_units: Mapping[str, int]
+    """Per variant, the units whose window had not closed yet (left out of this metric)."""
+
+
+@dataclass(frozen=True)
 class MetricResult(JsonResult):
     """Per-variant estimates, comparisons with the control and ground truth of one metric."""
 
@@ -208,6 +222,8 @@ class MetricResult(JsonResult):
     """Pooled over variants; ``variance_reduction`` is 1 - var(adjusted) / var(raw)."""
     capping: tuple[CapSummary, ...] = ()
     """The metric's capped values (`reports.capping`); empty when it is not capped."""
+    window: WindowSummary | None = None
+    """The metric's window (`reports.windows`); None when every event counts."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (no NaN/inf); no CUPED record reads "not requested"."""

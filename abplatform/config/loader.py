@@ -176,6 +176,16 @@ def _bandit_problems(
                 bandit.reward_metric,
             )
         )
+    elif metric.window is not None:
+        problems.append(
+            ConfigProblem(
+                "assignment.reward_metric",
+                f"metric {metric.name!r} has a window: the bandit rewards a unit as soon as "
+                "its events arrive, so its reward metric cannot wait for a window (drop the "
+                "window or reward another metric)",
+                bandit.reward_metric,
+            )
+        )
     elif isinstance(metric, MeanMetric) and metric.cap is not None:
         problems.append(
             ConfigProblem(

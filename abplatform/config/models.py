@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -9,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -152,6 +154,60 @@ class CapConfig(_Strict):
         return self
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def duration_seconds(text: str) -> float:
+    """``"72h"`` -> 259200.0; a number with one unit of s, m, h or d."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration such as 72h, 30m, 7d or 45s: {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _check_duration(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a duration needs its unit, such as 72h, 30m, 7d or 45s")
+    duration_seconds(value)
+    return value
+
+
+Duration = Annotated[str, BeforeValidator(_check_duration)]
+"""A length of time written with its unit: ``45s``, ``30m``, ``72h``, ``7d``."""
+
+
+class MetricWindow(_Strict):
+    """Which of a unit's events count, relative to its first exposure: ``start`` <= elapsed <
+    ``end``; the window is closed ``delay`` after its end (late events), and units whose
+    window is still open are left out of the metric (`reports.windows`)."""
+
+    start: Duration = "0h"
+    end: Duration
+    delay: Duration = "0h"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MetricWindow:
+        if not self.start_seconds < self.end_seconds:
+            raise ValueError(f"window.start ({self.start}) must be before window.end ({self.end})")
+        return self
+
+    @property
+    def start_seconds(self) -> float:
+        """`start` in seconds after the first exposure."""
+        return duration_seconds(self.start)
+
+    @property
+    def end_seconds(self) -> float:
+        """`end` in seconds after the first exposure."""
+        return duration_seconds(self.end)
+
+    @property
+    def closes_after_seconds(self) -> float:
+        """Seconds from the first exposure until the window counts as closed (end + delay)."""
+        return self.end_seconds + duration_seconds(self.delay)
+
+
 class EventCount(_Strict):
     """A per-unit aggregate of one event type: the count of events or the sum of their values."""
 
@@ -168,6 +224,7 @@ class ProportionMetric(_Strict):
     name: str = Field(pattern=KEY_PATTERN)
     type: Literal["proportion"]
     event: MetricEvent
+    window: MetricWindow | None = None
     description: str = ""
 
     _event = field_validator("event")(_check_event)
@@ -191,6 +248,7 @@ class MeanMetric(_Strict):
     event: MetricEvent
     value: Literal["count", "sum"] = "count"
     cap: CapConfig | None = None
+    window: MetricWindow | None = None
     description: str = ""
 
     _event = field_validator("event")(_check_event)
@@ -203,6 +261,8 @@ class RatioMetric(_Strict):
     type: Literal["ratio"]
     numerator: EventCount
     denominator: EventCount
+    window: MetricWindow | None = None
+    """Applies to the numerator's and the denominator's events alike."""
     description: str = ""
 
 
