@@ -53,9 +53,25 @@ def ranker_quality(variant: str, strategy: Strategy) -> list[RankerQuality]:
                     training.get("fallback"),
                     int(training.get("impressions", 0)),
                     int(training.get("holdout_rows", 0)),
-                    dict(current.quality),
+                    dict(current.quality) or _stored_quality(training),
                 )
             )
         elif isinstance(current, BaseStrategy):
             pending.extend(current.fitted_stages().values())
     return out
+
+
+def _stored_quality(training: dict[str, Any]) -> dict[str, dict[str, HeadQuality]]:
+    """The quality a loaded ranker's manifest kept (null metrics back to NaN)."""
+    nan = float("nan")
+    return {
+        model: {
+            head: HeadQuality(
+                int(q["rows"]),
+                int(q["positives"]),
+                *(nan if q[n] is None else float(q[n]) for n in ("auc", "log_loss", "ece")),
+            )
+            for head, q in heads.items()
+        }
+        for model, heads in (training.get("quality") or {}).items()
+    }

@@ -170,7 +170,10 @@ class RankerStrategy(BaseStrategy):
     def _fallback_reason(self, impressions: ImpressionLog | None) -> str | None:
         params: RankerParams = self.params
         if impressions is None:
-            return "no logged impressions to train on (rankers train inside `abplatform train`)"
+            return (
+                "no logged impressions to train on (rankers train inside `abplatform train`, "
+                "or in `abplatform simulate` with simulation.logging_days >= 1)"
+            )
         if len(impressions) < params.min_impressions:
             return (
                 f"{len(impressions)} logged impressions, fewer than "
