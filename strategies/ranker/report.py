@@ -9,7 +9,7 @@ from abplatform.strategy import Strategy
 from strategies.base import BaseStrategy
 from strategies.ranker.metrics import HeadQuality, finite_or_none
 
-MODELS = ("ranker", "logistic")
+MODELS = ("ranker", "logistic", "lightgbm")
 HEADS = ("click", "purchase")
 
 
@@ -23,7 +23,18 @@ class RankerQuality:
     impressions: int
     holdout_rows: int
     heads: dict[str, dict[str, HeadQuality]]
-    """{model: {head: quality}} for model in `MODELS`, head in `HEADS` (empty on fallback)."""
+    """{model: {head: quality}} for model in `MODELS`, head in `HEADS` (empty on fallback;
+    no "lightgbm" when it is not installed)."""
+
+    def peers_ahead(self) -> list[tuple[str, str, float, float]]:
+        """(peer, head, its AUC, the ranker's AUC) wherever a peer's holdout AUC is higher."""
+        ours = self.heads.get("ranker", {})
+        out = []
+        for model, heads in self.heads.items():
+            for head, quality in heads.items():
+                if model != "ranker" and head in ours and quality.auc > ours[head].auc:
+                    out.append((model, head, quality.auc, ours[head].auc))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
