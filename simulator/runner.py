@@ -338,7 +338,9 @@ def simulate(
                 artifacts_dir=Path(artifacts_dir or default_artifacts_dir()),
                 progress=progress,
             )
-        notes = ranker_notes(served.strategies, logged)
+        notes = (() if logged is None else (logged.note(),)) + ranker_notes(
+            served.strategies, logged
+        )
         model_ids = served.model_ids([v.key for v in config.variants])
         index = history.catalog.index()
         sources: dict[str, SlateSource] = {
