@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from abplatform.config.models import (
+    LOGGING_SUFFIX,
     ExperimentConfig,
     MeanMetric,
     RatioMetric,
@@ -135,6 +136,29 @@ def _semantic_problems(config: ExperimentConfig) -> list[ConfigProblem]:
             problems.append(ConfigProblem(f"analysis.guardrails.{i}", message, guardrail))
     if isinstance(config.assignment, ThompsonAssignmentConfig):
         problems.extend(_bandit_problems(config, config.assignment))
+    if config.simulation is not None:
+        problems.extend(_logging_problems(config))
+    return problems
+
+
+MAX_KEY_LENGTH = 128
+
+
+def _logging_problems(config: ExperimentConfig) -> list[ConfigProblem]:
+    """The logging strategy must be a valid strategy; its experiment key must fit."""
+    sim = config.simulation
+    assert sim is not None
+    spec = sim.logging_strategy
+    problems = _strategy_problems(
+        "simulation.logging_strategy", spec.kind, spec.params, sim.slate_size
+    )
+    if sim.logging_days > 0 and len(config.key) + len(LOGGING_SUFFIX) > MAX_KEY_LENGTH:
+        limit = MAX_KEY_LENGTH - len(LOGGING_SUFFIX)
+        message = (
+            f"with simulation.logging_days the key may have at most {limit} characters "
+            f"(the logging period is logged as <key>{LOGGING_SUFFIX})"
+        )
+        problems.append(ConfigProblem("key", message, len(config.key)))
     return problems
 
 

@@ -22,6 +22,8 @@ from pydantic import (
 from abplatform.domain import EVENT_TYPES, SCENES
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+LOGGING_SUFFIX = "__logging"
+"""A simulation's logging period is logged as the experiment ``<key>__logging``."""
 
 
 class _Strict(BaseModel):
@@ -328,6 +330,18 @@ class WorldConfig(_Strict):
     cart_size_max: int = Field(default=3, ge=1, le=20)
 
 
+class LoggingStrategySpec(_Strict):
+    """What the shop serves during a simulation's logging period (no model pin: it is
+    fitted on the organic history when the run starts)."""
+
+    kind: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+DEFAULT_LOGGING_STRATEGY = LoggingStrategySpec(kind="popularity", params={"window_days": 30})
+"""The shop's current strategy before the experiment: global popularity over 30 days."""
+
+
 class SimulationConfig(_Strict):
     """Size and seed of a simulated run of the experiment."""
 
@@ -345,6 +359,17 @@ class SimulationConfig(_Strict):
         default=2, ge=1, le=100, description="context draws per user for ground truth"
     )
     world: WorldConfig = Field(default_factory=WorldConfig)
+    logging_days: int = Field(
+        default=0,
+        ge=0,
+        le=365,
+        description="days before the experiment that the shop serves `logging_strategy`, "
+        "logged as the experiment `<key>__logging` (what rankers train on)",
+    )
+    logging_strategy: LoggingStrategySpec = Field(
+        default_factory=lambda: DEFAULT_LOGGING_STRATEGY,
+        description="the shop's current strategy during the logging period",
+    )
 
     @field_validator("scenes")
     @classmethod
@@ -477,6 +502,11 @@ class ExperimentConfig(_Strict):
         """The seed mixed into unit hashes (defaults to the experiment key)."""
         seed = self.assignment.seed if isinstance(self.assignment, AssignmentConfig) else None
         return seed if seed is not None else self.key
+
+    @property
+    def logging_key(self) -> str:
+        """The experiment key its simulated logging period is logged under."""
+        return f"{self.key}{LOGGING_SUFFIX}"
 
     @property
     def catalog_name(self) -> str:
