@@ -38,7 +38,7 @@ from abplatform.storage.db import refresh_planner_statistics, transaction, with_
 from abplatform.storage.repository import get_experiment, latest_simulation
 from reports.aggregate import ExperimentAggregates, aggregate_experiment, cuped_eligible
 from reports.bandit import bandit_analysis
-from reports.bayes import beta_binomial, normal_approximation
+from reports.bayes import LiftPrior, beta_binomial, normal_approximation
 from reports.capping import Cap, cap_thresholds
 from reports.cuped import CovariateSums, CupedResult, cuped_adjust
 from reports.models import served_models
@@ -170,7 +170,8 @@ def _bayes(
     cmp: Comparison,
     alpha: float,
 ) -> BayesSummary | None:
-    if isinstance(metric, ProportionMetric) and isinstance(treatment, MeanStats):
+    prior = None if metric.prior is None else LiftPrior(metric.prior.mean, metric.prior.stddev)
+    if prior is None and isinstance(metric, ProportionMetric) and isinstance(treatment, MeanStats):
         assert isinstance(baseline, MeanStats)
         if treatment.n == 0 or baseline.n == 0:
             return None
@@ -181,9 +182,17 @@ def _bayes(
     else:
         if cmp.diff is None or cmp.se is None:
             return None
-        result = normal_approximation(cmp.diff, cmp.se, cmp.rel_lift, cmp.rel_lift_se, alpha)
+        result = normal_approximation(cmp.diff, cmp.se, cmp.rel_lift, cmp.rel_lift_se, alpha, prior)
+    used = prior if result.method == "normal with prior" else None
     return BayesSummary(
-        result.method, result.chance_to_beat_control, result.lift_mean, result.lift_interval
+        result.method,
+        result.chance_to_beat_control,
+        result.lift_mean,
+        result.lift_interval,
+        result.risk_treatment,
+        result.risk_control,
+        None if used is None else used.mean,
+        None if used is None else used.stddev,
     )
 
 

@@ -249,8 +249,23 @@ def _details(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> list[s
         text = f"Chance to beat control: {format_percent(cmp.chance_to_beat_control, 1)}"
         if interval is not None:
             text += f"; credible interval of the lift {format_interval(interval, format_lift)}"
-        method = "Beta-Binomial" if cmp.bayes.method == "beta-binomial" else "normal"
-        lines.append(f"{text} ({method} posterior, flat prior).")
+        bayes = cmp.bayes
+        if bayes.method == "beta-binomial":
+            posterior = "Beta-Binomial posterior, uniform priors"
+        elif bayes.prior_mean is not None and bayes.prior_stddev is not None:
+            posterior = (
+                f"normal posterior, prior on the lift N({format_lift(bayes.prior_mean)}, "
+                f"{format_percent(bayes.prior_stddev, 1)}²)"
+            )
+        else:
+            posterior = "normal posterior, flat prior"
+        if bayes.risk_treatment is not None and bayes.risk_control is not None:
+            text += (
+                f"; risk (expected relative loss) of shipping {cmp.variant} "
+                f"{format_percent(bayes.risk_treatment, 2)}, of keeping {cmp.baseline} "
+                f"{format_percent(bayes.risk_control, 2)}"
+            )
+        lines.append(f"{text} ({posterior}).")
     if cmp.cuped is not None and cmp.cuped.applied:
         lines.append(
             "CUPED on: pre-experiment behaviour removed "

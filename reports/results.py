@@ -137,6 +137,13 @@ class BayesSummary(JsonResult):
     chance_to_beat_control: float
     lift_mean: float | None
     lift_interval: tuple[float, float] | None
+    risk_treatment: float | None = None
+    """Expected loss (relative lift) of shipping the variant: E[max(-lift, 0)]."""
+    risk_control: float | None = None
+    """Expected loss (relative lift) of keeping the control: E[max(lift, 0)]."""
+    prior_mean: float | None = None
+    """Mean of the normal prior on the relative lift; None: a flat (or Beta(1, 1)) prior."""
+    prior_stddev: float | None = None
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,13 @@ class MetricWindow(_Strict):
         return self.end_seconds + duration_seconds(self.delay)
 
 
+class LiftPriorConfig(_Strict):
+    """A normal prior on a metric's relative lift for the Bayesian view: N(mean, stddev²)."""
+
+    mean: float = Field(default=0.0, allow_inf_nan=False)
+    stddev: float = Field(gt=0.0, allow_inf_nan=False)
+
+
 class EventCount(_Strict):
     """A per-unit aggregate of one event type: the count of events or the sum of their values."""
 
@@ -227,6 +234,7 @@ class ProportionMetric(_Strict):
     type: Literal["proportion"]
     event: MetricEvent
     window: MetricWindow | None = None
+    prior: LiftPriorConfig | None = None
     description: str = ""
 
     _event = field_validator("event")(_check_event)
@@ -251,6 +259,7 @@ class MeanMetric(_Strict):
     value: Literal["count", "sum"] = "count"
     cap: CapConfig | None = None
     window: MetricWindow | None = None
+    prior: LiftPriorConfig | None = None
     description: str = ""
 
     _event = field_validator("event")(_check_event)
@@ -265,6 +274,7 @@ class RatioMetric(_Strict):
     denominator: EventCount
     window: MetricWindow | None = None
     """Applies to the numerator's and the denominator's events alike."""
+    prior: LiftPriorConfig | None = None
     description: str = ""
 
 
