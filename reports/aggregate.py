@@ -1,15 +1,14 @@
-"""Sums of the per-unit values (`reports.units`): per variant (A/B) and per bandit arm (IPW).
+"""Sums of the per-unit values (`reports.units`) per variant (A/B) and per model version.
 
 Everything per unit stays in the database: `build_aggregate_query` sums the per-unit
 subquery per variant into the sufficient statistics (``n``, sums, sums of squares and
-cross-products) and `arm_sums` sums it with each bandit unit's propensity into the
-inverse-propensity sums; Python only sees one row per variant or (context, arm).
+cross-products) that `reports.terms` plans; Python only sees one row per variant. The
+bandit's inverse-propensity sums are `reports.arm_sums`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,24 +31,30 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from abplatform.config.models import MeanMetric, ProportionMetric, RatioMetric
+from abplatform.config.models import RatioMetric
 from abplatform.storage import models as m
 from reports.capping import Cap
-from reports.cuped import CovariateSums
+from reports.cuped import CovariateSums, RatioCovariateSums
 from reports.sufficient import MeanStats, RatioStats
+from reports.terms import (
+    Metric,
+    Shape,
+    Term,
+    covariate_terms,
+    cuped_eligible,
+    metric_terms,
+    plan_sums,
+    product_of,
+    statistics_of,
+    thresholds_of,
+)
 from reports.units import (
-    IMPRESSION,
     PRE,
     UNKNOWN_CODE,
     PrePeriod,
-    UnitValues,
-    ValueKey,
     float_constant,
-    metric_key,
     unit_values,
-    value_key,
 )
-from reports.windows import closed_key, windowed_key
 
 __all__ = [
     "ExperimentAggregates",
@@ -57,25 +62,13 @@ __all__ = [
     "VersionStats",
     "aggregate_experiment",
     "build_aggregate_query",
-    "cuped_eligible",
     "exposures_by_model",
     "model_version_stats",
 ]
 
-Metric = ProportionMetric | MeanMetric | RatioMetric
-
 _EXPOSURES = m.Exposure.__table__
 _MULTIPLE_CODE = -2
 """Row code of the units exposed to more than one variant."""
-
-Term = tuple[ValueKey, float]
-"""A per-unit value and the threshold it is capped at (``inf``: not capped)."""
-Thresholds = Mapping[tuple[str, str], float]
-"""Cap thresholds by (metric name, role) (`reports.capping`)."""
-
-
-def _thresholds(caps: Sequence[Cap]) -> dict[tuple[str, str], float]:
-    return {(c.metric, c.role): c.threshold for c in caps if c.threshold is not None}
 
 
 @dataclass(frozen=True)
@@ -102,7 +95,9 @@ class ExperimentAggregates:
     unknown_units: int = 0
     unknown_variants: Mapping[str, int] = field(default_factory=dict)
     stats: Mapping[str, Mapping[str, MeanStats | RatioStats]] = field(default_factory=dict)
-    covariates: Mapping[str, Mapping[str, CovariateSums]] = field(default_factory=dict)
+    covariates: Mapping[str, Mapping[str, CovariateSums | RatioCovariateSums]] = field(
+        default_factory=dict
+    )
     """``covariates[metric_name][variant]``: CUPED sums of the metrics that asked for them."""
     capped_units: Mapping[tuple[str, str], Mapping[str, int]] = field(default_factory=dict)
     """``capped_units[(metric, role)][variant]``: units whose value was above the cap."""
@@ -111,121 +106,6 @@ class ExperimentAggregates:
     def total_exposed(self) -> int:
         """All units with at least one exposure, excluded ones included."""
         return sum(self.units.values()) + self.multiple_variants + self.unknown_units
-
-
-# ---------------------------------------------------------------------------
-# Which per-unit values a metric needs
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shape:
-    """How the metrics' per-unit values are shaped before they are summed: the cap
-    thresholds (`reports.capping`) and the analysis time that closes windows
-    (`reports.windows`)."""
-
-    thresholds: Thresholds = field(default_factory=dict)
-    as_of: datetime | None = None
-
-    def term(self, key: ValueKey, metric: Metric, role: str) -> Term:
-        """The metric's per-unit value `key` (windowed as the metric is), with its cap."""
-        return (
-            windowed_key(key, metric.window),
-            self.thresholds.get((metric.name, role), math.inf),
-        )
-
-    def closed(self, metric: Metric) -> Term | None:
-        """The closed-window indicator of a windowed metric (None without a window)."""
-        if metric.window is None:
-            return None
-        if self.as_of is None:
-            raise ValueError(f"metric {metric.name!r} has a window: the analysis needs as_of")
-        return (closed_key(metric.window, self.as_of), math.inf)
-
-
-NO_SHAPE = Shape()
-
-
-def _restricted(
-    terms: Mapping[str, tuple[Term, ...]], closed: Term | None, *, count: bool
-) -> dict[str, tuple[Term, ...]]:
-    """Each product times the closed-window indicator, and ``n`` its sum (windowed metrics)."""
-    if closed is None:
-        return dict(terms)
-    out = {name: (*product, closed) for name, product in terms.items()}
-    if count:
-        out["n"] = (closed,)
-    return out
-
-
-def _metric_terms(metric: Metric, shape: Shape) -> dict[str, tuple[Term, ...]]:
-    """The per-variant sums a metric needs, by sufficient-statistic field name (and ``n``, the
-    units whose window has closed, for a windowed metric)."""
-    if isinstance(metric, RatioMetric):
-        num, den = metric.numerator, metric.denominator
-        x = shape.term(value_key(num.event, num.value), metric, "numerator")
-        y = shape.term(value_key(den.event, den.value), metric, "denominator")
-        terms = {"num": (x,), "den": (y,), "num_sq": (x, x), "den_sq": (y, y), "num_den": (x, y)}
-    else:
-        v = shape.term(metric_key(metric), metric, "value")
-        # A 0/1 value is its own square.
-        terms = {"total": (v,), "total_sq": (v,) if v[0][1] == "any" else (v, v)}
-    return _restricted(terms, shape.closed(metric), count=True)
-
-
-def cuped_eligible(metric: Metric) -> bool:
-    """CUPED needs a pre-period value of the same event: not ratios, not impressions."""
-    return not isinstance(metric, RatioMetric) and metric.event != IMPRESSION
-
-
-def _covariate_terms(metric: Metric, shape: Shape) -> dict[str, tuple[Term, ...]]:
-    """The extra per-variant sums CUPED needs (covariate x = same aggregate, pre-period,
-    capped at the metric's threshold; over the closed-window units of a windowed metric)."""
-    if isinstance(metric, RatioMetric) or not cuped_eligible(metric):
-        return {}
-    key = metric_key(metric)
-    y = shape.term(key, metric, "value")
-    x: Term = ((PRE + key[0], key[1]), y[1])
-    terms = {"x": (x,), "x_sq": (x,) if x[0][1] == "any" else (x, x), "xy": (x, y)}
-    return _restricted(terms, shape.closed(metric), count=False)
-
-
-def _plan(
-    metrics: Sequence[Metric], covariates: Sequence[Metric] = (), shape: Shape = NO_SHAPE
-) -> dict[tuple[Term, ...], str]:
-    """Product of (capped, windowed) per-unit values -> label of its per-variant SUM."""
-    products = [p for metric in metrics for p in _metric_terms(metric, shape).values()]
-    products += [p for metric in covariates for p in _covariate_terms(metric, shape).values()]
-    sums: dict[tuple[Term, ...], str] = {}
-    for product in products:
-        sums.setdefault(tuple(sorted(product)), f"s{len(sums)}")
-    return sums
-
-
-def _statistics_of(metric: Metric, n: int, sums: Mapping[str, float]) -> MeanStats | RatioStats:
-    """A metric's sufficient statistics from its sums (a windowed metric brings its own n)."""
-    fields = dict(sums)
-    count = round(fields.pop("n")) if "n" in fields else n
-    kind = RatioStats if isinstance(metric, RatioMetric) else MeanStats
-    return kind(n=count, **fields)
-
-
-def _capped(values: UnitValues, term: Term) -> ColumnElement[float]:
-    """A per-unit value, cut at its threshold: ``CASE WHEN v > t THEN t ELSE v END``."""
-    key, threshold = term
-    value = values.value(key)
-    if math.isinf(threshold):
-        return value
-    cut = float_constant(threshold)
-    return case((value > cut, cut), else_=value)
-
-
-def _product(values: UnitValues, factors: Sequence[Term]) -> ColumnElement[float]:
-    """The product of (capped) per-unit values (a square when a factor repeats)."""
-    out = _capped(values, factors[0])
-    for factor in factors[1:]:
-        out = out * _capped(values, factor)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -281,7 +161,7 @@ def build_aggregate_query(
     filtered scan of the materialised ``units`` per variant is cheaper, and integer
     variant codes make ``MIN``/``MAX`` cheaper than on strings.
     """
-    sums = _plan(metrics, covariates, Shape(_thresholds(caps), as_of))
+    sums = plan_sums(metrics, covariates, Shape(thresholds_of(caps), as_of))
     if any(key[0].startswith(PRE) for product in sums for key, _ in product) and not pre_period:
         raise ValueError("CUPED covariates need the pre-period history (PrePeriod)")
     counted = [(c.key, c.threshold, c.closed) for c in caps if c.threshold is not None]
@@ -293,7 +173,7 @@ def build_aggregate_query(
         pre_period=pre_period,
     )
     units, table = values.units, values.table
-    totals = [func.sum(_product(values, factors)).label(label) for factors, label in sums.items()]
+    totals = [func.sum(product_of(values, factors)).label(label) for factors, label in sums.items()]
     one, zero = float_constant(1.0), float_constant(0.0)
     totals += [
         func.sum(
@@ -389,8 +269,8 @@ def aggregate_experiment(
     """
     variants = list(variants)
     covariates = [metric for metric in covariates if cuped_eligible(metric)]
-    shape = Shape(_thresholds(caps), as_of)
-    labels = _plan(metrics, covariates, shape)
+    shape = Shape(thresholds_of(caps), as_of)
+    labels = plan_sums(metrics, covariates, shape)
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     if pre_period is not None and bind.dialect.name == "postgresql":
         pre_period = dataclasses.replace(pre_period, hash_first_exposure=True)
@@ -406,16 +286,22 @@ def aggregate_experiment(
 
     stats: dict[str, dict[str, MeanStats | RatioStats]] = {}
     for metric in metrics:
-        terms = _metric_terms(metric, shape)
+        terms = metric_terms(metric, shape)
         stats[metric.name] = {
-            key: _statistics_of(metric, n, sums_of(terms, key)) for key, n in units.items()
+            key: statistics_of(metric, n, sums_of(terms, key)) for key, n in units.items()
         }
-    covariate_sums = {
-        metric.name: {
-            key: CovariateSums(**sums_of(_covariate_terms(metric, shape), key)) for key in units
-        }
-        for metric in covariates
-    }
+    covariate_sums: dict[str, dict[str, CovariateSums | RatioCovariateSums]] = {}
+    for metric in covariates:
+        terms = covariate_terms(metric, shape)
+        if isinstance(metric, RatioMetric):
+            present = tuple(name for name in ("a", "b") if name in terms)
+            covariate_sums[metric.name] = {
+                key: RatioCovariateSums(present, **sums_of(terms, key)) for key in units
+            }
+        else:
+            covariate_sums[metric.name] = {
+                key: CovariateSums(**sums_of(terms, key)) for key in units
+            }
     counted = [c for c in caps if c.threshold is not None]
     capped_units: dict[tuple[str, str], Mapping[str, int]] = {
         (c.metric, c.role): {
@@ -524,8 +410,8 @@ def model_version_stats(
     codes = [variants.index(v) for v in of_variants]
     if not codes:
         return {}
-    shape = Shape(_thresholds(caps), as_of)
-    labels = _plan(metrics, shape=shape)
+    shape = Shape(thresholds_of(caps), as_of)
+    labels = plan_sums(metrics, shape=shape)
     values = unit_values(
         experiment_id, (key for product in labels for key, _ in product), variants=variants
     )
@@ -544,7 +430,7 @@ def model_version_stats(
         .group_by(x.c.unit_id)
         .subquery("enrolment")
     )
-    totals = [func.sum(_product(values, f)).label(label) for f, label in labels.items()]
+    totals = [func.sum(product_of(values, f)).label(label) for f, label in labels.items()]
     query = (
         select(table.c.code, enrolment.c.model, func.count().label("n"), *totals)
         .select_from(table.join(enrolment, enrolment.c.unit_key == table.c.unit_key))
@@ -559,8 +445,8 @@ def model_version_stats(
         for metric in metrics:
             sums = {
                 name: _as_float(row[labels[tuple(sorted(f))]])
-                for name, f in _metric_terms(metric, shape).items()
+                for name, f in metric_terms(metric, shape).items()
             }
-            stats[metric.name] = _statistics_of(metric, int(row["n"]), sums)
+            stats[metric.name] = statistics_of(metric, int(row["n"]), sums)
         out[key] = VersionStats(int(row["n"]), stats)
     return out

@@ -19,9 +19,7 @@ keeps everything per unit in the database; the result types are in `reports.resu
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,40 +27,29 @@ from sqlalchemy import Engine
 
 from abplatform.config.models import (
     ExperimentConfig,
-    MeanMetric,
-    ProportionMetric,
-    RatioMetric,
 )
 from abplatform.errors import AbplatformError
 from abplatform.storage.db import refresh_planner_statistics, transaction, with_local_settings
 from abplatform.storage.repository import get_experiment, latest_simulation
-from reports.aggregate import ExperimentAggregates, aggregate_experiment, cuped_eligible
+from reports.aggregate import ExperimentAggregates, aggregate_experiment
 from reports.bandit import bandit_analysis
-from reports.bayes import LiftPrior, beta_binomial, normal_approximation
 from reports.capping import Cap, cap_thresholds
-from reports.cuped import CovariateSums, CupedResult, cuped_adjust
+from reports.metric_result import Options, metric_result
 from reports.models import served_models
 from reports.multiple import adjust_pvalues
-from reports.power import mde_at
 from reports.results import (
     AnalysisResult,
-    BayesSummary,
     CapSummary,
     ComparisonResult,
-    CupedInfo,
     MetricResult,
     RankingQuality,
     RunInfo,
-    SequentialSummary,
     SrmSummary,
-    VariantEstimate,
     Verdict,
     WindowSummary,
 )
-from reports.sequential import always_valid
 from reports.stages import stage
-from reports.stats import Comparison, compare, estimate, srm_test
-from reports.sufficient import MeanStats, RatioStats
+from reports.stats import srm_test
 from reports.units import PrePeriod
 
 __all__ = ["POSTGRES_SETTINGS", "analyze"]
@@ -119,187 +106,6 @@ def _units(n: int) -> str:
     return f"{n:,} unit" if n == 1 else f"{n:,} units"
 
 
-def _ground_truth(document: Any, metric: str) -> dict[str, float] | None:
-    """``document["metrics"][metric]`` as {variant: float}, or None when absent."""
-    if not isinstance(document, Mapping):
-        return None
-    metrics = document.get("metrics")
-    if not isinstance(metrics, Mapping):
-        return None
-    values = metrics.get(metric)
-    if not isinstance(values, Mapping):
-        return None
-    truth = {
-        str(variant): float(value)
-        for variant, value in values.items()
-        if isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    }
-    return truth or None
-
-
-@dataclass(frozen=True)
-class _Options:
-    """The analysis settings in force (from the config's ``analysis:`` block)."""
-
-    alpha: float
-    cuped: bool
-    sequential: bool
-    sequential_tuning: int
-    correction: str
-    power: float
-    guardrails: frozenset[str]
-
-
-def _cuped_info(result: CupedResult) -> CupedInfo:
-    return CupedInfo(result.applied, result.variance_reduction, result.theta, result.note)
-
-
-def _comparison_variance_reduction(raw: Comparison, adjusted: Comparison) -> float:
-    """``1 - Var(adjusted diff) / Var(raw diff)`` of one comparison (0 when undefined)."""
-    if raw.se is None or adjusted.se is None or raw.se == 0.0:
-        return 0.0
-    return 1.0 - (adjusted.se / raw.se) ** 2
-
-
-def _bayes(
-    metric: ProportionMetric | MeanMetric | RatioMetric,
-    treatment: MeanStats | RatioStats,
-    baseline: MeanStats | RatioStats,
-    cmp: Comparison,
-    alpha: float,
-) -> BayesSummary | None:
-    prior = None if metric.prior is None else LiftPrior(metric.prior.mean, metric.prior.stddev)
-    if prior is None and isinstance(metric, ProportionMetric) and isinstance(treatment, MeanStats):
-        assert isinstance(baseline, MeanStats)
-        if treatment.n == 0 or baseline.n == 0:
-            return None
-        # Per-unit 0/1 flags: the totals are the numbers of converted units.
-        result = beta_binomial(
-            round(treatment.total), treatment.n, round(baseline.total), baseline.n, alpha
-        )
-    else:
-        if cmp.diff is None or cmp.se is None:
-            return None
-        result = normal_approximation(cmp.diff, cmp.se, cmp.rel_lift, cmp.rel_lift_se, alpha, prior)
-    used = prior if result.method == "normal with prior" else None
-    return BayesSummary(
-        result.method,
-        result.chance_to_beat_control,
-        result.lift_mean,
-        result.lift_interval,
-        result.risk_treatment,
-        result.risk_control,
-        None if used is None else used.mean,
-        None if used is None else used.stddev,
-    )
-
-
-def _metric_result(
-    metric: ProportionMetric | MeanMetric | RatioMetric,
-    stats: Mapping[str, MeanStats | RatioStats],
-    config: ExperimentConfig,
-    options: _Options,
-    ground_truth: Any,
-    covariates: Mapping[str, CovariateSums] | None = None,
-) -> MetricResult:
-    alpha = options.alpha
-    control = config.control_key
-    keys = [variant.key for variant in config.variants]
-    empty: MeanStats | RatioStats = (
-        RatioStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        if isinstance(metric, RatioMetric)
-        else MeanStats(0, 0.0, 0.0)
-    )
-    per_variant = {key: stats.get(key, empty) for key in keys}
-    variants = []
-    for key in keys:
-        est = estimate(per_variant[key], alpha)
-        variants.append(VariantEstimate(key, est.n, est.value, est.ci, est.note))
-
-    cuped: CupedResult | None = None
-    if not options.cuped:
-        metric_cuped = CupedInfo(False, 0.0, 0.0, "CUPED is off (analysis.cuped: false)")
-    elif not cuped_eligible(metric):
-        why = "ratio metric" if isinstance(metric, RatioMetric) else "impressions have no history"
-        metric_cuped = CupedInfo(False, 0.0, 0.0, f"not applied: {why}")
-    elif covariates is None:
-        metric_cuped = CupedInfo(False, 0.0, 0.0, "not applied: no pre-period data")
-    else:
-        outcome = {key: per_variant[key] for key in keys}
-        assert all(isinstance(v, MeanStats) for v in outcome.values())
-        cuped = cuped_adjust(
-            {k: v for k, v in outcome.items() if isinstance(v, MeanStats)},
-            {key: covariates.get(key, CovariateSums(0.0, 0.0, 0.0)) for key in keys},
-        )
-        metric_cuped = _cuped_info(cuped)
-        if not cuped.applied:
-            metric_cuped = CupedInfo(False, 0.0, 0.0, f"not applied: {cuped.note}")
-
-    comparisons = []
-    for key in keys:
-        if key == control:
-            continue
-        raw = compare(per_variant[key], per_variant[control], alpha)
-        cmp, info = raw, metric_cuped
-        if cuped is not None and cuped.applied:
-            cmp = compare(cuped.stats[key], cuped.stats[control], alpha)
-            info = dataclasses.replace(
-                metric_cuped, variance_reduction=_comparison_variance_reduction(raw, cmp)
-            )
-        significant = cmp.p_value is not None and cmp.p_value < alpha
-        sequential: SequentialSummary | None = None
-        if options.sequential and cmp.diff is not None and cmp.se is not None:
-            units = (per_variant[key].n + per_variant[control].n) / 2.0
-            seq = always_valid(cmp, units, alpha, options.sequential_tuning)
-            sequential = SequentialSummary(
-                p_value=seq.p_value,
-                diff_ci=seq.diff_ci,
-                rel_lift_ci=seq.rel_lift_ci,
-                boundary_z=seq.boundary,
-                z=None if cmp.se == 0 else cmp.diff / cmp.se,
-                tuning_units=seq.tuning_units,
-            )
-        bayes = _bayes(metric, per_variant[key], per_variant[control], cmp, alpha)
-        mde = mde_relative = None
-        if cmp.se is not None:
-            mde = mde_at(cmp.se, alpha, options.power)
-            base = per_variant[control]
-            base_value = base.mean if isinstance(base, MeanStats) else base.ratio
-            if base_value:
-                mde_relative = mde / abs(base_value)
-        comparisons.append(
-            ComparisonResult(
-                variant=key,
-                baseline=control,
-                diff=cmp.diff,
-                diff_ci=cmp.diff_ci,
-                rel_lift=cmp.rel_lift,
-                rel_lift_ci=cmp.rel_lift_ci,
-                p_value=cmp.p_value,
-                significant=significant,
-                note=cmp.note,
-                chance_to_beat_control=None if bayes is None else bayes.chance_to_beat_control,
-                bayes=bayes,
-                cuped=info,
-                sequential=sequential,
-                mde=mde,
-                mde_relative=mde_relative,
-                guardrail=metric.name in options.guardrails,
-            )
-        )
-    return MetricResult(
-        metric=metric.name,
-        type=metric.type,
-        variants=tuple(variants),
-        comparisons=tuple(comparisons),
-        ground_truth=_ground_truth(ground_truth, metric.name),
-        guardrail=metric.name in options.guardrails,
-        cuped=metric_cuped,
-    )
-
-
 def _decision_p(cmp: ComparisonResult) -> float | None:
     """The p-value a decision rests on: always-valid when sequential, else fixed-horizon."""
     if cmp.sequential is not None:
@@ -307,7 +113,7 @@ def _decision_p(cmp: ComparisonResult) -> float | None:
     return cmp.p_value
 
 
-def _decide(p_adjusted: float | None, diff: float | None, options: _Options) -> Verdict:
+def _decide(p_adjusted: float | None, diff: float | None, options: Options) -> Verdict:
     """Verdict of a comparison; larger is taken to be better for every metric."""
     if p_adjusted is None or diff is None:
         return "keep running"  # not enough data for a test yet
@@ -318,7 +124,7 @@ def _decide(p_adjusted: float | None, diff: float | None, options: _Options) -> 
 
 
 def _apply_correction(
-    metrics: Sequence[MetricResult], options: _Options
+    metrics: Sequence[MetricResult], options: Options
 ) -> tuple[MetricResult, ...]:
     """Correct the p-values within two families: primary metrics, and guardrails.
 
@@ -416,7 +222,7 @@ def analyze(
         stored = get_experiment(session, key)
         config = stored.config
         settings = config.analysis
-        options = _Options(
+        options = Options(
             alpha=float(alpha) if alpha is not None else settings.alpha,
             cuped=settings.cuped,
             sequential=settings.sequential,
@@ -545,7 +351,7 @@ def _ranking(engine: Engine, experiment_id: int, catalog: str) -> dict[str, Rank
 
 def _statistics(
     config: ExperimentConfig,
-    options: _Options,
+    options: Options,
     aggregates: ExperimentAggregates,
     ground_truth: Any,
     caps: Sequence[Cap] = (),
@@ -554,7 +360,7 @@ def _statistics(
     """Every metric's estimates and comparisons (CUPED-adjusted where it applies), corrected."""
     results = []
     for metric in config.metrics:
-        result = _metric_result(
+        result = metric_result(
             metric,
             aggregates.stats[metric.name],
             config,

@@ -278,6 +278,13 @@ def _cuped_text(mr: MetricResult) -> str:
     info = mr.cuped
     if info is None:
         return "CUPED off."
+    if info.applied and mr.type == "ratio":
+        parts = "numerator and denominator" if info.theta_denominator is not None else "numerator"
+        return (
+            "CUPED on: the ratio's delta-method linearisation adjusted with each unit's "
+            f"pre-experiment {parts} (variance reduced by "
+            f"{format_percent(info.variance_reduction, 1)})."
+        )
     if info.applied:
         return (
             "CUPED on: adjusted with each unit's pre-experiment value of this metric "

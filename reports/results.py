@@ -123,7 +123,10 @@ class CupedInfo(JsonResult):
     applied: bool
     variance_reduction: float
     theta: float
+    """The slope on the pre-period value (a ratio's: on its pre-period numerator)."""
     note: str | None
+    theta_denominator: float | None = None
+    """A ratio's slope on its pre-period denominator; None when not used."""
 
 
 NOT_REQUESTED = CupedInfo(False, 0.0, 0.0, "not requested")

@@ -291,7 +291,8 @@ def seed_world(
     experiment_id = create_experiment(engine, yaml_text or cuped_yaml(key, analysis))
     exposures, events, history = [], [], []
     truth: dict[str, dict[str, list[float]]] = {
-        v: {k: [] for k in ("clicks", "revenue", "conv", "x_clicks", "x_revenue", "x_conv")}
+        v: {k: [] for k in ("clicks", "revenue", "conv", "buys")}
+        | {k: [] for k in ("x_clicks", "x_revenue", "x_conv", "x_buys")}
         for v in CUPED_VARIANTS
     }
     for i in range(150):
@@ -326,6 +327,8 @@ def seed_world(
         row["clicks"].append(n_clicks)
         row["revenue"].append(revenue)
         row["conv"].append(float(n_buys > 0))
+        row["buys"].append(n_buys)
+        row["x_buys"].append(n_pre_buy)
         row["x_clicks"].append(n_pre)
         row["x_revenue"].append(pre_rev)
         row["x_conv"].append(float(n_pre_buy > 0))
