@@ -82,6 +82,7 @@ class UserTower(keras.Model):  # type: ignore[misc]
         self.projection = keras.layers.Dense(params.embedding_dim, name="user_projection")
         self.id_dropout = params.user_id_dropout
         self.cold_start_dropout = params.cold_start_dropout
+        self.history_dropout = params.history_dropout
         self.rng = tf.random.Generator.from_seed(seed)
 
     def call(self, inputs: dict[str, Any], training: bool = False) -> Any:
@@ -90,6 +91,9 @@ class UserTower(keras.Model):  # type: ignore[misc]
             hide = self.rng.uniform(tf.shape(rows)) < self.id_dropout
             rows = tf.where(hide, tf.zeros_like(rows), rows)
         history = tf.cast(inputs["history"], tf.int32)
+        if training and self.history_dropout > 0:
+            hidden = self.rng.uniform(tf.shape(history)) < self.history_dropout
+            history = tf.where(hidden, tf.zeros_like(history), history)
         if training and self.cold_start_dropout > 0:
             # A user known only by their profile: no id row and no history.
             cold = self.rng.uniform(tf.shape(rows)) < self.cold_start_dropout

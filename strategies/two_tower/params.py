@@ -67,6 +67,15 @@ class TwoTowerParams(StrategyParams):
         Weight of the popularity axis in the stored queries of users known only by their
         profile (no clicks or purchases): their score is the model's plus this times the
         item's popularity rank in (0, 1]. 0 serves them the model alone.
+    example_history
+        What a training example's history feature holds. ``before``: the user's
+        `history_length` steps before the example's item (next-item prediction). ``others``:
+        the user's latest `history_length` steps other than the example's item, before or
+        after it: the same latest items a served query reads, so the tower learns a user
+        from the bag of their items (as a random offline split sees them).
+    history_dropout
+        Probability that a training example's history item is hidden (each one on its own),
+        so the tower learns to embed users from part of their items (denoising).
     user_id_dropout
         Probability that a training example hides its user id (out-of-vocabulary row), so the
         tower learns to serve unseen users from their history alone.
@@ -91,3 +100,5 @@ class TwoTowerParams(StrategyParams):
     validation_holdout: Literal["last", "random", "time"] = "last"
     refit: bool = False
     cold_popularity_weight: float = Field(default=0.0, ge=0.0, le=4.0, allow_inf_nan=False)
+    example_history: Literal["before", "others"] = "before"
+    history_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)

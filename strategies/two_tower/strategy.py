@@ -186,6 +186,7 @@ class TwoTowerStrategy(BaseStrategy):
             sequences,
             params.history_length,
             encoder.transform(sequences.user_ids.tolist(), history.user_features),
+            params.example_history,
         )
         towers: TrainedTowers = _model().train_two_tower(
             examples,

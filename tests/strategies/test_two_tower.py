@@ -119,6 +119,9 @@ class TestParams:
             ("cold_start_dropout", 1.0, "less than 1"),
             ("item_bias", "perhaps", "valid boolean"),
             ("hidden_units", [16, 0], "greater than or equal to 1"),
+            ("example_history", "after", "'before' or 'others'"),
+            ("history_dropout", -0.1, "greater than or equal to 0"),
+            ("history_dropout", 1.0, "less than 1"),
         ],
     )
     def test_bad_value_names_the_field(self, field: str, value: Any, message: str) -> None:
