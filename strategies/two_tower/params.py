@@ -76,6 +76,11 @@ class TwoTowerParams(StrategyParams):
     history_dropout
         Probability that a training example's history item is hidden (each one on its own),
         so the tower learns to embed users from part of their items (denoising).
+    history_embeddings
+        ``shared``: the behaviour sequence reads the candidate tower's item id embeddings.
+        ``own``: it has its own id table (one more items x `embedding_dim` table, stored in
+        the artifact instead of the candidate one), so an item as evidence about a user and
+        an item as a recommendation are free to differ.
     user_id_dropout
         Probability that a training example hides its user id (out-of-vocabulary row), so the
         tower learns to serve unseen users from their history alone.
@@ -102,3 +107,4 @@ class TwoTowerParams(StrategyParams):
     cold_popularity_weight: float = Field(default=0.0, ge=0.0, le=4.0, allow_inf_nan=False)
     example_history: Literal["before", "others"] = "before"
     history_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
+    history_embeddings: Literal["shared", "own"] = "shared"
