@@ -122,6 +122,7 @@ class TestParams:
             ("example_history", "after", "'before' or 'others'"),
             ("history_dropout", -0.1, "greater than or equal to 0"),
             ("history_dropout", 1.0, "less than 1"),
+            ("history_embeddings", "separate", "'shared' or 'own'"),
         ],
     )
     def test_bad_value_names_the_field(self, field: str, value: Any, message: str) -> None:

@@ -15,6 +15,7 @@ from strategies.two_tower.data import (
     positive_sequences,
     training_examples,
 )
+from strategies.two_tower.params import TwoTowerParams
 from tests.factories import GENRE_PARAMS, genre_world
 
 BAG: dict[str, Any] = {
@@ -24,6 +25,14 @@ BAG: dict[str, Any] = {
     "example_history": "others",
     "history_dropout": 0.3,
 }
+
+
+def test_the_defaults_embed_a_user_from_the_bag_of_their_items() -> None:
+    # Issue 15: chosen on MovieLens 100K's validation split (bench/README.md).
+    params = TwoTowerParams()
+    assert params.example_history == "others"
+    assert params.history_dropout == 0.5
+    assert params.history_embeddings == "own"
 
 
 def random_sequences(seed: int) -> PositiveSequences:
@@ -74,9 +83,9 @@ def log() -> InteractionLog:
     return genre_world()
 
 
-@pytest.fixture(scope="module")
-def fitted(log: InteractionLog) -> TwoTowerStrategy:
-    strategy = TwoTowerStrategy(BAG, seed=3)
+@pytest.fixture(scope="module", params=["own", "shared"])
+def fitted(log: InteractionLog, request: pytest.FixtureRequest) -> TwoTowerStrategy:
+    strategy = TwoTowerStrategy({**BAG, "history_embeddings": request.param}, seed=3)
     strategy.fit(log)
     return strategy
 
@@ -111,5 +120,10 @@ def test_history_dropout_is_training_only(log: InteractionLog, fitted: TwoTowerS
     rows = np.array([tower.row_of(u) for u in inputs.user_ids.tolist()], dtype=np.int64)
     numpy = tower.embed(rows, inputs.history, inputs.feature_codes, inputs.numeric)
     np.testing.assert_allclose(numpy, keras, atol=1e-5)
+    # The artifact keeps the table the behaviour sequence reads: its own one, or the
+    # candidate tower's.
+    candidate = fitted.towers.item_tower.items.item_embedding.embeddings.numpy()
+    own = fitted.params.history_embeddings == "own"
+    assert np.array_equal(tower.item_table, candidate) is not own
     again = fitted.towers.user_embeddings(inputs)
     assert np.array_equal(again, fitted.towers.user_embeddings(inputs))
