@@ -23,10 +23,11 @@ from strategies.evaluation import evaluate, time_split
 from strategies.two_tower import TwoTowerStrategy
 from strategies.two_tower.artifact import ArtifactError, load_artifact
 from strategies.two_tower.data import UserFeatureEncoder, positive_sequences, user_inputs
-from tests.factories import make_history
+from tests.factories import LEGACY_TWO_TOWER, make_history
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS: dict[str, Any] = {
+    **LEGACY_TWO_TOWER,
     "embedding_dim": 8,
     "hidden_units": [16],
     "epochs": 3,
@@ -271,7 +272,7 @@ class TestFallback:
             import json, sys
             from abplatform.domain import InteractionLog, RecRequest
             from abplatform.registry import build_strategy
-            from tests.factories import make_history
+            from tests.factories import LEGACY_TWO_TOWER, make_history
 
             full = make_history()
             empty = InteractionLog(full.catalog, full.user_ids[:0], full.item_ids[:0],
