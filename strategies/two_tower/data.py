@@ -96,6 +96,24 @@ def recent_history(
     return out
 
 
+def other_history(
+    seq: PositiveSequences, positions: Int64Array, users: Int64Array, length: int
+) -> npt.NDArray[np.int32]:
+    """Item tokens of user `users[j]`'s `length` latest steps other than step `positions[j]`.
+
+    Most recent first, 0 where the user has fewer other steps: what serving embeds the user
+    from (their latest items), less the example's own item, whether before or after it.
+    """
+    out = np.zeros((positions.size, length), dtype=np.int32)
+    starts, ends = seq.indptr[users], seq.indptr[users + 1]
+    for back in range(length):
+        position = ends - 1 - back
+        position = np.where(position <= positions, position - 1, position)
+        valid = position >= starts
+        out[valid, back] = seq.items[position[valid]] + 1
+    return out
+
+
 def last_history(seq: PositiveSequences, length: int) -> npt.NDArray[np.int32]:
     """Every user's `length` most recent item tokens (what serving embeds them from)."""
     users = np.arange(seq.n_users, dtype=np.int64)
@@ -122,8 +140,10 @@ def training_examples(
     seq: PositiveSequences,
     history_length: int,
     profiles: tuple[npt.NDArray[np.int32], Float32Array] | None = None,
+    context: str = "before",
 ) -> TrainingExamples:
-    """One example per sequence step; its history is the user's steps before it.
+    """One example per sequence step; its history is the user's steps before it (`context`
+    ``before``: next-item prediction) or their latest other steps (``others``, `other_history`).
 
     `profiles` are the encoded profile features of the sequence's users (row i = user i).
     The logQ correction needs each candidate's probability of appearing in a batch: with
@@ -140,7 +160,11 @@ def training_examples(
         )
     return TrainingExamples(
         user_ids=seq.user_ids[users],
-        history=recent_history(seq, ends, users, history_length),
+        history=(
+            other_history(seq, ends, users, history_length)
+            if context == "others"
+            else recent_history(seq, ends, users, history_length)
+        ),
         items=(seq.items + 1).astype(np.int32),
         weights=seq.weights.astype(np.float32),
         sampling_probability=frequency[seq.items].astype(np.float32),

@@ -71,6 +71,18 @@ class UserTower(keras.Model):  # type: ignore[misc]
             name="user_embedding",
         )
         self.items = item_tables
+        # `history_embeddings: own`: the behaviour sequence reads its own id table, not the
+        # candidate tower's (as an autoencoder's encoder and decoder weights differ).
+        self.history_embedding = (
+            keras.layers.Embedding(
+                int(item_tables.category_codes.shape[0]),
+                params.embedding_dim,
+                embeddings_regularizer=regulariser,
+                name="history_embedding",
+            )
+            if params.history_embeddings == "own"
+            else None
+        )
         self.feature_embeddings = [
             keras.layers.Embedding(size + 1, side_dim(params.embedding_dim), name=f"feature_{j}")
             for j, size in enumerate(feature_sizes)
@@ -82,6 +94,7 @@ class UserTower(keras.Model):  # type: ignore[misc]
         self.projection = keras.layers.Dense(params.embedding_dim, name="user_projection")
         self.id_dropout = params.user_id_dropout
         self.cold_start_dropout = params.cold_start_dropout
+        self.history_dropout = params.history_dropout
         self.rng = tf.random.Generator.from_seed(seed)
 
     def call(self, inputs: dict[str, Any], training: bool = False) -> Any:
@@ -90,6 +103,9 @@ class UserTower(keras.Model):  # type: ignore[misc]
             hide = self.rng.uniform(tf.shape(rows)) < self.id_dropout
             rows = tf.where(hide, tf.zeros_like(rows), rows)
         history = tf.cast(inputs["history"], tf.int32)
+        if training and self.history_dropout > 0:
+            hidden = self.rng.uniform(tf.shape(history)) < self.history_dropout
+            history = tf.where(hidden, tf.zeros_like(history), history)
         if training and self.cold_start_dropout > 0:
             # A user known only by their profile: no id row and no history.
             cold = self.rng.uniform(tf.shape(rows)) < self.cold_start_dropout
@@ -100,7 +116,10 @@ class UserTower(keras.Model):  # type: ignore[misc]
         parts = [self.user_embedding(rows)]
         # The behaviour sequence: means of the history items' id, category and brand
         # embeddings, read from the tables the item tower uses.
-        for pooled in self.items.embed_parts(history):
+        pooled_parts = self.items.embed_parts(history, with_ids=self.history_embedding is None)
+        if self.history_embedding is not None:
+            pooled_parts.insert(0, self.history_embedding(history))
+        for pooled in pooled_parts:
             parts.append(tf.reduce_sum(pooled * mask, axis=1) / count)
         for j, embedding in enumerate(self.feature_embeddings):
             parts.append(embedding(inputs["feature_codes"][:, j]))
@@ -141,10 +160,11 @@ class ItemTables(keras.layers.Layer):  # type: ignore[misc]
             else None
         )
 
-    def embed_parts(self, tokens: Any) -> list[Any]:
-        """[id, category, brand(, mean tag)] embeddings of item tokens (any shape)."""
-        parts = [
-            self.item_embedding(tokens),
+    def embed_parts(self, tokens: Any, with_ids: bool = True) -> list[Any]:
+        """[id, category, brand(, mean tag)] embeddings of item tokens (any shape); without
+        the id embedding if not `with_ids`."""
+        parts = [self.item_embedding(tokens)] if with_ids else []
+        parts += [
             self.category_embedding(tf.gather(self.category_codes, tokens)),
             self.brand_embedding(tf.gather(self.brand_codes, tokens)),
         ]
@@ -333,7 +353,9 @@ class TrainedTowers:
         return UserTowerWeights(
             vocabulary=np.array(vocabulary, dtype=str),
             user_table=tower.user_embedding.embeddings.numpy(),
-            item_table=items.item_embedding.embeddings.numpy(),
+            item_table=(
+                tower.history_embedding or items.item_embedding
+            ).embeddings.numpy(),  # the table the behaviour sequence reads
             category_table=items.category_embedding.embeddings.numpy(),
             brand_table=items.brand_embedding.embeddings.numpy(),
             item_categories=items.category_codes.numpy(),

@@ -67,27 +67,44 @@ class TwoTowerParams(StrategyParams):
         Weight of the popularity axis in the stored queries of users known only by their
         profile (no clicks or purchases): their score is the model's plus this times the
         item's popularity rank in (0, 1]. 0 serves them the model alone.
+    example_history
+        What a training example's history feature holds. ``before``: the user's
+        `history_length` steps before the example's item (next-item prediction). ``others``:
+        the user's latest `history_length` steps other than the example's item, before or
+        after it: the same latest items a served query reads, so the tower learns a user
+        from the bag of their items (as a random offline split sees them).
+    history_dropout
+        Probability that a training example's history item is hidden (each one on its own),
+        so the tower learns to embed users from part of their items (denoising).
+    history_embeddings
+        ``shared``: the behaviour sequence reads the candidate tower's item id embeddings.
+        ``own``: it has its own id table (one more items x `embedding_dim` table, stored in
+        the artifact instead of the candidate one), so an item as evidence about a user and
+        an item as a recommendation are free to differ.
     user_id_dropout
         Probability that a training example hides its user id (out-of-vocabulary row), so the
         tower learns to serve unseen users from their history alone.
     """
 
-    embedding_dim: int = Field(default=32, ge=2, le=1024)
-    hidden_units: tuple[HiddenUnits, ...] = Field(default=(64,), max_length=8)
-    epochs: int = Field(default=5, ge=1, le=1000)
-    batch_size: int = Field(default=1024, ge=2, le=1_000_000)
-    learning_rate: float = Field(default=0.005, gt=0.0, le=10.0, allow_inf_nan=False)
-    history_length: int = Field(default=20, ge=0, le=1000)
+    embedding_dim: int = Field(default=128, ge=2, le=1024)
+    hidden_units: tuple[HiddenUnits, ...] = Field(default=(128,), max_length=8)
+    epochs: int = Field(default=30, ge=1, le=1000)
+    batch_size: int = Field(default=512, ge=2, le=1_000_000)
+    learning_rate: float = Field(default=0.003, gt=0.0, le=10.0, allow_inf_nan=False)
+    history_length: int = Field(default=50, ge=0, le=1000)
     temperature: float = Field(default=0.1, gt=0.0, le=100.0, allow_inf_nan=False)
-    l2: float = Field(default=0.0, ge=0.0, le=10.0, allow_inf_nan=False)
+    l2: float = Field(default=1e-5, ge=0.0, le=10.0, allow_inf_nan=False)
     exclude_purchased: bool = True
-    early_stopping_patience: int = Field(default=1, ge=0, le=1000)
+    early_stopping_patience: int = Field(default=3, ge=0, le=1000)
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
     purchase_weight: float = Field(default=5.0, gt=0.0, le=1000.0, allow_inf_nan=False)
-    user_id_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
-    item_bias: bool = False
+    user_id_dropout: float = Field(default=0.2, ge=0.0, lt=1.0, allow_inf_nan=False)
+    item_bias: bool = True
     cold_start_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
-    negatives: Literal["in_batch", "full"] = "in_batch"
-    validation_holdout: Literal["last", "random", "time"] = "last"
-    refit: bool = False
+    negatives: Literal["in_batch", "full"] = "full"
+    validation_holdout: Literal["last", "random", "time"] = "random"
+    refit: bool = True
     cold_popularity_weight: float = Field(default=0.0, ge=0.0, le=4.0, allow_inf_nan=False)
+    example_history: Literal["before", "others"] = "others"
+    history_dropout: float = Field(default=0.5, ge=0.0, lt=1.0, allow_inf_nan=False)
+    history_embeddings: Literal["shared", "own"] = "own"

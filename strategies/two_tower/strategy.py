@@ -83,13 +83,13 @@ class TwoTowerStrategy(BaseStrategy):
         Each user's clicks and purchases of catalogue items, in time order, form a sequence
         (consecutive events on one item collapse into one step, so a click followed by the
         purchase of the same item is one example). Every step is an example (user, the
-        user's `history_length` steps before it, item), weighted 1 for a click and
-        `purchase_weight` for a purchase; views and other events are not used. The last
-        new item of `validation_fraction` of the users is held out (`time_split`) to stop
-        training early on recall@50 (`validation_holdout` picks other holdouts; with `refit`
-        the towers are then trained again on everything for the best epoch count); the
-        stored user embeddings are then computed from each user's latest items in the whole
-        history.
+        user's latest `history_length` other steps, or with ``example_history: before`` the
+        steps before it, item), weighted 1 for a click and `purchase_weight` for a purchase;
+        views and other events are not used. A seeded `validation_fraction` of the (user,
+        item) pairs is held out to stop training early on hit@50 (`validation_holdout`
+        picks other holdouts; with `refit` the towers are then trained again on everything
+        for the best epoch count); the stored user embeddings are then computed from each
+        user's latest items in the whole history.
 
         With fewer than `MIN_TRAINING_STEPS` click/purchase steps or fewer than two distinct
         items there is nothing for a retrieval model to learn: the strategy then falls back
@@ -186,6 +186,7 @@ class TwoTowerStrategy(BaseStrategy):
             sequences,
             params.history_length,
             encoder.transform(sequences.user_ids.tolist(), history.user_features),
+            params.example_history,
         )
         towers: TrainedTowers = _model().train_two_tower(
             examples,

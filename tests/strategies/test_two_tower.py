@@ -23,10 +23,11 @@ from strategies.evaluation import evaluate, time_split
 from strategies.two_tower import TwoTowerStrategy
 from strategies.two_tower.artifact import ArtifactError, load_artifact
 from strategies.two_tower.data import UserFeatureEncoder, positive_sequences, user_inputs
-from tests.factories import make_history
+from tests.factories import LEGACY_TWO_TOWER, make_history
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS: dict[str, Any] = {
+    **LEGACY_TWO_TOWER,
     "embedding_dim": 8,
     "hidden_units": [16],
     "epochs": 3,
@@ -119,6 +120,10 @@ class TestParams:
             ("cold_start_dropout", 1.0, "less than 1"),
             ("item_bias", "perhaps", "valid boolean"),
             ("hidden_units", [16, 0], "greater than or equal to 1"),
+            ("example_history", "after", "'before' or 'others'"),
+            ("history_dropout", -0.1, "greater than or equal to 0"),
+            ("history_dropout", 1.0, "less than 1"),
+            ("history_embeddings", "separate", "'shared' or 'own'"),
         ],
     )
     def test_bad_value_names_the_field(self, field: str, value: Any, message: str) -> None:
@@ -267,7 +272,7 @@ class TestFallback:
             import json, sys
             from abplatform.domain import InteractionLog, RecRequest
             from abplatform.registry import build_strategy
-            from tests.factories import make_history
+            from tests.factories import LEGACY_TWO_TOWER, make_history
 
             full = make_history()
             empty = InteractionLog(full.catalog, full.user_ids[:0], full.item_ids[:0],

@@ -24,8 +24,9 @@ def log() -> InteractionLog:
     return genre_world()
 
 
-def test_in_batch_stays_the_default() -> None:
-    assert TwoTowerParams().negatives == "in_batch"
+def test_full_is_the_default() -> None:
+    # Issue 15: the exact softmax is cheap for catalogues of thousands of items.
+    assert TwoTowerParams().negatives == "full"
 
 
 def test_an_unknown_negatives_mode_names_the_field() -> None:
