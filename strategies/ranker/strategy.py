@@ -154,7 +154,7 @@ class RankerStrategy(BaseStrategy):
         catalog = history.catalog
         index = catalog.index()
         scenes = [] if impressions is None else impressions.scenes.tolist()
-        sources = ()
+        sources: tuple[str, ...] = ()
         if impressions is not None and params.with_sources:
             sources = varying_sources(impressions.sources)
         space = feature_space(
