@@ -138,8 +138,10 @@ class PipelineStrategy(BaseStrategy):
 
     **Rank** (optional). A strategy that scores any item (`ScoringStrategy`: two_tower,
     popularity) re-scores the merged candidates; they are sorted by that score, ties kept
-    in merge order. Without a rank stage the merge order is the ranking, and an item's
-    score is ``1 - position / candidates``.
+    in merge order. A rank stage with `score_candidates` (the ranker) is also given each
+    candidate's retrieval source (its label; None for catalogue fill). Without a rank
+    stage the merge order is the ranking, and an item's score is
+    ``1 - position / candidates``.
 
     **Re-rank** (optional). A re-ranker (diversity_rerank's MMR) chooses the slate from the
     top `rerank.candidates` of the ranked list with their scores; its similarity uses the
@@ -226,7 +228,15 @@ class PipelineStrategy(BaseStrategy):
         padded = np.zeros((len(merged), width), dtype=np.int64)
         for row, c in enumerate(merged):
             padded[row, : c.items.size] = c.items
-        scored = np.asarray(self.ranker.score_items(requests, padded), dtype=np.float64)
+        score_candidates = getattr(self.ranker, "score_candidates", None)
+        if callable(score_candidates):  # a rank stage that reads each candidate's source
+            found = [
+                [self.labels[s] for s in c.source.tolist()] + [None] * (width - c.items.size)
+                for c in merged
+            ]
+            scored = np.asarray(score_candidates(requests, padded, found), dtype=np.float64)
+        else:
+            scored = np.asarray(self.ranker.score_items(requests, padded), dtype=np.float64)
         items, sources, scores = [], [], []
         for row, c in enumerate(merged):
             own = scored[row, : c.items.size]

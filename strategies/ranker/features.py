@@ -1,8 +1,9 @@
-"""The ranker's feature vectors: item, user, scene and (training-only) position, in NumPy.
+"""The ranker's feature vectors: item, user, scene, user x item, source and position.
 
 One encoder serves training and scoring so the two cannot drift: item rows come from the
 catalogue (category, brand, log price), user rows from profiles and behaviour counts up to
-a time, scenes are one-hot, and position is log1p(position), fixed at 0 when serving.
+a time, scenes are one-hot, the user x item columns from `strategies.ranker.personal`, the
+retrieval source is one-hot, and position is log1p(position), fixed at 0 when serving.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from abplatform.domain import Catalog, InteractionLog
+from strategies.ranker.personal import PERSONAL_COLUMNS, TrainingTallies
 
 MAX_BRANDS = 30
 """Brands beyond the most frequent ones share one column."""
@@ -144,20 +146,35 @@ class BehaviourCounts:
 
 @dataclass(frozen=True)
 class FeatureSpace:
-    """The column layout: item, user (profile + 2 counts + known flag), scene, position."""
+    """The column layout: item, user (profile + 2 counts + known flag), scene, personal
+    (user x item, `PERSONAL_COLUMNS`, when `personal`), retrieval source, position."""
 
     items: npt.NDArray[np.float32]
     profile: ProfileEncoding
     scenes: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+    personal: bool = False
 
     @property
     def user_width(self) -> int:
         return self.profile.width + 3
 
     @property
+    def personal_width(self) -> int:
+        return len(PERSONAL_COLUMNS) if self.personal else 0
+
+    @property
     def width(self) -> int:
-        """Columns of a row: item, user, scenes plus 'other', position."""
-        return int(self.items.shape[1]) + self.user_width + len(self.scenes) + 1 + 1
+        """Columns of a row: item, user, scenes plus 'other', personal, sources, position."""
+        return (
+            int(self.items.shape[1])
+            + self.user_width
+            + len(self.scenes)
+            + 1
+            + self.personal_width
+            + len(self.sources)
+            + 1
+        )
 
     def user_row(
         self, profile: Mapping[str, Any] | None, counts: npt.NDArray[np.float32]
@@ -173,21 +190,42 @@ class FeatureSpace:
         out[self.scenes.index(name) if name in self.scenes else len(self.scenes)] = 1.0
         return out
 
+    def source_columns(
+        self, labels: Sequence[str | None] | None, n: int
+    ) -> npt.NDArray[np.float32]:
+        """(n, sources) one-hot retrieval source; a source the log never showed (or none)
+        is all zeros."""
+        out = np.zeros((n, len(self.sources)), dtype=np.float32)
+        if labels is None or not self.sources:
+            return out
+        for j, name in enumerate(self.sources):
+            out[:, j] = np.asarray([label == name for label in labels], dtype=bool)
+        return out
+
     def rows(
         self,
         items: npt.NDArray[np.int64],
         user: npt.NDArray[np.float32],
         scene: npt.NDArray[np.float32],
         positions: npt.NDArray[np.int64] | int,
+        personal: npt.NDArray[np.float32] | None = None,
+        sources: npt.NDArray[np.float32] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """(n, width): catalogue indices `items` for one user and scene at `positions`."""
+        """(n, width): catalogue indices `items` for one user and scene at `positions`, with
+        their personal and source columns (None: zeros)."""
         n = items.shape[0]
         position = np.broadcast_to(np.log1p(np.asarray(positions, dtype=np.float32)), (n,))
+        if personal is None or not self.personal:
+            personal = np.zeros((n, self.personal_width), dtype=np.float32)
+        if sources is None:
+            sources = np.zeros((n, len(self.sources)), dtype=np.float32)
         return np.hstack(
             [
                 self.items[items],
                 np.broadcast_to(user, (n, user.size)),
                 np.broadcast_to(scene, (n, scene.size)),
+                personal,
+                sources,
                 position[:, None],
             ]
         ).astype(np.float32)
@@ -200,13 +238,22 @@ def training_matrix(
     item_index: Mapping[str, int],
     *,
     with_position: bool,
+    tallies: TrainingTallies | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """(rows, width) features of the impressions whose item is in the catalogue, and which
-    impressions those are; counts use only behaviour before each exposure."""
+    impressions those are; counts and personal features use only the history strictly
+    before each exposure."""
     counts = BehaviourCounts.of(history)
     known = np.array([item in item_index for item in impressions.item_ids.tolist()], dtype=bool)
     out = np.zeros((int(known.sum()), space.width), dtype=np.float32)
     rows = np.flatnonzero(known)
+    all_items = np.array([item_index[i] for i in impressions.item_ids[rows].tolist()], np.int64)
+    personal = None
+    if space.personal and tallies is not None:
+        personal = tallies.columns(
+            impressions.unit_ids[rows], all_items, impressions.timestamps[rows]
+        )
+    sources = space.source_columns(impressions.sources[rows].tolist(), rows.size)
     cursor = 0
     exposure_ids = impressions.exposure_ids[rows]
     starts = np.flatnonzero(np.r_[True, exposure_ids[1:] != exposure_ids[:-1]])
@@ -220,17 +267,44 @@ def training_matrix(
             counts.before(user_id, int(impressions.timestamps[first])),
         )
         scene = space.scene_row(str(impressions.scenes[first]))
-        items = np.array([item_index[i] for i in impressions.item_ids[chunk].tolist()], np.int64)
         positions = impressions.positions[chunk] if with_position else SERVING_POSITION
-        out[cursor : cursor + chunk.size] = space.rows(items, user, scene, positions)
+        out[cursor : cursor + chunk.size] = space.rows(
+            all_items[a:b],
+            user,
+            scene,
+            positions,
+            None if personal is None else personal[a:b],
+            sources[a:b],
+        )
         cursor += chunk.size
     return out, known
 
 
+def varying_sources(labels: npt.NDArray[np.str_]) -> tuple[str, ...]:
+    """The retrieval sources worth a column: named, and neither absent from nor on every
+    logged impression (a constant column would shift every candidate of another source)."""
+    names, counts = np.unique(labels.astype(str), return_counts=True)
+    return tuple(
+        str(name)
+        for name, c in zip(names.tolist(), counts.tolist(), strict=True)
+        if name and 0 < c < labels.size
+    )
+
+
 def feature_space(
-    catalog: Catalog, profiles: Mapping[str, Mapping[str, Any]], scenes: Sequence[str]
+    catalog: Catalog,
+    profiles: Mapping[str, Mapping[str, Any]],
+    scenes: Sequence[str],
+    sources: Sequence[str] = (),
+    *,
+    personal: bool = False,
 ) -> FeatureSpace:
-    """The layout for a catalogue, its users' profiles and the scenes seen in the log."""
+    """The layout for a catalogue, its users' profiles, the scenes and retrieval sources
+    seen in the log."""
     return FeatureSpace(
-        item_matrix(catalog), profile_encoding(profiles), tuple(sorted(set(scenes) - {""}))
+        item_matrix(catalog),
+        profile_encoding(profiles),
+        tuple(sorted(set(scenes) - {""})),
+        tuple(sources),
+        personal,
     )

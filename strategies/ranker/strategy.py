@@ -26,6 +26,7 @@ from strategies.ranker.features import (
     ProfileEncoding,
     feature_space,
     training_matrix,
+    varying_sources,
 )
 from strategies.ranker.metrics import HeadQuality, finite_or_none, head_quality
 from strategies.ranker.numpy_model import RankerWeights
@@ -34,10 +35,12 @@ from strategies.ranker.peers import (
     lightgbm_probabilities,
     logistic_probabilities,
 )
+from strategies.ranker.personal import CatalogCodes, EndTallies, ServingTallies, TrainingTallies
 
 log = logging.getLogger(__name__)
 FORMAT = "abplatform.ranker"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the user x item tallies and the retrieval-source columns."""
 _FILES = ("items.npz", "features.npz", "weights.npz")
 
 
@@ -55,6 +58,16 @@ class RankerParams(StrategyParams):
         Units of the ReLU layers after the cross layer.
     with_position
         Position is a training feature (fixed at 0 when serving); false leaves it out.
+    personal
+        The user x item features (`strategies.ranker.personal`): the user's share of past
+        interactions and purchases in the item's category and brand, past interactions with
+        and purchase of the item, the item's popularity in the last `window_days`, and its
+        log price against the user's mean.
+    window_days
+        The window of the item-popularity features.
+    with_sources
+        One-hot retrieval source of each candidate (the sources the log shows on some but
+        not all impressions; the pipeline passes them when serving).
     holdout
         Share of the newest exposures held out for the offline metrics.
     min_impressions, min_clicks
@@ -68,6 +81,9 @@ class RankerParams(StrategyParams):
     batch_size: int = Field(default=1024, ge=16, le=65536)
     learning_rate: float = Field(default=3e-3, gt=0.0, le=1.0, allow_inf_nan=False)
     with_position: bool = True
+    personal: bool = True
+    window_days: int = Field(default=30, ge=1, le=3650)
+    with_sources: bool = True
     holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
     min_impressions: int = Field(default=1000, ge=1)
     min_clicks: int = Field(default=20, ge=1)
@@ -89,6 +105,9 @@ class RankerArtifact:
     user_rows: npt.NDArray[np.float32]
     weights: RankerWeights | None
     manifest: dict[str, Any]
+    tallies: ServingTallies | None = None
+    kept: npt.NDArray[np.bool_] | None = None
+    """The layout's columns the model reads (None: all)."""
 
 
 @strategies.register("ranker")
@@ -135,17 +154,36 @@ class RankerStrategy(BaseStrategy):
         catalog = history.catalog
         index = catalog.index()
         scenes = [] if impressions is None else impressions.scenes.tolist()
-        space = feature_space(catalog, history.user_features, scenes)
+        sources: tuple[str, ...] = ()
+        if impressions is not None and params.with_sources:
+            sources = varying_sources(impressions.sources)
+        space = feature_space(
+            catalog, history.user_features, scenes, sources, personal=params.personal
+        )
+        tallies = None
+        if params.personal:
+            tallies = TrainingTallies.of(history, index, params.window_days * 86_400)
         reason = self._fallback_reason(impressions)
         if reason is not None or impressions is None:
             log.warning("ranker: %s; the pipeline keeps its retrieval order", reason)
-            self._use(self._artifact_of(history, space, None, {"fallback": reason}))
+            fallback = {"fallback": reason}
+            self._use(self._artifact_of(history, space, None, fallback, tallies, None))
             return
         x, known = training_matrix(
-            space, impressions, history, index, with_position=params.with_position
+            space,
+            impressions,
+            history,
+            index,
+            with_position=params.with_position,
+            tallies=tallies,
         )
         clicked, purchased = impressions.clicked[known], impressions.purchased[known]
         held = impressions.holdout_mask(params.holdout)[known]
+        # A column the training rows never vary (a category the log never showed, the one
+        # scene it was logged in) carries no information, and its weights would stay at
+        # their random start: serving such a column would add noise. It is left out.
+        kept = np.ptp(x[~held], axis=0) > 0 if (~held).any() else np.ones(x.shape[1], bool)
+        x = x[:, kept]
         from strategies.ranker.model import train_ranker
 
         model, weights = train_ranker(
@@ -165,12 +203,14 @@ class RankerStrategy(BaseStrategy):
             "impressions": int(known.sum()),
             "dropped_unknown_items": int((~known).sum()),
             "holdout_rows": int(held.sum()),
+            "columns": int(kept.sum()),
+            "constant_columns_dropped": int((~kept).sum()),
             "quality": {
                 model_name: {head: finite_or_none(q) for head, q in heads.items()}
                 for model_name, heads in self.quality.items()
             },
         }
-        self._use(self._artifact_of(history, space, weights, training))
+        self._use(self._artifact_of(history, space, weights, training, tallies, kept))
 
     def _fallback_reason(self, impressions: ImpressionLog | None) -> str | None:
         params: RankerParams = self.params
@@ -198,9 +238,12 @@ class RankerStrategy(BaseStrategy):
         space: FeatureSpace,
         weights: RankerWeights | None,
         training: dict[str, Any],
+        tallies: TrainingTallies | None,
+        kept: npt.NDArray[np.bool_] | None,
     ) -> RankerArtifact:
         counts = BehaviourCounts.of(history)
         cutoff = history.end_timestamp + 1
+        serving = None if tallies is None else tallies.at_cutoff(cutoff)
         users = sorted(set(history.user_features) | set(counts.users))
         rows = np.zeros((len(users), space.user_width), dtype=np.float32)
         for i, user in enumerate(users):
@@ -212,10 +255,22 @@ class RankerStrategy(BaseStrategy):
             "catalog_sha256": catalog_digest(history.catalog),
             "profile": space.profile.to_json(),
             "scenes": list(space.scenes),
+            "sources": list(space.sources),
+            "personal": space.personal,
+            "cutoff": cutoff,
             "training": training,
         }
+        if kept is None:
+            kept = np.ones(space.width, dtype=bool)
         return RankerArtifact(
-            history.catalog, space, np.array(users, dtype=str), rows, weights, manifest
+            history.catalog,
+            space,
+            np.array(users, dtype=str),
+            rows,
+            weights,
+            manifest,
+            serving,
+            kept,
         )
 
     # ---- artifact ---------------------------------------------------------------------
@@ -262,6 +317,17 @@ class RankerStrategy(BaseStrategy):
                 "items": artifact.space.items,
                 "user_ids": artifact.user_ids.astype(str),
                 "user_rows": artifact.user_rows,
+                "kept_columns": (
+                    np.ones(artifact.space.width, bool) if artifact.kept is None else artifact.kept
+                ),
+                **(
+                    {}
+                    if artifact.tallies is None
+                    else {
+                        "tally_user_ids": artifact.tallies.user_ids.astype(str),
+                        **artifact.tallies.end.to_arrays(),
+                    }
+                ),
             },
             "weights.npz": {name: np.asarray(a) for name, a in weights.items()}
             or {"empty": np.zeros(0, np.float32)},
@@ -288,34 +354,66 @@ class RankerStrategy(BaseStrategy):
             features["items"],
             ProfileEncoding.from_json(manifest["profile"]),
             tuple(manifest["scenes"]),
+            tuple(manifest.get("sources", ())),
+            bool(manifest.get("personal", False)),
         )
+        catalog = catalog_of(arrays["items.npz"])
+        tallies = None
+        if "tally_user_ids" in features:
+            tallies = ServingTallies(
+                features["tally_user_ids"].astype(str),
+                catalog_codes_of(catalog),
+                EndTallies.from_arrays(features),
+            )
         strategy._use(
             RankerArtifact(
-                catalog=catalog_of(arrays["items.npz"]),
+                catalog=catalog,
                 space=space,
                 user_ids=features["user_ids"],
                 user_rows=features["user_rows"],
                 weights=None if "empty" in weights else RankerWeights.from_arrays(weights),
                 manifest=manifest,
+                tallies=tallies,
+                kept=features["kept_columns"].astype(bool),
             )
         )
         return strategy
 
     # ---- serving ----------------------------------------------------------------------
     def features_of(
-        self, request: RecRequest, items: npt.NDArray[np.int64]
+        self,
+        request: RecRequest,
+        items: npt.NDArray[np.int64],
+        sources: Sequence[str | None] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """The serving rows of one request's candidates (position fixed)."""
+        """The serving rows of one request's candidates (position fixed), with each
+        candidate's retrieval source (None: no source)."""
         artifact = self.artifact
+        space = artifact.space
         row = self._user_row.get(request.unit_id)
         user = self._unknown_user if row is None else artifact.user_rows[row]
-        scene = artifact.space.scene_row(request.scene)
-        return artifact.space.rows(items, user, scene, SERVING_POSITION)
+        scene = space.scene_row(request.scene)
+        personal = None
+        if space.personal and artifact.tallies is not None:
+            personal = artifact.tallies.columns(request.unit_id, items)
+        source = space.source_columns(sources, items.shape[0])
+        x = space.rows(items, user, scene, SERVING_POSITION, personal, source)
+        return x if artifact.kept is None else x[:, artifact.kept]
 
     def score_items(
         self, requests: Sequence[RecRequest], items: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float64]:
         """The objective's score of each candidate; a fallback keeps the given order."""
+        return self.score_candidates(requests, items, None)
+
+    def score_candidates(
+        self,
+        requests: Sequence[RecRequest],
+        items: npt.NDArray[np.int64],
+        sources: Sequence[Sequence[str | None]] | None,
+    ) -> npt.NDArray[np.float64]:
+        """`score_items` of candidates with the retrieval source of each (requests, n)
+        (None: unknown), as the pipeline's rank stage calls it."""
         artifact = self.artifact
         items = np.asarray(items, dtype=np.int64)
         if items.ndim != 2 or items.shape[0] != len(requests):
@@ -328,7 +426,8 @@ class RankerStrategy(BaseStrategy):
         out = np.empty(items.shape, dtype=np.float64)
         objective = self.params.objective
         for r, request in enumerate(requests):
-            p = artifact.weights.probabilities(self.features_of(request, items[r]))
+            found = None if sources is None else sources[r]
+            p = artifact.weights.probabilities(self.features_of(request, items[r], found))
             score = p["click"]
             if objective != "click":
                 score = score * p["purchase"]
@@ -383,3 +482,8 @@ def offline_quality(
             ),
         }
     return out
+
+
+def catalog_codes_of(catalog: Catalog) -> CatalogCodes:
+    """The personal features' codes of a catalogue."""
+    return CatalogCodes.of(catalog.categories, catalog.brands, catalog.prices)
