@@ -42,7 +42,7 @@ def ranking_quality(engine: Engine, experiment_id: int, catalog: str) -> dict[st
         if not slates:
             return {}
         shown = item_impressions(conn, experiment_id)
-        gains = _click_gains(conn, experiment_id)
+        gains = _click_gains(conn, experiment_id, list(slates))
         samples = {
             variant: _slate_sample(conn, experiment_id, variant, low)
             for variant, (_, low) in slates.items()
@@ -90,31 +90,39 @@ def _slates(conn: Connection, experiment_id: int) -> dict[str, tuple[int, int]]:
     return {str(variant): (int(n), int(low)) for variant, n, low in rows}
 
 
-def _click_gains(conn: Connection, experiment_id: int) -> dict[str, tuple[int, float]]:
+def _click_gains(
+    conn: Connection, experiment_id: int, variants: list[str]
+) -> dict[str, tuple[int, float]]:
     """{variant: (slates with a click on a shown item, sum of their NDCG)}.
 
     A slate's clicked positions are the first positions of its items that have a click
     event on that exposure: stored with the event (`events.position`), or looked up in the
     impressions for events stored before their exposure. NDCG sums run in exposure-id order.
+    Rows come back as plain integers (variant code, exposure id, position; -1 when the item
+    was not in the slate), straight from the driver's cursor into NumPy.
     """
-    rows = conn.execute(
+    codes_sql = " ".join(f"WHEN :v{i} THEN {i}" for i in range(len(variants)))
+    result = conn.execute(
         text(
-            "SELECT x.variant, e.exposure_id, COALESCE(e.position, ("
+            f"SELECT CASE x.variant {codes_sql} ELSE -1 END, e.exposure_id, "
+            "COALESCE(e.position, ("
             "  SELECT MIN(i.position) FROM impressions i"
-            "  WHERE i.exposure_id = e.exposure_id AND i.item_id = e.item_id)) "
+            "  WHERE i.exposure_id = e.exposure_id AND i.item_id = e.item_id), -1) "
             "FROM events e JOIN exposures x ON x.id = e.exposure_id "
             "WHERE e.experiment_id = :e AND e.type = 'click' "
             "AND x.experiment_id = :e AND x.slate_size > 0"
         ),
-        {"e": experiment_id},
-    ).all()
-    found = [row for row in rows if row[2] is not None]  # None: the item was not in the slate
-    if not found:
+        {"e": experiment_id, **{f"v{i}": v for i, v in enumerate(variants)}},
+    )
+    # 170,000 click rows: the driver's tuples, not SQLAlchemy rows (a third of the time).
+    rows = np.array(result.cursor.fetchall() if result.cursor else [], dtype=np.int64)
+    result.close()
+    if rows.size == 0:
         return {}
-    variants, exposures, positions = zip(*found, strict=True)
-    names, codes = np.unique(np.array(variants, dtype=object).astype(str), return_inverse=True)
-    exposure = np.array(exposures, dtype=np.int64)
-    position = np.array(positions, dtype=np.int64)
+    rows = rows[(rows[:, 2] >= 0) & (rows[:, 0] >= 0)]  # -1: the item was not in the slate
+    if rows.size == 0:
+        return {}
+    codes, exposure, position = rows[:, 0], rows[:, 1], rows[:, 2]
     order = np.lexsort((position, exposure))
     exposure, position, codes = exposure[order], position[order], codes[order]
     distinct = np.ones(len(exposure), dtype=bool)  # one click counted per (slate, position)
@@ -124,8 +132,10 @@ def _click_gains(conn: Connection, experiment_id: int) -> dict[str, tuple[int, f
     ratios = _ndcg_of_slates(position, starts)
     slate_codes = codes[starts]
     gains: dict[str, tuple[int, float]] = {}
-    for code, name in enumerate(names.tolist()):
+    for code, name in enumerate(variants):
         mine = np.flatnonzero(slate_codes == code)
+        if mine.size == 0:
+            continue
         total = 0.0
         for ratio in ratios[mine].tolist():  # in exposure-id order, one addition at a time
             total += ratio
