@@ -543,3 +543,21 @@ def make_history(
         values=np.where(types == "purchase", catalog.prices[items], np.nan),
         timestamps=np.sort(HISTORY_END - rng.integers(0, 20 * DAY, size=n_events)),
     )
+
+
+def metric_problems(metric: str) -> str:
+    """The config problems (one per line) of a two-variant experiment with this one metric
+    (a YAML flow mapping); fails if the config loads."""
+    text = "key: k\nvariants:\n  - {key: a, weight: 0.5}\n  - {key: b, weight: 0.5}\n"
+    return config_problems(text + f"metrics:\n  - {metric}\n")
+
+
+def config_problems(text: str) -> str:
+    """The problems of an experiment YAML that must not load, one per line."""
+    from abplatform.config import ConfigError, load_experiment_text
+
+    try:
+        load_experiment_text(text)
+    except ConfigError as error:
+        return "\n".join(error.problems)
+    raise AssertionError("the config loaded without problems")

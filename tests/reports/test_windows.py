@@ -19,11 +19,19 @@ from rich.console import Console
 from scipy import stats as sps
 from sqlalchemy import Engine
 
-from abplatform.config import ConfigError, load_experiment_text
 from reports.analysis import analyze
 from reports.render import render_report
 from reports.table import print_table
-from tests.factories import T0, Event, Exposure, create_experiment, seed_events, seed_exposures
+from tests.factories import (
+    T0,
+    Event,
+    Exposure,
+    config_problems,
+    create_experiment,
+    metric_problems,
+    seed_events,
+    seed_exposures,
+)
 
 H = 3600
 UNITS = 160
@@ -177,11 +185,7 @@ def test_every_window_closes_in_time(engine: Engine) -> None:
     ],
 )
 def test_bad_windows_are_named(window: str, path: str, problem: str) -> None:
-    text = "key: k\nvariants:\n  - {key: a, weight: 0.5}\n  - {key: b, weight: 0.5}\n"
-    text += f"metrics:\n  - {{name: m, type: proportion, event: purchase, window: {window}}}\n"
-    with pytest.raises(ConfigError) as info:
-        load_experiment_text(text)
-    message = "\n".join(info.value.problems)
+    message = metric_problems(f"{{name: m, type: proportion, event: purchase, window: {window}}}")
     assert f"{path}:" in message and problem in message, message
 
 
@@ -193,7 +197,5 @@ variants: [{key: a}, {key: b}]
 metrics:
   - {name: conv, type: proportion, event: purchase, window: {end: 24h}}
 """
-    with pytest.raises(ConfigError) as info:
-        load_experiment_text(text)
-    message = "\n".join(info.value.problems)
+    message = config_problems(text)
     assert "assignment.reward_metric:" in message and "has a window" in message, message
