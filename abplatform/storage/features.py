@@ -3,8 +3,9 @@
 `update_features` runs inside the transaction that stores the events (the API writer's), so
 an acknowledged event batch and the features it changed commit together. Only events the
 transaction newly stored count (a retried batch changes nothing twice), and only those of a
-known experiment, on an item of its catalogue, by a unit the experiment has assigned; the
-others update nothing and are returned with the reason.
+known experiment, on an item of its catalogue, by a known unit (one the experiment has
+assigned, or a user of the catalogue); the others update nothing and are returned with the
+reason.
 
 Concurrency: on SQLite the writer's transaction holds the database's write lock from its
 first insert, so a read-modify-write of a row cannot interleave with another process'. On
@@ -89,6 +90,12 @@ def update_features(
                     wanted_units.setdefault(event.experiment_id or 0, set()).add(event.unit_id)
         items = {c: _known(cursor, pg, _ITEMS_SQL, c, ids) for c, ids in wanted_items.items()}
         units = {e: _known(cursor, pg, _UNITS_SQL, e, ids) for e, ids in wanted_units.items()}
+        for experiment_id, ids in wanted_units.items():
+            # A unit the experiment has not assigned (yet) is known as a catalogue user.
+            unassigned = ids - units[experiment_id]
+            if unassigned:
+                catalogue = catalogues[experiment_id]
+                units[experiment_id] |= _known(cursor, pg, _USERS_SQL, catalogue, unassigned)
         applied: list[int] = []
         unfeatured: list[list[Unfeatured]] = []
         grouped: dict[FeatureKey, dict[int, list[EventRow]]] = {}
@@ -130,7 +137,10 @@ def _reason(
     if event.item_id not in items.get(catalogue, set()):
         return f"unknown item {event.item_id!r} (not in catalogue {catalogue!r})"
     if event.unit_id not in units.get(event.experiment_id, set()):
-        return f"unknown unit {event.unit_id!r} (never assigned in this experiment)"
+        return (
+            f"unknown unit {event.unit_id!r} (not assigned in this experiment, "
+            "not a user of its catalogue)"
+        )
     return None
 
 
@@ -153,6 +163,7 @@ _ITEMS_SQL = "SELECT item_id FROM catalog_items WHERE catalog = {mark} AND item_
 _UNITS_SQL = (
     "SELECT DISTINCT unit_id FROM exposures WHERE experiment_id = {mark} AND unit_id {among}"
 )
+_USERS_SQL = "SELECT user_id FROM users WHERE catalog = {mark} AND user_id {among}"
 
 
 def _known(cursor: Any, pg: bool, sql: str, owner: Any, ids: set[str]) -> set[str]:

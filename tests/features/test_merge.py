@@ -154,8 +154,10 @@ def test_each_strategy_uses_its_fresh_features(log: InteractionLog) -> None:
     after = offline.cutoff + 1
     online = OnlineFeatures(
         2,
-        tuple(Interaction("item-003", "view", after + i) for i in range(200))
-        + (Interaction("item-007", "add_to_cart", after + 300),),
+        (
+            *(Interaction("item-003", "view", after + i) for i in range(200)),
+            Interaction("item-007", "add_to_cart", after + 300),
+        ),
         cart=("item-007",),
     )
     request = RecRequest("user-1")

@@ -104,7 +104,11 @@ async def test_events_for_unknown_items_units_or_experiments_update_nothing(
     reasons = {u.index: (u.event_id, u.reason) for u in result.unfeatured}
     assert reasons == {
         1: ("x1", "unknown item 'no-such-item' (not in catalogue 'shop')"),
-        2: ("x2", "unknown unit 'stranger' (never assigned in this experiment)"),
+        2: (
+            "x2",
+            "unknown unit 'stranger' (not assigned in this experiment, "
+            "not a user of its catalogue)",
+        ),
         3: ("x3", "no item_id"),
         4: ("f", "no experiment: the event's catalogue is unknown"),
     }
@@ -122,7 +126,9 @@ def test_concurrent_writers_of_one_unit_lose_no_update(store: Store) -> None:
     queue = ctx.Queue()
     start = ctx.Barrier(processes)
     args = (store.url, batches, size, store.experiment_id, start)
-    procs = [ctx.Process(target=child, args=(queue, store.url, w, *args[1:])) for w in range(processes)]
+    procs = [
+        ctx.Process(target=child, args=(queue, store.url, w, *args[1:])) for w in range(processes)
+    ]
     for proc in procs:
         proc.start()
     results = [queue.get(timeout=300) for _ in procs]
