@@ -459,14 +459,7 @@ class TwoTowerStrategy(BaseStrategy):
             default: npt.NDArray[np.float64] = self._default
             return default
         # One user at a time, so the query does not depend on the batch it came in.
-        embedded = self.embed_history(items)
-        offset_axes = self.artifact.dim - 1 - embedded.shape[1]  # 1 with an item bias
-        query = _with_popularity(
-            np.column_stack([embedded, np.ones((1, offset_axes))]) if offset_axes else embedded,
-            0.0,
-        )
-        served: npt.NDArray[np.float64] = quantize(query)[0].astype(np.float64)
-        return served
+        return self._served_query(self.embed_history(items))
 
     def embed_history(
         self,
