@@ -107,6 +107,11 @@ class Metrics:
                     features.checks,
                     "Unit feature look-ups answered without a read (SQLite slot file).",
                 ),
+                (
+                    "feature_outage_answers_total",
+                    features.outage_answers,
+                    "Unit feature look-ups answered from memory while the database was away.",
+                ),
             ):
                 lines += [
                     f"# HELP abplatform_{name} {text}",

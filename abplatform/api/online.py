@@ -9,6 +9,10 @@ never uses features older than the unit's last acknowledged event, on any worker
 - PostgreSQL: the row is read on every request; requests arriving in one event-loop turn
   share one query (``unit_id = ANY(...)``) in one thread hop.
 
+While the database is unreachable no event can be acknowledged; an assign then gets the
+features this process read last for the unit (experiments are served from memory then too)
+and its slate is neither taken from nor put in the cache.
+
 `SlateCache` keeps computed slates by (experiment, variant, model, unit, scene, context,
 k) together with the unit's feature version they were computed from: an entry is served
 only for the same version (so a changed unit misses and is recomputed), for at most `ttl`
@@ -26,8 +30,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from abplatform.api.outage import DatabaseHealth
+from abplatform.api.outage import DatabaseHealth, unavailable
 from abplatform.domain import OnlineFeatures
+from abplatform.errors import DatabaseUnavailable
+from abplatform.storage.db import is_unavailable
 from abplatform.storage.feature_signals import FeatureSignals
 from abplatform.storage.features import read_features
 
@@ -47,31 +53,40 @@ class FeatureReader:
         self.signals = signals
         self.reads = 0  # rows read from the database
         self.checks = 0  # look-ups answered from the slot file alone
+        self.outage_answers = 0  # look-ups answered from memory, the database away
         self._known: dict[FeatureKey, tuple[int, OnlineFeatures | None]] = {}
         self._pending: dict[FeatureKey, list[asyncio.Future[OnlineFeatures | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def get(self, catalogue: str, unit_id: str) -> OnlineFeatures | None:
-        """The unit's online features as of now (None: it has none)."""
+    async def get(self, catalogue: str, unit_id: str) -> tuple[OnlineFeatures | None, bool]:
+        """The unit's online features as of now (None: it has none), and whether they are
+        current: while the database is unreachable the features this process read last
+        are answered (as experiments are served from memory then), flagged not current."""
         key = (catalogue, unit_id)
         seen = 0
         if self.signals is not None:
             seen = self.signals.value(catalogue, unit_id)
             if seen == 0:
                 self.checks += 1
-                return None
+                return None, True
             known = self._known.get(key)
             if known is not None and known[0] == seen:
                 self.checks += 1
-                return known[1]
-        features = await self._read(key)
-        if self.signals is not None:
-            if len(self._known) >= READER_UNITS:
-                self._known.clear()
-            # The slot was read before the row: a change committed in between bumps the
-            # slot again, so the next request reads once more (never the other way round).
-            self._known[key] = (seen, features)
-        return features
+                return known[1], True
+        try:
+            features = await self._read(key)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            self.outage_answers += 1
+            last = self._known.get(key)
+            return (last[1] if last is not None else None), False
+        if len(self._known) >= READER_UNITS:
+            self._known.clear()
+        # The slot was read before the row: a change committed in between bumps the slot
+        # again, so the next request reads once more (never the other way round).
+        self._known[key] = (seen, features)
+        return features, True
 
     def _read(self, key: FeatureKey) -> asyncio.Future[OnlineFeatures | None]:
         """The row of `key`, read together with the other rows asked for in this turn."""
@@ -107,10 +122,15 @@ class FeatureReader:
         for catalogue, unit in keys:
             by_catalogue.setdefault(catalogue, []).append(unit)
         out: dict[FeatureKey, OnlineFeatures] = {}
-        with self.engine.connect() as conn:
-            for catalogue, units in by_catalogue.items():
-                for unit, features in read_features(conn, catalogue, units).items():
-                    out[(catalogue, unit)] = features
+        try:
+            with self.engine.connect() as conn:
+                for catalogue, units in by_catalogue.items():
+                    for unit, features in read_features(conn, catalogue, units).items():
+                        out[(catalogue, unit)] = features
+        except Exception as exc:
+            if is_unavailable(exc):  # the driver's own error (read with its cursor)
+                raise DatabaseUnavailable(f"reading unit features failed: {exc}") from exc
+            raise
         self.reads += len(keys)
         return out
 

@@ -158,10 +158,12 @@ class ExperimentRuntime:
         feature_version = 0
         offline = self.online.get(variant)
         if offline is not None and features is not None:
-            online = await features.get(self.catalog, request.unit_id)
+            online, current = await features.get(self.catalog, request.unit_id)
             if online is not None:
                 feature_version = online.version
                 request = merge_features(offline, online, request)
+            if not current:  # the database is away: served, never cached
+                slates = None
         key = None
         if slates is not None:
             key = (
