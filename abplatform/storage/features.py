@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -246,10 +246,14 @@ def _changed(
     the batch's events before those stored earlier (they arrived later).
     """
     arrived = [(_seconds(e.ts), position, e) for position, e in enumerate(batch)]
-    new = [[e.item_id, e.type, ts] for ts, _, e in sorted(arrived, key=lambda t: (-t[0], -t[1]))]
-    merged = sorted([*new, *recent], key=lambda entry: -int(entry[2]))[:recent_limit]
+    in_order = sorted(arrived, key=lambda t: (t[0], t[1]))
+    new = [[e.item_id, e.type, ts] for ts, _, e in reversed(in_order)]
+    if not recent or new[-1][2] >= recent[0][2]:  # the usual case: all newer than stored
+        merged = (new + recent)[:recent_limit]
+    else:
+        merged = sorted([*new, *recent], key=lambda entry: -int(entry[2]))[:recent_limit]
     live = list(cart)
-    for _, _, event in sorted(arrived, key=lambda t: (t[0], t[1])):
+    for _, _, event in in_order:
         counts[event.type] = counts.get(event.type, 0) + 1
         if event.type == "add_to_cart" and event.item_id not in live:
             live.append(str(event.item_id))
@@ -260,10 +264,11 @@ def _changed(
 
 def _seconds(ts: datetime) -> int:
     """Unix seconds of a naive UTC time."""
-    return int((ts - _EPOCH).total_seconds())
+    return (ts - _EPOCH) // _SECOND
 
 
 _EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
 
 
 def _read_rows(
