@@ -59,11 +59,6 @@ class FeatureUpdate:
     unfeatured: list[list[Unfeatured]]
 
 
-# Experiment id -> catalogue: an experiment's catalogue never changes (a re-created
-# experiment gets a new id), so it is read once per process.
-_catalogues: dict[int, str] = {}
-
-
 def update_features(
     conn: Connection,
     batches: Sequence[Sequence[EventRow]],
@@ -147,15 +142,14 @@ def _reason(
 def _experiment_catalogues(
     cursor: Any, pg: bool, batches: Sequence[Sequence[EventRow]]
 ) -> dict[int, str]:
-    ids = {e.experiment_id for batch in batches for e in batch if e.experiment_id is not None}
-    missing = sorted(ids - _catalogues.keys())
-    if missing:
-        mark = "%s" if pg else "?"
-        marks = ", ".join([mark] * len(missing))
-        cursor.execute(f"SELECT id, catalog FROM experiments WHERE id IN ({marks})", missing)
-        for experiment_id, catalogue in cursor.fetchall():
-            _catalogues[int(experiment_id)] = str(catalogue)
-    return {i: _catalogues[i] for i in ids if i in _catalogues}
+    """{experiment id: catalogue} of the batches' experiments, read in the transaction (an
+    id can be reused by a re-created experiment on SQLite, so it is never cached)."""
+    ids = sorted({e.experiment_id for b in batches for e in b if e.experiment_id is not None})
+    if not ids:
+        return {}
+    marks = ", ".join(["%s" if pg else "?"] * len(ids))
+    cursor.execute(f"SELECT id, catalog FROM experiments WHERE id IN ({marks})", ids)
+    return {int(experiment_id): str(catalogue) for experiment_id, catalogue in cursor.fetchall()}
 
 
 # (query, id column filter): the catalogue's items, the experiment's assigned units.
