@@ -19,46 +19,37 @@ keeps everything per unit in the database; the result types are in `reports.resu
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
 from abplatform.config.models import (
     ExperimentConfig,
-    MeanMetric,
-    ProportionMetric,
-    RatioMetric,
 )
 from abplatform.errors import AbplatformError
 from abplatform.storage.db import refresh_planner_statistics, transaction, with_local_settings
 from abplatform.storage.repository import get_experiment, latest_simulation
-from reports.aggregate import ExperimentAggregates, aggregate_experiment, cuped_eligible
+from reports.aggregate import ExperimentAggregates, aggregate_experiment
 from reports.bandit import bandit_analysis
-from reports.bayes import beta_binomial, normal_approximation
-from reports.cuped import CovariateSums, CupedResult, cuped_adjust
+from reports.capping import Cap, cap_thresholds
+from reports.metric_result import Options, metric_result
 from reports.models import served_models
 from reports.multiple import adjust_pvalues
-from reports.power import mde_at
 from reports.results import (
     AnalysisResult,
-    BayesSummary,
+    CapSummary,
     ComparisonResult,
-    CupedInfo,
     MetricResult,
     RankingQuality,
     RunInfo,
-    SequentialSummary,
     SrmSummary,
-    VariantEstimate,
     Verdict,
+    WindowSummary,
 )
-from reports.sequential import always_valid
 from reports.stages import stage
-from reports.stats import Comparison, compare, estimate, srm_test
-from reports.sufficient import MeanStats, RatioStats
+from reports.stats import srm_test
 from reports.units import PrePeriod
 
 __all__ = ["POSTGRES_SETTINGS", "analyze"]
@@ -115,178 +106,6 @@ def _units(n: int) -> str:
     return f"{n:,} unit" if n == 1 else f"{n:,} units"
 
 
-def _ground_truth(document: Any, metric: str) -> dict[str, float] | None:
-    """``document["metrics"][metric]`` as {variant: float}, or None when absent."""
-    if not isinstance(document, Mapping):
-        return None
-    metrics = document.get("metrics")
-    if not isinstance(metrics, Mapping):
-        return None
-    values = metrics.get(metric)
-    if not isinstance(values, Mapping):
-        return None
-    truth = {
-        str(variant): float(value)
-        for variant, value in values.items()
-        if isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    }
-    return truth or None
-
-
-@dataclass(frozen=True)
-class _Options:
-    """The analysis settings in force (from the config's ``analysis:`` block)."""
-
-    alpha: float
-    cuped: bool
-    sequential: bool
-    sequential_tuning: int
-    correction: str
-    power: float
-    guardrails: frozenset[str]
-
-
-def _cuped_info(result: CupedResult) -> CupedInfo:
-    return CupedInfo(result.applied, result.variance_reduction, result.theta, result.note)
-
-
-def _comparison_variance_reduction(raw: Comparison, adjusted: Comparison) -> float:
-    """``1 - Var(adjusted diff) / Var(raw diff)`` of one comparison (0 when undefined)."""
-    if raw.se is None or adjusted.se is None or raw.se == 0.0:
-        return 0.0
-    return 1.0 - (adjusted.se / raw.se) ** 2
-
-
-def _bayes(
-    metric: ProportionMetric | MeanMetric | RatioMetric,
-    treatment: MeanStats | RatioStats,
-    baseline: MeanStats | RatioStats,
-    cmp: Comparison,
-    alpha: float,
-) -> BayesSummary | None:
-    if isinstance(metric, ProportionMetric) and isinstance(treatment, MeanStats):
-        assert isinstance(baseline, MeanStats)
-        if treatment.n == 0 or baseline.n == 0:
-            return None
-        # Per-unit 0/1 flags: the totals are the numbers of converted units.
-        result = beta_binomial(
-            round(treatment.total), treatment.n, round(baseline.total), baseline.n, alpha
-        )
-    else:
-        if cmp.diff is None or cmp.se is None:
-            return None
-        result = normal_approximation(cmp.diff, cmp.se, cmp.rel_lift, cmp.rel_lift_se, alpha)
-    return BayesSummary(
-        result.method, result.chance_to_beat_control, result.lift_mean, result.lift_interval
-    )
-
-
-def _metric_result(
-    metric: ProportionMetric | MeanMetric | RatioMetric,
-    stats: Mapping[str, MeanStats | RatioStats],
-    config: ExperimentConfig,
-    options: _Options,
-    ground_truth: Any,
-    covariates: Mapping[str, CovariateSums] | None = None,
-) -> MetricResult:
-    alpha = options.alpha
-    control = config.control_key
-    keys = [variant.key for variant in config.variants]
-    empty: MeanStats | RatioStats = (
-        RatioStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        if isinstance(metric, RatioMetric)
-        else MeanStats(0, 0.0, 0.0)
-    )
-    per_variant = {key: stats.get(key, empty) for key in keys}
-    variants = []
-    for key in keys:
-        est = estimate(per_variant[key], alpha)
-        variants.append(VariantEstimate(key, est.n, est.value, est.ci, est.note))
-
-    cuped: CupedResult | None = None
-    if not options.cuped:
-        metric_cuped = CupedInfo(False, 0.0, 0.0, "CUPED is off (analysis.cuped: false)")
-    elif not cuped_eligible(metric):
-        why = "ratio metric" if isinstance(metric, RatioMetric) else "impressions have no history"
-        metric_cuped = CupedInfo(False, 0.0, 0.0, f"not applied: {why}")
-    elif covariates is None:
-        metric_cuped = CupedInfo(False, 0.0, 0.0, "not applied: no pre-period data")
-    else:
-        outcome = {key: per_variant[key] for key in keys}
-        assert all(isinstance(v, MeanStats) for v in outcome.values())
-        cuped = cuped_adjust(
-            {k: v for k, v in outcome.items() if isinstance(v, MeanStats)},
-            {key: covariates.get(key, CovariateSums(0.0, 0.0, 0.0)) for key in keys},
-        )
-        metric_cuped = _cuped_info(cuped)
-        if not cuped.applied:
-            metric_cuped = CupedInfo(False, 0.0, 0.0, f"not applied: {cuped.note}")
-
-    comparisons = []
-    for key in keys:
-        if key == control:
-            continue
-        raw = compare(per_variant[key], per_variant[control], alpha)
-        cmp, info = raw, metric_cuped
-        if cuped is not None and cuped.applied:
-            cmp = compare(cuped.stats[key], cuped.stats[control], alpha)
-            info = dataclasses.replace(
-                metric_cuped, variance_reduction=_comparison_variance_reduction(raw, cmp)
-            )
-        significant = cmp.p_value is not None and cmp.p_value < alpha
-        sequential: SequentialSummary | None = None
-        if options.sequential and cmp.diff is not None and cmp.se is not None:
-            units = (per_variant[key].n + per_variant[control].n) / 2.0
-            seq = always_valid(cmp, units, alpha, options.sequential_tuning)
-            sequential = SequentialSummary(
-                p_value=seq.p_value,
-                diff_ci=seq.diff_ci,
-                rel_lift_ci=seq.rel_lift_ci,
-                boundary_z=seq.boundary,
-                z=None if cmp.se == 0 else cmp.diff / cmp.se,
-                tuning_units=seq.tuning_units,
-            )
-        bayes = _bayes(metric, per_variant[key], per_variant[control], cmp, alpha)
-        mde = mde_relative = None
-        if cmp.se is not None:
-            mde = mde_at(cmp.se, alpha, options.power)
-            base = per_variant[control]
-            base_value = base.mean if isinstance(base, MeanStats) else base.ratio
-            if base_value:
-                mde_relative = mde / abs(base_value)
-        comparisons.append(
-            ComparisonResult(
-                variant=key,
-                baseline=control,
-                diff=cmp.diff,
-                diff_ci=cmp.diff_ci,
-                rel_lift=cmp.rel_lift,
-                rel_lift_ci=cmp.rel_lift_ci,
-                p_value=cmp.p_value,
-                significant=significant,
-                note=cmp.note,
-                chance_to_beat_control=None if bayes is None else bayes.chance_to_beat_control,
-                bayes=bayes,
-                cuped=info,
-                sequential=sequential,
-                mde=mde,
-                mde_relative=mde_relative,
-                guardrail=metric.name in options.guardrails,
-            )
-        )
-    return MetricResult(
-        metric=metric.name,
-        type=metric.type,
-        variants=tuple(variants),
-        comparisons=tuple(comparisons),
-        ground_truth=_ground_truth(ground_truth, metric.name),
-        guardrail=metric.name in options.guardrails,
-        cuped=metric_cuped,
-    )
-
-
 def _decision_p(cmp: ComparisonResult) -> float | None:
     """The p-value a decision rests on: always-valid when sequential, else fixed-horizon."""
     if cmp.sequential is not None:
@@ -294,7 +113,7 @@ def _decision_p(cmp: ComparisonResult) -> float | None:
     return cmp.p_value
 
 
-def _decide(p_adjusted: float | None, diff: float | None, options: _Options) -> Verdict:
+def _decide(p_adjusted: float | None, diff: float | None, options: Options) -> Verdict:
     """Verdict of a comparison; larger is taken to be better for every metric."""
     if p_adjusted is None or diff is None:
         return "keep running"  # not enough data for a test yet
@@ -305,7 +124,7 @@ def _decide(p_adjusted: float | None, diff: float | None, options: _Options) -> 
 
 
 def _apply_correction(
-    metrics: Sequence[MetricResult], options: _Options
+    metrics: Sequence[MetricResult], options: Options
 ) -> tuple[MetricResult, ...]:
     """Correct the p-values within two families: primary metrics, and guardrails.
 
@@ -348,7 +167,12 @@ def _no_data_error(key: str) -> AbplatformError:
 
 
 def analyze(
-    engine: Engine, key: str, alpha: float | None = None, *, ranking: bool = True
+    engine: Engine,
+    key: str,
+    alpha: float | None = None,
+    *,
+    ranking: bool = True,
+    as_of: datetime | None = None,
 ) -> AnalysisResult:
     """Analyse an experiment: units, SRM check, and every metric against the control.
 
@@ -361,6 +185,11 @@ def analyze(
     alpha : float, optional
         Two-sided significance level of the confidence intervals and tests;
         defaults to the config's ``analysis.alpha`` (0.05).
+    ranking : bool
+        Whether to compute the ranking-quality section.
+    as_of : datetime, optional
+        The analysis time that decides which metric windows have closed (naive UTC or
+        aware); defaults to now.
 
     Returns
     -------
@@ -385,6 +214,7 @@ def analyze(
         isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 < float(alpha) < 1.0
     ):
         raise ValueError(f"alpha must be strictly between 0 and 1, got {alpha!r}")
+    as_of = datetime.now(UTC).replace(tzinfo=None) if as_of is None else _naive_utc(as_of)
     engine = with_local_settings(engine, POSTGRES_SETTINGS)
     with stage("planner statistics"):
         refresh_planner_statistics(engine)
@@ -392,7 +222,7 @@ def analyze(
         stored = get_experiment(session, key)
         config = stored.config
         settings = config.analysis
-        options = _Options(
+        options = Options(
             alpha=float(alpha) if alpha is not None else settings.alpha,
             cuped=settings.cuped,
             sequential=settings.sequential,
@@ -402,6 +232,8 @@ def analyze(
             guardrails=frozenset(settings.guardrails),
         )
         variant_keys = [variant.key for variant in config.variants]
+        with stage("capping"):  # one statement per percentile cap
+            caps = cap_thresholds(session, stored.id, variant_keys, config.metrics, as_of)
         with stage("aggregate SQL"):  # units, metrics and CUPED sums: one query
             aggregates = aggregate_experiment(
                 session,
@@ -413,6 +245,8 @@ def analyze(
                     stored.catalog,
                     settings.pre_period.naive_utc() if settings.pre_period else None,
                 ),
+                caps=caps,
+                as_of=as_of,
             )
         with stage("ground truth"):
             run = latest_simulation(session, stored.id)
@@ -422,7 +256,9 @@ def analyze(
             run_info = RunInfo(run.id, int(run.seed), run.status)
             ground_truth = run.ground_truth
         with stage("models"):
-            models, model_warnings = served_models(session, stored.id, config, options.alpha)
+            models, model_warnings = served_models(
+                session, stored.id, config, options.alpha, caps, as_of
+            )
         bandit = None
         if config.bandit is not None:
             with stage("bandit"):
@@ -470,7 +306,7 @@ def analyze(
     warnings.extend(srm_warnings)
     warnings.extend(model_warnings)
     with stage("statistics"):  # metrics and CUPED adjustment, in Python
-        metrics = _statistics(config, options, aggregates, ground_truth)
+        metrics = _statistics(config, options, aggregates, ground_truth, caps, as_of)
     with stage("ranking quality"):
         ranking_quality = _ranking(engine, stored.id, stored.catalog) if ranking else None
     return AnalysisResult(
@@ -514,20 +350,54 @@ def _ranking(engine: Engine, experiment_id: int, catalog: str) -> dict[str, Rank
 
 
 def _statistics(
-    config: ExperimentConfig, options: _Options, aggregates: ExperimentAggregates, ground_truth: Any
+    config: ExperimentConfig,
+    options: Options,
+    aggregates: ExperimentAggregates,
+    ground_truth: Any,
+    caps: Sequence[Cap] = (),
+    as_of: datetime | None = None,
 ) -> tuple[MetricResult, ...]:
     """Every metric's estimates and comparisons (CUPED-adjusted where it applies), corrected."""
-    return _apply_correction(
-        [
-            _metric_result(
-                metric,
-                aggregates.stats[metric.name],
-                config,
-                options,
-                ground_truth,
-                aggregates.covariates.get(metric.name),
+    results = []
+    for metric in config.metrics:
+        result = metric_result(
+            metric,
+            aggregates.stats[metric.name],
+            config,
+            options,
+            ground_truth,
+            aggregates.covariates.get(metric.name),
+        )
+        capping = tuple(
+            CapSummary(
+                role=cap.role,
+                type=cap.config.type,
+                value=cap.config.value,
+                threshold=cap.threshold,
+                capped_units=dict(
+                    aggregates.capped_units.get(
+                        (cap.metric, cap.role), dict.fromkeys(aggregates.units, 0)
+                    )
+                ),
             )
-            for metric in config.metrics
-        ],
-        options,
-    )
+            for cap in caps
+            if cap.metric == metric.name
+        )
+        if capping:
+            result = dataclasses.replace(result, capping=capping)
+        if metric.window is not None and as_of is not None:
+            stats = aggregates.stats[metric.name]
+            window = WindowSummary(
+                start=metric.window.start,
+                end=metric.window.end,
+                delay=metric.window.delay,
+                as_of=as_of.replace(tzinfo=UTC).isoformat(),
+                open_units={v: n - stats[v].n for v, n in aggregates.units.items()},
+            )
+            result = dataclasses.replace(result, window=window)
+        results.append(result)
+    return _apply_correction(results, options)
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)

@@ -44,7 +44,7 @@ from abplatform.bandit import (
     weight_rows,
 )
 from abplatform.config.models import ExperimentConfig, UnitKind
-from reports.aggregate import arm_sums, arm_version_counts
+from reports.arm_sums import arm_sums, arm_version_counts
 from reports.ipw import ArmSums, hajek, horvitz_thompson
 from reports.results import (
     AllocationCheck,

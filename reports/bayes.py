@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special  # type: ignore[import-untyped, unused-ignore]
 
-__all__ = ["DEFAULT_DRAWS", "BayesResult", "beta_binomial", "normal_approximation"]
+__all__ = [
+    "DEFAULT_DRAWS",
+    "BayesResult",
+    "LiftPrior",
+    "beta_binomial",
+    "expected_losses",
+    "normal_approximation",
+]
 
 DEFAULT_DRAWS: int = 200_000
 """Monte Carlo draws for Beta posteriors: the chance's MC standard error is <= 0.0011."""
@@ -28,12 +35,38 @@ class BayesResult:
         Central ``1 - alpha`` credible interval of the relative lift.
     method : str
         ``"beta-binomial"`` or ``"normal"``.
+    risk_treatment, risk_control : float or None
+        Expected loss of shipping the treatment, ``E[max(-L, 0)]``, and of keeping the
+        control, ``E[max(L, 0)]``, in units of the relative lift ``L`` (None when the lift
+        is undefined).
     """
 
     chance_to_beat_control: float
     lift_mean: float | None
     lift_interval: tuple[float, float] | None
     method: str
+    risk_treatment: float | None = None
+    risk_control: float | None = None
+
+
+@dataclass(frozen=True)
+class LiftPrior:
+    """A normal prior on the relative lift ``L = m_t / m_c - 1``: ``L ~ N(mean, stddev²)``."""
+
+    mean: float
+    stddev: float
+
+
+def expected_losses(mean: float, sd: float) -> tuple[float, float]:
+    """``(E[max(-L, 0)], E[max(L, 0)])`` for ``L ~ N(mean, sd²)``: the risks of shipping
+    and of not shipping (``E[max(L, 0)] = mean Φ(mean/sd) + sd φ(mean/sd)``)."""
+    if sd <= 0:
+        return max(-mean, 0.0), max(mean, 0.0)
+    z = mean / sd
+    density = math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    keep = mean * float(special.ndtr(z)) + sd * density
+    ship = keep - mean  # E[max(-L, 0)] = E[max(L, 0)] - E[L]
+    return max(ship, 0.0), max(keep, 0.0)
 
 
 def beta_binomial(
@@ -67,6 +100,8 @@ def beta_binomial(
         lift_mean=float(np.mean(lift)),
         lift_interval=(float(lo), float(hi)),
         method="beta-binomial",
+        risk_treatment=float(np.mean(np.maximum(-lift, 0.0))),
+        risk_control=float(np.mean(np.maximum(lift, 0.0))),
     )
 
 
@@ -76,8 +111,9 @@ def normal_approximation(
     rel_lift: float | None,
     rel_lift_se: float | None,
     alpha: float = 0.05,
+    prior: LiftPrior | None = None,
 ) -> BayesResult:
-    """Flat-prior normal posterior of the difference (and of the relative lift).
+    """Normal posterior of the difference and of the relative lift: flat, or with a prior.
 
     Notes
     -----
@@ -86,7 +122,26 @@ def normal_approximation(
     chance to beat control is :math:`\\Phi(\\hat\\Delta/\\mathrm{se})`; the
     relative lift uses its delta-method standard error the same way. With
     ``se == 0`` the chance is 1, 0 or 0.5 by the sign of the difference.
+
+    With a `prior` ``L ~ N(m0, s0²)`` on the relative lift, the posterior is the conjugate
+    normal one on ``L`` (``1/s² = 1/s0² + 1/se_L²``, ``m = s² (m0/s0² + L̂/se_L²)``): the
+    chance to beat control is ``Φ(m/s)``, the lift's mean ``m`` and its interval
+    ``m ± z s``. The risks are ``E[max(∓L, 0)]`` under the posterior of ``L``.
     """
+    if prior is not None and rel_lift is not None and rel_lift_se is not None and rel_lift_se > 0:
+        precision = 1.0 / prior.stddev**2 + 1.0 / rel_lift_se**2
+        post_sd = math.sqrt(1.0 / precision)
+        post_mean = (prior.mean / prior.stddev**2 + rel_lift / rel_lift_se**2) / precision
+        z = -float(special.ndtri(alpha / 2.0))
+        ship, keep = expected_losses(post_mean, post_sd)
+        return BayesResult(
+            float(special.ndtr(post_mean / post_sd)),
+            post_mean,
+            (post_mean - z * post_sd, post_mean + z * post_sd),
+            "normal with prior",
+            ship,
+            keep,
+        )
     if se > 0:
         chance = float(special.ndtr(diff / se))
     else:
@@ -97,4 +152,7 @@ def normal_approximation(
         interval = (rel_lift - z * rel_lift_se, rel_lift + z * rel_lift_se)
     if not math.isfinite(chance):
         chance = 0.5
-    return BayesResult(chance, rel_lift, interval, "normal")
+    risks: tuple[float | None, float | None] = (None, None)
+    if rel_lift is not None and rel_lift_se is not None:
+        risks = expected_losses(rel_lift, rel_lift_se)
+    return BayesResult(chance, rel_lift, interval, "normal", *risks)

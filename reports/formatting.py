@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from reports.results import RankingQuality
+from reports.results import CapSummary, RankingQuality, WindowSummary
 
 __all__ = [
     "DASH",
+    "capping_text",
     "format_diff",
     "format_interval",
     "format_lift",
@@ -18,6 +19,7 @@ __all__ = [
     "format_value",
     "p_text",
     "ranking_cells",
+    "window_text",
 ]
 
 DASH = "—"
@@ -102,3 +104,41 @@ def ranking_cells(values: RankingQuality) -> dict[str, str]:
         "diversity": format_number(values.intra_list_diversity),
         "novelty": format_number(values.novelty),
     }
+
+
+def capping_text(capping: Sequence[CapSummary]) -> str:
+    """``capped: value at 812.5 (99th percentile, pooled): 41 units (a 20, b 21)``; "" if none."""
+    parts = []
+    for cap in capping:
+        if cap.threshold is None:
+            parts.append(f"{cap.role} not capped (no units to compute the percentile from)")
+            continue
+        rule = (
+            f"{cap.value * 100:g}th percentile, pooled over variants"
+            if cap.type == "percentile"
+            else "absolute"
+        )
+        total = sum(cap.capped_units.values())
+        per_variant = ", ".join(f"{v} {n:,}" for v, n in cap.capped_units.items())
+        parts.append(
+            f"{cap.role} capped at {cap.threshold:.6g} ({rule}): "
+            f"{total:,} unit{'s' if total != 1 else ''} cut ({per_variant})"
+        )
+    return "; ".join(parts)
+
+
+def window_text(window: WindowSummary | None) -> str:
+    """``events 0h-72h after the first exposure; 120 units left out, window open (a 60, b 60)``."""
+    if window is None:
+        return ""
+    text = f"events from {window.start} to {window.end} after each unit's first exposure"
+    if window.delay not in ("0h", "0m", "0s", "0d"):
+        text += f", closed {window.delay} after"
+    total = sum(window.open_units.values())
+    if total:
+        per_variant = ", ".join(f"{v} {n:,}" for v, n in window.open_units.items())
+        text += (
+            f"; {total:,} unit{'s' if total != 1 else ''} left out, window still open "
+            f"at {window.as_of} ({per_variant})"
+        )
+    return text

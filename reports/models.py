@@ -9,12 +9,14 @@ first exposure, with each metric's mean over those units (`reports.aggregate`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from abplatform.config.models import ExperimentConfig
 from abplatform.storage.model_registry import ModelRecord, get_models
 from reports.aggregate import VersionStats, exposures_by_model, model_version_stats
+from reports.capping import Cap
 from reports.results import FITTED_AT_START, ModelVersionBreakdown, ServedModel, VariantModels
 from reports.stats import estimate
 
@@ -29,7 +31,12 @@ def model_label(model_id: int | None, record: ModelRecord | None) -> str:
 
 
 def served_models(
-    session: Session, experiment_id: int, config: ExperimentConfig, alpha: float
+    session: Session,
+    experiment_id: int,
+    config: ExperimentConfig,
+    alpha: float,
+    caps: Sequence[Cap] = (),
+    as_of: datetime | None = None,
 ) -> tuple[dict[str, VariantModels], list[str]]:
     """Per configured variant (config order), the models that served it; and the warnings.
 
@@ -55,7 +62,7 @@ def served_models(
             )
         )
     mixed = [key for key in keys if len(by_variant[key]) > 1]
-    stats = model_version_stats(session, experiment_id, keys, config.metrics, mixed)
+    stats = model_version_stats(session, experiment_id, keys, config.metrics, mixed, caps, as_of)
     out: dict[str, VariantModels] = {}
     warnings: list[str] = []
     for key in keys:

@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from reports.charts import lift_chart, line_chart
 from reports.formatting import (
     DASH,
+    capping_text,
     format_diff,
     format_interval,
     format_lift,
@@ -21,6 +22,7 @@ from reports.formatting import (
     format_value,
     p_text,
     ranking_cells,
+    window_text,
 )
 from reports.results import (
     AnalysisResult,
@@ -247,8 +249,23 @@ def _details(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> list[s
         text = f"Chance to beat control: {format_percent(cmp.chance_to_beat_control, 1)}"
         if interval is not None:
             text += f"; credible interval of the lift {format_interval(interval, format_lift)}"
-        method = "Beta-Binomial" if cmp.bayes.method == "beta-binomial" else "normal"
-        lines.append(f"{text} ({method} posterior, flat prior).")
+        bayes = cmp.bayes
+        if bayes.method == "beta-binomial":
+            posterior = "Beta-Binomial posterior, uniform priors"
+        elif bayes.prior_mean is not None and bayes.prior_stddev is not None:
+            posterior = (
+                f"normal posterior, prior on the lift N({format_lift(bayes.prior_mean)}, "
+                f"{format_percent(bayes.prior_stddev, 1)}²)"
+            )
+        else:
+            posterior = "normal posterior, flat prior"
+        if bayes.risk_treatment is not None and bayes.risk_control is not None:
+            text += (
+                f"; risk (expected relative loss) of shipping {cmp.variant} "
+                f"{format_percent(bayes.risk_treatment, 2)}, of keeping {cmp.baseline} "
+                f"{format_percent(bayes.risk_control, 2)}"
+            )
+        lines.append(f"{text} ({posterior}).")
     if cmp.cuped is not None and cmp.cuped.applied:
         lines.append(
             "CUPED on: pre-experiment behaviour removed "
@@ -261,6 +278,13 @@ def _cuped_text(mr: MetricResult) -> str:
     info = mr.cuped
     if info is None:
         return "CUPED off."
+    if info.applied and mr.type == "ratio":
+        parts = "numerator and denominator" if info.theta_denominator is not None else "numerator"
+        return (
+            "CUPED on: the ratio's delta-method linearisation adjusted with each unit's "
+            f"pre-experiment {parts} (variance reduced by "
+            f"{format_percent(info.variance_reduction, 1)})."
+        )
     if info.applied:
         return (
             "CUPED on: adjusted with each unit's pre-experiment value of this metric "
@@ -307,6 +331,8 @@ def _metric_view(mr: MetricResult, control: str, alpha: float) -> dict[str, Any]
         "charts": [_chart(mr, cmp, confidence) for cmp in mr.comparisons],
         "guardrail": mr.guardrail,
         "cuped": _cuped_text(mr),
+        "capping": capping_text(mr.capping),
+        "window": window_text(mr.window),
     }
 
 

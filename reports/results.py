@@ -18,6 +18,7 @@ __all__ = [
     "BanditArm",
     "BanditResult",
     "BayesSummary",
+    "CapSummary",
     "ComparisonResult",
     "CupedInfo",
     "MetricResult",
@@ -32,6 +33,7 @@ __all__ = [
     "VariantEstimate",
     "VariantModels",
     "Verdict",
+    "WindowSummary",
     "clean_float",
     "clean_pair",
 ]
@@ -121,7 +123,10 @@ class CupedInfo(JsonResult):
     applied: bool
     variance_reduction: float
     theta: float
+    """The slope on the pre-period value (a ratio's: on its pre-period numerator)."""
     note: str | None
+    theta_denominator: float | None = None
+    """A ratio's slope on its pre-period denominator; None when not used."""
 
 
 NOT_REQUESTED = CupedInfo(False, 0.0, 0.0, "not requested")
@@ -135,6 +140,13 @@ class BayesSummary(JsonResult):
     chance_to_beat_control: float
     lift_mean: float | None
     lift_interval: tuple[float, float] | None
+    risk_treatment: float | None = None
+    """Expected loss (relative lift) of shipping the variant: E[max(-lift, 0)]."""
+    risk_control: float | None = None
+    """Expected loss (relative lift) of keeping the control: E[max(lift, 0)]."""
+    prior_mean: float | None = None
+    """Mean of the normal prior on the relative lift; None: a flat (or Beta(1, 1)) prior."""
+    prior_stddev: float | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +192,33 @@ class ComparisonResult(JsonResult):
 
 
 @dataclass(frozen=True)
+class CapSummary(JsonResult):
+    """A capped per-unit value of a metric: its rule, the threshold and the units cut."""
+
+    role: str
+    """``value`` (a mean metric), ``numerator`` or ``denominator`` (a ratio)."""
+    type: str
+    value: float
+    threshold: float | None
+    """None when a percentile had no analysed unit to be computed from."""
+    capped_units: Mapping[str, int]
+    """Per variant, the units whose value was above the threshold (and was cut to it)."""
+
+
+@dataclass(frozen=True)
+class WindowSummary(JsonResult):
+    """A metric's window (`reports.windows`) and the units left out while it is open."""
+
+    start: str
+    end: str
+    delay: str
+    as_of: str
+    """The analysis time that decided which windows had closed (UTC, ISO 8601)."""
+    open_units: Mapping[str, int]
+    """Per variant, the units whose window had not closed yet (left out of this metric)."""
+
+
+@dataclass(frozen=True)
 class MetricResult(JsonResult):
     """Per-variant estimates, comparisons with the control and ground truth of one metric."""
 
@@ -191,6 +230,10 @@ class MetricResult(JsonResult):
     guardrail: bool = False
     cuped: CupedInfo | None = None
     """Pooled over variants; ``variance_reduction`` is 1 - var(adjusted) / var(raw)."""
+    capping: tuple[CapSummary, ...] = ()
+    """The metric's capped values (`reports.capping`); empty when it is not capped."""
+    window: WindowSummary | None = None
+    """The metric's window (`reports.windows`); None when every event counts."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (no NaN/inf); no CUPED record reads "not requested"."""

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from scipy import special  # type: ignore[import-untyped, unused-ignore]
 
 from reports.multiple import adjust_pvalues
+from reports.selfcheck_methods import method_checks
 from reports.sequential import DEFAULT_TUNING_UNITS, always_valid_arrays
 
 __all__ = [
@@ -512,6 +513,9 @@ def run_selfcheck(
             _rate_check(group, f"{label}: {what}", res[key], target, relation)
             for key, what, target, relation in rows
         ]
+
+    # 5. Capping and CUPED for ratios (reports/selfcheck_methods.py, own generator) ----
+    checks += method_checks(seed, reps, n, ALPHA, _collect, _rate_check)
 
     return SelfCheckResult(
         replications=reps,

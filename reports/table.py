@@ -124,6 +124,10 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
     ]
     if metric.cuped is not None and metric.cuped.applied:
         notes.append(f"CUPED: variance -{fmt.format_percent(metric.cuped.variance_reduction, 1)}")
+    if metric.capping:
+        notes.append(fmt.capping_text(metric.capping))
+    if metric.window is not None:
+        notes.append(fmt.window_text(metric.window))
     for cmp in metric.comparisons:
         if cmp.sequential is not None:
             lo, hi = cmp.sequential.diff_ci

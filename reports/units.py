@@ -44,12 +44,14 @@ from typing import Any, Literal
 from sqlalchemy import (
     CTE,
     ColumnElement,
+    DateTime,
     Float,
     String,
     Subquery,
     case,
     cast,
     func,
+    literal,
     literal_column,
     select,
     union_all,
@@ -57,6 +59,7 @@ from sqlalchemy import (
 
 from abplatform.config.models import MeanMetric, ProportionMetric, UnitKind
 from abplatform.storage import models as m
+from reports.windows import CLOSED, closed_cutoff, elapsed_seconds, parse_window
 
 __all__ = [
     "IMPRESSION",
@@ -140,13 +143,6 @@ class UnitValues:
         """The per-unit value column of ``key``."""
         return self.table.c[self.labels[key]]
 
-    def product(self, factors: Sequence[ValueKey]) -> ColumnElement[float]:
-        """The product of per-unit values (a square when a factor repeats)."""
-        term = self.value(factors[0])
-        for factor in factors[1:]:
-            term = term * self.value(factor)
-        return term
-
 
 def _units_cte(
     experiment_id: int, kind: UnitKind, variants: Sequence[str] | None, materialized: bool
@@ -211,15 +207,34 @@ def _conditional_sums(
     columns: Mapping[tuple[str, Aggregate], str],
     type_: ColumnElement[str],
     value: ColumnElement[float],
+    elapsed: ColumnElement[float] | None = None,
 ) -> list[ColumnElement[float]]:
-    """``SUM(CASE WHEN type = :t THEN 1.0 | COALESCE(value, 0.0) ELSE 0.0 END)`` per column."""
+    """``SUM(CASE WHEN type = :t THEN 1.0 | COALESCE(value, 0.0) ELSE 0.0 END)`` per column
+    (a windowed column also needs ``start <= elapsed < end``, see `reports.windows`)."""
     out: list[ColumnElement[float]] = []
     for (event, how), label in columns.items():
         amount = (
             float_constant(1.0) if how == "count" else func.coalesce(value, float_constant(0.0))
         )
-        out.append(func.sum(case((type_ == event, amount), else_=float_constant(0.0))).label(label))
+        window = parse_window(event)
+        if window is None:
+            condition = type_ == event
+        else:
+            assert elapsed is not None, "a windowed value needs the events' elapsed time"
+            start, end, name = window
+            condition = (
+                (type_ == name)
+                & (elapsed >= float_constant(start))
+                & (elapsed < float_constant(end))
+            )
+        out.append(func.sum(case((condition, amount), else_=float_constant(0.0))).label(label))
     return out
+
+
+def _event_name(event: str) -> str:
+    """The stored event type behind a (possibly windowed) value key event."""
+    window = parse_window(event)
+    return event if window is None else window[2]
 
 
 def _events_cte(
@@ -230,8 +245,11 @@ def _events_cte(
 ) -> CTE:
     """Per-unit aggregates of the unit's events (keyed like the units)."""
     ev = _EVENTS
-    aggregates = _conditional_sums(columns, ev.c.type, ev.c.value)
-    types = ev.c.type.in_(sorted({event for event, _ in columns}))
+    types = ev.c.type.in_(sorted({_event_name(event) for event, _ in columns}))
+    windowed = any(parse_window(event) is not None for event, _ in columns)
+    if windowed and kind != "unit":
+        raise ValueError("metric windows need whole units (an A/B analysis)")
+    aggregates = [] if windowed else _conditional_sums(columns, ev.c.type, ev.c.value)
     if kind == "unit":
         earlier = _EXPOSURES.alias("earlier")
         # i.e. ts >= first exposure, without joining every event to the units.
@@ -249,6 +267,21 @@ def _events_cte(
             .where(ev.c.experiment_id == experiment_id, types, exposed_before)
             .group_by(ev.c.unit_id)
         )
+        if windowed:
+            # Each event's time since its unit's first exposure, worked out once per event.
+            first = _first_exposure(experiment_id, ev.c.unit_id)
+            timed = (
+                select(
+                    ev.c.unit_id,
+                    ev.c.type,
+                    ev.c.value,
+                    elapsed_seconds(ev.c.ts, first).label("elapsed"),
+                )
+                .where(ev.c.experiment_id == experiment_id, types, exposed_before)
+                .subquery("timed_events")
+            )
+            sums = _conditional_sums(columns, timed.c.type, timed.c.value, timed.c.elapsed)
+            query = select(timed.c.unit_id.label("unit_key"), *sums).group_by(timed.c.unit_id)
     elif kind == "request":
         query = (
             select(ev.c.exposure_id.label("unit_key"), *aggregates)
@@ -281,6 +314,36 @@ def _first_exposure(experiment_id: int, unit: ColumnElement[str]) -> ColumnEleme
         select(func.min(x.c.ts))
         .where(x.c.experiment_id == experiment_id, x.c.unit_id == unit)
         .scalar_subquery()
+    )
+
+
+def _windowed_impressions_cte(experiment_id: int, columns: Mapping[str, str]) -> CTE:
+    """Per unit, the slate sizes of its exposures inside each window (`reports.windows`)."""
+    x = _EXPOSURES
+    timed = (
+        select(
+            x.c.unit_id,
+            cast(x.c.slate_size, Float).label("slate_size"),
+            elapsed_seconds(x.c.ts, _first_exposure(experiment_id, x.c.unit_id)).label("elapsed"),
+        )
+        .where(x.c.experiment_id == experiment_id)
+        .subquery("timed_exposures")
+    )
+    sums = []
+    for event, label in columns.items():
+        window = parse_window(event)
+        assert window is not None
+        start, end, _ = window
+        inside = (timed.c.elapsed >= float_constant(start)) & (
+            timed.c.elapsed < float_constant(end)
+        )
+        sums.append(
+            func.sum(case((inside, timed.c.slate_size), else_=float_constant(0.0))).label(label)
+        )
+    return (
+        select(timed.c.unit_id.label("unit_key"), *sums)
+        .group_by(timed.c.unit_id)
+        .cte("unit_impressions")
     )
 
 
@@ -415,8 +478,12 @@ def unit_values(
     keys = list(dict.fromkeys(keys))
     event_columns: dict[tuple[str, Aggregate], str] = {}
     pre_columns: dict[tuple[str, Aggregate], str] = {}
+    impression_columns: dict[str, str] = {}
     for event, how in keys:
-        if event == IMPRESSION:
+        if event == IMPRESSION or event.startswith(CLOSED):
+            continue
+        if _event_name(event) == IMPRESSION:
+            impression_columns.setdefault(event, f"i{len(impression_columns)}")
             continue
         # "any" (proportions) is derived from the count column.
         agg: Aggregate = "count" if how == "any" else how
@@ -436,6 +503,12 @@ def unit_values(
         if kind == "unit and scene":
             on = on & (events.c.context == units.c.context)
         joined = joined.outerjoin(events, on)
+    impressions: CTE | None = None
+    if impression_columns:
+        if kind != "unit":
+            raise ValueError("metric windows need whole units (an A/B analysis)")
+        impressions = _windowed_impressions_cte(experiment_id, impression_columns)
+        joined = joined.outerjoin(impressions, impressions.c.unit_key == units.c.unit_key)
     pre: CTE | None = None
     if pre_columns and pre_period is not None:
         pre = _pre_events_cte(pre_columns, experiment_id, pre_period)
@@ -443,8 +516,15 @@ def unit_values(
 
     def per_unit(event: str, how: Aggregate) -> ColumnElement[float]:
         agg = "count" if how == "any" else how
+        cutoff = closed_cutoff(event)
+        if cutoff is not None:
+            closed = units.c.first_ts <= literal(cutoff, DateTime)
+            return case((closed, float_constant(1.0)), else_=float_constant(0.0))
         if event == IMPRESSION:
             value: ColumnElement[float] = units.c.impressions
+        elif event in impression_columns:
+            assert impressions is not None
+            value = func.coalesce(impressions.c[impression_columns[event]], float_constant(0.0))
         elif event.startswith(PRE):
             assert pre is not None
             value = func.coalesce(pre.c[pre_columns[(event[len(PRE) :], agg)]], float_constant(0.0))

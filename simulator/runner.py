@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,11 +43,18 @@ from simulator.bandit import (
 )
 from simulator.context import HOME, Contexts, draw_contexts, draw_scenes
 from simulator.history import generate_history
+from simulator.logging_period import (
+    LoggingPeriod,
+    clear_logging,
+    play_logging_period,
+    ranker_notes,
+)
 from simulator.rows import SessionBlock, sample_sessions, write_sessions
 from simulator.tally import VariantTally
 from simulator.truth import Labels, SlateSource, scene_expectations, truth_from_scenes
 from simulator.world import World, build_world
 from strategies.fitting import PlannedStrategy, StrategyPlan, fit_each, read_history, strategy_plan
+from strategies.ranker.data import ImpressionSource, logged_impressions
 from strategies.served import serve_variants
 from strategies.training import ExportedVariant, export_variant, register_exported, unexportable
 
@@ -301,15 +309,37 @@ def simulate(
         progress("world", 1, 1)
         lap("world and history")
 
+        clear_logging(session, config)
+        logged: LoggingPeriod | None = None
+        if sim.logging_days > 0:
+            logged = play_logging_period(
+                conn,
+                config,
+                world,
+                catalog,
+                start=EXPERIMENT_START,
+                seed=run_seed,
+                slates=VariantSlates,
+                progress=progress,
+            )
+            n_history += logged.interactions
+            lap("logging period")
+
         history = read_history(conn, catalog)
-        served = train_and_serve(
-            session,
-            config,
-            catalog,
-            history,
-            seed=run_seed,
-            artifacts_dir=Path(artifacts_dir or default_artifacts_dir()),
-            progress=progress,
+        # Rankers train on the logging period's impressions (none without one: they fall back).
+        impressions = ImpressionSource(conn, experiment=config.logging_key)
+        with logged_impressions(impressions) if logged else contextlib.nullcontext():
+            served = train_and_serve(
+                session,
+                config,
+                catalog,
+                history,
+                seed=run_seed,
+                artifacts_dir=Path(artifacts_dir or default_artifacts_dir()),
+                progress=progress,
+            )
+        notes = (() if logged is None else (logged.note(),)) + ranker_notes(
+            served.strategies, logged
         )
         model_ids = served.model_ids([v.key for v in config.variants])
         index = history.catalog.index()
@@ -376,6 +406,8 @@ def simulate(
         if played is not None:
             ground_truth["bandit"] = played.truth
             summary["bandit"] = played.summary
+        if logged is not None:
+            summary["logging"] = logged.to_dict()
         finish_run(session, run_id, ground_truth=ground_truth, summary=summary)
         session.close()
     lap("commit")
@@ -389,7 +421,7 @@ def simulate(
         tallies=tallies,
         ground_truth=clean_truth,
         seconds=seconds,
-        notes=() if played is None else played.notes,
+        notes=notes + (() if played is None else played.notes),
         models=served.models,
     )
 

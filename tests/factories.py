@@ -278,17 +278,21 @@ def seed_interactions(engine: Engine, rows: list[tuple[str, str, str, int, float
         )
 
 
-def seed_world(engine: Engine, key: str, analysis: str) -> dict[str, dict[str, np.ndarray]]:
+def seed_world(
+    engine: Engine, key: str, analysis: str, yaml_text: str | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """A 3-variant experiment whose outcomes correlate with each unit's history.
 
     Returns the per-unit arrays (y: clicks, revenue, converted; x: the same before exposure)
-    per variant, as the oracle sees them.
+    per variant, as the oracle sees them. `yaml_text` replaces the experiment's YAML (same
+    three variants; `analysis` is then ignored).
     """
     rng = np.random.default_rng(21)
-    experiment_id = create_experiment(engine, cuped_yaml(key, analysis))
+    experiment_id = create_experiment(engine, yaml_text or cuped_yaml(key, analysis))
     exposures, events, history = [], [], []
     truth: dict[str, dict[str, list[float]]] = {
-        v: {k: [] for k in ("clicks", "revenue", "conv", "x_clicks", "x_revenue", "x_conv")}
+        v: {k: [] for k in ("clicks", "revenue", "conv", "buys")}
+        | {k: [] for k in ("x_clicks", "x_revenue", "x_conv", "x_buys")}
         for v in CUPED_VARIANTS
     }
     for i in range(150):
@@ -323,6 +327,8 @@ def seed_world(engine: Engine, key: str, analysis: str) -> dict[str, dict[str, n
         row["clicks"].append(n_clicks)
         row["revenue"].append(revenue)
         row["conv"].append(float(n_buys > 0))
+        row["buys"].append(n_buys)
+        row["x_buys"].append(n_pre_buy)
         row["x_clicks"].append(n_pre)
         row["x_revenue"].append(pre_rev)
         row["x_conv"].append(float(n_pre_buy > 0))

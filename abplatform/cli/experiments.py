@@ -57,6 +57,7 @@ def simulate(
     labels = {
         "world": "catalogue, users, history",
         "fit": "fitting strategies",
+        "logging": "logging period (days)",
         "traffic": "experiment traffic (days)",
     }
     result = run_tracked(

@@ -195,10 +195,15 @@ def _show(report: OfflineReport, as_json: bool) -> None:
 
 
 def _print_rankers(report: OfflineReport) -> None:
-    """Each trained ranker's AUC, log loss and ECE per head beside the logistic regression."""
+    """Each trained ranker's AUC, log loss and ECE per head beside its peers on the same
+    features (logistic regression, LightGBM), and which peer beats it where."""
     from rich.table import Table
 
+    from strategies.ranker.peers import LIGHTGBM_MISSING
+    from strategies.ranker.report import HEADS, MODELS
+
     console = make_console()
+    metrics = ("auc", "log_loss", "ece")
     for quality in report.rankers:
         if quality.fallback is not None:
             console.print(f"ranker of {quality.variant}: fell back ({quality.fallback})")
@@ -207,18 +212,28 @@ def _print_rankers(report: OfflineReport) -> None:
             title=f"Ranker of {quality.variant}: {quality.impressions:,} impressions, "
             f"{quality.holdout_rows:,} on the time-ordered holdout"
         )
-        table.add_column("head / metric")
-        models = list(quality.heads)
-        for model in models:
-            table.add_column(model, justify="right")
-        for head in ("click", "purchase"):
-            for metric in ("auc", "log_loss", "ece"):
-                table.add_row(
-                    f"{head} {metric}",
-                    *[_fmt4(getattr(quality.heads[m][head], metric)) for m in models],
-                )
-            table.add_row(f"{head} rows", *[str(quality.heads[m][head].rows) for m in models])
+        table.add_column("model")
+        for head in HEADS:
+            for metric in metrics:
+                table.add_column(f"{head}\n{metric}", justify="right")
+            table.add_column(f"{head}\nrows", justify="right")
+        for model in MODELS:
+            heads = quality.heads.get(model)
+            if heads is None:
+                table.add_row(model, LIGHTGBM_MISSING if model == "lightgbm" else "-")
+                continue
+            cells = []
+            for head in HEADS:
+                cells += [_fmt4(getattr(heads[head], metric)) for metric in metrics]
+                cells.append(str(heads[head].rows))
+            table.add_row(model, *cells)
         console.print(table)
+        for peer, head, theirs, ours in quality.peers_ahead():
+            console.print(
+                f"{peer} beats the ranker of {quality.variant} on the {head} head: "
+                f"holdout AUC {theirs:.4f} against {ours:.4f}",
+                markup=False,
+            )
 
 
 def _print_offline(report: OfflineReport) -> None:

@@ -10,7 +10,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from abplatform.config.models import ExperimentConfig, RatioMetric, ThompsonAssignmentConfig
+from abplatform.config.models import (
+    LOGGING_SUFFIX,
+    ExperimentConfig,
+    MeanMetric,
+    RatioMetric,
+    ThompsonAssignmentConfig,
+)
 from abplatform.errors import AbplatformError, ConfigError, ConfigProblem, UnknownNameError
 from abplatform.registry import strategies
 from abplatform.values import text_problem
@@ -130,6 +136,29 @@ def _semantic_problems(config: ExperimentConfig) -> list[ConfigProblem]:
             problems.append(ConfigProblem(f"analysis.guardrails.{i}", message, guardrail))
     if isinstance(config.assignment, ThompsonAssignmentConfig):
         problems.extend(_bandit_problems(config, config.assignment))
+    if config.simulation is not None:
+        problems.extend(_logging_problems(config))
+    return problems
+
+
+MAX_KEY_LENGTH = 128
+
+
+def _logging_problems(config: ExperimentConfig) -> list[ConfigProblem]:
+    """The logging strategy must be a valid strategy; its experiment key must fit."""
+    sim = config.simulation
+    assert sim is not None
+    spec = sim.logging_strategy
+    problems = _strategy_problems(
+        "simulation.logging_strategy", spec.kind, spec.params, sim.slate_size
+    )
+    if sim.logging_days > 0 and len(config.key) + len(LOGGING_SUFFIX) > MAX_KEY_LENGTH:
+        limit = MAX_KEY_LENGTH - len(LOGGING_SUFFIX)
+        message = (
+            f"with simulation.logging_days the key may have at most {limit} characters "
+            f"(the logging period is logged as <key>{LOGGING_SUFFIX})"
+        )
+        problems.append(ConfigProblem("key", message, len(config.key)))
     return problems
 
 
@@ -168,6 +197,26 @@ def _bandit_problems(
                 "assignment.reward_metric",
                 "ratio metrics are not supported as a bandit reward (it needs one reward per "
                 "unit); use a proportion metric (binary reward) or a mean metric (continuous)",
+                bandit.reward_metric,
+            )
+        )
+    elif metric.window is not None:
+        problems.append(
+            ConfigProblem(
+                "assignment.reward_metric",
+                f"metric {metric.name!r} has a window: the bandit rewards a unit as soon as "
+                "its events arrive, so its reward metric cannot wait for a window (drop the "
+                "window or reward another metric)",
+                bandit.reward_metric,
+            )
+        )
+    elif isinstance(metric, MeanMetric) and metric.cap is not None:
+        problems.append(
+            ConfigProblem(
+                "assignment.reward_metric",
+                f"metric {metric.name!r} is capped: the bandit's rewards are the raw per-unit "
+                "values, so a capped metric cannot be its reward (drop the cap or reward "
+                "another metric)",
                 bandit.reward_metric,
             )
         )

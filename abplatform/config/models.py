@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -9,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -21,6 +23,8 @@ from pydantic import (
 from abplatform.domain import EVENT_TYPES, SCENES
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+LOGGING_SUFFIX = "__logging"
+"""A simulation's logging period is logged as the experiment ``<key>__logging``."""
 
 
 class _Strict(BaseModel):
@@ -138,11 +142,94 @@ AssignmentSpec = Annotated[
 """`assignment:` is hashed by default or a Thompson-sampling bandit (``type: thompson``)."""
 
 
+class CapConfig(_Strict):
+    """Winsorisation of a per-unit value: at a percentile pooled over all variants, or at an
+    absolute value (`reports.capping`)."""
+
+    type: Literal["percentile", "absolute"]
+    value: float = Field(allow_inf_nan=False)
+    ignore_zeros: bool = Field(
+        default=False, description="percentile only: compute it over the units with v > 0"
+    )
+
+    @model_validator(mode="after")
+    def _in_range(self) -> CapConfig:
+        if self.ignore_zeros and self.type != "percentile":
+            raise ValueError("ignore_zeros applies to a percentile cap only")
+        if self.type == "percentile" and not 0.0 < self.value < 1.0:
+            raise ValueError("a percentile cap is a share strictly between 0 and 1, e.g. 0.99")
+        if self.type == "absolute" and not self.value > 0.0:
+            raise ValueError("an absolute cap must be positive")
+        return self
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def duration_seconds(text: str) -> float:
+    """``"72h"`` -> 259200.0; a number with one unit of s, m, h or d."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration such as 72h, 30m, 7d or 45s: {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _check_duration(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a duration needs its unit, such as 72h, 30m, 7d or 45s")
+    duration_seconds(value)
+    return value
+
+
+Duration = Annotated[str, BeforeValidator(_check_duration)]
+"""A length of time written with its unit: ``45s``, ``30m``, ``72h``, ``7d``."""
+
+
+class MetricWindow(_Strict):
+    """Which of a unit's events count, relative to its first exposure: ``start`` <= elapsed <
+    ``end``; the window is closed ``delay`` after its end (late events), and units whose
+    window is still open are left out of the metric (`reports.windows`)."""
+
+    start: Duration = "0h"
+    end: Duration
+    delay: Duration = "0h"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MetricWindow:
+        if not self.start_seconds < self.end_seconds:
+            raise ValueError(f"window.start ({self.start}) must be before window.end ({self.end})")
+        return self
+
+    @property
+    def start_seconds(self) -> float:
+        """`start` in seconds after the first exposure."""
+        return duration_seconds(self.start)
+
+    @property
+    def end_seconds(self) -> float:
+        """`end` in seconds after the first exposure."""
+        return duration_seconds(self.end)
+
+    @property
+    def closes_after_seconds(self) -> float:
+        """Seconds from the first exposure until the window counts as closed (end + delay)."""
+        return self.end_seconds + duration_seconds(self.delay)
+
+
+class LiftPriorConfig(_Strict):
+    """A normal prior on a metric's relative lift for the Bayesian view: N(mean, stddev²)."""
+
+    mean: float = Field(default=0.0, allow_inf_nan=False)
+    stddev: float = Field(gt=0.0, allow_inf_nan=False)
+
+
 class EventCount(_Strict):
     """A per-unit aggregate of one event type: the count of events or the sum of their values."""
 
     event: MetricEvent
     value: Literal["count", "sum"] = "count"
+    cap: CapConfig | None = None
 
     _event = field_validator("event")(_check_event)
 
@@ -153,9 +240,21 @@ class ProportionMetric(_Strict):
     name: str = Field(pattern=KEY_PATTERN)
     type: Literal["proportion"]
     event: MetricEvent
+    window: MetricWindow | None = None
+    prior: LiftPriorConfig | None = None
     description: str = ""
 
     _event = field_validator("event")(_check_event)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_cap(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cap" in data:
+            raise ValueError(
+                "cap: a proportion is 0 or 1 per unit, there is nothing to cap "
+                "(cap a mean or a ratio's numerator or denominator)"
+            )
+        return data
 
 
 class MeanMetric(_Strict):
@@ -165,6 +264,9 @@ class MeanMetric(_Strict):
     type: Literal["mean"]
     event: MetricEvent
     value: Literal["count", "sum"] = "count"
+    cap: CapConfig | None = None
+    window: MetricWindow | None = None
+    prior: LiftPriorConfig | None = None
     description: str = ""
 
     _event = field_validator("event")(_check_event)
@@ -177,6 +279,9 @@ class RatioMetric(_Strict):
     type: Literal["ratio"]
     numerator: EventCount
     denominator: EventCount
+    window: MetricWindow | None = None
+    """Applies to the numerator's and the denominator's events alike."""
+    prior: LiftPriorConfig | None = None
     description: str = ""
 
 
@@ -242,6 +347,18 @@ class WorldConfig(_Strict):
     cart_size_max: int = Field(default=3, ge=1, le=20)
 
 
+class LoggingStrategySpec(_Strict):
+    """What the shop serves during a simulation's logging period (no model pin: it is
+    fitted on the organic history when the run starts)."""
+
+    kind: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+DEFAULT_LOGGING_STRATEGY = LoggingStrategySpec(kind="popularity", params={"window_days": 30})
+"""The shop's current strategy before the experiment: global popularity over 30 days."""
+
+
 class SimulationConfig(_Strict):
     """Size and seed of a simulated run of the experiment."""
 
@@ -259,6 +376,17 @@ class SimulationConfig(_Strict):
         default=2, ge=1, le=100, description="context draws per user for ground truth"
     )
     world: WorldConfig = Field(default_factory=WorldConfig)
+    logging_days: int = Field(
+        default=0,
+        ge=0,
+        le=365,
+        description="days before the experiment that the shop serves `logging_strategy`, "
+        "logged as the experiment `<key>__logging` (what rankers train on)",
+    )
+    logging_strategy: LoggingStrategySpec = Field(
+        default_factory=lambda: DEFAULT_LOGGING_STRATEGY,
+        description="the shop's current strategy during the logging period",
+    )
 
     @field_validator("scenes")
     @classmethod
@@ -391,6 +519,11 @@ class ExperimentConfig(_Strict):
         """The seed mixed into unit hashes (defaults to the experiment key)."""
         seed = self.assignment.seed if isinstance(self.assignment, AssignmentConfig) else None
         return seed if seed is not None else self.key
+
+    @property
+    def logging_key(self) -> str:
+        """The experiment key its simulated logging period is logged under."""
+        return f"{self.key}{LOGGING_SUFFIX}"
 
     @property
     def catalog_name(self) -> str:

@@ -124,9 +124,11 @@ def read_impressions(
 
 @dataclass(frozen=True)
 class ImpressionSource:
-    """Where a ranker being fitted reads its logged impressions: a database and a scope."""
+    """Where a ranker being fitted reads its logged impressions: a database (an open
+    connection reads inside the caller's transaction, as `abplatform simulate` does) and a
+    scope."""
 
-    engine: Engine
+    engine: Engine | Connection
     experiment: str | None = None
     catalog: str | None = None
 
@@ -138,7 +140,8 @@ _SOURCE: contextvars.ContextVar[ImpressionSource | None] = contextvars.ContextVa
 
 @contextlib.contextmanager
 def logged_impressions(source: ImpressionSource) -> Iterator[None]:
-    """Rankers fitted inside this block train on `source`'s impressions (`abplatform train`)."""
+    """Rankers fitted inside this block train on `source`'s impressions (`abplatform train`,
+    and `abplatform simulate` on its logging period)."""
     token = _SOURCE.set(source)
     try:
         yield

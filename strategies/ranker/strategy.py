@@ -27,8 +27,13 @@ from strategies.ranker.features import (
     feature_space,
     training_matrix,
 )
-from strategies.ranker.metrics import HeadQuality, finite_or_none, fit_logistic, head_quality
+from strategies.ranker.metrics import HeadQuality, finite_or_none, head_quality
 from strategies.ranker.numpy_model import RankerWeights
+from strategies.ranker.peers import (
+    lightgbm_available,
+    lightgbm_probabilities,
+    logistic_probabilities,
+)
 
 log = logging.getLogger(__name__)
 FORMAT = "abplatform.ranker"
@@ -154,7 +159,7 @@ class RankerStrategy(BaseStrategy):
             seed=self.seed,
         )
         self.keras_model = model
-        self.quality = offline_quality(weights, x, clicked, purchased, held)
+        self.quality = offline_quality(weights, x, clicked, purchased, held, self.seed)
         training = {
             "fallback": None,
             "impressions": int(known.sum()),
@@ -170,7 +175,10 @@ class RankerStrategy(BaseStrategy):
     def _fallback_reason(self, impressions: ImpressionLog | None) -> str | None:
         params: RankerParams = self.params
         if impressions is None:
-            return "no logged impressions to train on (rankers train inside `abplatform train`)"
+            return (
+                "no logged impressions to train on (rankers train inside `abplatform train`, "
+                "or in `abplatform simulate` with simulation.logging_days >= 1)"
+            )
         if len(impressions) < params.min_impressions:
             return (
                 f"{len(impressions)} logged impressions, fewer than "
@@ -347,24 +355,31 @@ def offline_quality(
     clicked: npt.NDArray[np.bool_],
     purchased: npt.NDArray[np.bool_],
     held: npt.NDArray[np.bool_],
+    seed: int = 0,
 ) -> dict[str, dict[str, HeadQuality]]:
-    """Per model ("ranker", "logistic") and head, quality on the held-out rows; the
+    """Per model ("ranker", "logistic", "lightgbm" when installed) and head, quality on the
+    held-out rows; every peer is fitted on the same training rows and features. The
     purchase head is scored on held-out clicked rows (it predicts p(purchase | click))."""
     train, test = ~held, held
     ranker = weights.probabilities(x[test])
-    out: dict[str, dict[str, HeadQuality]] = {"ranker": {}, "logistic": {}}
-    out["ranker"]["click"] = head_quality(clicked[test], ranker["click"])
-    click_lr = fit_logistic(x[train], clicked[train])
-    out["logistic"]["click"] = head_quality(clicked[test], click_lr.probabilities(x[test]))
-    test_clicked = test & clicked
-    out["ranker"]["purchase"] = head_quality(
-        purchased[test_clicked], ranker["purchase"][clicked[test]]
-    )
-    train_clicked = train & clicked
-    if train_clicked.any():
-        buy_lr = fit_logistic(x[train_clicked], purchased[train_clicked])
-        p = buy_lr.probabilities(x[test_clicked])
-    else:
-        p = np.zeros(int(test_clicked.sum()))
-    out["logistic"]["purchase"] = head_quality(purchased[test_clicked], p)
+    out: dict[str, dict[str, HeadQuality]] = {
+        "ranker": {
+            "click": head_quality(clicked[test], ranker["click"]),
+            "purchase": head_quality(purchased[test & clicked], ranker["purchase"][clicked[test]]),
+        }
+    }
+    peers = {"logistic": logistic_probabilities}
+    if lightgbm_available():
+        peers["lightgbm"] = lightgbm_probabilities
+    train_clicked, test_clicked = train & clicked, test & clicked
+    for name, fit_predict in peers.items():
+        out[name] = {
+            "click": head_quality(
+                clicked[test], fit_predict(x[train], clicked[train], x[test], seed)
+            ),
+            "purchase": head_quality(
+                purchased[test_clicked],
+                fit_predict(x[train_clicked], purchased[train_clicked], x[test_clicked], seed),
+            ),
+        }
     return out

@@ -14,6 +14,7 @@ from abplatform.config.loader import load_experiment_text
 from abplatform.storage.db import open_database
 from abplatform.storage.model_registry import get_model
 from simulator.runner import simulation_catalog
+from strategies.ranker.peers import lightgbm_available
 from strategies.registered import load_model
 from strategies.training import train_experiment
 from tests.api.conftest import EXAMPLE, KEY
@@ -43,7 +44,8 @@ async def test_a_ranker_pipeline_trains_on_impressions_and_is_served(
     assert report.unregistered == {}
     (quality,) = report.rankers
     assert quality.variant == "treatment" and quality.fallback is None
-    assert quality.holdout_rows > 0 and set(quality.heads) == {"ranker", "logistic"}
+    peers = {"ranker", "logistic"} | ({"lightgbm"} if lightgbm_available() else set())
+    assert quality.holdout_rows > 0 and set(quality.heads) == peers
     assert report.to_dict()["rankers"][0]["heads"]["ranker"]["click"]["rows"] > 0
     model_id = next(r.model_id for r in report.results if r.name == "treatment")
     assert model_id is not None
@@ -55,7 +57,7 @@ async def test_a_ranker_pipeline_trains_on_impressions_and_is_served(
     (stage,) = [s for s in ranker.values() if s.kind == "ranker"]
     assert stage.fallback_reason is None  # trained on the seeded experiment's impressions
     quality = stage.artifact.manifest["training"]["quality"]
-    assert set(quality) == {"ranker", "logistic"}
+    assert set(quality) == peers
     assert set(quality["ranker"]) == {"click", "purchase"}
 
     created = await client.post(

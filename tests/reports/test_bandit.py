@@ -20,8 +20,8 @@ from abplatform.config.models import ProportionMetric
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment
-from reports.aggregate import arm_sums
 from reports.analysis import analyze
+from reports.arm_sums import arm_sums
 from reports.bandit import allocation_check
 from reports.ipw import ArmSums, hajek, horvitz_thompson
 from simulator.runner import simulate

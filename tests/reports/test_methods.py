@@ -19,7 +19,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
-from reports.bayes import beta_binomial, normal_approximation
+from reports.bayes import LiftPrior, beta_binomial, expected_losses, normal_approximation
 from reports.cuped import CovariateSums, cuped_adjust
 from reports.multiple import adjust_pvalues
 from reports.power import mde_at, power_at, units_per_variant
@@ -153,6 +153,52 @@ def test_normal_approximation() -> None:
     assert_allclose(res.lift_interval, sps.norm.interval(0.95, 0.1, 0.05), rtol=RTOL)
     assert normal_approximation(0.0, 0.0, None, None).chance_to_beat_control == 0.5
     assert normal_approximation(-1.0, 0.0, None, None).chance_to_beat_control == 0.0
+
+
+def test_expected_losses_match_numerical_integrals() -> None:
+    for mean, sd in ((0.03, 0.02), (-0.05, 0.01), (0.0, 0.1), (0.2, 0.001)):
+        law = sps.norm(mean, sd)
+        lo, hi = mean - 12 * sd, mean + 12 * sd
+        keep = integrate.quad(lambda x, law=law: max(x, 0.0) * law.pdf(x), lo, hi, points=[0])[0]
+        ship = integrate.quad(lambda x, law=law: max(-x, 0.0) * law.pdf(x), lo, hi, points=[0])[0]
+        got_ship, got_keep = expected_losses(mean, sd)
+        assert_allclose([got_ship, got_keep], [ship, keep], rtol=1e-7, atol=1e-12)
+    assert expected_losses(0.1, 0.0) == (0.0, 0.1)
+    res = normal_approximation(0.3, 0.2, 0.1, 0.05)
+    assert (res.risk_treatment, res.risk_control) == expected_losses(0.1, 0.05)
+
+
+def test_beta_binomial_risk_matches_an_independent_monte_carlo() -> None:
+    x_t, n_t, x_c, n_c = 130, 1000, 110, 1000
+    res = beta_binomial(x_t, n_t, x_c, n_c, draws=200_000, seed=1)
+    rng = np.random.default_rng(99)  # another stream than the function's
+    lift = rng.beta(1 + x_t, 1 + n_t - x_t, 400_000) / rng.beta(1 + x_c, 1 + n_c - x_c, 400_000)
+    lift -= 1.0
+    for got, loss in (
+        (res.risk_treatment, np.maximum(-lift, 0)),
+        (res.risk_control, np.maximum(lift, 0)),
+    ):
+        # Two independent MC means: SE of the difference from both sample sizes.
+        se = loss.std() * math.sqrt(1 / 200_000 + 1 / 400_000)
+        assert got is not None and abs(got - loss.mean()) < 4 * se
+
+
+def test_a_lift_prior_gives_the_conjugate_normal_posterior() -> None:
+    # Lift estimate 0.10 with se 0.05, prior N(0, 0.02^2): precision 1/0.0004 + 1/0.0025.
+    res = normal_approximation(0.3, 0.2, 0.10, 0.05, prior=LiftPrior(0.0, 0.02))
+    precision = 1 / 0.02**2 + 1 / 0.05**2  # 2500 + 400 = 2900
+    post_mean, post_sd = (0.10 / 0.05**2) / precision, math.sqrt(1 / precision)
+    assert_allclose(post_mean, 0.0137931034482758, rtol=1e-12)  # 40 / 2900, by hand
+    assert res.method == "normal with prior"
+    assert_allclose(res.lift_mean, post_mean, rtol=1e-12)
+    assert_allclose(res.chance_to_beat_control, sps.norm.cdf(post_mean / post_sd), rtol=1e-12)
+    assert res.lift_interval is not None
+    assert_allclose(res.lift_interval, sps.norm.interval(0.95, post_mean, post_sd), rtol=1e-9)
+    assert (res.risk_treatment, res.risk_control) == expected_losses(post_mean, post_sd)
+    # A prior that is very wide changes nothing visible; without a lift it cannot apply.
+    wide = normal_approximation(0.3, 0.2, 0.10, 0.05, prior=LiftPrior(0.0, 1e6))
+    assert_allclose(wide.chance_to_beat_control, sps.norm.cdf(2.0), rtol=1e-9)
+    assert normal_approximation(0.3, 0.2, None, None, prior=LiftPrior(0.0, 0.02)).method == "normal"
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,11 @@ def test_report_shows_decisions_cuped_and_sequential(engine: Engine) -> None:
     assert page.count("<li>Smallest effect detectable now") == 8
     assert "Chance to beat control" in page and "Beta-Binomial posterior" in page
     assert "CUPED on: adjusted with each unit&#39;s pre-experiment value" in page
-    assert "CUPED off (not applied: ratio metric)." in page
+    ratio_cuped = (
+        "CUPED on: the ratio&#39;s delta-method linearisation adjusted with each unit&#39;s "
+        "pre-experiment numerator (variance"
+    )
+    assert ratio_cuped in page
     assert '<span class="tag guardrail">guardrail</span>' in page
     assert page.count('<span class="tag guardrail">') == 1
 

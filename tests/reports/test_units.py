@@ -13,7 +13,7 @@ from abplatform.config.models import MeanMetric
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.db import open_database, transaction
 from abplatform.storage.repository import save_experiment
-from reports.aggregate import arm_sums
+from reports.arm_sums import arm_sums
 from reports.results import BanditArm, SequentialSummary
 from reports.units import unit_values
 from tests.factories import seed_tiny

@@ -279,3 +279,39 @@ def test_an_undefined_metric_is_null_in_the_artifact_and_the_report(
     assert manifest["training"]["quality"]["ranker"]["purchase"]["auc"] is None
     (quality,) = ranker_quality("ranked", ranker)
     assert quality.to_dict()["heads"]["logistic"]["purchase"]["auc"] is None
+
+
+@pytest.mark.slow
+def test_lightgbm_peer_is_scored_on_the_same_holdout(trained: RankerStrategy) -> None:
+    pytest.importorskip("lightgbm")
+    quality = trained.quality
+    assert set(quality) == {"ranker", "logistic", "lightgbm"}
+    for head in ("click", "purchase"):
+        assert quality["lightgbm"][head].rows == quality["ranker"][head].rows
+        assert quality["lightgbm"][head].positives == quality["ranker"][head].positives
+    # Same bound as the ranker's: the logged clicks depend on category and slot only.
+    assert quality["lightgbm"]["click"].auc > 0.6
+
+
+def test_train_table_without_lightgbm_says_so_and_names_winning_peers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from abplatform.cli.offline import _print_rankers
+    from strategies.ranker.metrics import HeadQuality
+    from strategies.ranker.report import RankerQuality
+
+    def heads(auc: float) -> dict[str, HeadQuality]:
+        return {h: HeadQuality(100, 10, auc, 0.3, 0.01) for h in ("click", "purchase")}
+
+    quality = RankerQuality(
+        "ranked", None, 500, 100, {"ranker": heads(0.7), "logistic": heads(0.75)}
+    )
+    _print_rankers(SimpleNamespace(rankers=[quality]))  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "lightgbm not installed" in out
+    assert (
+        "logistic beats the ranker of ranked on the click head: holdout AUC 0.7500 against 0.7000"
+        in out
+    )
