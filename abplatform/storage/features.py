@@ -179,22 +179,32 @@ def _known(cursor: Any, pg: bool, sql: str, owner: Any, ids: set[str]) -> set[st
 def _apply(
     cursor: Any, pg: bool, touched: dict[FeatureKey, list[list[EventRow]]], recent_limit: int
 ) -> dict[FeatureKey, int]:
-    """Read (locked on PostgreSQL), change and write the touched rows; their new versions."""
+    """Read (locked on PostgreSQL), change and write the touched rows; their new versions.
+
+    The recent interactions are changed as text (see `encode_recent`): in the usual case,
+    events newer than every stored one, the new lines are put in front and the text cut
+    after `recent_limit` lines, without decoding the stored ones.
+    """
     keys = sorted(touched)
     now = datetime.now(UTC).replace(tzinfo=None)
     if pg:
-        cursor.executemany(
+        # One statement each (arrays), not one per row: PostgreSQL's round trips dominate.
+        cursor.execute(
             "INSERT INTO unit_features (catalog, unit_id, version, recent, cart, counts, "
-            "updated_at) VALUES (%s, %s, 0, '[]', '[]', '{}', %s) "
+            "updated_at) SELECT c, u, 0, '', '[]', '{}', %s "
+            "FROM unnest(%s::text[], %s::text[]) AS k(c, u) "
             "ON CONFLICT (catalog, unit_id) DO NOTHING",
-            [(c, u, now) for c, u in keys],
+            (now, [c for c, _ in keys], [u for _, u in keys]),
         )
     stored = _read_rows(cursor, pg, keys, lock=pg)
     out: dict[FeatureKey, int] = {}
     rows = []
+    stamp = now if pg else now.isoformat(" ", "microseconds")
     for key in keys:
         current = stored.get(key)
-        version, recent, cart, counts = current if current is not None else (0, [], [], {})
+        version, recent, cart_text, counts_text = current or (0, "", "[]", "{}")
+        cart: list[str] = orjson.loads(cart_text) if cart_text != "[]" else []
+        counts: dict[str, int] = orjson.loads(counts_text)
         for batch in touched[key]:
             recent, cart = _changed(recent, cart, counts, batch, recent_limit)
             version += 1
@@ -204,17 +214,23 @@ def _apply(
                 key[0],
                 key[1],
                 version,
-                orjson.dumps(recent).decode(),
+                recent,
                 orjson.dumps(cart).decode(),
                 orjson.dumps(counts).decode(),
-                now if pg else now.isoformat(" ", "microseconds"),
+                stamp,
             )
         )
     if pg:
-        cursor.executemany(
-            "UPDATE unit_features SET version = %s, recent = %s, cart = %s, counts = %s, "
-            "updated_at = %s WHERE catalog = %s AND unit_id = %s",
-            [(*row[2:], row[0], row[1]) for row in rows],
+        # One JSON parameter: adapting lists of JSON texts to text[] costs more, client side.
+        changed = [
+            {"c": c, "u": u, "v": v, "r": r, "k": k, "n": n} for c, u, v, r, k, n, _ in rows
+        ]
+        cursor.execute(
+            "UPDATE unit_features AS f SET version = v.v, recent = v.r, cart = v.k, "
+            "counts = v.n, updated_at = %s FROM jsonb_to_recordset(%s::jsonb) "
+            "AS v(c text, u text, v bigint, r text, k text, n text) "
+            "WHERE f.catalog = v.c AND f.unit_id = v.u",
+            (now, orjson.dumps(changed).decode()),
         )
     else:
         cursor.executemany(
@@ -227,31 +243,75 @@ def _apply(
     return out
 
 
+def encode_recent(entries: Sequence[Sequence[Any]]) -> str:
+    """Recent interactions as stored: one JSON `[item, type, unix seconds]` per line, newest
+    first (a JSON text never holds a raw newline, so lines split safely)."""
+    return "\n".join(orjson.dumps(entry).decode() for entry in entries)
+
+
+def decode_recent(text: str) -> list[list[Any]]:
+    """The stored recent interactions, newest first (`encode_recent` inverted)."""
+    if not text:
+        return []
+    decoded: list[list[Any]] = orjson.loads("[" + text.replace("\n", ",") + "]")
+    return decoded
+
+
+def _newest_seconds(text: str) -> int:
+    """The time of the newest stored interaction (the first line)."""
+    end = text.find("\n")
+    return int(orjson.loads(text if end < 0 else text[:end])[2])
+
+
+def _first_lines(text: str, limit: int) -> str:
+    """The text up to its `limit`-th line (few lines over: cut from the end)."""
+    excess = text.count("\n") + 1 - limit
+    if excess <= 0:
+        return text
+    if excess > 8:
+        return "\n".join(text.split("\n", limit)[:limit])
+    end = len(text)
+    for _ in range(excess):
+        end = text.rfind("\n", 0, end)
+    return text[:end]
+
+
 def _changed(
-    recent: list[list[Any]],
+    recent: str,
     cart: list[str],
     counts: dict[str, int],
     batch: Sequence[EventRow],
     recent_limit: int,
-) -> tuple[list[list[Any]], list[str]]:
-    """The recent interactions and cart after one batch's events (`counts` in place).
+) -> tuple[str, list[str]]:
+    """The recent interactions (text) and cart after one batch's events (`counts` in place).
 
     Newest first by event time; among equal times, later events of the batch first and
     the batch's events before those stored earlier (they arrived later).
     """
     arrived = [(_seconds(e.ts), position, e) for position, e in enumerate(batch)]
-    in_order = sorted(arrived, key=lambda t: (t[0], t[1]))
+    in_order = arrived
+    if any(arrived[i][0] > arrived[i + 1][0] for i in range(len(arrived) - 1)):
+        in_order = sorted(arrived, key=lambda t: (t[0], t[1]))
     new = [[e.item_id, e.type, ts] for ts, _, e in reversed(in_order)]
-    if not recent or new[-1][2] >= recent[0][2]:  # the usual case: all newer than stored
-        merged = (new + recent)[:recent_limit]
+    if not recent or new[-1][2] >= _newest_seconds(recent):  # the usual case: all newer
+        merged = encode_recent(new[:recent_limit])
+        if recent and len(new) < recent_limit:
+            merged = _first_lines(merged + "\n" + recent, recent_limit)
     else:
-        merged = sorted([*new, *recent], key=lambda entry: -int(entry[2]))[:recent_limit]
-    live = list(cart)
+        stored = decode_recent(recent)
+        merged = encode_recent(
+            sorted([*new, *stored], key=lambda entry: -int(entry[2]))[:recent_limit]
+        )
+    live = cart
     for _, _, event in in_order:
         counts[event.type] = counts.get(event.type, 0) + 1
         if event.type == "add_to_cart" and event.item_id not in live:
+            if live is cart:
+                live = list(cart)
             live.append(str(event.item_id))
         elif event.type == "purchase" and event.item_id in live:
+            if live is cart:
+                live = list(cart)
             live.remove(str(event.item_id))
     return merged, live[-CART_LIMIT:]
 
@@ -263,13 +323,15 @@ def _seconds(ts: datetime) -> int:
 
 _EPOCH = datetime(1970, 1, 1)
 _SECOND = timedelta(seconds=1)
+StoredRow = tuple[int, str, str, str]
+"""A row as stored: version, recent (`encode_recent`), cart and counts (JSON)."""
 
 
 def _read_rows(
     cursor: Any, pg: bool, keys: Sequence[FeatureKey], *, lock: bool = False
-) -> dict[FeatureKey, tuple[int, list[list[Any]], list[str], dict[str, int]]]:
-    """The stored rows of `keys`, decoded (FOR UPDATE in key order with `lock`)."""
-    out: dict[FeatureKey, tuple[int, list[list[Any]], list[str], dict[str, int]]] = {}
+) -> dict[FeatureKey, StoredRow]:
+    """The stored rows of `keys`, not decoded (FOR UPDATE in key order with `lock`)."""
+    out: dict[FeatureKey, StoredRow] = {}
     by_catalogue: dict[str, list[str]] = {}
     for catalogue, unit in keys:
         by_catalogue.setdefault(catalogue, []).append(unit)
@@ -295,12 +357,7 @@ def _read_rows(
                 )
                 fetched.extend(cursor.fetchall())
         for unit, version, recent, cart, counts in fetched:
-            out[(catalogue, unit)] = (
-                int(version),
-                orjson.loads(recent),
-                orjson.loads(cart),
-                orjson.loads(counts),
-            )
+            out[(catalogue, unit)] = (int(version), recent, cart, counts)
     return out
 
 
@@ -318,15 +375,13 @@ def read_features(
     return {unit: online_features(*row) for (_, unit), row in rows.items()}
 
 
-def online_features(
-    version: int, recent: list[list[Any]], cart: list[str], counts: dict[str, int]
-) -> OnlineFeatures:
+def online_features(version: int, recent: str, cart: str, counts: str) -> OnlineFeatures:
     """A stored row as the domain's `OnlineFeatures`."""
     return OnlineFeatures(
         version=version,
-        recent=tuple(Interaction(str(i), str(t), int(s)) for i, t, s in recent),
-        cart=tuple(cart),
-        counts=dict(counts),
+        recent=tuple(Interaction(str(i), str(t), int(s)) for i, t, s in decode_recent(recent)),
+        cart=tuple(orjson.loads(cart)),
+        counts=dict(orjson.loads(counts)),
     )
 
 
