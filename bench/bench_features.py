@@ -55,7 +55,7 @@ def _seed(engine: Engine) -> int:
     with engine.begin() as conn:
         items = [f"item{i}" for i in range(ITEMS)]
         insert_items(conn, "shop", items, ItemFields(category=[f"c{i % 20}" for i in range(ITEMS)]))
-        now = utcnow()
+        now = int(time.time())
         bulk_insert(
             conn,
             "exposures",
@@ -161,9 +161,7 @@ def bench(url: str, label: str, seconds: float, repeat: int) -> None:
                 writer.start()
                 try:
                     tag = f"{'on' if store else 'off'}{r}"
-                    return await _events_per_second(
-                        writer, Events(experiment_id, tag), seconds
-                    )
+                    return await _events_per_second(writer, Events(experiment_id, tag), seconds)
                 finally:
                     await writer.close()
 

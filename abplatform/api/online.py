@@ -35,7 +35,7 @@ from abplatform.domain import OnlineFeatures
 from abplatform.errors import DatabaseUnavailable
 from abplatform.storage.db import is_unavailable
 from abplatform.storage.feature_signals import FeatureSignals
-from abplatform.storage.features import read_features
+from abplatform.storage.features import StoredRow, online_features, read_stored
 
 FeatureKey = tuple[str, str]
 READER_UNITS = 200_000
@@ -55,6 +55,9 @@ class FeatureReader:
         self.checks = 0  # look-ups answered from the slot file alone
         self.outage_answers = 0  # look-ups answered from memory, the database away
         self._known: dict[FeatureKey, tuple[int, OnlineFeatures | None]] = {}
+        # The last row read of each unit and its decoded features: an unchanged row (e.g. on
+        # PostgreSQL, read on every request) is answered with the same object, not decoded.
+        self._decoded: dict[FeatureKey, tuple[StoredRow, OnlineFeatures]] = {}
         self._pending: dict[FeatureKey, list[asyncio.Future[OnlineFeatures | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -125,14 +128,24 @@ class FeatureReader:
         try:
             with self.engine.connect() as conn:
                 for catalogue, units in by_catalogue.items():
-                    for unit, features in read_features(conn, catalogue, units).items():
-                        out[(catalogue, unit)] = features
+                    for unit, row in read_stored(conn, catalogue, units).items():
+                        out[(catalogue, unit)] = self._decode((catalogue, unit), row)
         except Exception as exc:
             if is_unavailable(exc):  # the driver's own error (read with its cursor)
                 raise DatabaseUnavailable(f"reading unit features failed: {exc}") from exc
             raise
         self.reads += len(keys)
         return out
+
+    def _decode(self, key: FeatureKey, row: StoredRow) -> OnlineFeatures:
+        known = self._decoded.get(key)
+        if known is not None and known[0] == row:
+            return known[1]
+        if len(self._decoded) >= READER_UNITS:
+            self._decoded.clear()
+        features = online_features(*row)
+        self._decoded[key] = (row, features)
+        return features
 
     def close(self) -> None:
         """Unmap the slot file."""

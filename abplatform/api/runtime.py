@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 
@@ -21,7 +21,7 @@ from abplatform.api.outage import DatabaseHealth, unavailable
 from abplatform.assignment.base import AssignmentPolicy
 from abplatform.bandit import BanditFeedback
 from abplatform.config.models import ExperimentConfig
-from abplatform.domain import RecRequest, Slate
+from abplatform.domain import OnlineFeatures, RecRequest, Slate, UnitFeatures
 from abplatform.errors import DatabaseUnavailable, NotFoundError
 from abplatform.features import OfflineFeatures, merge_features, online_features_of
 from abplatform.storage import models as m
@@ -41,6 +41,8 @@ UNSERVABLE_RETRY_SECONDS = 5.0
 # api_outage_serve_seconds).
 DATABASE_WAIT_SECONDS = 4.0
 OUTAGE_SERVE_SECONDS = 300.0
+MERGED_UNITS = 200_000
+"""Units whose merged features an experiment keeps per process (then it starts afresh)."""
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,11 @@ class ExperimentRuntime:
     # Offline features (history at the model's cut-off) of each variant serving real-time
     # features; a variant absent here serves from what its strategy learned alone.
     online: dict[str, OfflineFeatures] = field(default_factory=dict)
+    # (variant, unit): the online features last merged (the reader's object, kept while
+    # unchanged) and the merged features (None: nothing since the cut-off).
+    merged: dict[tuple[str, str], tuple[OnlineFeatures, UnitFeatures | None]] = field(
+        default_factory=dict
+    )
 
     async def slate(
         self,
@@ -161,7 +168,7 @@ class ExperimentRuntime:
             online, current = await features.get(self.catalog, request.unit_id)
             if online is not None:
                 feature_version = online.version
-                request = merge_features(offline, online, request)
+                request = self._merge(variant, offline, online, request)
             if not current:  # the database is away: served, never cached
                 slates = None
         key = None
@@ -193,6 +200,21 @@ class ExperimentRuntime:
         if slates is not None and key is not None:
             slates.put(key, feature_version, answer)
         return answer
+
+    def _merge(
+        self, variant: str, offline: OfflineFeatures, online: OnlineFeatures, request: RecRequest
+    ) -> RecRequest:
+        """`merge_features`, computed once per unit while the reader answers the same online
+        features object (it does until the unit's row changes)."""
+        key = (variant, request.unit_id)
+        known = self.merged.get(key)
+        if known is not None and known[0] is online:
+            return request if known[1] is None else replace(request, features=known[1])
+        merged = merge_features(offline, online, request)
+        if len(self.merged) >= MERGED_UNITS:
+            self.merged.clear()
+        self.merged[key] = (online, None if merged is request else merged.features)
+        return merged
 
     def model_id(self, variant: str) -> int | None:
         """The registered model serving `variant` (None: fitted at start, or no strategy)."""

@@ -222,9 +222,7 @@ def _apply(
         )
     if pg:
         # One JSON parameter: adapting lists of JSON texts to text[] costs more, client side.
-        changed = [
-            {"c": c, "u": u, "v": v, "r": r, "k": k, "n": n} for c, u, v, r, k, n, _ in rows
-        ]
+        changed = [{"c": c, "u": u, "v": v, "r": r, "k": k, "n": n} for c, u, v, r, k, n, _ in rows]
         cursor.execute(
             "UPDATE unit_features AS f SET version = v.v, recent = v.r, cart = v.k, "
             "counts = v.n, updated_at = %s FROM jsonb_to_recordset(%s::jsonb) "
@@ -292,7 +290,7 @@ def _changed(
     in_order = arrived
     if any(arrived[i][0] > arrived[i + 1][0] for i in range(len(arrived) - 1)):
         in_order = sorted(arrived, key=lambda t: (t[0], t[1]))
-    new = [[e.item_id, e.type, ts] for ts, _, e in reversed(in_order)]
+    new: list[list[Any]] = [[e.item_id, e.type, ts] for ts, _, e in reversed(in_order)]
     if not recent or new[-1][2] >= _newest_seconds(recent):  # the usual case: all newer
         merged = encode_recent(new[:recent_limit])
         if recent and len(new) < recent_limit:
@@ -365,6 +363,13 @@ def read_features(
     conn: Connection, catalogue: str, units: Iterable[str]
 ) -> dict[str, OnlineFeatures]:
     """The stored online features of these units of a catalogue (absent: none stored)."""
+    return {
+        unit: online_features(*row) for unit, row in read_stored(conn, catalogue, units).items()
+    }
+
+
+def read_stored(conn: Connection, catalogue: str, units: Iterable[str]) -> dict[str, StoredRow]:
+    """The stored rows of these units of a catalogue, not decoded (`online_features` does)."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         rows = _read_rows(
@@ -372,7 +377,7 @@ def read_features(
         )
     finally:
         cursor.close()
-    return {unit: online_features(*row) for (_, unit), row in rows.items()}
+    return {unit: row for (_, unit), row in rows.items()}
 
 
 def online_features(version: int, recent: str, cart: str, counts: str) -> OnlineFeatures:

@@ -27,7 +27,7 @@ from strategies.two_tower.data import (
 )
 from strategies.two_tower.holdout import held_users, random_holdout, time_holdout
 from strategies.two_tower.params import TwoTowerParams
-from strategies.two_tower.serving import ItemIndex, quantize, served_offsets
+from strategies.two_tower.serving import FreshQueries, ItemIndex, quantize, served_offsets
 
 if TYPE_CHECKING:
     from strategies.two_tower.data import TrainingExamples
@@ -342,6 +342,7 @@ class TwoTowerStrategy(BaseStrategy):
         self._index = artifact.catalog.index()
         self._default = artifact.default_embedding.astype(np.float64)
         self._default_slates: dict[int, Slate] = {}  # by size: every unseen user's slate
+        self._fresh = FreshQueries()  # user queries from online features, by their inputs
         self._served_artifact = artifact
 
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
@@ -428,19 +429,21 @@ class TwoTowerStrategy(BaseStrategy):
     def _online_query(
         self, request: RecRequest, row: int | None
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]] | None:
-        """The query and exclusions from the request's online features, when they hold
-        clicks or purchases since the cut-off (None: serve the stored or cold query)."""
+        """Query and exclusions from online clicks or purchases since the cut-off, or None."""
         features = request.features
         tower = self.artifact.user_tower
         if features is None or tower is None or features.online_positives == 0:
             return None
+        key = self._fresh.key(request.unit_id, features)
+        if (known := self._fresh.get(key)) is not None:
+            return known
         query = self._served_query(
             self.embed_history(features.positive_items, request.unit_id, features.profile)
         )
         stored = self.artifact.purchased(row) if row is not None else np.zeros(0, np.int64)
         bought = [self._index[i] for i in features.purchased if i in self._index]
         exclude = np.union1d(stored, np.asarray(bought, dtype=np.int64)).astype(np.int64)
-        return query, exclude
+        return self._fresh.put(key, (query, exclude))
 
     def _served_query(self, embedded: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """A (1, D) user tower embedding as a served query (item-bias and popularity axes)."""

@@ -234,3 +234,16 @@ def test_two_tower_user_vectors_at_the_cutoff_are_the_trained_ones(log: Interact
         slate,
         strategy.recommend(RecRequest(user), 10),
     ]
+    # The fresh query is kept by its inputs (no re-embedding while the unit is unchanged);
+    # one more click is new inputs: embedded afresh, never answered from the kept query.
+    assert strategy.recommend(fresh, 10) == slate
+    newer = OnlineFeatures(
+        2, (Interaction("item-007", "click", offline.cutoff + 2), *online.recent)
+    )
+    later = merge_features(offline, newer, RecRequest(user))
+    assert later.features is not None and later.features.positive_items[0] == "item-007"
+    kept = strategy._online_query(later, rows[user])
+    assert kept is not None
+    expected = strategy._served_query(strategy.embed_history(later.features.positive_items, user))
+    assert_allclose(kept[0], expected)
+    assert not np.allclose(kept[0], query)
