@@ -201,11 +201,14 @@ class UnitFeature(Base):
     """
 
     __tablename__ = "unit_features"
+    # Every event batch rewrites its units' rows: room on each page (PostgreSQL) keeps the
+    # updates HOT (no new index entries, dead versions pruned in place).
+    __table_args__ = {"postgresql_with": {"fillfactor": 40}}
 
     catalog: Mapped[str] = mapped_column(String(128), primary_key=True)
     unit_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger)
-    recent: Mapped[str] = mapped_column(Text)  # JSON [[item, type, unix seconds], ...]
+    recent: Mapped[str] = mapped_column(Text)  # a JSON [item, type, unix seconds] per line
     cart: Mapped[str] = mapped_column(Text)  # JSON [item, ...], oldest first
     counts: Mapped[str] = mapped_column(Text)  # JSON {event type: count}
     updated_at: Mapped[datetime] = mapped_column(DateTime)
