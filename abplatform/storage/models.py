@@ -203,7 +203,7 @@ class UnitFeature(Base):
     __tablename__ = "unit_features"
     # Every event batch rewrites its units' rows: room on each page (PostgreSQL) keeps the
     # updates HOT (no new index entries, dead versions pruned in place).
-    __table_args__ = {"postgresql_with": {"fillfactor": 40}}
+    __table_args__ = ({"postgresql_with": {"fillfactor": 40}},)
 
     catalog: Mapped[str] = mapped_column(String(128), primary_key=True)
     unit_id: Mapped[str] = mapped_column(String(128), primary_key=True)
