@@ -34,13 +34,65 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Interaction:
+    """One item interaction of a unit: the item, the event type and its Unix seconds."""
+
+    item_id: str
+    type: str
+    ts: int
+
+
+@dataclass(frozen=True)
+class OnlineFeatures:
+    """A unit's online features as the feature store holds them (events it acknowledged).
+
+    `version` grows by one with each acknowledged event batch touching the unit; `recent`
+    holds the latest interactions, newest first; `cart` the items added to the cart and not
+    bought since (oldest first); `categories` the interactions per item category.
+    """
+
+    version: int
+    recent: tuple[Interaction, ...] = ()
+    cart: tuple[str, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
+    categories: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnitFeatures:
+    """What a strategy sees of a unit: offline features at the cut-off merged with the
+    online events since (`abplatform.features.merge_features`).
+
+    `positive_items` are the unit's clicked or bought items, newest first, a run of
+    consecutive events on one item counted once (the two-tower's sequence steps).
+    """
+
+    version: int
+    positive_items: tuple[str, ...]
+    favourite_category: str | None
+    cart: tuple[str, ...]
+    last_viewed: str | None
+    purchased: tuple[str, ...]
+    """Items bought in the online events (offline purchases are the strategy's own)."""
+    online_positives: int = 0
+    """How many of `positive_items` come from the online events (the newest ones)."""
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RecRequest:
-    """A request for a slate: who asks, from which scene, with which context."""
+    """A request for a slate: who asks, from which scene, with which context.
+
+    `features` carries the unit's merged offline and online features when it has online
+    events since the model's cut-off and the variant serves real-time features; None
+    otherwise (the strategy then serves from what it learned at fit time).
+    """
 
     unit_id: str
     scene: str | None = None
     current_item: str | None = None
     cart_items: tuple[str, ...] = ()
+    features: UnitFeatures | None = None
 
 
 @dataclass(frozen=True)

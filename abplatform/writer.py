@@ -49,6 +49,8 @@ from abplatform.errors import DatabaseUnavailable, WriteFailed, WriterClosed, Wr
 from abplatform.journal import Journal, Segment
 from abplatform.storage.db import bounded_lock_wait, is_sqlite, is_unavailable
 from abplatform.storage.exposure_ids import ExposureIds
+from abplatform.storage.feature_signals import signal_changed, signal_path
+from abplatform.storage.features import RECENT_LIMIT, Unfeatured, update_features
 from abplatform.storage.rows import (
     EventRow,
     ExposureRow,
@@ -73,11 +75,14 @@ MIN_LOCK_WAIT_SECONDS = 0.05
 
 @dataclass(frozen=True)
 class WriteResult:
-    """What a submission wrote: exposure ids in order, new events, duplicate events."""
+    """What a submission wrote: exposure ids in order, new events, duplicate events, and
+    of the new events those applied to the feature store and those not (with why)."""
 
     exposure_ids: tuple[int, ...]
     new_events: int
     duplicate_events: int
+    featured_events: int = 0
+    unfeatured: tuple[Unfeatured, ...] = ()
 
 
 @dataclass(eq=False)
@@ -205,8 +210,15 @@ class BufferedWriter:
         bandit: BanditFeedback | None = None,
         lock_wait: float | None = None,
         commit_wait: float | None = None,
+        features: bool = True,
+        recent_limit: int = RECENT_LIMIT,
     ) -> None:
         self.engine = engine
+        # The feature store is updated in the events' transaction; on a SQLite file the
+        # units changed are then signalled to every process (storage/feature_signals.py).
+        self.features = features
+        self.recent_limit = recent_limit
+        self._signals = signal_path(engine) if features else None
         # Bounds in seconds (None: unbounded): each lock wait of a transaction, and a
         # `commit` caller's wait for its rows' commit.
         self.lock_wait = lock_wait
@@ -546,16 +558,32 @@ class BufferedWriter:
             write_exposures(conn, ids, exposures, idempotent=idempotent)
             batches = [job.events for job in jobs]
             bandit = self.bandit
-            # Rewards count only for events this transaction inserts (not duplicates).
-            new: list[EventRow] | None = None
-            if bandit is not None and bandit.wants([e for b in batches for e in b]):
-                new = []
+            events = [e for b in batches for e in b]
+            # Rewards and features count only events this transaction inserts (not duplicates).
+            wants_rewards = bandit is not None and bandit.wants(events)
+            new: list[EventRow] | None = [] if wants_rewards or (self.features and events) else None
             counts = write_events(conn, batches, new)
+            update = None
+            if self.features and new:
+                stored = {e.event_id for e in new}
+                update = update_features(conn, batches, stored, recent_limit=self.recent_limit)
             if bandit is not None:
-                bandit.apply(conn, ids, exposures, new or [])
+                bandit.apply(conn, ids, exposures, new if wants_rewards and new else [])
+        if update is not None and update.versions and self._signals is not None:
+            # After the commit, before anyone is answered: every process re-reads these units.
+            try:
+                signal_changed(self._signals, update.versions)
+            except OSError:
+                log.exception("unit features changed but could not be signalled")
         return [
-            WriteResult(tuple(job.exposure_ids), new, duplicates)
-            for job, (new, duplicates) in zip(jobs, counts, strict=True)
+            WriteResult(
+                tuple(job.exposure_ids),
+                n_new,
+                duplicates,
+                update.applied[i] if update is not None else 0,
+                tuple(update.unfeatured[i]) if update is not None else (),
+            )
+            for i, (job, (n_new, duplicates)) in enumerate(zip(jobs, counts, strict=True))
         ]
 
 

@@ -99,9 +99,23 @@ function request()
   if mode == "assign" then
     body = '{"experiment":"' .. key .. '","unit_id":"user-' .. id .. '"}'
   elseif mode == "known" then
-    -- A user of the model's history (u0000 ... u1999): a top-k over the item embeddings.
+    -- A user of the model's history (u0000 ... u1999): a top-k over the item embeddings
+    -- (with online features, the user tower first). The current item (which the two-tower
+    -- ignores for known users) varies so that the slate cache does not answer.
     body = '{"experiment":"' .. key .. '","unit_id":"u' ..
-      string.format("%04d", (tid * 7919 + counter) % KNOWN_USERS) .. '"}'
+      string.format("%04d", (tid * 7919 + counter) % KNOWN_USERS) ..
+      '","context":{"current_item":"' .. ITEMS[(counter * 31 + tid) % #ITEMS + 1] .. '"}}'
+  elseif mode == "featured" then
+    -- Events of known users on catalogue items: every one updates the feature store.
+    local parts = {}
+    local types = {"click", "view", "add_to_cart", "click"}
+    for i = 1, EVENTS_PER_BATCH do
+      parts[i] = '{"event_id":"' .. id .. "-" .. i .. '","unit_id":"u' ..
+        string.format("%04d", (tid * 104729 + counter * EVENTS_PER_BATCH + i) % KNOWN_USERS) ..
+        '","type":"' .. types[i % 4 + 1] .. '","experiment":"' .. key ..
+        '","item_id":"' .. ITEMS[(counter * 13 + i * 7 + tid) % #ITEMS + 1] .. '"}'
+    end
+    body = '{"events":[' .. table.concat(parts, ",") .. ']}'
   else
     local parts = {}
     for i = 1, EVENTS_PER_BATCH do
@@ -298,6 +312,34 @@ def seed(url: str, artifacts: Path) -> None:
     engine.dispose()
 
 
+def lua_items(url: str) -> str:
+    """A Lua table of the two-tower catalogue's item ids (for the load script)."""
+    from sqlalchemy import select
+
+    from abplatform.storage import models as m
+    from abplatform.storage.db import open_database
+
+    engine = open_database(url)
+    with engine.connect() as conn:
+        ids = conn.execute(
+            select(m.CatalogItem.item_id).where(m.CatalogItem.catalog == f"sim:{TWO_TOWER_KEY}")
+        ).scalars()
+        quoted = ",".join(f'"{item}"' for item in ids)
+    engine.dispose()
+    return f"ITEMS = {{{quoted}}}\n"
+
+
+def cache_line(metrics: str) -> str:
+    """One worker's slate cache and feature-read counters from its `/metrics`."""
+    wanted = ("slate_cache_hits", "slate_cache_misses", "slate_cache_size", "feature_reads")
+    found = [
+        line.split("{")[0].removeprefix("abplatform_") + " " + line.rsplit(" ", 1)[1]
+        for line in metrics.splitlines()
+        if line.startswith("abplatform_") and any(w in line for w in wanted)
+    ]
+    return "one worker's /metrics: " + ", ".join(found)
+
+
 API_SINCE = datetime.now(UTC).replace(tzinfo=None)
 """Exposures stored at or after this (naive UTC, as stored) were written by the API."""
 
@@ -391,6 +433,8 @@ LABELS = {
     "two-tower": "POST /v1/assign (2-tower)",
     "two-tower-known": "  ... known users",
     "events": "POST /v1/events",
+    "featured-events": "POST /v1/events featured",
+    "two-tower-realtime": "two-tower realtime",
 }
 
 
@@ -417,20 +461,22 @@ def report(
     )
     for (mode, c), r in results.items():
         note = ""
-        if mode in ("assign", "two-tower", "two-tower-known"):
+        if mode in ("assign", "two-tower", "two-tower-known", "two-tower-realtime"):
             post = r.requests_per_s / results["hello-post", c].requests_per_s
             get = r.requests_per_s / results["hello-get", c].requests_per_s
             note = f"ratio vs hello-world POST {post:.2f}, vs GET {get:.2f}; "
             note += f"all committed {lags[mode, c]:.1f} s after the load"
-        if mode == "events":
+        if mode in ("events", "featured-events"):
             note = f"{r.requests_per_s * EVENTS_PER_BATCH:,.0f} events/s"
         numbers = f"{r.requests_per_s:>10,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}"
         print(f"{LABELS[mode]:<26}{c:>6}{numbers}  {note}")
     answered = {mode: 0 for mode, _ in results}
     for (mode, _), r in results.items():
         answered[mode] += r.requests - r.errors
-    assigned = answered["assign"] + answered["two-tower"] + answered["two-tower-known"]
-    events = answered["events"]
+    assigned = sum(
+        answered.get(m, 0) for m in ("assign", "two-tower", "two-tower-known", "two-tower-realtime")
+    )
+    events = answered["events"] + answered.get("featured-events", 0)
     print(
         f"\nafter SIGTERM the database holds {rows[0]:,} exposures for {assigned:,} assignments "
         f"the client counted as answered, and {rows[1]:,} events for "
@@ -453,7 +499,7 @@ def main() -> None:
     auth = make_key(url)
     in_process(url)
     script = folder / "load.lua"
-    script.write_text(WRK_SCRIPT)
+    script.write_text(lua_items(url) + WRK_SCRIPT)
     (folder / "hello.py").write_text(HELLO_APP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABPLATFORM_")}
     results: dict[tuple[str, int], Load] = {}
@@ -495,6 +541,18 @@ def main() -> None:
                     answered += r.requests - r.errors
                     lags[mode, c] = catch_up(url, answered)
                 results["events", c] = run(f"{base}/v1/events", "events")
+                # Events that update the feature store, then assigns of the users they gave
+                # online features: the user tower embeds each one's fresh sequence.
+                results["featured-events", c] = run(
+                    f"{base}/v1/events", "featured", key=TWO_TOWER_KEY
+                )
+                results["two-tower-realtime", c] = r = run(
+                    f"{base}/v1/assign", "known", key=TWO_TOWER_KEY
+                )
+                answered += r.requests - r.errors
+                lags["two-tower-realtime", c] = catch_up(url, answered)
+            metrics = httpx.get(f"{base}/metrics", timeout=10).text
+            print(cache_line(metrics))
         finally:
             stop(hello)
             stop(server)

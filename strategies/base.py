@@ -33,6 +33,8 @@ class BaseStrategy:
 
     kind: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = StrategyParams
+    ONLINE_FEATURES: ClassVar[frozenset[str]] = frozenset()
+    """The `RecRequest.features` fields the strategy uses when a request carries them."""
 
     def __init__(self, params: BaseModel | Mapping[str, Any] | None = None, *, seed: int = 0):
         if isinstance(params, self.Params):
@@ -88,6 +90,16 @@ class BaseStrategy:
             fitted.fit(history)
         self._stages[key] = fitted
         return fitted
+
+    def online_features(self) -> frozenset[str]:
+        """The online features this strategy and its nested ones use (none: serving it
+        never reads the feature store)."""
+        from abplatform.features import online_features_of
+
+        used = set(self.ONLINE_FEATURES)
+        for stage in self._stages.values():
+            used |= online_features_of(stage)
+        return frozenset(used)
 
     def fitted_stages(self) -> dict[str, Strategy]:
         """The nested strategies `fit_stage` fitted, by `stage_key` (direct children only)."""

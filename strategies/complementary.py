@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -47,6 +48,7 @@ class ComplementaryStrategy(BaseStrategy):
 
     kind = "complementary"
     Params: ClassVar[type[BaseModel]] = ComplementaryParams
+    ONLINE_FEATURES = frozenset({"cart"})
 
     def fit(self, history: InteractionLog) -> None:
         """Count co-occurrences with a sparse baskets x items product."""
@@ -107,6 +109,7 @@ class ComplementaryStrategy(BaseStrategy):
         """Slates of complements to each request's cart (or current item), vectorised."""
         check_k(k)
         _ = self.catalog
+        requests = [_with_live_cart(request) for request in requests]
         # Slates depend only on the anchors (cart, else current item): each distinct set once.
         keys = [self._anchor_key(request, k) for request in requests]
         missing: dict[tuple[Any, ...], RecRequest] = {}
@@ -164,6 +167,14 @@ class ComplementaryStrategy(BaseStrategy):
             picked = picked[np.isfinite(key[row, picked])][:size]
             slates.append(self._slate(picked.astype(np.int64), _scores(association[row], picked)))
         return slates
+
+
+def _with_live_cart(request: RecRequest) -> RecRequest:
+    """A request without cart items takes the live cart of its online features, if any."""
+    features = request.features
+    if request.cart_items or features is None or not features.cart:
+        return request
+    return replace(request, cart_items=features.cart)
 
 
 def _scores(

@@ -31,11 +31,16 @@ class PopularityStrategy(BaseStrategy):
     """Top items by weighted clicks, purchases and views in the last `window_days` of history.
 
     With `per_category`, a known user gets the top items of their favourite category (the
-    category they interacted with most), topped up with the global ranking.
+    category they interacted with most), topped up with the global ranking. A request
+    carrying online features uses their fresh favourite category instead.
     """
 
     kind = "popularity"
     Params: ClassVar[type[BaseModel]] = PopularityParams
+
+    def online_features(self) -> frozenset[str]:
+        """The fresh favourite category, with `per_category` (nothing without)."""
+        return frozenset({"favourite_category"}) if self.params.per_category else frozenset()
 
     def fit(self, history: InteractionLog) -> None:
         """Count weighted interactions per item (and each user's favourite category)."""
@@ -69,13 +74,23 @@ class PopularityStrategy(BaseStrategy):
             members = self._global_order[self._category_codes[self._global_order] == code]
             self._category_orders.append(members.astype(np.int64))
         self._favourite: dict[str, int] = {}
+        self._category_code_of = {name: code for code, name in enumerate(categories)}
         if params.per_category and len(history):
             self._favourite = _favourite_categories(
                 history.user_ids[item_idx >= 0], self._category_codes[item_idx[item_idx >= 0]]
             )
 
+    def _favourite_of(self, request: RecRequest) -> int | None:
+        """The request's favourite category code: fresh from its features, else learned."""
+        features = request.features
+        if features is not None and self.params.per_category:
+            fresh = features.favourite_category
+            if fresh is not None and fresh in self._category_code_of:
+                return self._category_code_of[fresh]
+        return self._favourite.get(request.unit_id)
+
     def _top(self, request: RecRequest, k: int) -> npt.NDArray[np.int64]:
-        favourite = self._favourite.get(request.unit_id)
+        favourite = self._favourite_of(request)
         if favourite is None:
             return self._global_order[:k]
         head = self._category_orders[favourite][:k]
@@ -101,7 +116,7 @@ class PopularityStrategy(BaseStrategy):
         cache: dict[int | None, Slate] = {}
         slates = []
         for request in requests:
-            favourite = self._favourite.get(request.unit_id)
+            favourite = self._favourite_of(request)
             slate = cache.get(favourite)
             if slate is None:
                 top = self._top(request, k)

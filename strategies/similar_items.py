@@ -30,7 +30,8 @@ class SimilarItemsParams(StrategyParams):
 
 @strategies.register("similar_items")
 class SimilarItemsStrategy(VectorStrategy):
-    """Cosine nearest neighbours of the request's current item (else of its cart's mean).
+    """Cosine nearest neighbours of the request's current item (else of its cart's mean,
+    else, from its online features, of the item the unit viewed last).
 
     Items are represented by two-tower item embeddings when `representation: two_tower`
     (a two-tower is trained on the same history), else by category, brand and price
@@ -39,6 +40,7 @@ class SimilarItemsStrategy(VectorStrategy):
 
     kind = "similar_items"
     Params: ClassVar[type[BaseModel]] = SimilarItemsParams
+    ONLINE_FEATURES = frozenset({"last_viewed"})
 
     def fit(self, history: InteractionLog) -> None:
         """Build item vectors and the popularity fallback."""
@@ -68,6 +70,9 @@ class SimilarItemsStrategy(VectorStrategy):
         cold: list[int] = []
         for position, request in enumerate(requests):
             names = [request.current_item] if request.current_item else list(request.cart_items)
+            last_viewed = request.features.last_viewed if request.features else None
+            if not names and last_viewed is not None:  # no anchor sent: the last one viewed
+                names = [last_viewed]
             anchors = sorted({self._index[a] for a in names if a in self._index})
             (anchored.append((position, anchors)) if anchors else cold.append(position))
         if cold:

@@ -21,6 +21,7 @@ from abplatform.api.deps import Services
 from abplatform.api.errors import install_error_handlers
 from abplatform.api.fastlane import FastLane, HotRoute
 from abplatform.api.middleware import BodySizeLimit
+from abplatform.api.online import FeatureReader, SlateCache
 from abplatform.api.outage import DatabaseHealth
 from abplatform.api.responses import FastJSON
 from abplatform.api.routers import assign, events, experiments, health, models
@@ -31,6 +32,7 @@ from abplatform.bandit import BanditFeedback
 from abplatform.journal import Journal, replay
 from abplatform.storage.changes import open_feed
 from abplatform.storage.db import open_database
+from abplatform.storage.feature_signals import signals_for
 from abplatform.writer import BufferedWriter, replay_journal
 
 SWITCH_INTERVAL_SECONDS = 0.0005
@@ -74,20 +76,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             bandit=bandit,
             lock_wait=chosen.api_lock_wait_seconds,
             commit_wait=chosen.api_events_wait_seconds,
+            recent_limit=chosen.api_feature_recent_items,
         )
         writer.start()
         # Creates, starts, stops in any process reach this one's cache at once (the SQLite
         # counter file, or a LISTEN thread on PostgreSQL): abplatform/storage/changes.py.
         changes = open_feed(engine, chosen.api_db_connect_timeout_seconds)
+        # A database call waits a connect timeout, plus a second for the query.
+        health = DatabaseHealth(chosen.api_db_connect_timeout_seconds + 1.0)
+        # Each unit's online features, fresh on every worker (api/online.py), and slates.
+        features = FeatureReader(engine, health, signals_for(engine))
+        slates = SlateCache(chosen.api_slate_cache_size, chosen.api_slate_cache_ttl_seconds)
         cache = ExperimentCache(
             engine,
             chosen.api_status_ttl_seconds,
             coalesce=chosen.api_coalesce,
             bandit=bandit,
-            # A database call waits a connect timeout, plus a second for the query.
-            health=DatabaseHealth(chosen.api_db_connect_timeout_seconds + 1.0),
+            health=health,
             outage_serve=chosen.api_outage_serve_seconds,
             changes=changes,
+            features=features,
+            slates=slates,
         )
         app.state.services = Services(
             settings=chosen, engine=engine, writer=writer, experiments=cache
@@ -106,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await writer.close()
             await asyncio.to_thread(changes.close)
+            features.close()
             app.state.services.keys.close()
             engine.dispose()
 

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from abplatform.api.metrics import Metrics
 from abplatform.api.runtime import ExperimentCache
 from abplatform.api.settings import Settings
 from abplatform.api.verifier import KeyVerifier, VerifierLimits
@@ -27,6 +28,7 @@ class Services:
     engine: Engine
     writer: BufferedWriter
     experiments: ExperimentCache
+    metrics: Metrics = field(default_factory=Metrics)
     keys: KeyVerifier = field(init=False)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ send a plain-text 500 and re-raise, and uvicorn then closes the keep-alive conne
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,33 @@ class FastLane:
         self.too_large = orjson.dumps({"detail": f"request body larger than {max_bytes} bytes"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Every answered request is counted and timed by route (`/metrics`).
+        started = time.perf_counter()
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._answer(scope, receive, counting_send)
+        finally:
+            services = getattr(scope["app"].state, "services", None)
+            if services is not None:
+                hot = scope["path"] in self.routes and scope["method"] == "POST"
+                found = scope.get("route")
+                template = scope["path"] if hot else getattr(found, "path", "unmatched")
+                services.metrics.observe(
+                    scope["method"], template, status, time.perf_counter() - started
+                )
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope["path"])
         if route is None or scope["method"] != "POST":
             await self._guarded(scope, receive, send)
             return

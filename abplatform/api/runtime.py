@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 
@@ -16,14 +16,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from abplatform.api.bandit import build_server_policy
 from abplatform.api.errors import Unservable
+from abplatform.api.online import FeatureReader, SlateCache
 from abplatform.api.outage import DatabaseHealth, unavailable
 from abplatform.assignment.base import AssignmentPolicy
 from abplatform.bandit import BanditFeedback
 from abplatform.config.models import ExperimentConfig
-from abplatform.domain import RecRequest, Slate
+from abplatform.domain import OnlineFeatures, RecRequest, Slate, UnitFeatures
 from abplatform.errors import DatabaseUnavailable, NotFoundError
+from abplatform.features import OfflineFeatures, merge_features, online_features_of
 from abplatform.storage import models as m
-from abplatform.storage.catalog import item_count
+from abplatform.storage.catalog import item_count, load_history
 from abplatform.storage.changes import ChangeFeed, NoFeed
 from abplatform.storage.db import transaction
 from abplatform.storage.model_registry import ModelRecord
@@ -39,6 +41,8 @@ UNSERVABLE_RETRY_SECONDS = 5.0
 # api_outage_serve_seconds).
 DATABASE_WAIT_SECONDS = 4.0
 OUTAGE_SERVE_SECONDS = 300.0
+MERGED_UNITS = 200_000
+"""Units whose merged features an experiment keeps per process (then it starts afresh)."""
 
 log = logging.getLogger(__name__)
 
@@ -125,30 +129,92 @@ class ExperimentRuntime:
     n_items: int = 0
     checked_at: float = field(default_factory=time.monotonic)
     version: int = 0  # of the change feed, taken before the status was last read
+    catalog: str = ""
+    # Offline features (history at the model's cut-off) of each variant serving real-time
+    # features; a variant absent here serves from what its strategy learned alone.
+    online: dict[str, OfflineFeatures] = field(default_factory=dict)
+    # (variant, unit): the online features last merged (the reader's object, kept while
+    # unchanged) and the merged features (None: nothing since the cut-off).
+    merged: dict[tuple[str, str], tuple[OnlineFeatures, UnitFeatures | None]] = field(
+        default_factory=dict
+    )
 
     async def slate(
-        self, variant: str, request: RecRequest, k: int | None, *, together: bool = True
+        self,
+        variant: str,
+        request: RecRequest,
+        k: int | None,
+        *,
+        together: bool = True,
+        features: FeatureReader | None = None,
+        slates: SlateCache | None = None,
     ) -> list[tuple[str, float, str | None]]:
         """The variant's slate for a request: (item id, score, source) triples, at most k
         (the source is None for strategies without sources).
 
-        With `together`, a strategy that serves batches much faster is called once for
-        all the requests of this event-loop turn (see `Coalescer`).
+        A variant serving real-time features gets the unit's current online features from
+        `features`, merged with its offline ones (`merge_features`). A slate in `slates`
+        computed for the same request at the unit's current feature version is served as
+        it is. With `together`, a strategy that serves batches much faster is called once
+        for all the requests of this event-loop turn (see `Coalescer`).
         """
         strategy = (self.strategies or {}).get(variant)
         size = min(k or self.default_k, self.n_items)
         if strategy is None or size < 1:
             return []
+        feature_version = 0
+        offline = self.online.get(variant)
+        if offline is not None and features is not None:
+            online, current = await features.get(self.catalog, request.unit_id)
+            if online is not None:
+                feature_version = online.version
+                request = self._merge(variant, offline, online, request)
+            if not current:  # the database is away: served, never cached
+                slates = None
+        key = None
+        if slates is not None:
+            key = (
+                self.id,
+                self.updated_at,
+                variant,
+                self.model_id(variant),
+                request.unit_id,
+                request.scene,
+                request.current_item,
+                request.cart_items,
+                size,
+            )
+            cached: list[tuple[str, float, str | None]] | None = slates.get(key, feature_version)
+            if cached is not None:
+                return cached
         coalescer = self.coalescers.get(variant) if together else None
         if coalescer is not None:
             slate = await coalescer.recommend(request, size)
         else:
             slate = strategy.recommend(request, size)
         sources = slate.sources or (None,) * len(slate.items)
-        return [
+        answer = [
             (item, score if math.isfinite(score) else 0.0, source)
             for item, score, source in zip(slate.items, slate.scores, sources, strict=True)
         ]
+        if slates is not None and key is not None:
+            slates.put(key, feature_version, answer)
+        return answer
+
+    def _merge(
+        self, variant: str, offline: OfflineFeatures, online: OnlineFeatures, request: RecRequest
+    ) -> RecRequest:
+        """`merge_features`, computed once per unit while the reader answers the same online
+        features object (it does until the unit's row changes)."""
+        key = (variant, request.unit_id)
+        known = self.merged.get(key)
+        if known is not None and known[0] is online:
+            return request if known[1] is None else replace(request, features=known[1])
+        merged = merge_features(offline, online, request)
+        if len(self.merged) >= MERGED_UNITS:
+            self.merged.clear()
+        self.merged[key] = (online, None if merged is request else merged.features)
+        return merged
 
     def model_id(self, variant: str) -> int | None:
         """The registered model serving `variant` (None: fitted at start, or no strategy)."""
@@ -164,6 +230,27 @@ def _load_strategies(engine: Engine, runtime: ExperimentRuntime, coalesce: bool)
         ).scalar_one()
         served = serve_variants(session, runtime.config, stored_catalog)
         n_items = item_count(session.connection(), stored_catalog)
+        realtime = [
+            v.key
+            for v in runtime.config.variants
+            if v.strategy is not None
+            and v.strategy.realtime
+            and online_features_of(served[v.key].strategy)
+        ]
+        online: dict[str, OfflineFeatures] = {}
+        if realtime:
+            history = load_history(session.connection(), stored_catalog)
+            by_cutoff: dict[int, OfflineFeatures] = {}
+            for key in realtime:
+                model = served[key].model
+                cutoff = (
+                    _unix_seconds(model.history_cutoff)
+                    if model is not None and model.history_cutoff is not None
+                    else history.end_timestamp
+                )
+                if cutoff not in by_cutoff:
+                    by_cutoff[cutoff] = OfflineFeatures.from_history(history, cutoff)
+                online[key] = by_cutoff[cutoff]
     size = min(DEFAULT_K, n_items)
     for key, one in served.items():
         strategy = one.strategy
@@ -172,6 +259,13 @@ def _load_strategies(engine: Engine, runtime: ExperimentRuntime, coalesce: bool)
     runtime.models = {key: one.model for key, one in served.items()}
     runtime.strategies = {key: one.strategy for key, one in served.items()}
     runtime.n_items = n_items
+    runtime.catalog = stored_catalog
+    runtime.online = online
+
+
+def _unix_seconds(moment: datetime) -> int:
+    """Unix seconds of a naive UTC time (as the registry stores cut-offs)."""
+    return int((moment - datetime(1970, 1, 1)).total_seconds())
 
 
 class ExperimentCache:
@@ -201,8 +295,13 @@ class ExperimentCache:
         health: DatabaseHealth | None = None,
         outage_serve: float = OUTAGE_SERVE_SECONDS,
         changes: ChangeFeed | None = None,
+        features: FeatureReader | None = None,
+        slates: SlateCache | None = None,
     ) -> None:
         self.engine = engine
+        # The unit's current online features and the slate cache (None: neither).
+        self.features = features
+        self.slates = slates
         self.changes: ChangeFeed = changes or NoFeed()
         self.health = health or DatabaseHealth(DATABASE_WAIT_SECONDS)
         self.outage_serve = outage_serve

@@ -137,12 +137,24 @@ class EventBatch(_Body):
     events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+class UnfeaturedEvent(BaseModel):
+    """A newly recorded event that did not update the feature store, and why."""
+
+    index: int = Field(description="the event's position in the request's `events`")
+    event_id: str
+    reason: str
+
+
 class EventsResponse(BaseModel):
-    """How many events were received, newly recorded, and already recorded before."""
+    """How many events were received, newly recorded, and already recorded before; of the
+    new ones, how many updated the unit's online features and which did not (unknown item,
+    unit or experiment)."""
 
     received: int
     new: int
     duplicates: int
+    featured: int
+    unfeatured: list[UnfeaturedEvent]
 
 
 class VariantOut(BaseModel):

@@ -52,5 +52,12 @@ class Settings(BaseSettings):
     # How many experiments' analyses each server process keeps (least recently computed
     # dropped first).
     api_results_cache_experiments: int = Field(default=64, ge=1)
+    # Online features (README, "Real-time features"): interactions kept per unit in the
+    # feature store, newest first.
+    api_feature_recent_items: int = Field(default=50, ge=1, le=1000)
+    # Slate cache: slates kept per process (0: no cache), each for at most this many seconds;
+    # an entry is served only for the unit's current feature version.
+    api_slate_cache_size: int = Field(default=100_000, ge=0)
+    api_slate_cache_ttl_seconds: float = Field(default=60.0, gt=0.0)
     # FastAPI's native OpenTelemetry instrumentation (when a provider is configured).
     api_telemetry: bool = False

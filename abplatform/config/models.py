@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     field_validator,
     model_validator,
@@ -52,11 +53,17 @@ class StrategySpec(_Strict):
     ``model`` pins a registered model (``abplatform models list``) by id, or ``latest``;
     without it, strategies that fit cheaply are fitted on the history when the experiment
     starts, and one trained with TensorFlow serves its ``latest`` model.
+
+    ``realtime`` (default true): the variant's slates use the unit's online features (its
+    events since the model's cut-off, from the feature store) where its strategy declares
+    some; false serves from what the strategy learned at fit time alone (the classic
+    static-vs-real-time experiment). It is not a model parameter: one model serves both.
     """
 
     kind: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     model: int | str | None = None
+    realtime: StrictBool = True
 
     @field_validator("model", mode="before")
     @classmethod

@@ -194,6 +194,26 @@ class Event(Base):
     position: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class UnitFeature(Base):
+    """A unit's online features in a catalogue: recent interactions, cart, counters, version.
+
+    Written only by `abplatform.storage.features`, in the transaction storing the events.
+    """
+
+    __tablename__ = "unit_features"
+    # Every event batch rewrites its units' rows: room on each page (PostgreSQL) keeps the
+    # updates HOT (no new index entries, dead versions pruned in place).
+    __table_args__ = ({"postgresql_with": {"fillfactor": 40}},)
+
+    catalog: Mapped[str] = mapped_column(String(128), primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    recent: Mapped[str] = mapped_column(Text)  # a JSON [item, type, unix seconds] per line
+    cart: Mapped[str] = mapped_column(Text)  # JSON [item, ...], oldest first
+    counts: Mapped[str] = mapped_column(Text)  # JSON {event type: count}
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class ApiKey(Base):
     """An API key: a public key id for look-up, scopes, and a salted hash of the secret."""
 

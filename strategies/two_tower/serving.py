@@ -18,10 +18,13 @@ ranks those few candidates with their exact float64 scores. The result is the ex
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from abplatform.domain import UnitFeatures
 
 QUANTUM = 2.0**-20
 EXCLUDED_PENALTY = 4.0  # scores lie in about [-1.5, 1.5]; minus 4 puts excluded items last
@@ -220,3 +223,46 @@ class ItemIndex:
             picked[lo:hi] = chosen
             values[lo:hi] = np.take_along_axis(exact, chosen, axis=1)
         return picked, values
+
+
+FRESH_QUERIES = 50_000
+"""Fresh-feature user queries a served strategy keeps (then it starts afresh)."""
+
+
+class FreshQueries:
+    """User queries embedded from online features, by their exact inputs: (unit, positive
+    items, online purchases, profile). An unchanged unit costs a look-up, not an embedding;
+    a changed one has another key (never a stale query)."""
+
+    def __init__(self, limit: int = FRESH_QUERIES) -> None:
+        self.limit = limit
+        self._queries: dict[Hashable, tuple[npt.NDArray[np.float64], Int64Array]] = {}
+
+    @staticmethod
+    def key(unit_id: str, features: UnitFeatures) -> Hashable | None:
+        """The cache key of a unit's merged features (None: a profile value is unhashable)."""
+        key = (
+            unit_id,
+            features.positive_items,
+            features.purchased,
+            tuple(features.profile.items()),
+        )
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+    def get(self, key: Hashable | None) -> tuple[npt.NDArray[np.float64], Int64Array] | None:
+        """The query and exclusions embedded for `key`, if kept."""
+        return None if key is None else self._queries.get(key)
+
+    def put(
+        self, key: Hashable | None, query: tuple[npt.NDArray[np.float64], Int64Array]
+    ) -> tuple[npt.NDArray[np.float64], Int64Array]:
+        """Keep `query` for `key`; returns it."""
+        if key is not None:
+            if len(self._queries) >= self.limit:
+                self._queries.clear()
+            self._queries[key] = query
+        return query

@@ -27,7 +27,7 @@ from strategies.two_tower.data import (
 )
 from strategies.two_tower.holdout import held_users, random_holdout, time_holdout
 from strategies.two_tower.params import TwoTowerParams
-from strategies.two_tower.serving import ItemIndex, quantize, served_offsets
+from strategies.two_tower.serving import FreshQueries, ItemIndex, quantize, served_offsets
 
 if TYPE_CHECKING:
     from strategies.two_tower.data import TrainingExamples
@@ -68,6 +68,7 @@ class TwoTowerStrategy(BaseStrategy):
 
     kind = "two_tower"
     Params: ClassVar[type[BaseModel]] = TwoTowerParams
+    ONLINE_FEATURES = frozenset({"positive_items", "purchased"})
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, *, seed: int = 0):
         super().__init__(params, seed=seed)
@@ -342,6 +343,7 @@ class TwoTowerStrategy(BaseStrategy):
         self._index = artifact.catalog.index()
         self._default = artifact.default_embedding.astype(np.float64)
         self._default_slates: dict[int, Slate] = {}  # by size: every unseen user's slate
+        self._fresh = FreshQueries()  # user queries from online features, by their inputs
         self._served_artifact = artifact
 
     def recommend_batch(self, requests: Sequence[RecRequest], k: int) -> list[Slate]:
@@ -359,8 +361,19 @@ class TwoTowerStrategy(BaseStrategy):
         queries: list[npt.NDArray[np.float64]] = []
         excluded: list[npt.NDArray[np.int64]] | None = [] if params.exclude_purchased else None
         nothing = np.zeros(0, dtype=np.int64)
+        fresh: set[int] = set()
         for i, request in enumerate(requests):
             row = self._rows.get(request.unit_id)
+            online = self._online_query(request, row)
+            if online is not None:
+                # Clicks or purchases since the cut-off: the user tower embeds the fresh
+                # sequence; online purchases are excluded like the stored ones.
+                fresh.add(i)
+                searched.append(i)
+                queries.append(online[0])
+                if excluded is not None:
+                    excluded.append(online[1])
+                continue
             if row is None and not self._context_items(request):
                 # An unseen user without context items: the default query, nothing
                 # excluded, so one slate for all of them (computed once per size).
@@ -382,7 +395,11 @@ class TwoTowerStrategy(BaseStrategy):
             for i, row_ids, values in zip(searched, ids, scores.tolist(), strict=True):
                 slate = out[i] = Slate(tuple(row_ids), tuple(values))
                 request = requests[i]
-                if request.unit_id not in self._rows and not self._context_items(request):
+                if (
+                    i not in fresh
+                    and request.unit_id not in self._rows
+                    and not self._context_items(request)
+                ):
                     self._default_slates[size] = slate
         return [slate for slate in out if slate is not None]
 
@@ -401,10 +418,43 @@ class TwoTowerStrategy(BaseStrategy):
         queries = np.empty((len(requests), self.artifact.dim), dtype=np.float64)
         for i, request in enumerate(requests):
             row = self._rows.get(request.unit_id)
-            queries[i] = self._cold_query(request) if row is None else self._users[row]
+            online = self._online_query(request, row)
+            if online is not None:
+                queries[i] = online[0]
+            else:
+                queries[i] = self._cold_query(request) if row is None else self._users[row]
         vectors = self._item_index.items[indices]  # (requests, n, D)
         scores: npt.NDArray[np.float64] = np.einsum("bnd,bd->bn", vectors, queries)
         return scores
+
+    def _online_query(
+        self, request: RecRequest, row: int | None
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]] | None:
+        """Query and exclusions from online clicks or purchases since the cut-off, or None."""
+        features = request.features
+        tower = self.artifact.user_tower
+        if features is None or tower is None or features.online_positives == 0:
+            return None
+        key = self._fresh.key(request.unit_id, features)
+        if (known := self._fresh.get(key)) is not None:
+            return known
+        query = self._served_query(
+            self.embed_history(features.positive_items, request.unit_id, features.profile)
+        )
+        stored = self.artifact.purchased(row) if row is not None else np.zeros(0, np.int64)
+        bought = [self._index[i] for i in features.purchased if i in self._index]
+        exclude = np.union1d(stored, np.asarray(bought, dtype=np.int64)).astype(np.int64)
+        return self._fresh.put(key, (query, exclude))
+
+    def _served_query(self, embedded: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """A (1, D) user tower embedding as a served query (item-bias and popularity axes)."""
+        offset_axes = self.artifact.dim - 1 - embedded.shape[1]  # 1 with an item bias
+        query = _with_popularity(
+            np.column_stack([embedded, np.ones((1, offset_axes))]) if offset_axes else embedded,
+            0.0,
+        )
+        served: npt.NDArray[np.float64] = quantize(query)[0].astype(np.float64)
+        return served
 
     def _cold_query(self, request: RecRequest) -> npt.NDArray[np.float64]:
         """An unseen user's query from the request's items (current item first) or the default."""
@@ -413,14 +463,7 @@ class TwoTowerStrategy(BaseStrategy):
             default: npt.NDArray[np.float64] = self._default
             return default
         # One user at a time, so the query does not depend on the batch it came in.
-        embedded = self.embed_history(items)
-        offset_axes = self.artifact.dim - 1 - embedded.shape[1]  # 1 with an item bias
-        query = _with_popularity(
-            np.column_stack([embedded, np.ones((1, offset_axes))]) if offset_axes else embedded,
-            0.0,
-        )
-        served: npt.NDArray[np.float64] = quantize(query)[0].astype(np.float64)
-        return served
+        return self._served_query(self.embed_history(items))
 
     def embed_history(
         self,

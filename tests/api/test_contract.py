@@ -180,11 +180,20 @@ async def test_events_are_idempotent(client: httpx.AsyncClient, seeded_url: str)
     batch = {"events": _events(100)}
     first = await client.post("/v1/events", json=batch)
     assert first.status_code == 200, first.text
-    assert first.json() == {"received": 100, "new": 100, "duplicates": 0}
+    assert _counts(first.json()) == {"received": 100, "new": 100, "duplicates": 0}
+    # "i1" is not an item of the experiment's catalogue: stored, reported, no features.
+    assert first.json()["featured"] == 0
+    assert [u["index"] for u in first.json()["unfeatured"]] == list(range(100))
     again = await client.post("/v1/events", json=batch)
-    assert again.json() == {"received": 100, "new": 0, "duplicates": 100}
+    assert again.json() == {
+        "received": 100,
+        "new": 0,
+        "duplicates": 100,
+        "featured": 0,
+        "unfeatured": [],  # duplicates are not reported again
+    }
     mixed = {"events": _events(2, "x") + _events(2, "x") + _events(1)}
-    assert (await client.post("/v1/events", json=mixed)).json() == {
+    assert _counts((await client.post("/v1/events", json=mixed)).json()) == {
         "received": 5,
         "new": 2,
         "duplicates": 3,
@@ -195,6 +204,10 @@ async def test_events_are_idempotent(client: httpx.AsyncClient, seeded_url: str)
         "events": [{"event_id": "free", "unit_id": "u", "type": "purchase", "value": 9.5}]
     }
     assert (await client.post("/v1/events", json=no_experiment)).json()["new"] == 1
+
+
+def _counts(answer: dict[str, Any]) -> dict[str, Any]:
+    return {key: answer[key] for key in ("received", "new", "duplicates")}
 
 
 def _locations(response: httpx.Response) -> list[list[Any]]:

@@ -81,7 +81,14 @@ async def _assign(
         )
         # A single request may share a batch call with concurrent ones; a batch request
         # is served in order, each slate on its own.
-        slate = await runtime.slate(decision.variant, rec, request.k, together=single)
+        slate = await runtime.slate(
+            decision.variant,
+            rec,
+            request.k,
+            together=single,
+            features=cache.features,
+            slates=cache.slates,
+        )
         slots.append(len(answers))
         answers.append(
             {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException
 
 from abplatform.api.deps import AssignScope, Services, ServicesDep
@@ -24,12 +26,16 @@ async def record_events(body: EventBatch, services: ServicesDep) -> FastJSON:
     ABPLATFORM_API_EVENTS_WAIT_SECONDS (see api/README.md, Writes).
 
     `new` counts events stored by this call, `duplicates` those already stored (by an
-    earlier call or earlier in this batch).
+    earlier call or earlier in this batch). `featured` counts the new events applied to
+    their unit's online features (the next `/v1/assign` of the unit, on any worker, uses
+    them); `unfeatured` lists the new events that updated nothing, with the reason: no
+    experiment, no item, an item outside the experiment's catalogue, or a unit the
+    experiment never assigned.
     """
     return FastJSON(await record_batch(services, body))
 
 
-async def record_batch(services: Services, body: EventBatch) -> dict[str, int]:
+async def record_batch(services: Services, body: EventBatch) -> dict[str, Any]:
     """POST /v1/events (served by the fast lane, see `abplatform.api.fastlane`)."""
     now = utcnow()
     ids: dict[str, int] = {}
@@ -74,4 +80,13 @@ async def record_batch(services: Services, body: EventBatch) -> dict[str, int]:
             "events already stored count as duplicates"
         )
         raise HTTPException(503, detail, headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
-    return {"received": len(rows), "new": result.new_events, "duplicates": result.duplicate_events}
+    return {
+        "received": len(rows),
+        "new": result.new_events,
+        "duplicates": result.duplicate_events,
+        "featured": result.featured_events,
+        "unfeatured": [
+            {"index": u.index, "event_id": u.event_id, "reason": u.reason}
+            for u in result.unfeatured
+        ],
+    }

@@ -1,4 +1,4 @@
-"""GET and HEAD /healthz (process up) and /readyz (database reachable, what is still served)."""
+"""GET /healthz (process up), /readyz (database reachable, what is still served), /metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 
@@ -87,6 +88,20 @@ async def readyz(services: ServicesDep) -> FastJSON:
         return FastJSON(_outage(services), status_code=503, headers={"Retry-After": "1"})
     ok = {"status": "ok", "process": os.getpid(), "unservable": services.experiments.unservable()}
     return FastJSON(ok)
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(services: ServicesDep) -> PlainTextResponse:
+    """This process' counters in the Prometheus text format: requests and latency
+    histograms per route, slate cache hits, misses and size, feature rows read (each
+    worker of `serve --workers N` answers for itself, labelled with its `process`)."""
+    experiments = services.experiments
+    text_out = services.metrics.render(experiments.slates, experiments.features)
+    return PlainTextResponse(text_out, media_type="text/plain; version=0.0.4")
 
 
 def _headers_only(answer: Response) -> Response:
