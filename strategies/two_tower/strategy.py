@@ -183,11 +183,9 @@ class TwoTowerStrategy(BaseStrategy):
         validation: Validation | None,
     ) -> tuple[TrainingExamples, TrainedTowers]:
         """The examples of `sequences` and the towers trained on them (TensorFlow)."""
+        features = encoder.transform(sequences.user_ids.tolist(), history.user_features)
         examples = training_examples(
-            sequences,
-            params.history_length,
-            encoder.transform(sequences.user_ids.tolist(), history.user_features),
-            params.example_history,
+            sequences, params.history_length, features, params.example_history
         )
         towers: TrainedTowers = _model().train_two_tower(
             examples,
