@@ -34,7 +34,7 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class Interaction:
+class RecentInteraction:
     """One item interaction of a unit: the item, the event type and its Unix seconds."""
 
     item_id: str
@@ -52,7 +52,7 @@ class OnlineFeatures:
     """
 
     version: int
-    recent: tuple[Interaction, ...] = ()
+    recent: tuple[RecentInteraction, ...] = ()
     cart: tuple[str, ...] = ()
     counts: dict[str, int] = field(default_factory=dict)
     categories: dict[str, int] = field(default_factory=dict)

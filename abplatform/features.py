@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from abplatform.domain import Interaction, InteractionLog, OnlineFeatures, RecRequest, UnitFeatures
+from abplatform.domain import (
+    InteractionLog,
+    OnlineFeatures,
+    RecentInteraction,
+    RecRequest,
+    UnitFeatures,
+)
 
 POSITIVE_TYPES: tuple[str, ...] = ("click", "purchase")
 """Event types that are steps of a unit's positive sequence (as the two-tower trains on)."""
@@ -137,7 +143,7 @@ def _positive_rows(
     return out, indptr
 
 
-def since_cutoff(online: OnlineFeatures, cutoff: int) -> tuple[Interaction, ...]:
+def since_cutoff(online: OnlineFeatures, cutoff: int) -> tuple[RecentInteraction, ...]:
     """The online interactions after `cutoff`, newest first (earlier ones are in the history)."""
     return tuple(event for event in online.recent if event.ts > cutoff)
 

@@ -27,12 +27,12 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, text
 
 from abplatform.config import load_experiment_text
-from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.catalog import ItemFields, insert_items
 from abplatform.storage.db import make_engine, transaction, upgrade
+from abplatform.storage.exposure_ids import reserve_exposure_ids
 from abplatform.storage.features import update_features
 from abplatform.storage.repository import save_experiment, utcnow
-from abplatform.storage.rows import EventRow
+from abplatform.storage.rows import EventRow, ExposureColumns, insert_exposures
 from abplatform.writer import BufferedWriter
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -56,17 +56,16 @@ def _seed(engine: Engine) -> int:
         items = [f"item{i}" for i in range(ITEMS)]
         insert_items(conn, "shop", items, ItemFields(category=[f"c{i % 20}" for i in range(ITEMS)]))
         now = int(time.time())
-        bulk_insert(
+        insert_exposures(
             conn,
-            "exposures",
-            {
-                "experiment_id": [experiment_id] * UNITS,
-                "variant": ["a"] * UNITS,
-                "unit_id": [f"u{u:04d}" for u in range(UNITS)],
-                "ts": seconds_to_sql([now] * UNITS),
-                "propensity": [0.5] * UNITS,
-                "slate_size": [0] * UNITS,
-            },
+            reserve_exposure_ids(conn, UNITS).tolist(),
+            experiment_id,
+            ExposureColumns(
+                variant=["a"] * UNITS,
+                unit_id=[f"u{u:04d}" for u in range(UNITS)],
+                seconds=[now] * UNITS,
+                propensity=[0.5] * UNITS,
+            ),
         )
     return experiment_id
 

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Table
 
-from abplatform.domain import Interaction, OnlineFeatures
+from abplatform.domain import OnlineFeatures, RecentInteraction
 from abplatform.storage import models as m
 from abplatform.storage.rows import EventRow
 
@@ -384,7 +384,9 @@ def online_features(version: int, recent: str, cart: str, counts: str) -> Online
     """A stored row as the domain's `OnlineFeatures`."""
     return OnlineFeatures(
         version=version,
-        recent=tuple(Interaction(str(i), str(t), int(s)) for i, t, s in decode_recent(recent)),
+        recent=tuple(
+            RecentInteraction(str(i), str(t), int(s)) for i, t, s in decode_recent(recent)
+        ),
         cart=tuple(orjson.loads(cart)),
         counts=dict(orjson.loads(counts)),
     )

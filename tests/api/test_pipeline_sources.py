@@ -39,14 +39,16 @@ async def _stored_impressions(url: str, units: list[str]) -> dict[str, list[str 
     try:
         for _ in range(100):
             with engine.connect() as conn:
+                # Exposures first: their impressions are committed with them, so once every
+                # exposure is there the impressions read next are complete.
+                exposures = conn.execute(
+                    select(m.Exposure.id).where(m.Exposure.unit_id.in_(units))
+                ).all()
                 rows = conn.execute(
                     select(m.Exposure.variant, m.Impression.source)
                     .join(m.Impression, m.Impression.exposure_id == m.Exposure.id)
                     .where(m.Exposure.unit_id.in_(units))
                     .order_by(m.Impression.exposure_id, m.Impression.position)
-                ).all()
-                exposures = conn.execute(
-                    select(m.Exposure.id).where(m.Exposure.unit_id.in_(units))
                 ).all()
             if len(exposures) == len(units):
                 break

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from abplatform.domain import Interaction, InteractionLog, OnlineFeatures, RecRequest
+from abplatform.domain import InteractionLog, OnlineFeatures, RecentInteraction, RecRequest
 from abplatform.features import OfflineFeatures, merge_features, online_features_of
 from abplatform.registry import build_strategy
 from strategies.evaluation import POSITIVE_EVENTS
@@ -90,7 +90,9 @@ def test_no_online_events_since_the_cutoff_change_nothing(log: InteractionLog) -
     offline = OfflineFeatures.from_history(log)
     request = RecRequest("user-1", scene="home_page")
     assert merge_features(offline, None, request) is request
-    old = OnlineFeatures(3, (Interaction("item-001", "click", offline.cutoff),), ("item-002",))
+    old = OnlineFeatures(
+        3, (RecentInteraction("item-001", "click", offline.cutoff),), ("item-002",)
+    )
     assert merge_features(offline, old, request) is request  # at the cut-off: in the history
 
 
@@ -103,11 +105,11 @@ def test_the_merge_puts_fresh_events_before_the_history(log: InteractionLog) -> 
     online = OnlineFeatures(
         version=7,
         recent=(
-            Interaction("item-059", "purchase", after + 4),
-            Interaction("item-059", "click", after + 3),  # one run on one item: one step
-            Interaction("item-058", "view", after + 2),  # not a positive step
-            Interaction(history[0], "click", after + 1),  # continues the history's newest
-            Interaction("item-001", "click", offline.cutoff - 5),  # already in the history
+            RecentInteraction("item-059", "purchase", after + 4),
+            RecentInteraction("item-059", "click", after + 3),  # one run on one item: one step
+            RecentInteraction("item-058", "view", after + 2),  # not a positive step
+            RecentInteraction(history[0], "click", after + 1),  # continues the history's newest
+            RecentInteraction("item-001", "click", offline.cutoff - 5),  # already in the history
         ),
         cart=("item-050",),
     )
@@ -121,7 +123,7 @@ def test_the_merge_puts_fresh_events_before_the_history(log: InteractionLog) -> 
     assert features.last_viewed == "item-059"  # the newest view or click
     assert (features.cart, features.purchased) == (("item-050",), ("item-059",))
     # Enough fresh interactions in one category make it the favourite.
-    many = tuple(Interaction("item-003", "view", after + i) for i in range(200))
+    many = tuple(RecentInteraction("item-003", "view", after + i) for i in range(200))
     flooded = merge_features(offline, OnlineFeatures(8, many), RecRequest(user)).features
     assert flooded is not None and flooded.favourite_category == "cat-3"
 
@@ -155,8 +157,8 @@ def test_each_strategy_uses_its_fresh_features(log: InteractionLog) -> None:
     online = OnlineFeatures(
         2,
         (
-            *(Interaction("item-003", "view", after + i) for i in range(200)),
-            Interaction("item-007", "add_to_cart", after + 300),
+            *(RecentInteraction("item-003", "view", after + i) for i in range(200)),
+            RecentInteraction("item-007", "add_to_cart", after + 300),
         ),
         cart=("item-007",),
     )
@@ -220,7 +222,7 @@ def test_two_tower_user_vectors_at_the_cutoff_are_the_trained_ones(log: Interact
         checked += 1
     assert checked > 30
     user = "user-1"
-    online = OnlineFeatures(1, (Interaction("item-042", "click", offline.cutoff + 1),))
+    online = OnlineFeatures(1, (RecentInteraction("item-042", "click", offline.cutoff + 1),))
     fresh = merge_features(offline, online, RecRequest(user))
     assert fresh.features is not None
     slate = strategy.recommend(fresh, 10)
@@ -238,7 +240,7 @@ def test_two_tower_user_vectors_at_the_cutoff_are_the_trained_ones(log: Interact
     # one more click is new inputs: embedded afresh, never answered from the kept query.
     assert strategy.recommend(fresh, 10) == slate
     newer = OnlineFeatures(
-        2, (Interaction("item-007", "click", offline.cutoff + 2), *online.recent)
+        2, (RecentInteraction("item-007", "click", offline.cutoff + 2), *online.recent)
     )
     later = merge_features(offline, newer, RecRequest(user))
     assert later.features is not None and later.features.positive_items[0] == "item-007"

@@ -40,7 +40,9 @@ async def test_an_unchanged_row_is_not_decoded_again_a_changed_one_is(
     look-up but decoded only when it changed; with it (SQLite file) not even read."""
     signals = signals_for(store.engine) if slot_file else None
     if slot_file and signals is None:
-        pytest.skip("no slot file on this database")
+        # Only a SQLite file has a slot file; PostgreSQL reads the row (the other case).
+        assert store.engine.dialect.name == "postgresql"
+        return
     reader = FeatureReader(store.engine, DatabaseHealth(4.0), signals)
     writer = BufferedWriter(store.engine)
     writer.start()

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from abplatform.domain import Interaction
+from abplatform.domain import RecentInteraction
 from abplatform.storage import models as m
 from abplatform.storage.features import read_features
 from abplatform.storage.rows import EventRow
@@ -71,10 +71,10 @@ async def test_a_batch_updates_recent_items_cart_counts_and_version(store: Store
     assert u0.version == 2  # one step per acknowledged batch touching the unit
     start = int((T0 - datetime(1970, 1, 1)).total_seconds())
     assert u0.recent == (
-        Interaction("item2", "purchase", start + 5),
-        Interaction("item2", "add_to_cart", start + 3),
-        Interaction("item4", "click", start + 2),
-        Interaction("item1", "view", start + 1),
+        RecentInteraction("item2", "purchase", start + 5),
+        RecentInteraction("item2", "add_to_cart", start + 3),
+        RecentInteraction("item4", "click", start + 2),
+        RecentInteraction("item1", "view", start + 1),
     )
     assert u0.cart == ()
     assert u0.counts == {"view": 1, "add_to_cart": 1, "click": 1, "purchase": 1}
