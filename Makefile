@@ -6,7 +6,7 @@ STAMP := $(VENV)/.abplatform-installed
 DEMO_DB ?= sqlite:///abplatform.db
 PG_CLUSTER = $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: help setup demo test check lint typecheck postgres bench bench-data clean
+.PHONY: help setup demo test check lint typecheck postgres browser bench bench-data clean
 
 help:
 	@echo "make demo   - set up, simulate examples/homepage_popularity.yaml, write report.html"
@@ -36,7 +36,15 @@ postgres:
 	  for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
 	fi
 
-test: setup postgres
+# Headless Chromium and its driver (Debian's packages) for the tests that open pages in a real browser.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium and chromium-driver"; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null); \
+	fi
+
+test: setup postgres browser
 	$(BIN)/python -m pytest
 
 lint: setup
