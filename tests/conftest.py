@@ -11,12 +11,15 @@ from pathlib import Path
 # The same floating-point kernels on every x86-64 machine, so simulated runs and the golden
 # outputs do not depend on the CPU: NumPy's AVX-512 loops and OpenBLAS's AVX-512 kernels sum
 # in another order than their AVX2 ones (a last-bit change that flipped a simulated click
-# between two machines). Read when NumPy loads, so before anything imports it.
+# between two machines), and so do oneDNN's matrix kernels inside TensorFlow (a two-tower
+# trained on an AVX-512 FP16 machine scored items differently from one trained elsewhere).
+# Read when NumPy and TensorFlow load, so before anything imports them.
 if "numpy" not in sys.modules:
     os.environ.setdefault("NPY_DISABLE_CPU_FEATURES", "X86_V4 AVX512_ICL AVX512_SPR")
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists() and " avx2" in cpuinfo.read_text():
         os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
