@@ -328,6 +328,10 @@ def analyze(
         ranking=ranking_quality,
         bandit=bandit,
         models=models,
+        descriptions={
+            **{f"variant:{v.key}": v.description for v in config.variants if v.description},
+            **{f"metric:{mt.name}": mt.description for mt in config.metrics if mt.description},
+        },
     )
 
 

@@ -33,6 +33,7 @@ from reports.results import (
     clean_float,
     clean_pair,
 )
+from reports.scorecard import build_scorecard
 
 __all__ = ["render_report"]
 
@@ -316,11 +317,12 @@ def _chart(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> dict[str
     }
 
 
-def _metric_view(mr: MetricResult, control: str, alpha: float) -> dict[str, Any]:
+def _metric_view(mr: MetricResult, control: str, alpha: float, description: str) -> dict[str, Any]:
     by_variant = {cmp.variant: cmp for cmp in mr.comparisons}
     confidence = _confidence(alpha)
     return {
         "name": mr.metric,
+        "description": description,
         "type": mr.type,
         "value_label": {"proportion": "Rate", "mean": "Mean", "ratio": "Ratio"}[mr.type],
         "diff_label": "Difference" + (" (pp)" if mr.type == "proportion" else ""),
@@ -358,6 +360,7 @@ def _view(result: AnalysisResult) -> dict[str, Any]:
             "units": f"{n:,}",
             "share": format_percent(n / total if total else None, 1),
             "expected": f"{srm.expected.get(variant, 0.0):,.1f}",
+            "description": result.descriptions.get(f"variant:{variant}", ""),
         }
         for variant, n in result.units.items()
     ]
@@ -375,7 +378,13 @@ def _view(result: AnalysisResult) -> dict[str, Any]:
             "p_text": p_text(srm.p_value),
             "chi2": format_number(srm.chi2),
         },
-        "metrics": [_metric_view(mr, result.control, result.alpha) for mr in result.metrics],
+        "metrics": [
+            _metric_view(
+                mr, result.control, result.alpha, result.descriptions.get(f"metric:{mr.metric}", "")
+            )
+            for mr in result.metrics
+        ],
+        "scorecard": build_scorecard(result, _confidence(result.alpha)),
         "any_charts": any(mr.comparisons for mr in result.metrics),
         "any_truth": any(mr.ground_truth is not None for mr in result.metrics),
         "run": result.run,

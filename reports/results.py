@@ -425,6 +425,9 @@ class AnalysisResult:
     """Thompson-sampling experiments only: allocation, P(best), IPW estimates, regret."""
     models: Mapping[str, VariantModels] | None = None
     """Per variant, the registered model versions that served it (`exposures.model_id`)."""
+    descriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """The YAML's non-empty descriptions, keyed ``variant:KEY`` and ``metric:NAME``; the HTML
+    report shows them (not part of the JSON, which carries only the experiment's)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of an analysis (floats or null; never NaN or infinity)."""
