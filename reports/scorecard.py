@@ -81,6 +81,8 @@ class Scorecard:
     rows: tuple[ScorecardRow, ...]
     scale_min: str
     scale_max: str
+    zero: float
+    """Where a lift of 0 sits on the scale, in percent of the bar width."""
     confidence: str
 
 
@@ -201,4 +203,5 @@ def build_scorecard(result: AnalysisResult, confidence: str) -> Scorecard:
             mr, result.control, result.descriptions.get(f"metric:{mr.metric}", ""), lo, hi
         )
     ]
-    return Scorecard(tuple(rows), format_lift(lo), format_lift(hi), confidence)
+    zero = _bar(None, lo, hi).zero
+    return Scorecard(tuple(rows), format_lift(lo), format_lift(hi), zero, confidence)
