@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ A4_INCHES = {"paperWidth": 8.27, "paperHeight": 11.69}
 def missing_browser() -> str | None:
     """Why the browser cannot start (a missing binary), or None when it can."""
     for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).exists() and shutil.which(Path(path).name) is None:
+        if not Path(path).exists():
             return f"{path} is missing: run `make browser` (installs chromium and chromium-driver)"
     return None
 
