@@ -47,7 +47,7 @@ from abplatform.config.dimensions import BUILTIN_DIMENSIONS, MAX_SLICES
 from abplatform.config.models import ExperimentConfig, RatioMetric
 from abplatform.errors import AbplatformError
 from abplatform.storage import models as m
-from reports.breakdown_results import Breakdown, BreakdownSlice, Breakdowns
+from reports.breakdown_results import Breakdown, Breakdowns, BreakdownSlice
 from reports.capping import Cap
 from reports.cuped import CovariateSums, RatioCovariateSums
 from reports.metric_result import Options, metric_result
