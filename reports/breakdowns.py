@@ -151,14 +151,15 @@ def _slice_of(
 def _history_since(experiment_id: int, pre_period: PrePeriod) -> Any:
     """``(unit_key, since)``: each user's earliest pre-period history row (see the module)."""
     i = _INTERACTIONS
-    history = select(i.c.user_id.label("unit_key"), i.c.ts.label("ts")).where(
+    interactions = select(i.c.user_id.label("unit_key"), i.c.ts.label("ts")).where(
         i.c.catalog == pre_period.catalog
     )
+    history: Any = interactions
     if pre_period.window is not None:
         start, end = pre_period.window
         ev = _EVENTS
         history = union_all(
-            history.where(i.c.ts >= start, i.c.ts < end),
+            interactions.where(i.c.ts >= start, i.c.ts < end),
             select(ev.c.unit_id.label("unit_key"), ev.c.ts.label("ts")).where(
                 ev.c.experiment_id == experiment_id, ev.c.ts >= start, ev.c.ts < end
             ),
