@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator
 
 __all__ = ["BUILTIN_DIMENSIONS", "MAX_SLICES", "Dimensions"]
 
@@ -21,6 +22,16 @@ def _unique(names: list[str]) -> list[str]:
     return names
 
 
-DimensionName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
+def _name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"a dimension is one of {', '.join(BUILTIN_DIMENSIONS)} or a users profile column "
+            "(a letter or _, then up to 63 letters, digits, _ . -)"
+        )
+    return name
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+DimensionName = Annotated[str, AfterValidator(_name)]
 """A built-in dimension or a profile column name (checked against the data when analysed)."""
 Dimensions = Annotated[list[DimensionName], AfterValidator(_unique)]
