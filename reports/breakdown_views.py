@@ -8,8 +8,10 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from abplatform.config.dimensions import MAX_SLICES
 from reports import formatting as fmt
 from reports.breakdown_results import Breakdown, Breakdowns
+from reports.breakdowns import OTHER
 from reports.results import ComparisonResult
 
 __all__ = ["breakdowns_renderable", "breakdowns_view"]
@@ -24,10 +26,16 @@ def _cell(cmp: ComparisonResult) -> str:
 
 
 def _note(breakdowns: Breakdowns, breakdown: Breakdown) -> str:
+    pooled = breakdown.values - MAX_SLICES
+    values = (
+        f"{breakdown.values} values: the {MAX_SLICES} with the most units, {pooled} pooled as "
+        f"'{OTHER}'"
+        if pooled > 0
+        else f"{breakdown.values} value" + ("s" if breakdown.values != 1 else "")
+    )
     return (
-        f"{breakdown.definition}; {breakdown.values} values (20 kept, the rest pooled as "
-        f"'other'); p-values corrected ({breakdowns.correction}) {breakdowns.family}, "
-        f"{breakdown.family_size} comparisons"
+        f"{breakdown.definition}; {values}; p-values corrected ({breakdowns.correction}) "
+        f"{breakdowns.family}, {breakdown.family_size} comparisons"
     )
 
 

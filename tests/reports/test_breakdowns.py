@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from reports.breakdowns import OTHER
 from reports.render import render_report
 from reports.table import print_table
 from simulator.synthetic import experiment_yaml
-from tests.factories import T0, create_experiment
+from tests.factories import ROOT, T0, cli, create_experiment
 
 KEY = "sliced"
 DAY = 86_400
@@ -297,3 +298,38 @@ def test_table_html_and_json_show_the_breakdowns_escaped(
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "Breakdown by scene" in text
     assert "home_page" in text and "returning" in text
+
+
+def test_simulated_run_breaks_down_by_scene_through_the_cli(tmp_path: Path) -> None:
+    """examples/homepage_popularity.yaml with three scenes, 1,500 users, via the command line."""
+    text = (ROOT / "examples" / "homepage_popularity.yaml").read_text(encoding="utf-8")
+    text = text.replace(
+        "simulation: {",
+        "simulation: {scenes: {home_page: 0.6, product_detail: 0.3, cart_page: 0.1}, ",
+    )
+    text += "analysis:\n  dimensions: [scene, new_vs_returning, first_exposure_day]\n"
+    path = tmp_path / "sliced.yaml"
+    path.write_text(text, encoding="utf-8")
+    url = f"sqlite:///{tmp_path}/sliced.db"
+    out = cli("simulate", str(path), "--db", url, "--users", "1500", "--seed", "5")
+    assert out.returncode == 0, out.stderr
+    analysis = cli("analyze", "homepage_popularity", "--db", url, "--json")
+    assert analysis.returncode == 0, analysis.stderr
+    document = json.loads(analysis.stdout)
+    scene, returning, day = document["breakdowns"]["dimensions"]
+    assert scene["dimension"] == "scene"
+    assert {s["value"] for s in scene["slices"]} == set(SCENES)
+    for breakdown in (scene, returning, day):
+        for variant, n in document["units"].items():  # the slices partition the units
+            assert sum(s["units"][variant] for s in breakdown["slices"]) == n
+        for piece in breakdown["slices"]:
+            observed = [piece["units"]["control"], piece["units"]["treatment"]]
+            chi = sps.chisquare(observed, [sum(observed) / 2] * 2)
+            np.testing.assert_allclose(piece["srm"]["p_value"], chi.pvalue, rtol=1e-10)
+            assert [m["metric"] for m in piece["metrics"]] == [
+                m["metric"] for m in document["metrics"]
+            ]
+    assert {s["value"] for s in returning["slices"]} <= {"new", "returning"}
+    table = cli("analyze", "homepage_popularity", "--db", url)
+    assert table.returncode == 0, table.stderr
+    assert "Breakdown by scene" in table.stdout and "product_detail" in table.stdout
