@@ -8,6 +8,7 @@ numpy on its units; the SRM with `scipy.stats.chisquare`; the correction with st
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections import Counter
@@ -19,10 +20,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 from scipy import stats as sps
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from statsmodels.stats.multitest import multipletests
 
 from abplatform.errors import AbplatformError
+from abplatform.storage import models as m
 from abplatform.storage.bulk import bulk_insert, seconds_to_sql
 from abplatform.storage.catalog import insert_users
 from reports.analysis import analyze
@@ -50,15 +52,20 @@ class Unit:
     impressions: float = 0.0
 
 
-def _seed(engine: Engine, dimensions: str = DIMENSIONS, correction: str = "holm") -> list[Unit]:
-    analysis = f"  cuped: false\n  correction: {correction}\n  dimensions: {dimensions}"
-    yaml = experiment_yaml(
-        KEY,
+def _yaml(key: str, dimensions: str, correction: str = "holm", cuped: bool = False) -> str:
+    analysis = f"  cuped: {str(cuped).lower()}\n  correction: {correction}\n"
+    return experiment_yaml(
+        key,
         {"control": 0.5, "treatment": 0.5},
         metrics=("conversion", "clicks_per_user", "ctr"),
-        analysis=analysis,
+        analysis=analysis + f"  dimensions: {dimensions}",
     )
-    experiment_id = create_experiment(engine, yaml)
+
+
+def _seed(
+    engine: Engine, dimensions: str = DIMENSIONS, correction: str = "holm", cuped: bool = False
+) -> list[Unit]:
+    experiment_id = create_experiment(engine, _yaml(KEY, dimensions, correction, cuped))
     rng = np.random.default_rng(16)
     exposures: dict[str, list] = {k: [] for k in ("unit", "variant", "t", "scene", "slate")}
     events: dict[str, list] = {k: [] for k in ("unit", "type", "t")}
@@ -333,3 +340,71 @@ def test_simulated_run_breaks_down_by_scene_through_the_cli(tmp_path: Path) -> N
     table = cli("analyze", "homepage_popularity", "--db", url)
     assert table.returncode == 0, table.stderr
     assert "Breakdown by scene" in table.stdout and "product_detail" in table.stdout
+
+
+def _copy_units(engine: Engine, key: str, kept: set[str]) -> None:
+    """Copy the exposures and events of the `kept` units of KEY into experiment `key`."""
+    new_id = create_experiment(engine, _yaml(key, "[]", cuped=True))
+    x, ev = m.Exposure.__table__, m.Event.__table__
+    with engine.begin() as conn:
+        old_id = conn.execute(select(m.Experiment.id).where(m.Experiment.key == KEY)).scalar_one()
+        rows = conn.execute(
+            select(x.c.variant, x.c.unit_id, x.c.ts, x.c.scene, x.c.slate_size).where(
+                x.c.experiment_id == old_id, x.c.unit_id.in_(sorted(kept))
+            )
+        ).all()
+        bulk_insert(
+            conn,
+            "exposures",
+            {
+                "experiment_id": [new_id] * len(rows),
+                "variant": [r.variant for r in rows],
+                "unit_id": [r.unit_id for r in rows],
+                "ts": [r.ts for r in rows],
+                "propensity": [0.5] * len(rows),
+                "scene": [r.scene for r in rows],
+                "slate_size": [r.slate_size for r in rows],
+            },
+        )
+        rows = conn.execute(
+            select(ev.c.unit_id, ev.c.type, ev.c.ts).where(
+                ev.c.experiment_id == old_id, ev.c.unit_id.in_(sorted(kept))
+            )
+        ).all()
+        bulk_insert(
+            conn,
+            "events",
+            {
+                "event_id": [f"{key}-{i}" for i in range(len(rows))],
+                "experiment_id": [new_id] * len(rows),
+                "unit_id": [r.unit_id for r in rows],
+                "type": [r.type for r in rows],
+                "value": [None] * len(rows),
+                "ts": [r.ts for r in rows],
+            },
+        )
+
+
+def test_a_slice_is_the_overall_analysis_of_its_units_cuped_included(engine: Engine) -> None:
+    """The home_page slice equals the analysis of an experiment holding only those units."""
+    units = _seed(engine, dimensions="[scene]", cuped=True)
+    kept = {f"u{i}" for i, u in enumerate(units) if u.values["scene"] == "home_page"}
+    _copy_units(engine, "home_only", kept)
+    result = analyze(engine, KEY, ranking=False)
+    overall = analyze(engine, "home_only", ranking=False)
+    assert result.breakdowns is not None
+    (piece,) = [s for s in result.breakdowns.dimensions[0].slices if s.value == "home_page"]
+    assert dict(piece.units) == dict(overall.units)
+    assert piece.srm == overall.srm
+    clicks = next(m for m in overall.metrics if m.metric == "clicks_per_user")
+    assert clicks.cuped is not None and clicks.cuped.applied  # the history is the covariate
+    for mine, theirs in zip(piece.metrics, overall.metrics, strict=True):
+        ignored = ("ground_truth", "comparisons")
+        assert {k: v for k, v in mine.to_dict().items() if k not in ignored} == {
+            k: v for k, v in theirs.to_dict().items() if k not in ignored
+        }
+        for a, b in zip(mine.comparisons, theirs.comparisons, strict=True):
+            # Only the correction family differs (this dimension's slices vs the metrics).
+            left = dataclasses.replace(a, p_value_adjusted=None, decision="keep running")
+            right = dataclasses.replace(b, p_value_adjusted=None, decision="keep running")
+            assert left == right
