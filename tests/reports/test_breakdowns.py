@@ -32,7 +32,17 @@ from reports.breakdowns import OTHER
 from reports.render import render_report
 from reports.table import print_table
 from simulator.synthetic import experiment_yaml
-from tests.factories import ROOT, T0, cli, create_experiment
+from tests.factories import (
+    ROOT,
+    T0,
+    Event,
+    Exposure,
+    cli,
+    create_experiment,
+    seed_events,
+    seed_exposures,
+    seed_interactions,
+)
 
 KEY = "sliced"
 DAY = 86_400
@@ -408,3 +418,45 @@ def test_a_slice_is_the_overall_analysis_of_its_units_cuped_included(engine: Eng
             left = dataclasses.replace(a, p_value_adjusted=None, decision="keep running")
             right = dataclasses.replace(b, p_value_adjusted=None, decision="keep running")
             assert left == right
+
+
+def test_new_vs_returning_follows_the_pre_period_window(engine: Engine) -> None:
+    """With analysis.pre_period only history (or the experiment's own events) inside the
+    window and before the first exposure makes a unit returning."""
+    start = datetime.fromtimestamp(T0 - 10 * DAY, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = datetime.fromtimestamp(T0 + DAY, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    yaml = experiment_yaml(
+        KEY,
+        {"control": 0.5, "treatment": 0.5},
+        metrics=("clicks_per_user",),
+        analysis=f"  pre_period: {{start: '{start}', end: '{end}'}}\n"
+        "  dimensions: [new_vs_returning]",
+    )
+    experiment_id = create_experiment(engine, yaml)
+    # a: history before the window; b: in it; c: an own event in it; d: in it, after exposure
+    seed_exposures(
+        engine,
+        experiment_id,
+        [
+            Exposure(u, v, 100, 5)
+            for u, v in zip("abcde", ["control", "treatment"] * 3, strict=False)
+        ],
+    )
+    seed_interactions(
+        engine,
+        [
+            ("shop", "a", "click", -20 * DAY, None),
+            ("shop", "b", "click", -DAY, None),
+            ("shop", "d", "click", 200, None),
+            ("other", "e", "click", -DAY, None),  # another catalogue's history
+        ],
+    )
+    seed_events(engine, experiment_id, [Event("c", "click", 50)], "pre")
+    result = analyze(engine, KEY, ranking=False)
+    assert result.breakdowns is not None
+    slices = {s.value: dict(s.units) for s in result.breakdowns.dimensions[0].slices}
+    # a, d, e (control, treatment, control) are new; b, c (treatment, control) returning
+    assert slices == {
+        "new": {"control": 2, "treatment": 1},
+        "returning": {"control": 1, "treatment": 1},
+    }
