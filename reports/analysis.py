@@ -33,6 +33,7 @@ from abplatform.storage.db import refresh_planner_statistics, transaction, with_
 from abplatform.storage.repository import get_experiment, latest_simulation
 from reports.aggregate import ExperimentAggregates, aggregate_experiment
 from reports.bandit import bandit_analysis
+from reports.breakdowns import breakdowns
 from reports.capping import Cap, cap_thresholds
 from reports.metric_result import Options, metric_result
 from reports.models import served_models
@@ -234,6 +235,9 @@ def analyze(
         variant_keys = [variant.key for variant in config.variants]
         with stage("capping"):  # one statement per percentile cap
             caps = cap_thresholds(session, stored.id, variant_keys, config.metrics, as_of)
+        pre_period = PrePeriod(
+            stored.catalog, settings.pre_period.naive_utc() if settings.pre_period else None
+        )
         with stage("aggregate SQL"):  # units, metrics and CUPED sums: one query
             aggregates = aggregate_experiment(
                 session,
@@ -241,13 +245,23 @@ def analyze(
                 variant_keys,
                 config.metrics,
                 covariates=config.metrics if options.cuped else (),
-                pre_period=PrePeriod(
-                    stored.catalog,
-                    settings.pre_period.naive_utc() if settings.pre_period else None,
-                ),
+                pre_period=pre_period,
                 caps=caps,
                 as_of=as_of,
             )
+        sliced = None
+        if settings.dimensions and config.bandit is None:
+            with stage("breakdowns"):  # one grouped statement per dimension
+                sliced = breakdowns(
+                    session,
+                    stored.id,
+                    config,
+                    options,
+                    pre_period,
+                    lambda family: _apply_correction(family, options),
+                    caps,
+                    as_of,
+                )
         with stage("ground truth"):
             run = latest_simulation(session, stored.id)
         run_info: RunInfo | None = None
@@ -332,6 +346,7 @@ def analyze(
             **{f"variant:{v.key}": v.description for v in config.variants if v.description},
             **{f"metric:{mt.name}": mt.description for mt in config.metrics if mt.description},
         },
+        breakdowns=sliced,
     )
 
 

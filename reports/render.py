@@ -9,6 +9,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from reports.breakdown_views import breakdowns_view
 from reports.charts import lift_chart, line_chart
 from reports.formatting import (
     DASH,
@@ -398,6 +399,7 @@ def _view(result: AnalysisResult) -> dict[str, Any]:
         if result.bandit is None
         else _bandit_view(result.bandit, _confidence(result.alpha)),
         "models": _models_view(result),
+        "breakdowns": breakdowns_view(result.breakdowns),
     }
 
 

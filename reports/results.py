@@ -7,9 +7,12 @@ import math
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from abplatform.config.models import UnitKind
+
+if TYPE_CHECKING:
+    from reports.breakdown_results import Breakdowns
 
 __all__ = [
     "AllocationCheck",
@@ -428,9 +431,12 @@ class AnalysisResult:
     descriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """The YAML's non-empty descriptions, keyed ``variant:KEY`` and ``metric:NAME``; the HTML
     report shows them (not part of the JSON, which carries only the experiment's)."""
+    breakdowns: Breakdowns | None = None
+    """`analysis.dimensions` only: per slice units, SRM and metrics (`reports.breakdowns`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of an analysis (floats or null; never NaN or infinity)."""
+        extra = {} if self.breakdowns is None else {"breakdowns": self.breakdowns.to_dict()}
         return {
             "experiment": self.experiment,
             "description": self.description,
@@ -459,4 +465,5 @@ class AnalysisResult:
             "models": None
             if self.models is None
             else {variant: served.to_dict() for variant, served in self.models.items()},
+            **extra,
         }

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from reports import formatting as fmt
+from reports.breakdown_views import breakdowns_renderable
 from reports.results import (
     AnalysisResult,
     BanditResult,
@@ -169,6 +170,7 @@ def report_renderable(result: AnalysisResult) -> RenderableType:
     mode = "sequential (always-valid)" if result.sequential else "fixed-horizon"
     parts.append(Text(f"{mode} tests; correction: {result.correction}", style="dim"))
     parts.extend(metric_table(metric, result) for metric in result.metrics)
+    parts.extend(breakdowns_renderable(result.breakdowns))
     parts.extend(Text(f"warning: {w}", style="yellow") for w in result.warnings)
     return Group(*parts)
 

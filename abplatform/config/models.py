@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from abplatform.config.dimensions import Dimensions
 from abplatform.domain import EVENT_TYPES, SCENES
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -445,6 +446,8 @@ class AnalysisConfig(_Strict):
         description="CUPED window; with it, the experiment's own (ingested) events before "
         "each unit's first exposure count as pre-period data too",
     )
+    dimensions: Dimensions = Field(default_factory=list)
+    """Breakdowns (`reports.breakdowns`): built-in dimensions or users profile columns."""
 
 
 class ExperimentConfig(_Strict):
