@@ -17,6 +17,7 @@ from abplatform.config.models import (
     RatioMetric,
     ThompsonAssignmentConfig,
 )
+from abplatform.config.quantiles import QuantileMetric
 from abplatform.errors import AbplatformError, ConfigError, ConfigProblem, UnknownNameError
 from abplatform.registry import strategies
 from abplatform.values import text_problem
@@ -197,6 +198,15 @@ def _bandit_problems(
                 "assignment.reward_metric",
                 "ratio metrics are not supported as a bandit reward (it needs one reward per "
                 "unit); use a proportion metric (binary reward) or a mean metric (continuous)",
+                bandit.reward_metric,
+            )
+        )
+    elif isinstance(metric, QuantileMetric):
+        problems.append(
+            ConfigProblem(
+                "assignment.reward_metric",
+                "quantile metrics are not supported as a bandit reward (a quantile is not a "
+                "mean of per-unit rewards); use a proportion metric or a mean metric",
                 bandit.reward_metric,
             )
         )
