@@ -12,7 +12,9 @@ units without such events have ``v = 0``). With the ``n`` values sorted,
   ``Q = v_(floor x + 1) + (x - floor x) (v_(floor x + 2) - v_(floor x + 1))``;
 - interval of one variant's quantile (Deng, Knoblich and Lu 2018, section on quantile
   metrics): ``[v_(r), v_(s)]`` with ``r = floor(n q - z sqrt(n) sigma)`` and
-  ``s = ceil(n q + z sqrt(n) sigma)`` (clamped to ``[1, n]``), ``z = z_(1 - alpha/2)``;
+  ``s = ceil(n q + z sqrt(n) sigma)`` (clamped to ``[1, n]``, and widened to the two ranks
+  the point estimate interpolates when a handful of units puts them outside), ``z =
+  z_(1 - alpha/2)``;
 - standard error of ``Q`` by the delta method, ``sigma / (sqrt(n) f(Q))``, with the density
   ``f`` estimated by inverting that interval: ``f = ((s - r) / n) / (v_(s) - v_(r))``.
 
@@ -41,11 +43,27 @@ __all__ = [
     "QuantileStats",
     "compare_quantiles",
     "interval_ranks",
+    "method_text",
     "point_ranks",
+    "quantile_label",
     "quantile_stats",
 ]
 
 NOTE_TIE = "the quantile lies on a tie (a point mass): its density interval is empty, se 0"
+
+
+def quantile_label(q: float) -> str:
+    """``0.9`` -> ``"p90"``, ``0.995`` -> ``"p99.5"``."""
+    return f"p{round(q * 100, 6):g}"
+
+
+def method_text(q: float) -> str:
+    """One line on how a quantile metric is estimated (for the reports)."""
+    return (
+        f"{quantile_label(q)} of the per-unit value (linear interpolation, numpy.quantile); "
+        "interval: order statistics, difference by the delta method with the density "
+        "from the interval (Deng, Knoblich and Lu 2018); not CUPED-adjusted"
+    )
 
 
 def _z(alpha: float) -> float:
@@ -61,8 +79,10 @@ def point_ranks(n: int, q: float) -> tuple[int, int]:
 def interval_ranks(n: int, q: float, alpha: float) -> tuple[int, int]:
     """(r, s): the 1-based ranks of the order-statistic interval of the ``q`` quantile."""
     half = _z(alpha) * math.sqrt(n * q * (1.0 - q))
-    r = max(1, math.floor(n * q - half))
-    s = min(n, math.ceil(n * q + half))
+    low, high = point_ranks(n, q)
+    # Widened (only for a handful of units) to hold the ranks the estimate interpolates.
+    r = max(1, min(math.floor(n * q - half), low))
+    s = min(n, max(math.ceil(n * q + half), high))
     return r, s
 
 
