@@ -16,6 +16,7 @@ import math
 import numpy as np
 from numpy.testing import assert_allclose
 from rich.console import Console
+from scipy import optimize
 from scipy import stats as sps
 from sqlalchemy import Engine
 
@@ -28,6 +29,7 @@ from reports.quantiles import (
     quantile_stats,
 )
 from reports.render import render_report
+from reports.selfcheck_quantiles import QUANTILE, quantile_arrays, quantile_truth
 from reports.table import print_table
 from tests.factories import (
     Event,
@@ -189,3 +191,31 @@ def test_reports_show_the_quantile_and_escape_names(engine: Engine) -> None:
     assert "revenue_p90 (p90)" in table and "Deng, Knoblich and Lu 2018" in table
     html = render_report(result)
     assert html.count("Quantile: p") == 3 and "p75 of the per-unit value" in html
+
+
+def test_selfcheck_arrays_match_compare_quantiles() -> None:
+    rng = np.random.default_rng(9)
+    t = rng.lognormal(3.0, 1.0, size=(4, 301)) * (rng.random((4, 301)) < 0.3)
+    c = rng.lognormal(3.0, 1.0, size=(4, 301)) * (rng.random((4, 301)) < 0.3)
+    got = quantile_arrays(t, c, QUANTILE, 0.05)
+    for i in range(4):
+        stats = [
+            quantile_stats(301, QUANTILE, dict(enumerate(np.sort(v[i]).tolist(), 1)), 0.05)
+            for v in (t, c)
+        ]
+        ref = compare_quantiles(stats[0], stats[1], 0.05)
+        assert ref.diff_ci is not None and ref.p_value is not None
+        assert_allclose([got["lo"][i], got["hi"][i]], ref.diff_ci, rtol=1e-10)
+        assert_allclose(got["p"][i], ref.p_value, rtol=1e-8)
+
+
+def test_quantile_truth_by_numerical_inversion() -> None:
+    # P(Y <= y) = 0.7 + 0.3 Phi((log y - 3) / 1): solve for 0.9 with brentq, per scale.
+    def p90(scale: float) -> float:
+        def share(y: float) -> float:
+            return float(0.7 + 0.3 * sps.norm.cdf((math.log(y / scale) - 3.0) / 1.0) - 0.9)
+
+        return float(optimize.brentq(share, 1e-6, 1e6, xtol=1e-12))
+
+    expected = p90(1.05) - p90(1.0)
+    assert_allclose(quantile_truth(0.3, 3.0, 1.0, 1.05), expected, rtol=1e-9)
