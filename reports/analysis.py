@@ -27,7 +27,9 @@ from sqlalchemy import Engine
 
 from abplatform.config.models import (
     ExperimentConfig,
+    MetricConfig,
 )
+from abplatform.config.quantiles import QuantileMetric
 from abplatform.errors import AbplatformError
 from abplatform.storage.db import refresh_planner_statistics, transaction, with_local_settings
 from abplatform.storage.repository import get_experiment, latest_simulation
@@ -38,6 +40,9 @@ from reports.capping import Cap, cap_thresholds
 from reports.metric_result import Options, metric_result
 from reports.models import served_models
 from reports.multiple import adjust_pvalues
+from reports.quantile_result import quantile_result, standard_metrics
+from reports.quantile_sql import quantile_variant_stats
+from reports.quantiles import QuantileStats
 from reports.results import (
     AnalysisResult,
     CapSummary,
@@ -233,8 +238,9 @@ def analyze(
             guardrails=frozenset(settings.guardrails),
         )
         variant_keys = [variant.key for variant in config.variants]
+        summed = standard_metrics(config.metrics)
         with stage("capping"):  # one statement per percentile cap
-            caps = cap_thresholds(session, stored.id, variant_keys, config.metrics, as_of)
+            caps = cap_thresholds(session, stored.id, variant_keys, summed, as_of)
         pre_period = PrePeriod(
             stored.catalog, settings.pre_period.naive_utc() if settings.pre_period else None
         )
@@ -243,12 +249,20 @@ def analyze(
                 session,
                 stored.id,
                 variant_keys,
-                config.metrics,
-                covariates=config.metrics if options.cuped else (),
+                summed,
+                covariates=summed if options.cuped else (),
                 pre_period=pre_period,
                 caps=caps,
                 as_of=as_of,
             )
+        with stage("quantiles"):  # one statement per quantile metric
+            quantiles = {
+                m.name: quantile_variant_stats(
+                    session, stored.id, variant_keys, m, options.alpha, as_of
+                )
+                for m in config.metrics
+                if isinstance(m, QuantileMetric)
+            }
         sliced = None
         if settings.dimensions and config.bandit is None:
             with stage("breakdowns"):  # one grouped statement per dimension
@@ -320,7 +334,7 @@ def analyze(
     warnings.extend(srm_warnings)
     warnings.extend(model_warnings)
     with stage("statistics"):  # metrics and CUPED adjustment, in Python
-        metrics = _statistics(config, options, aggregates, ground_truth, caps, as_of)
+        metrics = _statistics(config, options, aggregates, ground_truth, caps, as_of, quantiles)
     with stage("ranking quality"):
         ranking_quality = _ranking(engine, stored.id, stored.catalog) if ranking else None
     return AnalysisResult(
@@ -375,10 +389,21 @@ def _statistics(
     ground_truth: Any,
     caps: Sequence[Cap] = (),
     as_of: datetime | None = None,
+    quantiles: Mapping[str, Mapping[str, QuantileStats]] | None = None,
 ) -> tuple[MetricResult, ...]:
     """Every metric's estimates and comparisons (CUPED-adjusted where it applies), corrected."""
     results = []
     for metric in config.metrics:
+        if isinstance(metric, QuantileMetric):
+            assert quantiles is not None
+            result = quantile_result(metric, quantiles[metric.name], config, options, ground_truth)
+            if metric.window is not None and as_of is not None:
+                analysed = {v: s.n for v, s in quantiles[metric.name].items()}
+                result = dataclasses.replace(
+                    result, window=_window(metric, as_of, aggregates.units, analysed)
+                )
+            results.append(result)
+            continue
         result = metric_result(
             metric,
             aggregates.stats[metric.name],
@@ -406,16 +431,28 @@ def _statistics(
             result = dataclasses.replace(result, capping=capping)
         if metric.window is not None and as_of is not None:
             stats = aggregates.stats[metric.name]
-            window = WindowSummary(
-                start=metric.window.start,
-                end=metric.window.end,
-                delay=metric.window.delay,
-                as_of=as_of.replace(tzinfo=UTC).isoformat(),
-                open_units={v: n - stats[v].n for v, n in aggregates.units.items()},
-            )
+            analysed = {v: stats[v].n for v in aggregates.units}
+            window = _window(metric, as_of, aggregates.units, analysed)
             result = dataclasses.replace(result, window=window)
         results.append(result)
     return _apply_correction(results, options)
+
+
+def _window(
+    metric: MetricConfig,
+    as_of: datetime,
+    units: Mapping[str, int],
+    analysed: Mapping[str, int],
+) -> WindowSummary:
+    """A windowed metric's window and its units per variant left out while it is open."""
+    assert metric.window is not None
+    return WindowSummary(
+        start=metric.window.start,
+        end=metric.window.end,
+        delay=metric.window.delay,
+        as_of=as_of.replace(tzinfo=UTC).isoformat(),
+        open_units={v: n - analysed[v] for v, n in units.items()},
+    )
 
 
 def _naive_utc(moment: datetime) -> datetime:

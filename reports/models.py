@@ -17,6 +17,7 @@ from abplatform.config.models import ExperimentConfig
 from abplatform.storage.model_registry import ModelRecord, get_models
 from reports.aggregate import VersionStats, exposures_by_model, model_version_stats
 from reports.capping import Cap
+from reports.quantile_result import standard_metrics
 from reports.results import FITTED_AT_START, ModelVersionBreakdown, ServedModel, VariantModels
 from reports.stats import estimate
 
@@ -62,7 +63,8 @@ def served_models(
             )
         )
     mixed = [key for key in keys if len(by_variant[key]) > 1]
-    stats = model_version_stats(session, experiment_id, keys, config.metrics, mixed, caps, as_of)
+    summed = standard_metrics(config.metrics)  # quantiles have no per-version sums
+    stats = model_version_stats(session, experiment_id, keys, summed, mixed, caps, as_of)
     out: dict[str, VariantModels] = {}
     warnings: list[str] = []
     for key in keys:
@@ -95,7 +97,7 @@ def _breakdown(
             metric.name: None
             if enrolled is None
             else estimate(enrolled.stats[metric.name], alpha).value
-            for metric in config.metrics
+            for metric in standard_metrics(config.metrics)
         }
         units = 0 if enrolled is None else enrolled.units
         out.append(ModelVersionBreakdown(model.model_id, model.version, model.label, units, means))

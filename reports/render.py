@@ -25,6 +25,7 @@ from reports.formatting import (
     ranking_cells,
     window_text,
 )
+from reports.quantiles import method_text, quantile_label
 from reports.results import (
     AnalysisResult,
     BanditResult,
@@ -318,6 +319,12 @@ def _chart(mr: MetricResult, cmp: ComparisonResult, confidence: str) -> dict[str
     }
 
 
+def _value_label(mr: MetricResult) -> str:
+    if mr.quantile is not None:
+        return quantile_label(mr.quantile)
+    return {"proportion": "Rate", "mean": "Mean", "ratio": "Ratio"}[mr.type]
+
+
 def _metric_view(mr: MetricResult, control: str, alpha: float, description: str) -> dict[str, Any]:
     by_variant = {cmp.variant: cmp for cmp in mr.comparisons}
     confidence = _confidence(alpha)
@@ -325,7 +332,7 @@ def _metric_view(mr: MetricResult, control: str, alpha: float, description: str)
         "name": mr.metric,
         "description": description,
         "type": mr.type,
-        "value_label": {"proportion": "Rate", "mean": "Mean", "ratio": "Ratio"}[mr.type],
+        "value_label": _value_label(mr),
         "diff_label": "Difference" + (" (pp)" if mr.type == "proportion" else ""),
         "has_truth": mr.ground_truth is not None,
         "rows": [
@@ -336,6 +343,7 @@ def _metric_view(mr: MetricResult, control: str, alpha: float, description: str)
         "cuped": _cuped_text(mr),
         "capping": capping_text(mr.capping),
         "window": window_text(mr.window),
+        "quantile": None if mr.quantile is None else method_text(mr.quantile),
     }
 
 

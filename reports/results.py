@@ -41,7 +41,7 @@ __all__ = [
     "clean_pair",
 ]
 
-MetricType = Literal["proportion", "mean", "ratio"]
+MetricType = Literal["proportion", "mean", "ratio", "quantile"]
 Verdict = Literal["significant win", "significant loss", "inconclusive", "keep running"]
 """The decision line of a comparison (JSON key ``decision``)."""
 RewardFamily = Literal["binary", "gaussian"]
@@ -237,10 +237,15 @@ class MetricResult(JsonResult):
     """The metric's capped values (`reports.capping`); empty when it is not capped."""
     window: WindowSummary | None = None
     """The metric's window (`reports.windows`); None when every event counts."""
+    quantile: float | None = None
+    """A quantile metric's ``q`` (`reports.quantiles`); None (and not in the JSON) otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (no NaN/inf); no CUPED record reads "not requested"."""
-        return {**super().to_dict(), "cuped": (self.cuped or NOT_REQUESTED).to_dict()}
+        out = {**super().to_dict(), "cuped": (self.cuped or NOT_REQUESTED).to_dict()}
+        if self.quantile is None:
+            del out["quantile"]
+        return out
 
 
 @dataclass(frozen=True)

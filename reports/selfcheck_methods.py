@@ -1,4 +1,4 @@
-"""Self-check of capping and of CUPED for ratios: A/A false-positive rates and CI coverage.
+"""Self-check of capping, CUPED for ratios and quantiles: A/A false-positive rates, coverage.
 
 Vectorised over replications like `reports.selfcheck`, with the formulas of
 `reports.capping` (a pooled linear-interpolation percentile, ``numpy.percentile``) and of
@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from scipy import optimize, special  # type: ignore[import-untyped, unused-ignore]
+
+from reports.selfcheck_quantiles import QUANTILE, quantile_arrays, quantile_truth
 
 __all__ = [
     "CAP_PERCENTILE",
@@ -132,11 +134,16 @@ def method_checks(
     collect: Callable[[int, Callable[[int], dict[str, Array]]], dict[str, Array]],
     rate_check: Callable[..., Any],
 ) -> list[Any]:
-    """The capping and ratio-CUPED checks (A/A false-positive rate, 95% coverage)."""
+    """The capping, ratio-CUPED and quantile checks (A/A false-positive rate, 95% coverage).
+
+    The quantile revenue comes from its own generator (``[seed, 17]``), so the draws of the
+    other checks are those they had before it was added."""
     rng = np.random.default_rng([seed, 16])
+    rng_quantile = np.random.default_rng([seed, 17])
     n = units_per_variant
     true_capped = capped_truth()
     true_ctr = CTR_TREATMENT - CTR_CONTROL  # E[w] = 1: the ratio of expectations is ctr
+    true_quantile = quantile_truth(CONVERSION, LOG_MU, LOG_SIGMA, REVENUE_LIFT)
 
     def covers(r: dict[str, Array], truth: float) -> Array:
         out: Array = (r["lo"] <= truth) & (truth <= r["hi"])
@@ -153,7 +160,21 @@ def method_checks(
         ab_ratio = ratio_cuped_arrays(
             _ctr_units(rng, size, n, CTR_TREATMENT), _ctr_units(rng, size, n, CTR_CONTROL), alpha
         )
+        aa_q = quantile_arrays(
+            _revenue(rng_quantile, size, n, 1.0),
+            _revenue(rng_quantile, size, n, 1.0),
+            QUANTILE,
+            alpha,
+        )
+        ab_q = quantile_arrays(
+            _revenue(rng_quantile, size, n, REVENUE_LIFT),
+            _revenue(rng_quantile, size, n, 1.0),
+            QUANTILE,
+            alpha,
+        )
         return {
+            "quantile_aa": aa_q["p"] < alpha,
+            "quantile_cover": covers(ab_q, true_quantile),
             "cap_aa": aa_cap["p"] < alpha,
             "cap_cover": covers(ab_cap, true_capped),
             "ratio_aa": aa_ratio["p"] < alpha,
@@ -163,9 +184,16 @@ def method_checks(
     res = collect(replications, draw)
     capped = f"revenue capped at the pooled p{CAP_PERCENTILE * 100:g}"
     ratio = "ratio (CTR), CUPED with pre-period clicks"
+    quantile = f"revenue p{QUANTILE * 100:g} (quantile metric)"
     return [
         rate_check("A/A false-positive rate", f"{capped}: Welch t", res["cap_aa"], alpha, "="),
         rate_check("A/A false-positive rate", f"{ratio}: Welch t", res["ratio_aa"], alpha, "="),
         rate_check("95% CI coverage", f"{capped}: difference", res["cap_cover"], 1 - alpha, "="),
         rate_check("95% CI coverage", f"{ratio}: difference", res["ratio_cover"], 1 - alpha, "="),
+        rate_check(
+            "A/A false-positive rate", f"{quantile}: delta method", res["quantile_aa"], alpha, "="
+        ),
+        rate_check(
+            "95% CI coverage", f"{quantile}: difference", res["quantile_cover"], 1 - alpha, "="
+        ),
     ]

@@ -8,6 +8,7 @@ from rich.text import Text
 
 from reports import formatting as fmt
 from reports.breakdown_views import breakdowns_renderable
+from reports.quantiles import method_text, quantile_label
 from reports.results import (
     AnalysisResult,
     BanditResult,
@@ -27,7 +28,7 @@ __all__ = [
     "report_renderable",
 ]
 
-_VALUE_HEADER = {"proportion": "rate", "mean": "mean", "ratio": "ratio"}
+_VALUE_HEADER = {"proportion": "rate", "mean": "mean", "ratio": "ratio", "quantile": "quantile"}
 
 
 def _with_ci(point: str, interval: tuple[str, str] | None) -> Text:
@@ -66,7 +67,8 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
         difference and relative lift vs the control with their CIs, p-value and
         a verdict in words. Notes on degenerate cases go in the caption.
     """
-    title = f"{metric.metric} ({metric.type})" + (" [guardrail]" if metric.guardrail else "")
+    kind = metric.type if metric.quantile is None else quantile_label(metric.quantile)
+    title = f"{metric.metric} ({kind})" + (" [guardrail]" if metric.guardrail else "")
     table = Table(title=Text(title), title_justify="left")
     table.add_column("variant")
     table.add_column("units", justify="right")
@@ -129,6 +131,8 @@ def metric_table(metric: MetricResult, result: AnalysisResult) -> Table:
         notes.append(fmt.capping_text(metric.capping))
     if metric.window is not None:
         notes.append(fmt.window_text(metric.window))
+    if metric.quantile is not None:
+        notes.append(method_text(metric.quantile))
     for cmp in metric.comparisons:
         if cmp.sequential is not None:
             lo, hi = cmp.sequential.diff_ci

@@ -29,6 +29,7 @@ from abplatform.config.models import (
     ProportionMetric,
     RatioMetric,
 )
+from abplatform.config.quantiles import QuantileMetric
 from abplatform.domain import SCENES
 from simulator.behaviour import slate_probabilities
 from simulator.context import Contexts, draw_contexts
@@ -198,6 +199,8 @@ def truth_from_scenes(
     shares: dict[str, float],
 ) -> dict[str, dict[str, float]]:
     """{metric: {variant: population value}} from per-scene expectations mixed by `shares`."""
+    # A quantile needs the distribution of per-unit values, not their expectations: no truth.
+    metrics = [metric for metric in metrics if not isinstance(metric, QuantileMetric)]
     truth: dict[str, dict[str, float]] = {metric.name: {} for metric in metrics}
     for variant, scenes in per_scene.items():
         expected = combine([(shares[scene], values) for scene, values in scenes.items()])

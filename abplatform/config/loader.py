@@ -17,11 +17,14 @@ from abplatform.config.models import (
     RatioMetric,
     ThompsonAssignmentConfig,
 )
+from abplatform.config.quantiles import QuantileMetric
 from abplatform.errors import AbplatformError, ConfigError, ConfigProblem, UnknownNameError
 from abplatform.registry import strategies
 from abplatform.values import text_problem
 
 WEIGHT_TOLERANCE = 1e-6
+_METRIC_TAGS = ("proportion", "mean", "ratio", "quantile")
+"""The discriminator tags of the metric types (left out of problem paths)."""
 MAX_DEPTH = 32
 """Nesting of mappings and lists an experiment may have (a real one needs about 6)."""
 MAX_VALUES = 100_000
@@ -58,7 +61,7 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[ConfigPro
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         # Drop the discriminator tag pydantic inserts into union locations (e.g. "ratio").
-        if len(loc) >= 3 and loc[0] == "metrics" and loc[2] in ("proportion", "mean", "ratio"):
+        if len(loc) >= 3 and loc[0] == "metrics" and loc[2] in _METRIC_TAGS:
             loc = loc[:2] + loc[3:]
         if len(loc) >= 2 and loc[0] == "assignment" and loc[1] in ("hash", "thompson"):
             loc = loc[:1] + loc[2:]
@@ -197,6 +200,15 @@ def _bandit_problems(
                 "assignment.reward_metric",
                 "ratio metrics are not supported as a bandit reward (it needs one reward per "
                 "unit); use a proportion metric (binary reward) or a mean metric (continuous)",
+                bandit.reward_metric,
+            )
+        )
+    elif isinstance(metric, QuantileMetric):
+        problems.append(
+            ConfigProblem(
+                "assignment.reward_metric",
+                "quantile metrics are not supported as a bandit reward (a quantile is not a "
+                "mean of per-unit rewards); use a proportion metric or a mean metric",
                 bandit.reward_metric,
             )
         )

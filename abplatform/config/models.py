@@ -286,7 +286,12 @@ class RatioMetric(_Strict):
     description: str = ""
 
 
-MetricConfig = Annotated[ProportionMetric | MeanMetric | RatioMetric, Field(discriminator="type")]
+# The quantile metric lives in its own module, which reads the classes above.
+from abplatform.config.quantiles import QuantileMetric  # noqa: E402
+
+MetricConfig = Annotated[
+    ProportionMetric | MeanMetric | RatioMetric | QuantileMetric, Field(discriminator="type")
+]
 
 RewardMetric = ProportionMetric | MeanMetric
 """A metric with one reward per bandit unit (a ratio metric has none)."""

@@ -137,7 +137,7 @@ def test_named_control() -> None:
             "key: x\nvariants: [{key: a, weight: 1}]\nmetrics:\n"
             "  - {name: q, type: median, event: click}\n  - {name: z, event: click}\n",
             [
-                "metrics.0.type: unknown metric type; known: proportion, mean, ratio "
+                "metrics.0.type: unknown metric type; known: proportion, mean, ratio, quantile "
                 "(got 'median')",
                 "metrics.1.type: field required",
             ],
