@@ -1,4 +1,4 @@
-"""Load real exposure and event logs from CSV files into the database, all or nothing."""
+"""Load real exposure and event logs from CSV files (and their online features), all or nothing."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from abplatform.domain import FEEDBACK_TYPES
 from abplatform.storage.bulk import gc_paused, seconds_to_sql, sqlite_cache
 from abplatform.storage.db import transaction
 from abplatform.storage.exposure_ids import reserve_exposure_ids
+from abplatform.storage.features import update_features
 from abplatform.storage.repository import save_experiment
 from abplatform.storage.rows import (
     EventColumns,
+    EventRow,
     ExposureColumns,
     insert_events,
     insert_exposures,
@@ -65,6 +68,8 @@ class IngestSummary:
     duplicate_events: int
     units: int
     duplicate_exposures: int = 0
+    featured_events: int = 0  # new events applied to the feature store
+    unfeatured_events: int = 0  # new events that updated no features (unknown item or unit)
 
 
 def ingest_logs(
@@ -86,6 +91,11 @@ def ingest_logs(
     timestamp) is skipped and counted too. `units` counts distinct unit ids in both files.
     `also(conn)`, if given, loads more of the same command's input in the same transaction
     once the logs are in; whatever it raises rolls the logs back too.
+
+    The new events then update the feature store (`storage.features.update_features`, as
+    `/v1/events` does) in the same transaction, in time order as one batch: one version
+    step per unit. Events of an item outside the catalogue or of an unknown unit are stored
+    but update nothing (counted in `unfeatured_events`).
     """
     problems = Problems()
     with ExitStack() as stack:
@@ -109,13 +119,24 @@ def ingest_logs(
             problems.raise_if_any()
             if also is not None:
                 also(conn)
+            featured, unfeatured = load.update_features()
     return IngestSummary(
         exposures=load.n_exposures,
         events=load.n_events,
         duplicate_events=load.n_duplicates,
         units=len(load.units),
         duplicate_exposures=load.n_duplicate_exposures,
+        featured_events=featured,
+        unfeatured_events=unfeatured,
     )
+
+
+def _naive_utc(seconds: int) -> datetime:
+    """Unix seconds as the naive UTC time the feature store reads."""
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 def _derived_event_id(
@@ -198,6 +219,7 @@ class _Load:
         self.n_events = 0
         self.n_duplicates = 0
         self.n_duplicate_exposures = 0
+        self.fresh_events: list[_EventRow] = []  # stored by this load: the store's input
 
     def exposures(self, log: CsvLog) -> None:
         if not log.columns:  # an empty file
@@ -311,4 +333,20 @@ class _Load:
             if fresh:
                 events = EventColumns(*zip(*fresh, strict=True))
                 self.n_events += insert_events(self.conn, self.experiment_id, events)
+                self.fresh_events.extend(fresh)
         chunk.clear()
+
+    def update_features(self) -> tuple[int, int]:
+        """Apply the events this load stored to the feature store; (applied, left out)."""
+        if not self.fresh_events:
+            return 0, 0
+        # Time order (then file order: the sort is stable), so a cart sees its add before
+        # the purchase; in one batch, one version step per unit.
+        self.fresh_events.sort(key=itemgetter(5))
+        batch = [
+            EventRow(event_id, self.experiment_id, None, unit, kind, item, value, _naive_utc(ts))
+            for event_id, unit, kind, item, value, ts in self.fresh_events
+        ]
+        update = update_features(self.conn, [batch], {e.event_id for e in batch})
+        self.fresh_events = []
+        return update.applied[0], len(update.unfeatured[0])

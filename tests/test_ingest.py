@@ -92,7 +92,11 @@ def _fails(
 def test_happy_path_stores_rows_with_utc_times_and_default_propensity(engine: Engine) -> None:
     summary = ingest_logs(engine, _config(), DATA / "exposures.csv", DATA / "events.csv")
 
-    assert summary == IngestSummary(exposures=4, events=4, duplicate_events=0, units=4)
+    # Catalogue 'shop' holds no items here: the events update no features (see
+    # test_ingest_features.py), counted.
+    assert summary == IngestSummary(
+        exposures=4, events=4, duplicate_events=0, units=4, unfeatured_events=4
+    )
     assert _counts(engine) == {"experiments": 1, "exposures": 4, "events": 4}
     with engine.connect() as conn:
         experiment = conn.execute(select(m.Experiment.id, m.Experiment.catalog)).one()

@@ -145,16 +145,26 @@ class UnfeaturedEvent(BaseModel):
     reason: str
 
 
+UNFEATURED_LISTED = 100
+"""Unfeatured events a response lists at most (`unfeatured_count` counts them all)."""
+
+
 class EventsResponse(BaseModel):
     """How many events were received, newly recorded, and already recorded before; of the
     new ones, how many updated the unit's online features and which did not (unknown item,
-    unit or experiment)."""
+    unit or experiment): all of them counted, the first `UNFEATURED_LISTED` listed."""
 
     received: int
     new: int
     duplicates: int
     featured: int
-    unfeatured: list[UnfeaturedEvent]
+    unfeatured_count: int = Field(
+        description="new events that updated no online features (unknown item, unit or "
+        "experiment); `featured + unfeatured_count == new`"
+    )
+    unfeatured: list[UnfeaturedEvent] = Field(
+        description=f"the first {UNFEATURED_LISTED} of them, in batch order, with the reason"
+    )
 
 
 class VariantOut(BaseModel):

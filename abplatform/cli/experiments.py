@@ -257,6 +257,12 @@ def ingest(
             f"{config.key}: {summary.exposures:,} exposures, {summary.events:,} new events "
             f"({summary.duplicate_events:,} duplicates skipped), {summary.units:,} units"
             + (
+                f"; feature store: {summary.featured_events:,} events applied, "
+                f"{summary.unfeatured_events:,} left out (unknown item or unit)"
+                if summary.events
+                else ""
+            )
+            + (
                 f"; {summary.duplicate_exposures:,} exposures already stored were skipped"
                 if summary.duplicate_exposures
                 else ""

@@ -5,7 +5,9 @@ Layout of ``<root>/<experiment>/<variant>/<version>/`` (version = UTC time + con
     manifest.json          format, version, params, seed, data range, training, metrics,
                            library versions, sha256 of every file below
     items.npz              the catalogue: item_ids, categories, brands, prices (, tags)
-    item_embeddings.npy    (items, D) float32, quantised (see serving.quantize)
+    item_embeddings.npy    (items, D) float32, quantised (see serving.quantize); float16 or
+                           int8 codes with the `embedding_dtype` param (see compression)
+    item_embedding_scales.npy  (D,) float32 per-dimension scales of int8 codes (int8 only)
     user_ids.npy           (users,) known users (with a stored embedding), sorted
     user_embeddings.npy    (users, D) float32, quantised, from each user's latest history
     purchased.npz          indptr, items: what each known user bought (exclude_purchased)
@@ -39,6 +41,7 @@ from abplatform.artifacts import (
     write_version,
 )
 from abplatform.domain import Catalog
+from strategies.two_tower.compression import CompressedEmbeddings, compress, decompress, of_stored
 from strategies.two_tower.data import UserFeatureEncoder
 from strategies.two_tower.numpy_tower import UserTowerWeights
 
@@ -60,6 +63,9 @@ class TwoTowerArtifact:
     user_tower: UserTowerWeights | None
     feature_encoder: UserFeatureEncoder
     manifest: dict[str, Any]
+    # How the item embeddings are stored (None: float32, as `item_embeddings`); the served
+    # `item_embeddings` are then exactly `compression.decompress(item_storage)`.
+    item_storage: CompressedEmbeddings | None = None
 
     @property
     def dim(self) -> int:
@@ -72,9 +78,27 @@ class TwoTowerArtifact:
             self.purchased_indptr[user_row] : self.purchased_indptr[user_row + 1]
         ]
 
+    def stored_items(self) -> CompressedEmbeddings:
+        """The item embeddings as the artifact stores them."""
+        if self.item_storage is not None:
+            return self.item_storage
+        return CompressedEmbeddings("float32", self.item_embeddings)
+
     def with_manifest(self, **entries: Any) -> TwoTowerArtifact:
         """A copy whose manifest has `entries` added or replaced."""
         return replace(self, manifest={**self.manifest, **entries})
+
+
+def compressed(artifact: TwoTowerArtifact, dtype: str) -> TwoTowerArtifact:
+    """`artifact` with its item embeddings stored in `dtype` (see `compression`).
+
+    The served `item_embeddings` become the dequantised codes, exactly what a reload of the
+    exported artifact serves; float32 leaves the artifact unchanged.
+    """
+    if dtype == "float32":
+        return artifact
+    stored = compress(artifact.item_embeddings, dtype)
+    return replace(artifact, item_embeddings=decompress(stored), item_storage=stored)
 
 
 def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]]:
@@ -88,7 +112,7 @@ def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
             "prices": catalog.prices.astype(np.float64),
             **({} if catalog.tags is None else {"tags": catalog.tags.astype(str)}),
         },
-        "item_embeddings.npy": {"": artifact.item_embeddings},
+        "item_embeddings.npy": {"": artifact.stored_items().codes},
         "user_ids.npy": {"": artifact.user_ids.astype(str)},
         "user_embeddings.npy": {"": artifact.user_embeddings},
         "purchased.npz": {
@@ -114,6 +138,9 @@ def _arrays(artifact: TwoTowerArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
         weights.update({f"kernel_{i}": w for i, w in enumerate(tower.kernels)})
         weights.update({f"bias_{i}": b for i, b in enumerate(tower.biases)})
         files["user_tower.npz"] = weights
+    scales = artifact.stored_items().scales
+    if scales is not None:
+        files["item_embedding_scales.npy"] = {"": scales}
     return files
 
 
@@ -148,8 +175,11 @@ def export_artifact(
     """
     files = _arrays(artifact)
     params = artifact.manifest.get("params")
+    stored = artifact.stored_items()
     manifest = {
         **artifact.manifest,
+        # Only a compressed artifact says so: a float32 one stays byte for byte as before.
+        **({} if stored.dtype == "float32" else {"item_embeddings": stored.manifest_entry()}),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "experiment": experiment,
@@ -238,6 +268,18 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> TwoTowerArtifact:
         if required not in arrays:
             raise ArtifactError(f"{directory} has no {required} in its manifest")
     items = arrays["items.npz"]
+    try:
+        storage = of_stored(
+            manifest.get("item_embeddings", {}).get("dtype"),
+            arrays["item_embeddings.npy"],
+            arrays.get("item_embedding_scales.npy"),
+        )
+        # float32 is served as stored (bit for bit what artifacts written before served).
+        item_embeddings: npt.NDArray[np.float32] = (
+            arrays["item_embeddings.npy"] if storage.dtype == "float32" else decompress(storage)
+        )
+    except ValueError as exc:
+        raise ArtifactError(f"{directory}: {exc}") from None
     tower = None
     if "user_tower.npz" in arrays:
         weights = arrays["user_tower.npz"]
@@ -264,7 +306,7 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> TwoTowerArtifact:
             prices=items["prices"],
             tags=items.get("tags"),
         ),
-        item_embeddings=arrays["item_embeddings.npy"],
+        item_embeddings=item_embeddings,
         user_ids=arrays["user_ids.npy"],
         user_embeddings=arrays["user_embeddings.npy"],
         purchased_indptr=arrays["purchased.npz"]["indptr"],
@@ -273,4 +315,5 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> TwoTowerArtifact:
         user_tower=tower,
         feature_encoder=UserFeatureEncoder.from_json(manifest.get("user_features", {})),
         manifest=manifest,
+        item_storage=None if storage.dtype == "float32" else storage,
     )

@@ -363,3 +363,14 @@ def user_inputs(
     recent[found] = latest[rows[found]]
     codes, numbers = encoder.transform(user_ids.tolist(), features)
     return UserInputs(user_ids.astype(str), recent, codes, numbers)
+
+
+def purchases_by_row(
+    sequences: PositiveSequences, user_ids: npt.NDArray[np.str_]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The sequences' purchases re-indexed to the rows of `user_ids` (a sorted superset)."""
+    counts = np.zeros(len(user_ids), dtype=np.int64)
+    rows = np.searchsorted(user_ids, sequences.user_ids)
+    counts[rows] = np.diff(sequences.purchased_indptr)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, sequences.purchased_items.astype(np.int64)

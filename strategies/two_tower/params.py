@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from strategies.base import StrategyParams
+from strategies.two_tower.compression import EmbeddingDtype
 
 HiddenUnits = Annotated[int, Field(ge=1, le=8192)]
 
@@ -108,3 +109,4 @@ class TwoTowerParams(StrategyParams):
     example_history: Literal["before", "others"] = "others"
     history_dropout: float = Field(default=0.5, ge=0.0, lt=1.0, allow_inf_nan=False)
     history_embeddings: Literal["shared", "own"] = "own"
+    embedding_dtype: EmbeddingDtype = "float32"

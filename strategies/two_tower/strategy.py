@@ -16,12 +16,18 @@ from abplatform.errors import AbplatformError
 from abplatform.registry import strategies
 from strategies.base import ArtifactPlace, BaseStrategy, NotFittedError, check_k
 from strategies.evaluation import time_split
-from strategies.two_tower.artifact import TwoTowerArtifact, export_artifact, load_artifact
+from strategies.two_tower.artifact import (
+    TwoTowerArtifact,
+    compressed,
+    export_artifact,
+    load_artifact,
+)
 from strategies.two_tower.data import (
     ItemFeatures,
     PositiveSequences,
     UserFeatureEncoder,
     positive_sequences,
+    purchases_by_row,
     training_examples,
     user_inputs,
 )
@@ -104,7 +110,9 @@ class TwoTowerStrategy(BaseStrategy):
         reason = _too_little(sequences)
         if reason is not None:
             log.warning("two_tower: %s; serving a popularity ranking instead", reason)
-            self._artifact = self._fallback(history, sequences, reason)
+            self._artifact = compressed(
+                self._fallback(history, sequences, reason), params.embedding_dtype
+            )
             return
         encoder = UserFeatureEncoder.fit(history.user_features)
         # Users with clicks or purchases get an id embedding; users known only by their
@@ -135,7 +143,7 @@ class TwoTowerStrategy(BaseStrategy):
             sequences, known.astype(str), encoder, history.user_features, params.history_length
         )
         tower = towers.numpy_user_tower()
-        purchased_indptr, purchased_items = _purchases_by_row(sequences, known.astype(str))
+        purchased_indptr, purchased_items = purchases_by_row(sequences, known.astype(str))
         popularity = _popularity_axis(sequences, len(history.catalog), self.seed)
         item_matrix = towers.item_embeddings().astype(np.float64)
         user_embeddings = towers.user_embeddings(inputs).astype(np.float64)
@@ -172,6 +180,7 @@ class TwoTowerStrategy(BaseStrategy):
             feature_encoder=encoder,
             manifest=self._manifest(history, sequences, encoder, training),
         )
+        self._artifact = compressed(self._artifact, params.embedding_dtype)
 
     def _train(
         self,
@@ -259,7 +268,7 @@ class TwoTowerStrategy(BaseStrategy):
         """Only the popularity axis: every user's query is the default one."""
         value = _popularity_axis(sequences, len(history.catalog), self.seed)
         users = sequences.user_ids.astype(str)
-        purchased_indptr, purchased_items = _purchases_by_row(sequences, users)
+        purchased_indptr, purchased_items = purchases_by_row(sequences, users)
         return TwoTowerArtifact(
             catalog=history.catalog,
             item_embeddings=quantize(value[:, None]),
@@ -582,17 +591,6 @@ def _too_little(sequences: PositiveSequences) -> str | None:
     if np.unique(sequences.items).size < 2:
         return "the history's clicks and purchases are all on one item"
     return None
-
-
-def _purchases_by_row(
-    sequences: PositiveSequences, user_ids: npt.NDArray[np.str_]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """The sequences' purchases re-indexed to the rows of `user_ids` (a sorted superset)."""
-    counts = np.zeros(len(user_ids), dtype=np.int64)
-    rows = np.searchsorted(user_ids, sequences.user_ids)
-    counts[rows] = np.diff(sequences.purchased_indptr)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return indptr, sequences.purchased_items.astype(np.int64)
 
 
 def _iso(seconds: int) -> str:

@@ -190,6 +190,7 @@ async def test_events_are_idempotent(client: httpx.AsyncClient, seeded_url: str)
         "new": 0,
         "duplicates": 100,
         "featured": 0,
+        "unfeatured_count": 0,
         "unfeatured": [],  # duplicates are not reported again
     }
     mixed = {"events": _events(2, "x") + _events(2, "x") + _events(1)}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException
 from abplatform.api.deps import AssignScope, Services, ServicesDep
 from abplatform.api.errors import RETRY_AFTER_SECONDS, error_responses
 from abplatform.api.responses import FastJSON
-from abplatform.api.schemas import EventBatch, EventsResponse
+from abplatform.api.schemas import UNFEATURED_LISTED, EventBatch, EventsResponse
 from abplatform.errors import NotFoundError
 from abplatform.storage.repository import utcnow
 from abplatform.storage.rows import EventRow
@@ -28,9 +28,10 @@ async def record_events(body: EventBatch, services: ServicesDep) -> FastJSON:
     `new` counts events stored by this call, `duplicates` those already stored (by an
     earlier call or earlier in this batch). `featured` counts the new events applied to
     their unit's online features (the next `/v1/assign` of the unit, on any worker, uses
-    them); `unfeatured` lists the new events that updated nothing, with the reason: no
-    experiment, no item, an item outside the experiment's catalogue, or a unit the
-    experiment never assigned.
+    them); `unfeatured_count` counts the new events that updated nothing and `unfeatured`
+    lists the first 100 of them, with the reason: no experiment, no item, an item outside
+    the experiment's catalogue, or a unit the experiment never assigned (nor a user of its
+    catalogue). They are stored all the same (a 200, never an error).
     """
     return FastJSON(await record_batch(services, body))
 
@@ -85,8 +86,9 @@ async def record_batch(services: Services, body: EventBatch) -> dict[str, Any]:
         "new": result.new_events,
         "duplicates": result.duplicate_events,
         "featured": result.featured_events,
+        "unfeatured_count": len(result.unfeatured),
         "unfeatured": [
             {"index": u.index, "event_id": u.event_id, "reason": u.reason}
-            for u in result.unfeatured
+            for u in result.unfeatured[:UNFEATURED_LISTED]
         ],
     }
