@@ -51,6 +51,7 @@ from reports.breakdown_results import Breakdown, Breakdowns, BreakdownSlice
 from reports.capping import Cap
 from reports.cuped import CovariateSums, RatioCovariateSums
 from reports.metric_result import Options, metric_result
+from reports.quantile_result import standard_metrics
 from reports.results import MetricResult, SrmSummary
 from reports.stats import srm_test
 from reports.terms import (
@@ -274,9 +275,10 @@ def breakdowns(
         return None
     _check_dimensions(session, names, pre_period.catalog)
     variants = [v.key for v in config.variants]
-    covariates = [metric for metric in config.metrics if options.cuped and cuped_eligible(metric)]
+    summed = standard_metrics(config.metrics)  # quantile metrics are not broken down
+    covariates = [metric for metric in summed if options.cuped and cuped_eligible(metric)]
     shape = Shape(thresholds_of(caps), as_of)
-    labels = plan_sums(config.metrics, covariates, shape)
+    labels = plan_sums(summed, covariates, shape)
     if session.get_bind().dialect.name == "postgresql":
         pre_period = dataclasses.replace(pre_period, hash_first_exposure=True)
     values = unit_values(
@@ -291,7 +293,7 @@ def breakdowns(
         slices = _pooled(raw, variants, by_day=name == "first_exposure_day")
         metrics = [_slice_metrics(s, config, options, labels, covariates, shape) for s in slices]
         flat = correct([metric for per_slice in metrics for metric in per_slice])
-        width = len(config.metrics)
+        width = len(summed)
         built = tuple(
             BreakdownSlice(
                 value=s.value,
@@ -333,7 +335,7 @@ def _slice_metrics(
         return {field: row.get(labels[tuple(sorted(f))], 0.0) for field, f in terms.items()}
 
     results = []
-    for metric in config.metrics:
+    for metric in standard_metrics(config.metrics):
         terms = metric_terms(metric, shape)
         stats = {v: statistics_of(metric, n, sums_of(terms, v)) for v, n in piece.units.items()}
         cov: dict[str, CovariateSums | RatioCovariateSums] | None = None
